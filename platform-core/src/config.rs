@@ -1,0 +1,35 @@
+//! Runtime configuration of the core (already validated; the gateway's config module
+//! builds it from TOML and reports every error with its path).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ccm::BasicCredentialSpec;
+use crate::epr::{ApplicationSpec, EndpointSpec};
+
+/// Default largest MQTT packet accepted by KPC.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024;
+/// Default largest 1/KP payload an extension accepts (over it: 413).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 128 * 1024;
+
+/// The MQTT/TCP listener.
+#[derive(Debug, Clone)]
+pub struct MqttListener {
+    pub listen: SocketAddr,
+    pub max_packet_size: usize,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+}
+
+/// Everything the core needs to start.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// SQLite file for the registry, credentials and time series.
+    pub database: PathBuf,
+    pub mqtt: MqttListener,
+    pub max_payload_bytes: usize,
+    pub applications: Vec<ApplicationSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+    pub credentials: Vec<BasicCredentialSpec>,
+}

@@ -1,0 +1,199 @@
+//! DCX: the data collection extension (Kaa RFC 2/DCP): parses sample batches (pure).
+//!
+//! `/json` takes a JSON array of samples (a single object is accepted as a batch of one);
+//! `/plain/<metric>` takes one number, optionally followed by `%`. Each sample's numeric
+//! and boolean top-level fields become points of `auto~<field>`; the sample's `timestamp`
+//! field (epoch ms, or an RFC 3339 string) dates them and is not itself a series.
+
+use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::kp1::Kp1Error;
+use crate::tsdb::{DataPoint, StoredSample, AUTO_PREFIX};
+
+/// Name of the sample field that carries its timestamp.
+pub const TIMESTAMP_FIELD: &str = "timestamp";
+
+/// Parses a `/json` payload into the samples to store.
+pub fn parse_json(payload: &[u8], now_ms: i64) -> Result<Vec<StoredSample>, Kp1Error> {
+    let value: Value = serde_json::from_slice(payload)
+        .map_err(|e| Kp1Error::bad_request(format!("payload is not valid JSON: {e}")))?;
+    let samples = match value {
+        Value::Array(items) => items,
+        obj @ Value::Object(_) => vec![obj],
+        other => {
+            return Err(Kp1Error::bad_request(format!(
+                "payload must be a JSON array of samples (or one sample object), got {}",
+                kind(&other)
+            )))
+        }
+    };
+    samples
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            to_stored(s, now_ms).map_err(|e| Kp1Error::bad_request(format!("sample {i}: {e}")))
+        })
+        .collect()
+}
+
+/// Parses a `/plain/<metric>` payload (`47`, `-1.5`, `47%`).
+pub fn parse_plain(metric: &str, payload: &[u8], now_ms: i64) -> Result<StoredSample, Kp1Error> {
+    if metric.is_empty() || metric.contains('/') {
+        return Err(Kp1Error::bad_request(
+            "plain data needs exactly one metric name: /plain/<metric>",
+        ));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| Kp1Error::bad_request("plain payload is not UTF-8"))?
+        .trim();
+    let number = text.strip_suffix('%').unwrap_or(text).trim();
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| Kp1Error::bad_request(format!("plain payload {text:?} is not a number")))?;
+    let mut obj = serde_json::Map::new();
+    obj.insert(metric.to_owned(), serde_json::json!(value));
+    to_stored(Value::Object(obj), now_ms).map_err(Kp1Error::bad_request)
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn to_stored(sample: Value, now_ms: i64) -> Result<StoredSample, String> {
+    let mut points = Vec::new();
+    if let Value::Object(fields) = &sample {
+        let ts_ms = match fields.get(TIMESTAMP_FIELD) {
+            None | Some(Value::Null) => now_ms,
+            Some(v) => parse_timestamp(v)?,
+        };
+        for (name, v) in fields {
+            if name == TIMESTAMP_FIELD {
+                continue;
+            }
+            let value = match v {
+                Value::Number(n) => n.as_f64(),
+                Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+                _ => None,
+            };
+            if let Some(value) = value {
+                points.push(DataPoint {
+                    series: format!("{AUTO_PREFIX}{name}"),
+                    ts_ms,
+                    value,
+                });
+            }
+        }
+    }
+    Ok(StoredSample {
+        raw: sample.to_string(),
+        points,
+    })
+}
+
+/// Epoch milliseconds (integer or float) or an RFC 3339 string.
+pub fn parse_timestamp(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .ok_or_else(|| format!("timestamp {n} is out of range")),
+        Value::String(s) => OffsetDateTime::parse(s, &Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            .map_err(|e| format!("timestamp {s:?} is not RFC 3339: {e}")),
+        other => Err(format!(
+            "timestamp must be epoch ms or RFC 3339, got {}",
+            kind(other)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pts(s: &StoredSample) -> Vec<(&str, i64, f64)> {
+        let mut v: Vec<_> = s
+            .points
+            .iter()
+            .map(|p| (p.series.as_str(), p.ts_ms, p.value))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    #[test]
+    fn numeric_and_boolean_fields_become_auto_series_dated_by_timestamp() {
+        let p =
+            json!([{"timestamp": 1000, "temp": 21.5, "on": true, "name": "x", "nested": {"a": 1}}]);
+        let s = parse_json(p.to_string().as_bytes(), 5).unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(
+            pts(&s[0]),
+            vec![("auto~on", 1000, 1.0), ("auto~temp", 1000, 21.5)]
+        );
+        let back: Value = serde_json::from_str(&s[0].raw).unwrap();
+        assert_eq!(back, p[0]);
+    }
+
+    #[test]
+    fn samples_without_timestamp_get_the_ingestion_time() {
+        let s = parse_json(br#"{"v": 3}"#, 777).unwrap();
+        assert_eq!(pts(&s[0]), vec![("auto~v", 777, 3.0)]);
+    }
+
+    #[test]
+    fn rfc3339_timestamps_are_accepted() {
+        let s = parse_json(br#"[{"timestamp": "1970-01-01T00:00:01.5Z", "v": 1}]"#, 0).unwrap();
+        assert_eq!(pts(&s[0]), vec![("auto~v", 1500, 1.0)]);
+    }
+
+    #[test]
+    fn a_bad_timestamp_is_a_bad_request_naming_the_sample() {
+        let e = parse_json(br#"[{"v":1},{"timestamp":"yesterday"}]"#, 0).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.reason.starts_with("sample 1:"), "{}", e.reason);
+    }
+
+    #[test]
+    fn non_json_and_scalar_payloads_are_bad_requests() {
+        assert_eq!(parse_json(b"{not json", 0).unwrap_err().status, 400);
+        assert_eq!(parse_json(b"47", 0).unwrap_err().status, 400);
+        assert_eq!(parse_json(b"", 0).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn an_empty_batch_is_valid_and_stores_nothing() {
+        assert!(parse_json(b"[]", 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn plain_values_with_and_without_percent() {
+        assert_eq!(
+            pts(&parse_plain("humidity", b"47%", 9).unwrap()),
+            vec![("auto~humidity", 9, 47.0)]
+        );
+        assert_eq!(
+            pts(&parse_plain("t", b" -1.5\n", 9).unwrap()),
+            vec![("auto~t", 9, -1.5)]
+        );
+        assert_eq!(parse_plain("t", b"NaN", 0).unwrap_err().status, 400);
+        assert_eq!(parse_plain("t", b"abc", 0).unwrap_err().status, 400);
+        assert_eq!(parse_plain("a/b", b"1", 0).unwrap_err().status, 400);
+    }
+}

@@ -1,0 +1,246 @@
+//! 1/KP resource paths and MQTT topics: parse and format (pure, no I/O).
+//!
+//! Grammar (Kaa RFC 1/KP, PROTOCOL.md §1):
+//! `kp1/<app_version_name>/<extension_instance>/<endpoint_token>/<resource...>[/<request_id>][/status|/error]`
+//!
+//! Invariants enforced here, so that every later stage can trust a [`Kp1Topic`]:
+//! - app version names and extension instances match `^[a-z0-9_-]+$`;
+//! - tokens are non-empty and contain none of `+ # / .`;
+//! - the resource path has at least one level and no empty level;
+//! - a request ID is an integer in `1..=2^31-1` (PROTOCOL.md Decision); `0` or a larger
+//!   number in the last level is rejected instead of being read as part of the resource.
+
+mod error;
+
+pub use error::{ErrorPayload, Kp1Error};
+
+use std::fmt;
+
+/// Literal first topic level of every 1/KP topic.
+pub const PREFIX: &str = "kp1";
+
+/// Largest request ID accepted (Avro `int`, PROTOCOL.md §1 Decision).
+pub const MAX_REQUEST_ID: u32 = i32::MAX as u32;
+
+/// Why a topic is not a valid 1/KP topic. Every variant maps to 400 Bad Request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic {0:?} does not start with \"kp1/\"")]
+    NotKp1(String),
+    #[error(
+        "topic {0:?} has fewer than 5 levels (kp1/<app version>/<extension>/<token>/<resource>)"
+    )]
+    TooShort(String),
+    #[error("topic {0:?} has an empty level")]
+    EmptyLevel(String),
+    #[error("invalid app version name {0:?}: must match ^[a-z0-9_-]+$")]
+    AppVersionName(String),
+    #[error("invalid extension instance {0:?}: must match ^[a-z0-9_-]+$")]
+    ExtensionInstance(String),
+    #[error("invalid endpoint token {0:?}: must be non-empty without '+', '#', '/' or '.'")]
+    EndpointToken(String),
+    #[error("invalid request id {0:?}: must be an integer in 1..=2147483647")]
+    RequestId(String),
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Application version name, e.g. `demo-v1` (globally unique in a Kaa platform).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppVersionName(String);
+
+impl AppVersionName {
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        if is_name(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(TopicError::AppVersionName(s.to_owned()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Application name: the same rule as app version names.
+pub fn is_valid_application_name(s: &str) -> bool {
+    is_name(s)
+}
+
+/// Extension instance name, the routing key (`dcx`, `epmx`, `cmx_ota`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExtensionInstance(String);
+
+impl ExtensionInstance {
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        if is_name(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(TopicError::ExtensionInstance(s.to_owned()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Endpoint token: what a device puts in its topics to say which endpoint it is.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EndpointToken(String);
+
+impl EndpointToken {
+    pub fn new(s: &str) -> Result<Self, TopicError> {
+        if !s.is_empty() && !s.contains(['+', '#', '/', '.']) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(TopicError::EndpointToken(s.to_owned()))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for EndpointToken {
+    // Tokens are credentials of a sort: show only a prefix in logs and Debug output.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown: String = self.0.chars().take(4).collect();
+        write!(f, "EndpointToken({shown}…)")
+    }
+}
+
+/// Request ID chosen by the client to match a response to its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u32);
+
+impl RequestId {
+    pub fn new(id: u32) -> Option<Self> {
+        (1..=MAX_REQUEST_ID).contains(&id).then_some(Self(id))
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Which way a message travels: a request, or the server's success / error answer to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Request,
+    Status,
+    Error,
+}
+
+/// A parsed 1/KP topic.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Kp1Topic {
+    pub app_version: AppVersionName,
+    pub extension: ExtensionInstance,
+    pub token: EndpointToken,
+    /// Resource path after the token, levels joined by `/` (e.g. `json`, `get/keys`).
+    pub resource: String,
+    pub request_id: Option<RequestId>,
+    pub direction: Direction,
+}
+
+impl Kp1Topic {
+    /// A request topic without request ID.
+    pub fn request(
+        app_version: AppVersionName,
+        extension: ExtensionInstance,
+        token: EndpointToken,
+        resource: &str,
+        request_id: Option<RequestId>,
+    ) -> Self {
+        Self {
+            app_version,
+            extension,
+            token,
+            resource: resource.to_owned(),
+            request_id,
+            direction: Direction::Request,
+        }
+    }
+
+    /// Parses an MQTT topic or an HTTP path (without the leading `/`).
+    pub fn parse(topic: &str) -> Result<Self, TopicError> {
+        let mut levels: Vec<&str> = topic.split('/').collect();
+        if levels.first() != Some(&PREFIX) {
+            return Err(TopicError::NotKp1(topic.to_owned()));
+        }
+        if levels.iter().any(|l| l.is_empty()) {
+            return Err(TopicError::EmptyLevel(topic.to_owned()));
+        }
+        // A `status`/`error` suffix needs a resource before it, else it *is* the resource.
+        let direction = match levels.last() {
+            Some(&"status") if levels.len() > 5 => Direction::Status,
+            Some(&"error") if levels.len() > 5 => Direction::Error,
+            _ => Direction::Request,
+        };
+        if direction != Direction::Request {
+            levels.pop();
+        }
+        let mut request_id = None;
+        if let Some(last) = levels.last() {
+            if levels.len() > 5 && last.bytes().all(|b| b.is_ascii_digit()) {
+                let id = last
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(RequestId::new)
+                    .ok_or_else(|| TopicError::RequestId((*last).to_owned()))?;
+                request_id = Some(id);
+                levels.pop();
+            }
+        }
+        if levels.len() < 5 {
+            return Err(TopicError::TooShort(topic.to_owned()));
+        }
+        Ok(Self {
+            app_version: AppVersionName::new(levels[1])?,
+            extension: ExtensionInstance::new(levels[2])?,
+            token: EndpointToken::new(levels[3])?,
+            resource: levels[4..].join("/"),
+            request_id,
+            direction,
+        })
+    }
+
+    /// The request topic (no `/status` or `/error` suffix).
+    pub fn request_topic(&self) -> String {
+        let mut t = format!(
+            "{PREFIX}/{}/{}/{}/{}",
+            self.app_version.0, self.extension.0, self.token.0, self.resource
+        );
+        if let Some(id) = self.request_id {
+            t.push('/');
+            t.push_str(&id.0.to_string());
+        }
+        t
+    }
+
+    /// The success response topic: request topic + `/status`.
+    pub fn status_topic(&self) -> String {
+        self.request_topic() + "/status"
+    }
+
+    /// The error response topic: request topic + `/error`.
+    pub fn error_topic(&self) -> String {
+        self.request_topic() + "/error"
+    }
+}
+
+impl fmt::Display for Kp1Topic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.direction {
+            Direction::Request => f.write_str(&self.request_topic()),
+            Direction::Status => f.write_str(&self.status_topic()),
+            Direction::Error => f.write_str(&self.error_topic()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

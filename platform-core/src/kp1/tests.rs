@@ -1,0 +1,174 @@
+use super::*;
+use proptest::prelude::*;
+
+fn parse(t: &str) -> Kp1Topic {
+    Kp1Topic::parse(t).unwrap_or_else(|e| panic!("{t}: {e}"))
+}
+
+#[test]
+fn a_request_with_request_id_splits_into_its_parts() {
+    let t = parse("kp1/demo-v1/dcx/tok1/json/42");
+    assert_eq!(t.app_version.as_str(), "demo-v1");
+    assert_eq!(t.extension.as_str(), "dcx");
+    assert_eq!(t.token.as_str(), "tok1");
+    assert_eq!(t.resource, "json");
+    assert_eq!(t.request_id.map(RequestId::get), Some(42));
+    assert_eq!(t.direction, Direction::Request);
+}
+
+#[test]
+fn a_request_without_request_id_keeps_a_multi_level_resource() {
+    let t = parse("kp1/app_1/epmx/t/get/keys");
+    assert_eq!(t.resource, "get/keys");
+    assert_eq!(t.request_id, None);
+}
+
+#[test]
+fn status_and_error_suffixes_set_the_direction() {
+    let s = parse("kp1/a/dcx/t/json/7/status");
+    assert_eq!(
+        (s.direction, s.request_id.map(RequestId::get)),
+        (Direction::Status, Some(7))
+    );
+    let e = parse("kp1/a/epmx/t/update/keys/error");
+    assert_eq!(
+        (e.direction, e.resource.as_str()),
+        (Direction::Error, "update/keys")
+    );
+}
+
+#[test]
+fn a_resource_named_status_alone_is_a_resource() {
+    let t = parse("kp1/a/x/t/status");
+    assert_eq!(
+        (t.direction, t.resource.as_str()),
+        (Direction::Request, "status")
+    );
+}
+
+#[test]
+fn a_number_right_after_the_token_is_the_resource_not_a_request_id() {
+    let t = parse("kp1/a/dcx/t/42");
+    assert_eq!((t.resource.as_str(), t.request_id), ("42", None));
+}
+
+#[test]
+fn request_id_zero_is_rejected() {
+    assert_eq!(
+        Kp1Topic::parse("kp1/a/dcx/t/json/0"),
+        Err(TopicError::RequestId("0".into()))
+    );
+}
+
+#[test]
+fn request_id_above_i32_max_is_rejected() {
+    assert!(Kp1Topic::parse("kp1/a/dcx/t/json/2147483647").is_ok());
+    assert_eq!(
+        Kp1Topic::parse("kp1/a/dcx/t/json/2147483648"),
+        Err(TopicError::RequestId("2147483648".into()))
+    );
+    assert!(matches!(
+        Kp1Topic::parse("kp1/a/dcx/t/json/99999999999999999999"),
+        Err(TopicError::RequestId(_))
+    ));
+}
+
+#[test]
+fn malformed_topics_are_rejected_with_the_reason() {
+    let cases: &[(&str, fn(&TopicError) -> bool)] = &[
+        ("kp2/a/dcx/t/json", |e| matches!(e, TopicError::NotKp1(_))),
+        ("kp1/a/dcx/t", |e| matches!(e, TopicError::TooShort(_))),
+        ("kp1//dcx/t/json", |e| {
+            matches!(e, TopicError::EmptyLevel(_))
+        }),
+        ("kp1/a/dcx/t/json/", |e| {
+            matches!(e, TopicError::EmptyLevel(_))
+        }),
+        ("kp1/A/dcx/t/json", |e| {
+            matches!(e, TopicError::AppVersionName(_))
+        }),
+        ("kp1/a/DCX/t/json", |e| {
+            matches!(e, TopicError::ExtensionInstance(_))
+        }),
+        ("kp1/a/dcx/t.x/json", |e| {
+            matches!(e, TopicError::EndpointToken(_))
+        }),
+        ("kp1/a/dcx/+/json", |e| {
+            matches!(e, TopicError::EndpointToken(_))
+        }),
+        ("kp1/a/dcx/#/json", |e| {
+            matches!(e, TopicError::EndpointToken(_))
+        }),
+        ("", |e| matches!(e, TopicError::NotKp1(_))),
+    ];
+    for (topic, ok) in cases {
+        match Kp1Topic::parse(topic) {
+            Err(e) => assert!(ok(&e), "{topic}: unexpected error {e:?}"),
+            Ok(t) => panic!("{topic}: parsed as {t:?}"),
+        }
+    }
+}
+
+#[test]
+fn response_topics_are_the_request_topic_plus_a_suffix() {
+    let t = parse("kp1/a/dcx/t/json/3");
+    assert_eq!(t.status_topic(), "kp1/a/dcx/t/json/3/status");
+    assert_eq!(t.error_topic(), "kp1/a/dcx/t/json/3/error");
+    let t = parse("kp1/a/dcx/t/json");
+    assert_eq!(t.error_topic(), "kp1/a/dcx/t/json/error");
+}
+
+#[test]
+fn token_debug_output_hides_most_of_the_token() {
+    let t = EndpointToken::new("secret-token").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(format!("{t:?}"), "EndpointToken(secr…)");
+}
+
+#[test]
+fn error_payload_has_the_rfc_field_names() {
+    let p = Kp1Error::bad_request("bad json").to_payload();
+    let v: serde_json::Value = serde_json::from_slice(&p).unwrap_or_default();
+    assert_eq!(
+        v,
+        serde_json::json!({"statusCode": 400, "reasonPhrase": "bad json"})
+    );
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z0-9_-]{1,12}"
+}
+fn token() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_~:-]{1,16}"
+}
+fn resource() -> impl Strategy<Value = String> {
+    // levels that are not pure digits (those would be request IDs) and not status/error
+    prop::collection::vec("[a-z][a-z0-9_]{0,8}", 1..4)
+        .prop_filter("suffix words", |v| {
+            v.last().is_some_and(|l| l != "status" && l != "error")
+        })
+        .prop_map(|v| v.join("/"))
+}
+
+proptest! {
+    #[test]
+    fn format_then_parse_is_identity(
+        avn in name(), ext in name(), tok in token(), res in resource(),
+        rid in prop::option::of(1u32..=MAX_REQUEST_ID),
+        dir in prop::sample::select(vec![Direction::Request, Direction::Status, Direction::Error]),
+    ) {
+        let t = Kp1Topic {
+            app_version: AppVersionName::new(&avn).unwrap_or_else(|e| panic!("{e}")),
+            extension: ExtensionInstance::new(&ext).unwrap_or_else(|e| panic!("{e}")),
+            token: EndpointToken::new(&tok).unwrap_or_else(|e| panic!("{e}")),
+            resource: res,
+            request_id: rid.and_then(RequestId::new),
+            direction: dir,
+        };
+        prop_assert_eq!(Kp1Topic::parse(&t.to_string()), Ok(t));
+    }
+
+    #[test]
+    fn parse_never_panics(s in "\\PC{0,80}") {
+        let _ = Kp1Topic::parse(&s);
+    }
+}

@@ -1,0 +1,7 @@
+//! KPC, the Kaa Protocol Communication service: listeners, connections and request routing.
+
+pub mod connection;
+pub mod listener;
+pub mod router;
+
+pub use router::{Reply, Router};

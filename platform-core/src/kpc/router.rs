@@ -1,0 +1,113 @@
+//! Routes one 1/KP request to its extension and shapes the `/status` or `/error` reply.
+//!
+//! Checks run in the order of PROTOCOL.md §4: topic syntax (400), payload size (413),
+//! app version (404), extension instance (404), token (401/403), then the extension.
+
+use crate::epr::{self, TokenLookup};
+use crate::ext::{self, ExtensionKind};
+use crate::kp1::{Direction, Kp1Error, Kp1Topic};
+use crate::store::StoreHandle;
+
+/// A response to publish back to the requesting client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Shared by every connection: where requests go.
+#[derive(Debug, Clone)]
+pub struct Router {
+    store: StoreHandle,
+    max_payload_bytes: usize,
+}
+
+impl Router {
+    pub fn new(store: StoreHandle, max_payload_bytes: usize) -> Self {
+        Self {
+            store,
+            max_payload_bytes,
+        }
+    }
+
+    /// Handles a request published on `topic`. Returns the reply to send, if any:
+    /// success only when the request carried a request ID; errors always (PROTOCOL.md §1).
+    pub async fn route(&self, topic: &str, payload: &[u8]) -> Option<Reply> {
+        let parsed = match Kp1Topic::parse(topic) {
+            Ok(t) => t,
+            Err(e) => {
+                return Some(Reply {
+                    topic: format!("{topic}/error"),
+                    payload: Kp1Error::bad_request(e.to_string()).to_payload(),
+                })
+            }
+        };
+        if parsed.direction != Direction::Request {
+            // A client publishing a response topic: nothing to answer (answering would loop).
+            log::debug!("ignoring client publish on response topic {topic}");
+            return None;
+        }
+        match self.dispatch(&parsed, payload).await {
+            Ok(body) => parsed.request_id.map(|_| Reply {
+                topic: parsed.status_topic(),
+                payload: body,
+            }),
+            Err(e) => Some(Reply {
+                topic: parsed.error_topic(),
+                payload: e.to_payload(),
+            }),
+        }
+    }
+
+    async fn dispatch(&self, t: &Kp1Topic, payload: &[u8]) -> Result<Vec<u8>, Kp1Error> {
+        if payload.len() > self.max_payload_bytes {
+            return Err(Kp1Error::payload_too_large(format!(
+                "payload of {} bytes is over the limit of {} bytes",
+                payload.len(),
+                self.max_payload_bytes
+            )));
+        }
+        let avn = t.app_version.as_str().to_owned();
+        let token = t.token.as_str().to_owned();
+        let (known_avn, lookup) = self
+            .store
+            .call(move |c| {
+                if !epr::app_version_exists(c, &avn)? {
+                    return Ok((false, TokenLookup::Unknown));
+                }
+                Ok((true, epr::use_token(c, &avn, &token)?))
+            })
+            .await
+            .map_err(|e| {
+                log::error!("token lookup failed: {e}");
+                Kp1Error::internal()
+            })?;
+        if !known_avn {
+            return Err(Kp1Error::not_found(format!(
+                "unknown application version {:?}",
+                t.app_version.as_str()
+            )));
+        }
+        let kind = ExtensionKind::for_default_instance(t.extension.as_str()).ok_or_else(|| {
+            Kp1Error::not_found(format!(
+                "unknown extension instance {:?}",
+                t.extension.as_str()
+            ))
+        })?;
+        let endpoint_id = match lookup {
+            TokenLookup::Active { endpoint_id } => endpoint_id,
+            TokenLookup::Suspended => {
+                return Err(Kp1Error::forbidden("endpoint token is suspended"))
+            }
+            TokenLookup::Revoked => {
+                return Err(Kp1Error::unauthorized("endpoint token is revoked"))
+            }
+            TokenLookup::Unknown => {
+                return Err(Kp1Error::unauthorized(
+                    "unknown endpoint token for this application version",
+                ))
+            }
+        };
+        ext::handle(&self.store, kind, endpoint_id, &t.resource, payload).await
+    }
+}

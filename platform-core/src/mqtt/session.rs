@@ -1,0 +1,323 @@
+//! One client's MQTT 3.1.1 session after CONNECT: a state machine with no I/O.
+//!
+//! [`Session::handle`] takes a decoded packet and returns [`Action`]s for the connection
+//! actor: packets to send, requests to route to the extensions, or a reason to close.
+//!
+//! Invariants:
+//! - a QoS 1 request is acknowledged (PUBACK) only after it was processed, so a crash
+//!   before that makes the client resend it (at-least-once, MQTT 3.1.1 §4.3.2);
+//! - a QoS 2 request is processed once per packet ID: PUBREC is sent after processing and
+//!   the ID is remembered until PUBREL, so a resend with DUP is acknowledged, not re-run;
+//! - packet IDs of our own QoS 1 publishes are unique among those awaiting PUBACK.
+
+use std::collections::{BTreeMap, HashSet};
+
+use bytes::Bytes;
+use rumqttc::mqttbytes::v4::{
+    Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck, SubscribeReasonCode, UnsubAck,
+};
+use rumqttc::mqttbytes::QoS;
+
+use super::filter::{matches, validate_filter, validate_topic_name};
+
+/// Why the server closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent DISCONNECT.
+    ClientDisconnect,
+    /// The client broke the protocol; the text says how.
+    ProtocolViolation(String),
+}
+
+/// What the connection actor must do next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Send(Packet),
+    /// Route this PUBLISH to the extensions, then send `ack` (if any).
+    Request {
+        publish: Publish,
+        ack: Option<Packet>,
+    },
+    Close(CloseReason),
+}
+
+/// Upper bound on our own unacknowledged QoS 1 publishes per session.
+pub const MAX_OUTGOING_INFLIGHT: usize = 100;
+
+/// Session state of one connected client.
+#[derive(Debug)]
+pub struct Session {
+    /// Filters with the QoS granted for them.
+    subscriptions: Vec<(String, QoS)>,
+    /// Last packet ID we used; the next one is searched from here.
+    last_pkid: u16,
+    /// Our QoS 1 publishes not yet acknowledged, by packet ID.
+    outgoing: BTreeMap<u16, Publish>,
+    /// QoS 2 packet IDs received and processed, awaiting PUBREL.
+    incoming_qos2: HashSet<u16>,
+}
+
+impl Default for Session {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self {
+            subscriptions: Vec::new(),
+            last_pkid: 0,
+            outgoing: BTreeMap::new(),
+            incoming_qos2: HashSet::new(),
+        }
+    }
+
+    /// Reacts to one packet from the client.
+    pub fn handle(&mut self, packet: Packet) -> Vec<Action> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubRel(rel) => {
+                self.incoming_qos2.remove(&rel.pkid);
+                // §4.3.3: answer PUBCOMP even for an unknown ID (a resend after our PUBCOMP got lost).
+                vec![Action::Send(Packet::PubComp(PubComp::new(rel.pkid)))]
+            }
+            Packet::PubAck(ack) => {
+                self.outgoing.remove(&ack.pkid);
+                vec![]
+            }
+            Packet::PubRec(rec) => {
+                // We never publish QoS 2, but answer correctly if a client treats ours so.
+                self.outgoing.remove(&rec.pkid);
+                vec![Action::Send(Packet::PubRel(PubRel::new(rec.pkid)))]
+            }
+            Packet::PubComp(_) => vec![],
+            Packet::Subscribe(sub) => {
+                let mut codes = Vec::with_capacity(sub.filters.len());
+                for f in sub.filters {
+                    if validate_filter(&f.path).is_err() {
+                        codes.push(SubscribeReasonCode::Failure);
+                        continue;
+                    }
+                    // Responses go out at QoS 1 at most (PROTOCOL.md §1: QoS 2 answered with QoS 1).
+                    let granted = match f.qos {
+                        QoS::AtMostOnce => QoS::AtMostOnce,
+                        _ => QoS::AtLeastOnce,
+                    };
+                    self.subscriptions.retain(|(p, _)| *p != f.path);
+                    self.subscriptions.push((f.path, granted));
+                    codes.push(SubscribeReasonCode::Success(granted));
+                }
+                vec![Action::Send(Packet::SubAck(SubAck::new(sub.pkid, codes)))]
+            }
+            Packet::Unsubscribe(unsub) => {
+                self.subscriptions
+                    .retain(|(p, _)| !unsub.topics.contains(p));
+                vec![Action::Send(Packet::UnsubAck(UnsubAck::new(unsub.pkid)))]
+            }
+            Packet::PingReq => vec![Action::Send(Packet::PingResp)],
+            Packet::Disconnect => vec![Action::Close(CloseReason::ClientDisconnect)],
+            Packet::Connect(_) => vec![violation("second CONNECT on one connection")],
+            other => vec![violation(&format!(
+                "server-only packet from client: {other:?}"
+            ))],
+        }
+    }
+
+    fn on_publish(&mut self, p: Publish) -> Vec<Action> {
+        if let Err(e) = validate_topic_name(&p.topic) {
+            return vec![violation(&e.to_string())];
+        }
+        match p.qos {
+            QoS::AtMostOnce => vec![Action::Request {
+                publish: p,
+                ack: None,
+            }],
+            QoS::AtLeastOnce => {
+                let ack = Some(Packet::PubAck(PubAck::new(p.pkid)));
+                vec![Action::Request { publish: p, ack }]
+            }
+            QoS::ExactlyOnce => {
+                let rec = Packet::PubRec(PubRec::new(p.pkid));
+                if self.incoming_qos2.insert(p.pkid) {
+                    vec![Action::Request {
+                        publish: p,
+                        ack: Some(rec),
+                    }]
+                } else {
+                    vec![Action::Send(rec)]
+                }
+            }
+        }
+    }
+
+    /// The QoS a subscription of this session grants for `topic`, if any matches.
+    pub fn subscribed_qos(&self, topic: &str) -> Option<QoS> {
+        self.subscriptions
+            .iter()
+            .filter(|(f, _)| matches(f, topic))
+            .map(|(_, q)| *q)
+            .max_by_key(|q| *q as u8)
+    }
+
+    /// Builds a PUBLISH to this client. QoS 2 is sent as QoS 1; when too many QoS 1
+    /// publishes await PUBACK, the message goes at QoS 0 rather than being held back.
+    pub fn publish(&mut self, topic: String, qos: QoS, payload: Bytes) -> Packet {
+        let mut p = Publish::from_bytes(topic, QoS::AtMostOnce, payload);
+        if qos != QoS::AtMostOnce && self.outgoing.len() < MAX_OUTGOING_INFLIGHT {
+            let pkid = self.next_pkid();
+            p.qos = QoS::AtLeastOnce;
+            p.pkid = pkid;
+            self.outgoing.insert(pkid, p.clone());
+        }
+        Packet::Publish(p)
+    }
+
+    /// Number of our QoS 1 publishes awaiting PUBACK.
+    pub fn outgoing_inflight(&self) -> usize {
+        self.outgoing.len()
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        // Caller guarantees fewer than MAX_OUTGOING_INFLIGHT IDs in use, so this terminates.
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            if !self.outgoing.contains_key(&self.last_pkid) {
+                return self.last_pkid;
+            }
+        }
+    }
+}
+
+fn violation(what: &str) -> Action {
+    Action::Close(CloseReason::ProtocolViolation(what.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::v4::{Subscribe, Unsubscribe};
+
+    fn publish(topic: &str, qos: QoS, pkid: u16) -> Packet {
+        let mut p = Publish::new(topic, qos, b"x".to_vec());
+        p.pkid = pkid;
+        Packet::Publish(p)
+    }
+
+    #[test]
+    fn qos0_publish_is_routed_without_ack() {
+        let mut s = Session::new();
+        let a = s.handle(publish("kp1/a/dcx/t/json", QoS::AtMostOnce, 0));
+        assert!(matches!(&a[..], [Action::Request { ack: None, .. }]));
+    }
+
+    #[test]
+    fn qos1_publish_is_acked_after_routing() {
+        let mut s = Session::new();
+        let a = s.handle(publish("kp1/a/dcx/t/json", QoS::AtLeastOnce, 7));
+        assert!(matches!(
+            &a[..],
+            [Action::Request {
+                ack: Some(Packet::PubAck(PubAck { pkid: 7 })),
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn qos2_publish_is_processed_once_until_pubrel() {
+        let mut s = Session::new();
+        let first = s.handle(publish("kp1/a/dcx/t/json", QoS::ExactlyOnce, 9));
+        assert!(matches!(
+            &first[..],
+            [Action::Request {
+                ack: Some(Packet::PubRec(_)),
+                ..
+            }]
+        ));
+        let dup = s.handle(publish("kp1/a/dcx/t/json", QoS::ExactlyOnce, 9));
+        assert_eq!(dup, vec![Action::Send(Packet::PubRec(PubRec::new(9)))]);
+        let comp = s.handle(Packet::PubRel(PubRel::new(9)));
+        assert_eq!(comp, vec![Action::Send(Packet::PubComp(PubComp::new(9)))]);
+        let again = s.handle(publish("kp1/a/dcx/t/json", QoS::ExactlyOnce, 9));
+        assert!(matches!(&again[..], [Action::Request { .. }]));
+    }
+
+    #[test]
+    fn a_wildcard_in_a_publish_topic_closes_the_connection() {
+        let mut s = Session::new();
+        let a = s.handle(publish("kp1/+/dcx", QoS::AtMostOnce, 0));
+        assert!(matches!(
+            &a[..],
+            [Action::Close(CloseReason::ProtocolViolation(_))]
+        ));
+    }
+
+    #[test]
+    fn subscribe_grants_at_most_qos1_and_fails_bad_filters() {
+        let mut s = Session::new();
+        let mut sub = Subscribe::new("kp1/a/#", QoS::ExactlyOnce);
+        sub.pkid = 3;
+        sub.add("a/#/b".into(), QoS::AtMostOnce);
+        let a = s.handle(Packet::Subscribe(sub));
+        assert_eq!(
+            a,
+            vec![Action::Send(Packet::SubAck(SubAck::new(
+                3,
+                vec![
+                    SubscribeReasonCode::Success(QoS::AtLeastOnce),
+                    SubscribeReasonCode::Failure
+                ]
+            )))]
+        );
+        assert_eq!(
+            s.subscribed_qos("kp1/a/dcx/t/json/1/status"),
+            Some(QoS::AtLeastOnce)
+        );
+        assert_eq!(s.subscribed_qos("kp1/b/x"), None);
+        let mut unsub = Unsubscribe::new("kp1/a/#");
+        unsub.pkid = 4;
+        assert_eq!(
+            s.handle(Packet::Unsubscribe(unsub)),
+            vec![Action::Send(Packet::UnsubAck(UnsubAck::new(4)))]
+        );
+        assert_eq!(s.subscribed_qos("kp1/a/dcx/t/json/1/status"), None);
+    }
+
+    #[test]
+    fn outgoing_qos1_ids_are_unique_and_freed_by_puback() {
+        let mut s = Session::new();
+        let mut ids = HashSet::new();
+        for _ in 0..MAX_OUTGOING_INFLIGHT {
+            let Packet::Publish(p) = s.publish("t".into(), QoS::AtLeastOnce, Bytes::new()) else {
+                panic!("not a publish")
+            };
+            assert_eq!(p.qos, QoS::AtLeastOnce);
+            assert!(ids.insert(p.pkid));
+        }
+        // Window full: degrade to QoS 0 instead of blocking.
+        let Packet::Publish(p) = s.publish("t".into(), QoS::AtLeastOnce, Bytes::new()) else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.qos, QoS::AtMostOnce);
+        s.handle(Packet::PubAck(PubAck::new(1)));
+        assert_eq!(s.outgoing_inflight(), MAX_OUTGOING_INFLIGHT - 1);
+    }
+
+    #[test]
+    fn ping_disconnect_and_protocol_violations() {
+        let mut s = Session::new();
+        assert_eq!(
+            s.handle(Packet::PingReq),
+            vec![Action::Send(Packet::PingResp)]
+        );
+        assert_eq!(
+            s.handle(Packet::Disconnect),
+            vec![Action::Close(CloseReason::ClientDisconnect)]
+        );
+        assert!(matches!(
+            &s.handle(Packet::PingResp)[..],
+            [Action::Close(CloseReason::ProtocolViolation(_))]
+        ));
+    }
+}
