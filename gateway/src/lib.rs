@@ -1,1 +1,20 @@
+//! kp-gateway: polls field devices, buffers every sample in SQLite and forwards it to a
+//! Kaa platform (or the embedded platform core) over one 1/KP MQTT connection.
+//!
+//! `main.rs` only parses the command line; [`supervisor::run`] wires the parts:
+//! sources → buffer → upstream session, plus the optional in-process core.
 
+pub mod buffer;
+pub mod config;
+pub mod modbus;
+pub mod source;
+pub mod supervisor;
+pub mod upstream;
+
+/// The demo configuration: simulated devices and the in-process core, no hardware.
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}

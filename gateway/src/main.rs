@@ -1,1 +1,190 @@
-fn main() {}
+//! `kp-gateway` binary: command line, logging, signals; everything else is in the library.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kp_gateway::config::Config;
+use kp_gateway::supervisor::{self, RunOptions};
+use tokio_util::sync::CancellationToken;
+
+/// Edge gateway: Modbus and serial sensors to Kaa 1/KP endpoints, with a store-and-forward
+/// buffer that never loses a reading.
+#[derive(Debug, Parser)]
+#[command(name = "kp-gateway", version, about)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        default_value = "/etc/kp-gateway/gateway.toml"
+    )]
+    config: PathBuf,
+    /// Run the built-in demo: simulated devices and the in-process core, no hardware.
+    #[arg(long, conflicts_with = "config")]
+    demo: bool,
+    /// Override `gateway.state_dir` (where the buffer and core databases live).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log a status line every N seconds (0: never; the demo defaults to 5).
+    #[arg(long, value_name = "SECS")]
+    status_every: Option<u64>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file, print every problem, and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Read a password from stdin and print its Argon2id hash for `core.credentials`.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                ExitCode::from(2)
+            }
+        },
+        Some(Command::HashPassword) => hash_password(),
+        None => run(cli),
+    }
+}
+
+fn hash_password() -> ExitCode {
+    if std::io::stdin().is_terminal() {
+        eprintln!("password (one line):");
+    }
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() || line.trim_end().is_empty() {
+        eprintln!("no password on stdin");
+        return ExitCode::from(2);
+    }
+    match platform_core::ccm::hash_password(line.trim_end_matches(['\r', '\n'])) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> ExitCode {
+    let loaded = if cli.demo {
+        Config::from_toml(kp_gateway::DEMO_CONFIG)
+    } else {
+        Config::load(&cli.config)
+    };
+    let mut config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            let source = if cli.demo {
+                "demo config".into()
+            } else {
+                cli.config.display().to_string()
+            };
+            eprintln!("{source}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(dir) = cli
+        .state_dir
+        .or_else(|| cli.demo.then(|| PathBuf::from("kp-gateway-demo")))
+    {
+        rebase_state_dir(&mut config, dir);
+    }
+    init_logging(config.log_level);
+    let status_every = match cli.status_every {
+        Some(0) => None,
+        Some(n) => Some(Duration::from_secs(n)),
+        None if cli.demo => Some(Duration::from_secs(5)),
+        None => None,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        supervisor::run(config, RunOptions { status_every }, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Moves every state file that lives under the old state dir to `dir`.
+fn rebase_state_dir(config: &mut Config, dir: PathBuf) {
+    let old = config.state_dir.clone();
+    let rebase = |p: &mut PathBuf| {
+        if let Ok(rel) = p.strip_prefix(&old) {
+            *p = dir.join(rel);
+        }
+    };
+    rebase(&mut config.buffer.path);
+    if let Some(core) = &mut config.core {
+        rebase(&mut core.database);
+    }
+    config.state_dir = dir;
+}
+
+fn init_logging(level: log::LevelFilter) {
+    // Under systemd (JOURNAL_STREAM set) log to the journal with structured fields.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(j) = systemd_journal_logger::JournalLog::new() {
+            if j.install().is_ok() {
+                log::set_max_level(level);
+                return;
+            }
+        }
+    }
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+}
+
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot install signal handlers; stop with SIGKILL only");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => log::info!("SIGTERM received"),
+        _ = int.recv() => log::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,164 @@
+//! Gateway configuration: TOML file → [`raw::RawConfig`] → validated [`Config`].
+//!
+//! [`Config::from_toml`] reports every problem at once, each as `path: message`
+//! (`devices[1].points[0].type: unknown data type "u17"`), and never panics. Secrets
+//! (upstream password, tokens) are redacted from `Debug` output.
+
+pub mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use platform_core::kp1::{AppVersionName, EndpointToken};
+use platform_core::CoreConfig;
+
+use crate::modbus::decode::{DataType, RegisterTable};
+use crate::source::simulated::Waveform;
+
+/// Every problem found in a configuration, one per line as `path: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// The validated, runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub log_level: log::LevelFilter,
+    /// Where samples go; `None` with `core` set means "the in-process core" (standalone site).
+    pub upstream: Option<Upstream>,
+    pub buffer: Buffer,
+    pub core: Option<CoreConfig>,
+    pub devices: Vec<Device>,
+}
+
+/// The upstream MQTT server speaking 1/KP (a Kaa cloud, or a core elsewhere).
+#[derive(Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keepalive: Duration,
+    pub response_timeout: Duration,
+    pub batch_max_samples: usize,
+    pub reconnect_max: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("keepalive", &self.keepalive)
+            .field("response_timeout", &self.response_timeout)
+            .field("batch_max_samples", &self.batch_max_samples)
+            .finish()
+    }
+}
+
+/// SQLite `synchronous` setting of the buffer (durability vs. SD-card wear and speed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged sample survives power loss (default).
+    Full,
+    /// WAL checkpoints fsync; the last commits may be lost on power loss (not on a crash).
+    Normal,
+}
+
+/// The store-and-forward buffer.
+#[derive(Debug, Clone)]
+pub struct Buffer {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+}
+
+/// One field device: one 1/KP endpoint.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub name: String,
+    pub token: EndpointToken,
+    pub app_version: AppVersionName,
+    pub poll_interval: Duration,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub source: DeviceSource,
+}
+
+/// Where a device's values come from.
+#[derive(Debug, Clone)]
+pub enum DeviceSource {
+    ModbusTcp(ModbusTcpDevice),
+    Simulated(SimulatedDevice),
+}
+
+#[derive(Debug, Clone)]
+pub struct ModbusTcpDevice {
+    pub address: SocketAddr,
+    pub unit_id: u8,
+    pub timeout: Duration,
+    pub points: Vec<ModbusPoint>,
+}
+
+/// One value read from Modbus registers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusPoint {
+    pub name: String,
+    pub table: RegisterTable,
+    pub address: u16,
+    pub data_type: DataType,
+    pub scale: f64,
+    pub offset: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatedDevice {
+    pub phase_secs: f64,
+    pub points: Vec<SimulatedPoint>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatedPoint {
+    pub name: String,
+    pub waveform: Waveform,
+    pub period_secs: f64,
+    pub amplitude: f64,
+    pub center: f64,
+}
+
+impl Config {
+    /// Parses and validates a TOML document.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_owned();
+            let place = e
+                .span()
+                .map(|s| {
+                    let line = text.as_bytes()[..s.start.min(text.len())]
+                        .iter()
+                        .filter(|b| **b == b'\n')
+                        .count()
+                        + 1;
+                    format!("line {line}")
+                })
+                .unwrap_or_else(|| "file".into());
+            ConfigErrors(vec![format!("{place}: {msg}")])
+        })?;
+        validate::validate(raw)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        Self::from_toml(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests;

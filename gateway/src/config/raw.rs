@@ -1,0 +1,254 @@
+//! The configuration file as written (TOML → serde), before validation.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored key.
+//! Defaults live in `defaults` below, in one place; [`super::validate`] turns this into
+//! the runtime [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub gateway: RawGateway,
+    pub upstream: Option<RawUpstream>,
+    #[serde(default)]
+    pub buffer: RawBuffer,
+    pub core: Option<RawCore>,
+    #[serde(default)]
+    pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: String,
+    #[serde(default = "defaults::log_level")]
+    pub log_level: String,
+}
+
+impl Default for RawGateway {
+    fn default() -> Self {
+        Self {
+            state_dir: defaults::state_dir(),
+            log_level: defaults::log_level(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub host: String,
+    #[serde(default = "defaults::mqtt_port")]
+    pub port: u16,
+    #[serde(default = "defaults::client_id")]
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    #[serde(default = "defaults::keepalive_secs")]
+    pub keepalive_secs: u64,
+    #[serde(default = "defaults::response_timeout_secs")]
+    pub response_timeout_secs: u64,
+    #[serde(default = "defaults::batch_max_samples")]
+    pub batch_max_samples: usize,
+    #[serde(default = "defaults::reconnect_max_secs")]
+    pub reconnect_max_secs: u64,
+}
+
+impl std::fmt::Debug for RawUpstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawUpstream")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuffer {
+    #[serde(default = "defaults::buffer_file")]
+    pub file: String,
+    #[serde(default = "defaults::synchronous")]
+    pub synchronous: String,
+}
+
+impl Default for RawBuffer {
+    fn default() -> Self {
+        Self {
+            file: defaults::buffer_file(),
+            synchronous: defaults::synchronous(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCore {
+    #[serde(default = "defaults::core_file")]
+    pub database: String,
+    #[serde(default)]
+    pub mqtt: RawCoreMqtt,
+    #[serde(default = "defaults::max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    #[serde(default)]
+    pub applications: Vec<platform_core::epr::ApplicationSpec>,
+    #[serde(default)]
+    pub endpoints: Vec<platform_core::epr::EndpointSpec>,
+    #[serde(default)]
+    pub credentials: Vec<platform_core::ccm::BasicCredentialSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreMqtt {
+    #[serde(default = "defaults::core_listen")]
+    pub listen: String,
+    #[serde(default = "defaults::max_packet_size")]
+    pub max_packet_size: usize,
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for RawCoreMqtt {
+    fn default() -> Self {
+        Self {
+            listen: defaults::core_listen(),
+            max_packet_size: defaults::max_packet_size(),
+            max_connections: defaults::max_connections(),
+            connect_timeout_secs: defaults::connect_timeout_secs(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub name: String,
+    pub token: String,
+    pub app_version: String,
+    #[serde(default = "defaults::poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, toml::Value>,
+    pub modbus_tcp: Option<RawModbusTcp>,
+    pub simulated: Option<RawSimulated>,
+    #[serde(default)]
+    pub points: Vec<RawPoint>,
+}
+
+impl std::fmt::Debug for RawDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawDevice")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .field("app_version", &self.app_version)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModbusTcp {
+    pub address: String,
+    #[serde(default = "defaults::unit_id")]
+    pub unit_id: u8,
+    #[serde(default = "defaults::modbus_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSimulated {
+    /// Seed for the noise-free waveforms' phase; same seed, same values.
+    #[serde(default)]
+    pub phase_secs: f64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoint {
+    pub name: String,
+    // Modbus points
+    pub table: Option<String>,
+    pub address: Option<u16>,
+    #[serde(rename = "type")]
+    pub data_type: Option<String>,
+    pub scale: Option<f64>,
+    pub offset: Option<f64>,
+    // Simulated points
+    pub waveform: Option<String>,
+    pub period_secs: Option<f64>,
+    pub amplitude: Option<f64>,
+    pub center: Option<f64>,
+}
+
+/// Defaults, in one place (documented in `config/README.md`).
+pub mod defaults {
+    pub fn state_dir() -> String {
+        "/var/lib/kp-gateway".into()
+    }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub fn mqtt_port() -> u16 {
+        1883
+    }
+    pub fn client_id() -> String {
+        "kp-gateway".into()
+    }
+    pub fn keepalive_secs() -> u64 {
+        30
+    }
+    pub fn response_timeout_secs() -> u64 {
+        30
+    }
+    pub fn batch_max_samples() -> usize {
+        100
+    }
+    pub fn reconnect_max_secs() -> u64 {
+        30
+    }
+    pub fn buffer_file() -> String {
+        "buffer.sqlite".into()
+    }
+    pub fn synchronous() -> String {
+        "full".into()
+    }
+    pub fn core_file() -> String {
+        "core.sqlite".into()
+    }
+    pub fn core_listen() -> String {
+        "127.0.0.1:1883".into()
+    }
+    pub fn max_packet_size() -> usize {
+        platform_core::config::DEFAULT_MAX_PACKET_SIZE
+    }
+    pub fn max_payload_bytes() -> usize {
+        platform_core::config::DEFAULT_MAX_PAYLOAD_BYTES
+    }
+    pub fn max_connections() -> usize {
+        1024
+    }
+    pub fn connect_timeout_secs() -> u64 {
+        10
+    }
+    pub fn poll_interval_ms() -> u64 {
+        1000
+    }
+    pub fn unit_id() -> u8 {
+        1
+    }
+    pub fn modbus_timeout_ms() -> u64 {
+        1000
+    }
+}

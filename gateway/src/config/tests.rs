@@ -1,0 +1,201 @@
+use super::*;
+
+const MINIMAL_BRIDGE: &str = r#"
+[upstream]
+host = "kaa.example"
+
+[[devices]]
+name = "d1"
+token = "tok-1"
+app_version = "app-v1"
+[devices.modbus_tcp]
+address = "127.0.0.1:502"
+[[devices.points]]
+name = "t"
+address = 0
+type = "i16"
+scale = 0.1
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    Config::from_toml(text).unwrap_err().0
+}
+
+#[test]
+fn a_minimal_bridge_config_gets_the_documented_defaults() {
+    let c = Config::from_toml(MINIMAL_BRIDGE).unwrap();
+    let u = c.upstream.as_ref().unwrap();
+    assert_eq!(
+        (u.port, u.client_id.as_str(), u.batch_max_samples),
+        (1883, "kp-gateway", 100)
+    );
+    assert_eq!(
+        c.buffer.path,
+        PathBuf::from("/var/lib/kp-gateway/buffer.sqlite")
+    );
+    assert_eq!(c.buffer.synchronous, Synchronous::Full);
+    assert!(c.core.is_none());
+    let DeviceSource::ModbusTcp(m) = &c.devices[0].source else {
+        panic!("not modbus")
+    };
+    assert_eq!(m.unit_id, 1);
+    assert_eq!(
+        m.points[0],
+        ModbusPoint {
+            name: "t".into(),
+            table: RegisterTable::Holding,
+            address: 0,
+            data_type: DataType::I16,
+            scale: 0.1,
+            offset: 0.0
+        }
+    );
+    assert_eq!(c.devices[0].poll_interval, Duration::from_secs(1));
+}
+
+#[test]
+fn the_demo_config_is_valid_and_standalone() {
+    let c = Config::from_toml(crate::DEMO_CONFIG).unwrap();
+    assert!(c.upstream.is_none());
+    assert!(c.core.is_some());
+    assert_eq!(c.devices.len(), 2);
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_its_path() {
+    let text = r#"
+[gateway]
+log_level = "chatty"
+
+[upstream]
+host = ""
+keepalive_secs = 1
+password = "x"
+
+[buffer]
+synchronous = "sometimes"
+
+[[devices]]
+name = "d1"
+token = "a/b"
+app_version = "App"
+poll_interval_ms = 1
+[devices.modbus_tcp]
+address = "not-an-address"
+[[devices.points]]
+name = "t"
+address = 65535
+type = "u17"
+waveform = "sine"
+[[devices.points]]
+name = "t"
+address = 1
+type = "f32"
+scale = 0.0
+
+[[devices]]
+name = "d1"
+token = "ok"
+app_version = "app"
+[[devices.points]]
+name = "timestamp"
+"#;
+    let e = errors(text);
+    let expect = [
+        "gateway.log_level: unknown level \"chatty\"",
+        "upstream.host: must not be empty",
+        "upstream.password: set without upstream.username",
+        "upstream.keepalive_secs: 1 is out of range",
+        "buffer.synchronous: unknown value \"sometimes\"",
+        "devices[0].token: invalid endpoint token \"a/b\"",
+        "devices[0].app_version: invalid app version name \"App\"",
+        "devices[0].poll_interval_ms: 1 is below the minimum",
+        "devices[0].points[1].name: duplicate point name \"t\"",
+        "devices[0].modbus_tcp.address: \"not-an-address\" is not an IP:port address",
+        "devices[0].points[0].waveform: not a field of modbus points",
+        "devices[0].points[0].type: unknown data type \"u17\"",
+        "devices[0].points[1].scale: must be a finite, non-zero number",
+        "devices[1].name: duplicate device name \"d1\"",
+        "devices[1].points[0].name: \"timestamp\" is reserved",
+        "devices[1]: needs a source",
+    ];
+    for want in expect {
+        assert!(
+            e.iter().any(|line| line.starts_with(want)),
+            "missing {want:?} in:\n{}",
+            e.join("\n")
+        );
+    }
+    assert_eq!(
+        e.len(),
+        expect.len(),
+        "unexpected extra errors:\n{}",
+        e.join("\n")
+    );
+}
+
+#[test]
+fn an_unknown_key_is_an_error_with_its_line() {
+    let e = errors("[gateway]\nstate_dir = \"/tmp\"\nlog_levle = \"info\"\n");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("line 3: unknown field `log_levle`"),
+        "{}",
+        e[0]
+    );
+}
+
+#[test]
+fn nothing_to_send_to_is_an_error() {
+    let e = errors("");
+    assert_eq!(
+        e,
+        vec![
+            "upstream: missing: configure [upstream] (a Kaa server) or [core] (the embedded core)"
+        ]
+    );
+}
+
+#[test]
+fn standalone_devices_need_an_app_version_known_to_the_core() {
+    let text = r#"
+[core]
+[[core.applications]]
+name = "demo"
+versions = ["demo-v1"]
+[[core.credentials]]
+username = "u"
+password_hash = "plaintext"
+[[devices]]
+name = "d"
+token = "t"
+app_version = "other-v1"
+[devices.simulated]
+[[devices.points]]
+name = "x"
+"#;
+    let e = errors(text);
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("devices[0].app_version: \"other-v1\" is not a version")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("core.credentials[0].password_hash: not a PHC password hash")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn upstream_password_is_redacted_in_debug_output() {
+    let mut text = MINIMAL_BRIDGE.replace(
+        "host = \"kaa.example\"",
+        "host = \"h\"\nusername = \"u\"\npassword = \"hunter2\"",
+    );
+    text.push('\n');
+    let c = Config::from_toml(&text).unwrap();
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("hunter2"), "{dbg}");
+    assert!(!dbg.contains("tok-1"), "{dbg}");
+}

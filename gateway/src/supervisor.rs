@@ -1,0 +1,214 @@
+//! Starts the gateway's tasks in dependency order and stops them in the reverse order.
+//!
+//! Start: buffer → core (optional) → upstream session → one task per device.
+//! Stop (SIGTERM/SIGINT or the token): devices first (a sample being taken is made
+//! durable before its task ends), then the upstream (DISCONNECT; unconfirmed batches stay
+//! buffered), then the core, then the buffer thread. Nothing taken is lost.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use platform_core::epr::EndpointSpec;
+use platform_core::Core;
+use rand::distributions::{Alphanumeric, DistString};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::{BufferHandle, EndpointKey};
+use crate::config::{Config, Upstream};
+use crate::source;
+use crate::upstream::UpstreamSession;
+
+/// User name of the gateway's own credential in the in-process core (standalone site).
+pub const INTERNAL_USER: &str = "kp-gateway-internal";
+
+/// Options that are not part of the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Log a status line (buffer depth, samples stored by the core) this often.
+    pub status_every: Option<Duration>,
+}
+
+/// Runs until `shutdown` fires (the binary fires it on SIGTERM/SIGINT).
+pub async fn run(
+    config: Config,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.state_dir).with_context(|| {
+        format!(
+            "cannot create state directory {}",
+            config.state_dir.display()
+        )
+    })?;
+    let (buffer, buffer_thread) =
+        BufferHandle::open(&config.buffer.path, config.buffer.synchronous)?;
+
+    let core_stop = CancellationToken::new();
+    let mut core = None;
+    if let Some(core_cfg) = config.core.clone() {
+        core = Some(Core::start(core_cfg, core_stop.clone()).await?);
+    }
+
+    let upstream = match (&config.upstream, &core) {
+        (Some(u), _) => u.clone(),
+        (None, Some(core)) => wire_to_core(core, &config).await?,
+        (None, None) => anyhow::bail!("no upstream and no core configured"),
+    };
+
+    let endpoints: Vec<EndpointKey> = config
+        .devices
+        .iter()
+        .map(|d| EndpointKey {
+            app_version: d.app_version.clone(),
+            token: d.token.clone(),
+        })
+        .collect();
+    let stats = buffer.stats().await?;
+    log::info!(
+        "buffer {}: {} samples waiting from an earlier run, {} in the dead-letter table",
+        config.buffer.path.display(),
+        stats.pending,
+        stats.dead_letters
+    );
+    match &core {
+        Some(core) if config.upstream.is_none() => log::info!(
+            "standalone site: {} device(s) → in-process core at mqtt://{} (database {})",
+            config.devices.len(),
+            core.mqtt_addr,
+            config
+                .core
+                .as_ref()
+                .map(|c| c.database.display().to_string())
+                .unwrap_or_default()
+        ),
+        _ => log::info!(
+            "bridge: {} device(s) → upstream mqtt://{}:{}",
+            config.devices.len(),
+            upstream.host,
+            upstream.port
+        ),
+    }
+
+    let upstream_stop = CancellationToken::new();
+    let session = UpstreamSession::new(upstream, buffer.clone(), endpoints);
+    let upstream_task = tokio::spawn(session.run(upstream_stop.clone()));
+
+    let sources_stop = CancellationToken::new();
+    let mut devices = JoinSet::new();
+    for d in config.devices.clone() {
+        log::info!(
+            "device {}: polling every {:?} → kp1/{}/dcx/<token>/json",
+            d.name,
+            d.poll_interval,
+            d.app_version.as_str()
+        );
+        devices.spawn(source::run_device(d, buffer.clone(), sources_stop.clone()));
+    }
+
+    let status = status_loop(&buffer, core.as_ref(), opts.status_every);
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = status => {}
+    }
+
+    log::info!("shutting down: stopping devices");
+    sources_stop.cancel();
+    while devices.join_next().await.is_some() {}
+    log::info!("shutting down: closing the upstream session");
+    upstream_stop.cancel();
+    let _ = upstream_task.await;
+    if let Some(core) = core {
+        core_stop.cancel();
+        core.wait().await;
+    }
+    let stats = buffer.stats().await?;
+    drop(buffer);
+    let _ = tokio::task::spawn_blocking(move || buffer_thread.join()).await;
+    log::info!(
+        "stopped; {} samples stay buffered for the next start",
+        stats.pending
+    );
+    Ok(())
+}
+
+/// Standalone site: provisions the devices and a fresh internal credential in the core,
+/// and returns the upstream settings that point at it.
+async fn wire_to_core(core: &Core, config: &Config) -> anyhow::Result<Upstream> {
+    let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
+    let hash = tokio::task::spawn_blocking({
+        let p = password.clone();
+        move || platform_core::ccm::hash_password(&p)
+    })
+    .await??;
+    let endpoints = config
+        .devices
+        .iter()
+        .map(|d| EndpointSpec {
+            id: None,
+            token: d.token.as_str().to_owned(),
+            app_version: d.app_version.as_str().to_owned(),
+            metadata: d.metadata.clone(),
+        })
+        .collect();
+    let cred = platform_core::ccm::BasicCredentialSpec {
+        username: INTERNAL_USER.into(),
+        password_hash: hash,
+    };
+    core.provision(vec![], endpoints, vec![cred])
+        .await
+        .context("cannot register the devices in the embedded core")?;
+    let addr = core.mqtt_addr;
+    let host = if addr.ip().is_unspecified() {
+        Ipv4Addr::LOCALHOST.to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    Ok(Upstream {
+        host,
+        port: addr.port(),
+        client_id: "kp-gateway".into(),
+        username: Some(INTERNAL_USER.into()),
+        password: Some(password),
+        keepalive: Duration::from_secs(30),
+        response_timeout: Duration::from_secs(30),
+        batch_max_samples: 100,
+        reconnect_max: Duration::from_secs(5),
+    })
+}
+
+/// Logs buffer depth (and the core's stored sample count) every `every`; never returns
+/// when `every` is `None`.
+async fn status_loop(buffer: &BufferHandle, core: Option<&Core>, every: Option<Duration>) {
+    let Some(every) = every else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let b = buffer.stats().await.unwrap_or_default();
+        let stored = match core {
+            Some(c) => c
+                .store
+                .call(|conn| {
+                    Ok(
+                        conn.query_row("SELECT count(*) FROM data_samples", [], |r| {
+                            r.get::<_, i64>(0)
+                        })?,
+                    )
+                })
+                .await
+                .map(|n| format!("; core has stored {n} samples"))
+                .unwrap_or_default(),
+            None => String::new(),
+        };
+        log::info!(
+            "status: buffer {} pending, {} in flight, {} dead letters{stored}",
+            b.pending,
+            b.leased,
+            b.dead_letters
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! The upstream 1/KP session: one MQTT connection (rumqttc) carrying every endpoint.
+//!
+//! One task owns the connection and drives rumqttc's event loop in a single `select!`:
+//! incoming responses resolve outstanding requests, new buffer data and a periodic tick
+//! lease batches and publish them, and shutdown sends DISCONNECT. Each batch goes to
+//! `kp1/<avn>/dcx/<token>/json/<request id>` at QoS 1 and stays in the buffer until its
+//! `/status` arrives (PROTOCOL.md §7): `/error` 4xx parks it in the dead-letter table,
+//! 5xx, a timeout or a lost connection sends it again after a backoff.
+
+pub mod inflight;
+
+use std::time::{Duration, Instant};
+
+use platform_core::kp1::{Direction, ErrorPayload, ExtensionInstance, Kp1Topic};
+use rand::Rng;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, SubscribeFilter};
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::{Batch, BufferHandle, EndpointKey};
+use crate::config::Upstream;
+use inflight::InFlight;
+
+/// Largest MQTT packet sent or accepted upstream.
+pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
+/// How often timeouts are checked and the buffer is looked at without a notification.
+const TICK: Duration = Duration::from_millis(250);
+
+/// The upstream session actor.
+#[derive(Debug)]
+pub struct UpstreamSession {
+    config: Upstream,
+    buffer: BufferHandle,
+    endpoints: Vec<EndpointKey>,
+}
+
+impl UpstreamSession {
+    pub fn new(config: Upstream, buffer: BufferHandle, endpoints: Vec<EndpointKey>) -> Self {
+        Self {
+            config,
+            buffer,
+            endpoints,
+        }
+    }
+
+    /// Runs until `shutdown`; then sends DISCONNECT (leased batches stay in the buffer).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let c = &self.config;
+        let mut opts = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
+        opts.set_keep_alive(c.keepalive)
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PACKET_SIZE, MAX_PACKET_SIZE);
+        if let Some(user) = &c.username {
+            opts.set_credentials(user.clone(), c.password.clone().unwrap_or_default());
+        }
+        let (client, mut events) = AsyncClient::new(opts, 1024);
+        let mut inflight = InFlight::new(c.reconnect_max.max(Duration::from_secs(1)));
+        let mut connected = false;
+        let mut reconnect_failures: u32 = 0;
+        let mut tick = tokio::time::interval(TICK);
+        let dcx = ExtensionInstance::new("dcx").unwrap_or_else(|_| unreachable!("valid name"));
+        log::info!(
+            "upstream: connecting to {}:{} as {:?}",
+            c.host,
+            c.port,
+            c.client_id
+        );
+        loop {
+            tokio::select! {
+                // Shutdown: say goodbye; unconfirmed batches stay in the buffer for next time.
+                _ = shutdown.cancelled() => break,
+                // The connection: CONNACK, responses, errors (rumqttc reconnects on the next poll).
+                ev = events.poll() => match ev {
+                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                        connected = true;
+                        reconnect_failures = 0;
+                        log::info!("upstream: connected to {}:{}", c.host, c.port);
+                        self.subscribe(&client);
+                        self.send_batches(&client, &mut inflight, &dcx).await;
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        self.on_response(&p.topic, &p.payload, &mut inflight).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        for ep in inflight.clear() {
+                            let _ = self.buffer.release(ep).await;
+                        }
+                        reconnect_failures = reconnect_failures.saturating_add(1);
+                        let delay = reconnect_delay(reconnect_failures, c.reconnect_max);
+                        if connected {
+                            log::warn!("upstream: connection lost: {e}; reconnecting");
+                        } else if reconnect_failures == 1 || reconnect_failures % 20 == 0 {
+                            log::warn!("upstream: cannot connect to {}:{}: {e} (attempt {reconnect_failures}, next in {delay:?})", c.host, c.port);
+                        }
+                        connected = false;
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                },
+                // New samples in the buffer: send them now rather than at the next tick.
+                _ = self.buffer.new_data.notified(), if connected => {
+                    self.send_batches(&client, &mut inflight, &dcx).await;
+                }
+                // Time-outs of unanswered requests, retries after backoff.
+                _ = tick.tick(), if connected => {
+                    for ep in inflight.expired(Instant::now(), c.response_timeout) {
+                        log::warn!("upstream: no answer for {:?}/{:?} within {:?}; will resend", ep.app_version, ep.token, c.response_timeout);
+                        inflight.fail(&ep, Instant::now(), rand::thread_rng().gen());
+                        let _ = self.buffer.release(ep).await;
+                    }
+                    self.send_batches(&client, &mut inflight, &dcx).await;
+                }
+            }
+        }
+        if connected {
+            let _ = client.try_disconnect();
+            // Drive the event loop until DISCONNECT is on the wire (bounded).
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Ok(ev) = events.poll().await {
+                    if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        log::info!("upstream: stopped");
+    }
+
+    fn subscribe(&self, client: &AsyncClient) {
+        let filters: Vec<SubscribeFilter> = self
+            .endpoints
+            .iter()
+            .flat_map(|ep| {
+                let base = format!(
+                    "kp1/{}/dcx/{}/json/+",
+                    ep.app_version.as_str(),
+                    ep.token.as_str()
+                );
+                [
+                    SubscribeFilter::new(format!("{base}/status"), QoS::AtLeastOnce),
+                    SubscribeFilter::new(format!("{base}/error"), QoS::AtLeastOnce),
+                ]
+            })
+            .collect();
+        for chunk in filters.chunks(64) {
+            if let Err(e) = client.try_subscribe_many(chunk.to_vec()) {
+                log::warn!("upstream: cannot queue SUBSCRIBE: {e}");
+            }
+        }
+    }
+
+    async fn send_batches(
+        &self,
+        client: &AsyncClient,
+        inflight: &mut InFlight,
+        dcx: &ExtensionInstance,
+    ) {
+        let now = Instant::now();
+        let batches = match self
+            .buffer
+            .lease(self.config.batch_max_samples, inflight.busy(now))
+            .await
+        {
+            Ok(b) => b,
+            Err(e) => {
+                log::error!("upstream: cannot read the buffer: {e}");
+                return;
+            }
+        };
+        for Batch {
+            endpoint,
+            seqs,
+            payload,
+        } in batches
+        {
+            let id = inflight.start(&endpoint, now);
+            let topic = Kp1Topic::request(
+                endpoint.app_version.clone(),
+                dcx.clone(),
+                endpoint.token.clone(),
+                "json",
+                Some(id),
+            )
+            .request_topic();
+            log::debug!("upstream: sending {} samples on {topic}", seqs.len());
+            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
+                log::warn!("upstream: cannot queue publish: {e}");
+                inflight.abandon(&endpoint);
+                inflight.fail(&endpoint, now, rand::thread_rng().gen());
+                let _ = self.buffer.release(endpoint).await;
+            }
+        }
+    }
+
+    async fn on_response(&self, topic: &str, payload: &[u8], inflight: &mut InFlight) {
+        let Ok(t) = Kp1Topic::parse(topic) else {
+            log::debug!("upstream: ignoring message on {topic}");
+            return;
+        };
+        let Some(id) = t.request_id.filter(|_| t.direction != Direction::Request) else {
+            return;
+        };
+        let ep = EndpointKey {
+            app_version: t.app_version.clone(),
+            token: t.token.clone(),
+        };
+        if t.extension.as_str() != "dcx" || !inflight.resolve(&ep, id) {
+            log::debug!("upstream: no outstanding request for {topic}");
+            return;
+        }
+        match t.direction {
+            Direction::Status => {
+                inflight.succeed(&ep);
+                match self.buffer.ack(ep).await {
+                    Ok(n) => log::debug!("upstream: {n} samples confirmed ({topic})"),
+                    Err(e) => {
+                        log::error!("upstream: confirmed samples not removed from the buffer: {e}")
+                    }
+                }
+            }
+            Direction::Error => {
+                let err: Option<ErrorPayload> = serde_json::from_slice(payload).ok();
+                let (status, reason) = err
+                    .map(|e| (e.status_code, e.reason_phrase))
+                    .unwrap_or((500, String::from_utf8_lossy(payload).into_owned()));
+                if (400..500).contains(&status) {
+                    match self.buffer.park(ep, status, reason.clone()).await {
+                        Ok(n) => log::error!("upstream: {n} samples refused with {status} {reason:?} ({topic}); parked in the dead-letter table"),
+                        Err(e) => log::error!("upstream: cannot park refused samples: {e}"),
+                    }
+                } else {
+                    let delay = inflight.fail(&ep, Instant::now(), rand::thread_rng().gen());
+                    log::warn!("upstream: {status} {reason:?} for {topic}; retrying in {delay:?}");
+                    let _ = self.buffer.release(ep).await;
+                }
+            }
+            Direction::Request => unreachable!("filtered above"),
+        }
+    }
+}
+
+/// Capped exponential backoff for reconnects: 0.5 s, 1 s, 2 s, ... up to `max`.
+fn reconnect_delay(failures: u32, max: Duration) -> Duration {
+    let exp = Duration::from_millis(500).saturating_mul(1u32 << failures.min(16).saturating_sub(1));
+    exp.min(max)
+}
