@@ -52,8 +52,10 @@ pub async fn run(
     }
 
     let upstream = match (&config.upstream, &core) {
-        (Some(u), _) => u.clone(),
-        (None, Some(core)) => wire_to_core(core, &config).await?,
+        (Some(u), _) => Some(u.clone()),
+        // Core only: nothing of ours to forward.
+        (None, Some(_)) if config.devices.is_empty() => None,
+        (None, Some(core)) => Some(wire_to_core(core, &config).await?),
         (None, None) => anyhow::bail!("no upstream and no core configured"),
     };
 
@@ -72,8 +74,9 @@ pub async fn run(
         stats.pending,
         stats.dead_letters
     );
-    match &core {
-        Some(core) if config.upstream.is_none() => log::info!(
+    match (&core, &upstream) {
+        (Some(core), None) => log::info!("core only: platform core at mqtt://{}", core.mqtt_addr),
+        (Some(core), Some(_)) if config.upstream.is_none() => log::info!(
             "standalone site: {} device(s) → in-process core at mqtt://{} (database {})",
             config.devices.len(),
             core.mqtt_addr,
@@ -83,17 +86,20 @@ pub async fn run(
                 .map(|c| c.database.display().to_string())
                 .unwrap_or_default()
         ),
-        _ => log::info!(
+        (_, Some(u)) => log::info!(
             "bridge: {} device(s) → upstream mqtt://{}:{}",
             config.devices.len(),
-            upstream.host,
-            upstream.port
+            u.host,
+            u.port
         ),
+        (None, None) => {}
     }
 
     let upstream_stop = CancellationToken::new();
-    let session = UpstreamSession::new(upstream, buffer.clone(), endpoints);
-    let upstream_task = tokio::spawn(session.run(upstream_stop.clone()));
+    let upstream_task = upstream.map(|u| {
+        let session = UpstreamSession::new(u, buffer.clone(), endpoints);
+        tokio::spawn(session.run(upstream_stop.clone()))
+    });
 
     let sources_stop = CancellationToken::new();
     let mut devices = JoinSet::new();
@@ -118,7 +124,9 @@ pub async fn run(
     while devices.join_next().await.is_some() {}
     log::info!("shutting down: closing the upstream session");
     upstream_stop.cancel();
-    let _ = upstream_task.await;
+    if let Some(task) = upstream_task {
+        let _ = task.await;
+    }
     if let Some(core) = core {
         core_stop.cancel();
         core.wait().await;

@@ -13,8 +13,10 @@ use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
 use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::hub::Hub;
 use super::router::Router;
 use crate::ccm::{Authenticator, Verdict};
 use crate::mqtt::session::{Action, CloseReason, Session};
@@ -40,6 +42,13 @@ enum ConnError {
     Eof,
     #[error("no packet within the keepalive window")]
     Idle,
+}
+
+/// What the head of the buffer says about the first packet.
+enum Peek {
+    NeedMore,
+    NotConnect,
+    Connect { name: String, level: u8 },
 }
 
 /// Reads whole packets from a byte stream through the `mqttbytes` codec.
@@ -74,26 +83,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
         Ok(())
     }
 
-    /// The protocol level of a CONNECT frame at the head of the buffer, read before the
-    /// full decode so that MQTT 3.1 and 5 clients get a proper refusal (§3.1.2.2).
-    fn peek_connect_level(&self) -> Option<(String, u8)> {
+    /// Looks at a CONNECT frame at the head of the buffer before the full decode, so that
+    /// MQTT 3.1 and 5 clients get a proper refusal (MQTT 3.1.1 §3.1.2.2).
+    fn peek_connect(&self) -> Peek {
         let b = &self.buf[..];
-        if b.first()? >> 4 != 1 {
-            return None;
+        let Some(first) = b.first() else {
+            return Peek::NeedMore;
+        };
+        if first >> 4 != 1 {
+            return Peek::NotConnect;
         }
+        // Remaining length: at most 4 bytes of 7 bits each (§2.2.3).
         let mut i = 1;
-        while *b.get(i)? & 0x80 != 0 {
-            i += 1;
-            if i > 4 {
-                return None;
+        loop {
+            match b.get(i) {
+                None => return Peek::NeedMore,
+                Some(byte) if byte & 0x80 == 0 => break,
+                Some(_) if i == 4 => return Peek::NotConnect,
+                Some(_) => i += 1,
             }
         }
         i += 1;
-        let len = u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize;
-        let name = std::str::from_utf8(b.get(i + 2..i + 2 + len)?)
-            .ok()?
-            .to_owned();
-        Some((name, *b.get(i + 2 + len)?))
+        let (Some(hi), Some(lo)) = (b.get(i), b.get(i + 1)) else {
+            return Peek::NeedMore;
+        };
+        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        match (b.get(i + 2..i + 2 + len), b.get(i + 2 + len)) {
+            (Some(name), Some(level)) => Peek::Connect {
+                name: String::from_utf8_lossy(name).into_owned(),
+                level: *level,
+            },
+            _ => Peek::NeedMore,
+        }
     }
 }
 
@@ -103,6 +124,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     router: Router,
     auth: Authenticator,
+    hub: Hub,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) {
@@ -113,7 +135,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = run(&mut conn, peer, &router, &auth, limits) => r,
+        r = run(&mut conn, peer, &router, &auth, &hub, limits) => r,
     };
     match outcome {
         Ok(()) => log::debug!("mqtt {peer}: closed"),
@@ -128,17 +150,17 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     router: &Router,
     auth: &Authenticator,
+    hub: &Hub,
     limits: ConnectionLimits,
 ) -> Result<(), ConnError> {
-    // Wait until a first frame header is readable, then refuse protocols we do not speak.
+    // Wait until the protocol name and level are readable, then refuse what we do not speak.
     let first = tokio::time::timeout(limits.connect_timeout, async {
         loop {
-            if let Some((name, level)) = conn.peek_connect_level() {
-                return Ok::<_, ConnError>(Some((name, level)));
-            }
-            // Not a CONNECT at all, or a header too mangled to read: the full decode decides.
-            if conn.buf.first().is_some_and(|b| b >> 4 != 1) || conn.buf.len() >= 16 {
-                return Ok(None);
+            match conn.peek_connect() {
+                Peek::NeedMore => {}
+                // Not a CONNECT, or a mangled header: the full decode below reports it.
+                Peek::NotConnect => return Ok::<_, ConnError>(None),
+                Peek::Connect { name, level } => return Ok(Some((name, level))),
             }
             if conn.io.read_buf(&mut conn.buf).await? == 0 {
                 return Err(ConnError::Eof);
@@ -192,37 +214,59 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // §3.1.2.10: the server closes after 1.5 × keepalive without a packet; 0 disables it.
     let idle = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+    let (registration, mut copies) = hub.register();
     let mut session = Session::new();
+    let mut deadline = idle.map(|d| Instant::now() + d);
     loop {
-        let packet = match idle {
-            Some(d) => tokio::time::timeout(d, conn.next())
-                .await
-                .map_err(|_| ConnError::Idle)??,
-            None => conn.next().await?,
-        };
-        for action in session.handle(packet) {
-            match action {
-                Action::Send(p) => conn.send(&p).await?,
-                Action::Request { publish, ack } => {
-                    let reply = router.route(&publish.topic, &publish.payload).await;
-                    if let Some(reply) = reply {
-                        let qos = match publish.qos {
-                            QoS::AtMostOnce => QoS::AtMostOnce,
-                            _ => QoS::AtLeastOnce,
-                        };
-                        let out = session.publish(reply.topic, qos, Bytes::from(reply.payload));
-                        conn.send(&out).await?;
-                    }
-                    if let Some(ack) = ack {
-                        conn.send(&ack).await?;
+        tokio::select! {
+            // A packet from the client (cancel-safe: partial frames stay in the buffer).
+            packet = conn.next() => {
+                let packet = packet?;
+                deadline = idle.map(|d| Instant::now() + d);
+                let resubscribed = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+                for action in session.handle(packet) {
+                    match action {
+                        Action::Send(p) => conn.send(&p).await?,
+                        Action::Request { publish, ack } => {
+                            if let Some(reply) = router.route(&publish.topic, &publish.payload).await {
+                                let qos = match publish.qos {
+                                    QoS::AtMostOnce => QoS::AtMostOnce,
+                                    _ => QoS::AtLeastOnce,
+                                };
+                                let payload = Bytes::from(reply.payload);
+                                hub.fan_out(registration.id, &reply.topic, &payload);
+                                let out = session.publish(reply.topic, qos, payload);
+                                conn.send(&out).await?;
+                            }
+                            if let Some(ack) = ack {
+                                conn.send(&ack).await?;
+                            }
+                        }
+                        Action::Close(CloseReason::ClientDisconnect) => return Ok(()),
+                        Action::Close(CloseReason::ProtocolViolation(why)) => {
+                            log::info!("mqtt {peer}: protocol violation: {why}");
+                            return Ok(());
+                        }
                     }
                 }
-                Action::Close(CloseReason::ClientDisconnect) => return Ok(()),
-                Action::Close(CloseReason::ProtocolViolation(why)) => {
-                    log::info!("mqtt {peer}: protocol violation: {why}");
-                    return Ok(());
+                if resubscribed {
+                    registration.set_filters(session.subscriptions().to_vec());
                 }
             }
+            // A copy of another session's reply that this session subscribed to.
+            Some(copy) = copies.recv() => {
+                let out = session.publish(copy.topic, copy.qos, copy.payload);
+                conn.send(&out).await?;
+            }
+            // §3.1.2.10: nothing from the client for 1.5 × keepalive.
+            _ = sleep_until_deadline(deadline) => return Err(ConnError::Idle),
         }
+    }
+}
+
+async fn sleep_until_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{serve, ConnectionLimits};
+use super::hub::Hub;
 use super::router::Router;
 use crate::ccm::Authenticator;
 
@@ -26,6 +27,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let hub = Hub::new();
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -47,9 +49,9 @@ pub async fn run(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (router, auth, shutdown) = (router.clone(), auth.clone(), shutdown.clone());
+                let (router, auth, hub, shutdown) = (router.clone(), auth.clone(), hub.clone(), shutdown.clone());
                 conns.spawn(async move {
-                    serve(stream, peer, router, auth, limits, shutdown).await;
+                    serve(stream, peer, router, auth, hub, limits, shutdown).await;
                     drop(permit);
                 });
             }

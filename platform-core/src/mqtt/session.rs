@@ -151,6 +151,11 @@ impl Session {
         }
     }
 
+    /// This session's filters with their granted QoS.
+    pub fn subscriptions(&self) -> &[(String, QoS)] {
+        &self.subscriptions
+    }
+
     /// The QoS a subscription of this session grants for `topic`, if any matches.
     pub fn subscribed_qos(&self, topic: &str) -> Option<QoS> {
         self.subscriptions

@@ -1,0 +1,139 @@
+"""Shared helpers for the end-to-end tests: the real kp-gateway binary and real peers.
+
+Every process is started here on 127.0.0.1 with a free port and stopped by PID.
+"""
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("KP_GATEWAY_BIN", ROOT / "target" / "debug" / "kp-gateway"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: "Proc", timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.output()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{proc.name} did not listen on {port}:\n{proc.output()}")
+
+
+def wait_for(what: str, check, timeout: float = 20.0, every: float = 0.1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise TimeoutError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class Proc:
+    """A child process with its output in a file; stopped by PID."""
+
+    def __init__(self, name: str, args: list, log: Path, env=None):
+        self.name = name
+        self.log = log
+        self._out = open(log, "wb")
+        self.popen = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT, env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.popen.poll() is None:
+            os.kill(self.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.popen.wait()
+        self._out.close()
+        return self.popen.returncode
+
+
+def hash_password(password: str) -> str:
+    out = subprocess.run([str(BIN), "hash-password"], input=password + "\n", capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+class Core:
+    """kp-gateway in core-only mode: the embedded platform core alone."""
+
+    APP_VERSION = "demo-v1"
+    USER = "dev"
+    PASSWORD = "dev-password"
+    TOKENS = ["tok1", "tok2", "tok3"]
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.state = tmp / "state"
+        endpoints = "\n".join(
+            f'[[core.endpoints]]\nid = "ep-{t}"\ntoken = "{t}"\napp_version = "{self.APP_VERSION}"\n' for t in self.TOKENS
+        )
+        self.config = tmp / "core.toml"
+        self.config.write_text(
+            f"""
+[gateway]
+state_dir = "{self.state}"
+log_level = "debug"
+[core]
+[core.mqtt]
+listen = "127.0.0.1:{self.port}"
+[[core.applications]]
+name = "demo"
+versions = ["{self.APP_VERSION}"]
+[[core.credentials]]
+username = "{self.USER}"
+password_hash = "{hash_password(self.PASSWORD)}"
+{endpoints}
+"""
+        )
+        self.proc = Proc("core", [str(BIN), "--config", str(self.config)], tmp / "core.log")
+        wait_port(self.port, self.proc)
+
+    @property
+    def db(self) -> Path:
+        return self.state / "core.sqlite"
+
+    def query(self, sql: str, *args):
+        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as c:
+            return c.execute(sql, args).fetchall()
+
+
+@pytest.fixture
+def core(tmp_path):
+    c = Core(tmp_path)
+    yield c
+    code = c.proc.stop()
+    assert code == 0, f"core exited with {code}:\n{c.proc.output()}"
+
+
+@pytest.fixture
+def python():
+    return sys.executable
