@@ -111,6 +111,9 @@ fn run(cli: Cli) -> ExitCode {
         rebase_state_dir(&mut config, dir);
     }
     init_logging(config.log_level);
+    if cli.demo {
+        demo_port_fallback(&mut config);
+    }
     let status_every = match cli.status_every {
         Some(0) => None,
         Some(n) => Some(Duration::from_secs(n)),
@@ -137,6 +140,19 @@ fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The demo's core wants 127.0.0.1:1883; if a broker already has it, take a free port.
+fn demo_port_fallback(config: &mut Config) {
+    if let Some(core) = &mut config.core {
+        if std::net::TcpListener::bind(core.mqtt.listen).is_err() {
+            log::warn!(
+                "{} is taken (another MQTT broker?); the demo core takes a free port instead",
+                core.mqtt.listen
+            );
+            core.mqtt.listen.set_port(0);
         }
     }
 }

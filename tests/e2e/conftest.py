@@ -62,7 +62,8 @@ class Proc:
         return self.popen.pid
 
     def output(self) -> str:
-        self._out.flush()
+        if not self._out.closed:
+            self._out.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 15.0) -> int:

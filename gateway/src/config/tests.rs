@@ -199,3 +199,9 @@ fn upstream_password_is_redacted_in_debug_output() {
     assert!(!dbg.contains("hunter2"), "{dbg}");
     assert!(!dbg.contains("tok-1"), "{dbg}");
 }
+
+#[test]
+fn the_shipped_default_config_is_valid() {
+    let c = Config::from_toml(include_str!("../../../config/gateway.toml")).unwrap();
+    assert!(c.upstream.is_some() && c.core.is_none() && c.devices.is_empty());
+}

@@ -75,7 +75,8 @@ fn request_id_above_i32_max_is_rejected() {
 
 #[test]
 fn malformed_topics_are_rejected_with_the_reason() {
-    let cases: &[(&str, fn(&TopicError) -> bool)] = &[
+    type Check = fn(&TopicError) -> bool;
+    let cases: &[(&str, Check)] = &[
         ("kp2/a/dcx/t/json", |e| matches!(e, TopicError::NotKp1(_))),
         ("kp1/a/dcx/t", |e| matches!(e, TopicError::TooShort(_))),
         ("kp1//dcx/t/json", |e| {

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian/Ubuntu machine: installs every prerequisite
+# it needs (idempotent: only what is missing), builds, and runs
+#   1. the Rust unit and property tests (cargo test),
+#   2. the end-to-end tests of the real binary against real peers (pytest: paho-mqtt,
+#      mosquitto_pub/mosquitto_sub, a pymodbus Modbus TCP device).
+# Usage: tests/run.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# --- system packages -------------------------------------------------------------------
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if ! command -v cargo >/dev/null 2>&1; then
+    # Debian 12 ships a current Rust as rustc-web/cargo-web; newer releases as rustc/cargo.
+    if apt-cache show cargo-web >/dev/null 2>&1; then need+=(cargo-web rustc-web); else need+=(cargo rustc); fi
+fi
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing system packages: ${need[*]}"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+# --- Python peers (in a venv beside the tests) ----------------------------------------
+VENV=tests/.venv
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt; then
+    echo "pip install failed" >&2
+    exit 1
+fi
+
+# --- Rust: build and unit/property tests ----------------------------------------------
+log "cargo build"
+cargo build --workspace --locked --all-targets
+log "cargo test (unit and property tests)"
+cargo test --workspace --locked
+
+# --- end-to-end tests against the real binary -----------------------------------------
+log "end-to-end tests (pytest)"
+export KP_GATEWAY_BIN="$PWD/target/debug/kp-gateway"
+"$VENV/bin/python" -m pytest tests/e2e -q -p no:cacheprovider "$@"
