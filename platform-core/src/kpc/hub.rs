@@ -2,7 +2,7 @@
 //!
 //! KPC is not a general broker, but Kaa users watch response topics from a second client
 //! (`mosquitto_sub` in one terminal, `mosquitto_pub` in another, as Kaa's own tutorials
-//! do). Decision (documented in docs/DECISIONS.md): a reply always goes to the requesting
+//! do). Decision (documented in DECISIONS.md): a reply always goes to the requesting
 //! session, and a copy goes to every *other* live session with a matching subscription.
 //!
 //! Back-pressure is per connection: copies go through a bounded channel with `try_send`;
