@@ -16,8 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{BufferHandle, EndpointKey};
-use crate::config::{Config, Upstream};
-use crate::source;
+use crate::config::{Config, DeviceSource, Upstream};
+use crate::source::{self, health::HealthRegistry, modbus::BusActor};
 use crate::upstream::UpstreamSession;
 
 /// User name of the gateway's own credential in the in-process core (standalone site).
@@ -95,6 +95,8 @@ pub async fn run(
         (None, None) => {}
     }
 
+    let health = HealthRegistry::default();
+    let mut bus_handles = Vec::new();
     let upstream_stop = CancellationToken::new();
     let upstream_task = upstream.map(|u| {
         let session = UpstreamSession::new(u, buffer.clone(), endpoints);
@@ -102,18 +104,39 @@ pub async fn run(
     });
 
     let sources_stop = CancellationToken::new();
-    let mut devices = JoinSet::new();
+    let mut sources = JoinSet::new();
+    for bus in config.buses.clone() {
+        let (actor, handle) = BusActor::new(bus, &config.devices, buffer.clone(), health.clone());
+        bus_handles.push(handle);
+        sources.spawn(actor.run(sources_stop.clone()));
+    }
     for d in config.devices.clone() {
         log::info!(
-            "device {}: polling every {:?} → kp1/{}/dcx/<token>/json",
+            "device {}: → kp1/{}/dcx/<token>/json",
             d.name,
-            d.poll_interval,
             d.app_version.as_str()
         );
-        devices.spawn(source::run_device(d, buffer.clone(), sources_stop.clone()));
+        match &d.source {
+            DeviceSource::Simulated(_) => {
+                sources.spawn(source::run_simulated(
+                    d,
+                    buffer.clone(),
+                    sources_stop.clone(),
+                ));
+            }
+            DeviceSource::SerialLine(_) => {
+                sources.spawn(source::serial_line::run(
+                    d,
+                    buffer.clone(),
+                    health.clone(),
+                    sources_stop.clone(),
+                ));
+            }
+            DeviceSource::Modbus(_) => {} // polled by its bus task
+        }
     }
 
-    let status = status_loop(&buffer, core.as_ref(), opts.status_every);
+    let status = status_loop(&buffer, core.as_ref(), &health, opts.status_every);
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = status => {}
@@ -121,7 +144,7 @@ pub async fn run(
 
     log::info!("shutting down: stopping devices");
     sources_stop.cancel();
-    while devices.join_next().await.is_some() {}
+    while sources.join_next().await.is_some() {}
     log::info!("shutting down: closing the upstream session");
     upstream_stop.cancel();
     if let Some(task) = upstream_task {
@@ -188,7 +211,12 @@ async fn wire_to_core(core: &Core, config: &Config) -> anyhow::Result<Upstream> 
 
 /// Logs buffer depth (and the core's stored sample count) every `every`; never returns
 /// when `every` is `None`.
-async fn status_loop(buffer: &BufferHandle, core: Option<&Core>, every: Option<Duration>) {
+async fn status_loop(
+    buffer: &BufferHandle,
+    core: Option<&Core>,
+    health: &HealthRegistry,
+    every: Option<Duration>,
+) {
     let Some(every) = every else {
         return std::future::pending().await;
     };
@@ -218,5 +246,18 @@ async fn status_loop(buffer: &BufferHandle, core: Option<&Core>, every: Option<D
             b.leased,
             b.dead_letters
         );
+        for (name, h) in health.snapshot() {
+            if h.state != "ok" || h.bad_lines > 0 {
+                log::info!(
+                    "status: device {name} {} ({} polls, {} failures, {} exceptions, {} bad lines; last error: {})",
+                    h.state,
+                    h.polls,
+                    h.failures,
+                    h.exceptions,
+                    h.bad_lines,
+                    h.last_error.as_deref().unwrap_or("none")
+                );
+            }
+        }
     }
 }

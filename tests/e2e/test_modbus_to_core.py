@@ -64,15 +64,19 @@ listen = "127.0.0.1:{core_port}"
 [[core.applications]]
 name = "plant"
 versions = ["plant-v1"]
+[[modbus.buses]]
+name = "plant"
+kind = "tcp"
+address = "127.0.0.1:{modbus_port}"
 [[devices]]
 name = "meter"
 token = "meter-1"
 app_version = "plant-v1"
 poll_interval_ms = 200
-metadata = {{ vendor = "acme", unit_id = 1 }}
-[devices.modbus_tcp]
-address = "127.0.0.1:{modbus_port}"
+[devices.modbus]
+bus = "plant"
 unit_id = 1
+vendor = "acme"
 {points}
 """
     )
@@ -105,7 +109,7 @@ def test_modbus_registers_reach_the_core_time_series_exactly(tmp_path, modbus_de
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
             meta = dict(c.execute("SELECT m.key, m.value FROM metadata m JOIN tokens t ON t.endpoint_id = m.endpoint_id WHERE t.token='meter-1'").fetchall())
             sample = json.loads(c.execute("SELECT sample FROM data_samples ORDER BY id LIMIT 1").fetchone()[0])
-        assert meta == {"vendor": '"acme"', "unit_id": "1"}
+        assert meta == {"vendor": '"acme"', "unit_id": "1", "bus": '"plant"'}
         assert set(sample) == {"timestamp"} | {n for n, *_ in POINTS}
     finally:
         code = gw.stop()

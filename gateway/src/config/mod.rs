@@ -14,7 +14,9 @@ use std::time::Duration;
 use platform_core::kp1::{AppVersionName, EndpointToken};
 use platform_core::CoreConfig;
 
-use crate::modbus::decode::{DataType, RegisterTable};
+use crate::modbus::codec::PointCodec;
+use crate::modbus::planner::{Limits, ReadRequest};
+use crate::source::line_format::LineFormat;
 use crate::source::simulated::Waveform;
 
 /// Every problem found in a configuration, one per line as `path: message`.
@@ -31,7 +33,48 @@ pub struct Config {
     pub upstream: Option<Upstream>,
     pub buffer: Buffer,
     pub core: Option<CoreConfig>,
+    pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
+}
+
+/// One Modbus bus, owned by exactly one task.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    pub name: String,
+    pub transport: BusTransport,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Extra attempts after a timeout or transport error (not after an exception).
+    pub retries: u32,
+    /// Silence kept between the end of one frame and the next request.
+    pub inter_frame_delay: Duration,
+    /// Longest backoff of a slave that stopped answering.
+    pub backoff_max: Duration,
+}
+
+/// How a bus reaches its slaves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusTransport {
+    Rtu(SerialSettings),
+    Tcp(SocketAddr),
+    RtuOverTcp(SocketAddr),
+}
+
+/// Serial port line settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialSettings {
+    pub path: String,
+    pub baud: u32,
+    pub parity: Parity,
+    pub data_bits: u8,
+    pub stop_bits: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
 }
 
 /// The upstream MQTT server speaking 1/KP (a Kaa cloud, or a core elsewhere).
@@ -93,27 +136,42 @@ pub struct Device {
 /// Where a device's values come from.
 #[derive(Debug, Clone)]
 pub enum DeviceSource {
-    ModbusTcp(ModbusTcpDevice),
+    Modbus(ModbusDevice),
     Simulated(SimulatedDevice),
+    SerialLine(SerialLineDevice),
 }
 
+/// A Modbus slave on a bus.
 #[derive(Debug, Clone)]
-pub struct ModbusTcpDevice {
-    pub address: SocketAddr,
+pub struct ModbusDevice {
+    pub bus: String,
     pub unit_id: u8,
-    pub timeout: Duration,
+    pub limits: Limits,
     pub points: Vec<ModbusPoint>,
+    /// The read plan, computed once at validation.
+    pub plan: Vec<ReadRequest>,
 }
 
-/// One value read from Modbus registers.
+/// One value in Modbus registers or bits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModbusPoint {
     pub name: String,
-    pub table: RegisterTable,
     pub address: u16,
-    pub data_type: DataType,
-    pub scale: f64,
-    pub offset: f64,
+    pub codec: PointCodec,
+    /// Report only when the value moved at least this much (0: on any change).
+    pub deadband: Option<f64>,
+    pub writable: bool,
+    /// After a write, read the point back and compare.
+    pub readback: bool,
+    /// Use FC 15/16 even for a single coil/register (some devices lack FC 5/6).
+    pub write_multiple: bool,
+}
+
+/// A sensor printing lines on a serial port.
+#[derive(Debug, Clone)]
+pub struct SerialLineDevice {
+    pub serial: SerialSettings,
+    pub format: LineFormat,
 }
 
 #[derive(Debug, Clone)]

@@ -18,7 +18,47 @@ pub struct RawConfig {
     pub buffer: RawBuffer,
     pub core: Option<RawCore>,
     #[serde(default)]
+    pub modbus: RawModbus,
+    #[serde(default)]
     pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModbus {
+    #[serde(default)]
+    pub buses: Vec<RawBus>,
+}
+
+/// One Modbus bus: a serial port (RTU), a TCP connection, or RTU framing over TCP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    pub name: String,
+    /// `rtu`, `tcp` or `rtu_over_tcp`.
+    pub kind: String,
+    /// Serial device path (`rtu`).
+    pub port: Option<String>,
+    #[serde(default = "defaults::baud")]
+    pub baud: u32,
+    #[serde(default = "defaults::parity")]
+    pub parity: String,
+    #[serde(default = "defaults::data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "defaults::stop_bits")]
+    pub stop_bits: u8,
+    /// `IP:port` (`tcp`, `rtu_over_tcp`).
+    pub address: Option<String>,
+    #[serde(default = "defaults::modbus_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "defaults::retries")]
+    pub retries: u32,
+    /// Silence between frames; default 3.5 character times for RTU (at least 1.75 ms), 0 for TCP.
+    pub inter_frame_delay_ms: Option<f64>,
+    #[serde(default = "defaults::max_gap")]
+    pub max_gap: u16,
+    #[serde(default = "defaults::backoff_max_ms")]
+    pub backoff_max_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -140,8 +180,9 @@ pub struct RawDevice {
     pub poll_interval_ms: u64,
     #[serde(default)]
     pub metadata: BTreeMap<String, toml::Value>,
-    pub modbus_tcp: Option<RawModbusTcp>,
+    pub modbus: Option<RawDeviceModbus>,
     pub simulated: Option<RawSimulated>,
+    pub serial_line: Option<RawSerialLine>,
     #[serde(default)]
     pub points: Vec<RawPoint>,
 }
@@ -156,14 +197,43 @@ impl std::fmt::Debug for RawDevice {
     }
 }
 
+/// A Modbus slave on one of `[[modbus.buses]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawModbusTcp {
-    pub address: String,
+pub struct RawDeviceModbus {
+    pub bus: String,
     #[serde(default = "defaults::unit_id")]
     pub unit_id: u8,
-    #[serde(default = "defaults::modbus_timeout_ms")]
-    pub timeout_ms: u64,
+    #[serde(default = "defaults::max_read_registers")]
+    pub max_read_registers: u16,
+    #[serde(default = "defaults::max_read_bits")]
+    pub max_read_bits: u16,
+    pub vendor: Option<String>,
+    pub model: Option<String>,
+}
+
+/// A sensor that prints lines on a serial port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSerialLine {
+    pub port: String,
+    #[serde(default = "defaults::baud")]
+    pub baud: u32,
+    #[serde(default = "defaults::parity")]
+    pub parity: String,
+    #[serde(default = "defaults::data_bits")]
+    pub data_bits: u8,
+    #[serde(default = "defaults::stop_bits")]
+    pub stop_bits: u8,
+    /// `json`, `key_value`, `csv`, `nmea`, `regex`.
+    pub format: String,
+    /// `csv`: column names in order; empty names skip a column.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// `csv`: field separator (default `,`); `key_value`: pair separator (default whitespace).
+    pub separator: Option<String>,
+    /// `regex`: a pattern with named groups; each group is a field.
+    pub pattern: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,8 +253,15 @@ pub struct RawPoint {
     pub address: Option<u16>,
     #[serde(rename = "type")]
     pub data_type: Option<String>,
+    pub length: Option<u16>,
+    pub bit: Option<u8>,
+    pub order: Option<String>,
     pub scale: Option<f64>,
     pub offset: Option<f64>,
+    pub deadband: Option<f64>,
+    pub writable: Option<bool>,
+    pub readback: Option<bool>,
+    pub write_function: Option<String>,
     // Simulated points
     pub waveform: Option<String>,
     pub period_secs: Option<f64>,
@@ -250,5 +327,32 @@ pub mod defaults {
     }
     pub fn modbus_timeout_ms() -> u64 {
         1000
+    }
+    pub fn baud() -> u32 {
+        9600
+    }
+    pub fn parity() -> String {
+        "none".into()
+    }
+    pub fn data_bits() -> u8 {
+        8
+    }
+    pub fn stop_bits() -> u8 {
+        1
+    }
+    pub fn retries() -> u32 {
+        1
+    }
+    pub fn max_gap() -> u16 {
+        8
+    }
+    pub fn backoff_max_ms() -> u64 {
+        30_000
+    }
+    pub fn max_read_registers() -> u16 {
+        crate::modbus::planner::MAX_REGISTERS
+    }
+    pub fn max_read_bits() -> u16 {
+        crate::modbus::planner::MAX_BITS
     }
 }

@@ -1,15 +1,21 @@
 use super::*;
+use crate::modbus::types::{ByteOrder, DataType, RegisterTable};
 
 const MINIMAL_BRIDGE: &str = r#"
 [upstream]
 host = "kaa.example"
 
+[[modbus.buses]]
+name = "plant"
+kind = "tcp"
+address = "127.0.0.1:502"
+
 [[devices]]
 name = "d1"
 token = "tok-1"
 app_version = "app-v1"
-[devices.modbus_tcp]
-address = "127.0.0.1:502"
+[devices.modbus]
+bus = "plant"
 [[devices.points]]
 name = "t"
 address = 0
@@ -35,21 +41,33 @@ fn a_minimal_bridge_config_gets_the_documented_defaults() {
     );
     assert_eq!(c.buffer.synchronous, Synchronous::Full);
     assert!(c.core.is_none());
-    let DeviceSource::ModbusTcp(m) = &c.devices[0].source else {
+    let DeviceSource::Modbus(m) = &c.devices[0].source else {
         panic!("not modbus")
     };
-    assert_eq!(m.unit_id, 1);
+    assert_eq!((m.unit_id, m.bus.as_str()), (1, "plant"));
     assert_eq!(
         m.points[0],
         ModbusPoint {
             name: "t".into(),
-            table: RegisterTable::Holding,
             address: 0,
-            data_type: DataType::I16,
-            scale: 0.1,
-            offset: 0.0
+            codec: crate::modbus::codec::PointCodec {
+                table: RegisterTable::Holding,
+                data_type: DataType::I16,
+                order: ByteOrder::Abcd,
+                bit: None,
+                scale: 0.1,
+                offset: 0.0,
+            },
+            deadband: None,
+            writable: false,
+            readback: false,
+            write_multiple: false,
         }
     );
+    assert_eq!(c.buses[0].timeout, Duration::from_secs(1));
+    assert_eq!(c.buses[0].inter_frame_delay, Duration::ZERO);
+    assert_eq!(m.plan.len(), 1);
+    assert_eq!(c.devices[0].metadata["bus"], "plant");
     assert_eq!(c.devices[0].poll_interval, Duration::from_secs(1));
 }
 
@@ -75,13 +93,18 @@ password = "x"
 [buffer]
 synchronous = "sometimes"
 
+[[modbus.buses]]
+name = "b"
+kind = "tcp"
+address = "not-an-address"
+
 [[devices]]
 name = "d1"
 token = "a/b"
 app_version = "App"
 poll_interval_ms = 1
-[devices.modbus_tcp]
-address = "not-an-address"
+[devices.modbus]
+bus = "b"
 [[devices.points]]
 name = "t"
 address = 65535
@@ -111,7 +134,7 @@ name = "timestamp"
         "devices[0].app_version: invalid app version name \"App\"",
         "devices[0].poll_interval_ms: 1 is below the minimum",
         "devices[0].points[1].name: duplicate point name \"t\"",
-        "devices[0].modbus_tcp.address: \"not-an-address\" is not an IP:port address",
+        "modbus.buses[0].address: \"not-an-address\" is not an IP:port address",
         "devices[0].points[0].waveform: not a field of modbus points",
         "devices[0].points[0].type: unknown data type \"u17\"",
         "devices[0].points[1].scale: must be a finite, non-zero number",

@@ -13,6 +13,10 @@ use platform_core::CoreConfig;
 
 use super::raw::*;
 use super::*;
+use crate::modbus::codec::PointCodec;
+use crate::modbus::planner::{plan, Limits, PlanPoint, MAX_BITS, MAX_REGISTERS};
+use crate::modbus::types::{ByteOrder, DataType, RegisterTable};
+use crate::source::line_format::LineFormat;
 
 /// Collects `path: message` lines.
 #[derive(Default)]
@@ -79,6 +83,23 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
 
     let core = raw.core.map(|c| core(c, &state_dir, &mut e));
 
+    let mut buses = Vec::new();
+    let mut bus_gaps: Vec<(String, u16)> = Vec::new();
+    let mut bus_names = HashSet::new();
+    for (i, b) in raw.modbus.buses.into_iter().enumerate() {
+        if !bus_names.insert(b.name.clone()) {
+            e.add(
+                format!("modbus.buses[{i}].name"),
+                format!("duplicate bus name {:?}", b.name),
+            );
+        }
+        let gap = b.max_gap;
+        let bus = bus(b, i, &mut e);
+        bus_gaps.push((bus.name.clone(), gap));
+        buses.push(bus);
+    }
+    check_resources(&buses, &raw.devices, &mut e);
+
     let mut devices = Vec::new();
     let mut names = HashSet::new();
     let mut tokens = HashSet::new();
@@ -96,7 +117,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 "another device already uses this token in this app version",
             );
         }
-        if let Some(dev) = device(d, &path, &mut e) {
+        if let Some(dev) = device(d, &bus_gaps, &path, &mut e) {
             devices.push(dev);
         }
     }
@@ -128,6 +149,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             upstream,
             buffer,
             core,
+            buses,
             devices,
         })
     } else {
@@ -298,7 +320,7 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
     }
 }
 
-fn device(d: RawDevice, path: &str, e: &mut Errors) -> Option<Device> {
+fn device(d: RawDevice, buses: &[(String, u16)], path: &str, e: &mut Errors) -> Option<Device> {
     let before = e.0.len();
     if d.name.trim().is_empty() {
         e.add(format!("{path}.name"), "must not be empty");
@@ -325,7 +347,7 @@ fn device(d: RawDevice, path: &str, e: &mut Errors) -> Option<Device> {
         }
         metadata.insert(k, toml_to_json(v));
     }
-    if d.points.is_empty() {
+    if d.points.is_empty() && d.serial_line.is_none() {
         e.add(
             format!("{path}.points"),
             "a device needs at least one point",
@@ -350,21 +372,35 @@ fn device(d: RawDevice, path: &str, e: &mut Errors) -> Option<Device> {
             );
         }
     }
-    let source = match (d.modbus_tcp, d.simulated) {
-        (Some(m), None) => modbus_tcp(m, &d.points, path, e).map(DeviceSource::ModbusTcp),
-        (None, Some(s)) => simulated(s, &d.points, path, e).map(DeviceSource::Simulated),
-        (None, None) => {
+    if let Some(m) = &d.modbus {
+        for (k, v) in [("vendor", &m.vendor), ("model", &m.model)] {
+            if let Some(v) = v {
+                metadata.entry(k).or_insert_with(|| v.clone().into());
+            }
+        }
+        metadata
+            .entry("unit_id")
+            .or_insert_with(|| m.unit_id.into());
+        metadata
+            .entry("bus")
+            .or_insert_with(|| m.bus.clone().into());
+    }
+    let sources = usize::from(d.modbus.is_some())
+        + usize::from(d.simulated.is_some())
+        + usize::from(d.serial_line.is_some());
+    let source = match (d.modbus, d.simulated, d.serial_line) {
+        (Some(m), None, None) => modbus(m, &d.points, buses, path, e).map(DeviceSource::Modbus),
+        (None, Some(s), None) => simulated(s, &d.points, path, e).map(DeviceSource::Simulated),
+        (None, None, Some(s)) => serial_line(s, &d.points, path, e).map(DeviceSource::SerialLine),
+        _ if sources == 0 => {
             e.add(
                 path,
-                "needs a source: [devices.modbus_tcp] or [devices.simulated]",
+                "needs a source: [devices.modbus], [devices.simulated] or [devices.serial_line]",
             );
             None
         }
-        (Some(_), Some(_)) => {
-            e.add(
-                path,
-                "has two sources: keep one of [devices.modbus_tcp] and [devices.simulated]",
-            );
+        _ => {
+            e.add(path, "has more than one source: keep one of [devices.modbus], [devices.simulated], [devices.serial_line]");
             None
         }
     };
@@ -381,6 +417,45 @@ fn device(d: RawDevice, path: &str, e: &mut Errors) -> Option<Device> {
     })
 }
 
+/// Resource conflicts: a serial port or TCP server has one owner; a unit ID is used by one
+/// device per bus.
+fn check_resources(buses: &[Bus], devices: &[RawDevice], e: &mut Errors) {
+    let mut ports: Vec<(String, String)> = Vec::new();
+    let mut claim = |port: &str, owner: String, e: &mut Errors| {
+        if let Some((_, first)) = ports.iter().find(|(p, _)| p == port) {
+            e.add(
+                &owner,
+                format!("serial port {port:?} is already used by {first}"),
+            );
+        } else {
+            ports.push((port.to_owned(), owner));
+        }
+    };
+    for (i, b) in buses.iter().enumerate() {
+        if let BusTransport::Rtu(s) = &b.transport {
+            claim(&s.path, format!("modbus.buses[{i}].port"), e);
+        }
+    }
+    let mut units: Vec<(&str, u8)> = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        if let Some(s) = &d.serial_line {
+            claim(&s.port, format!("devices[{i}].serial_line.port"), e);
+        }
+        if let Some(m) = &d.modbus {
+            if units.contains(&(m.bus.as_str(), m.unit_id)) {
+                e.add(
+                    format!("devices[{i}].modbus.unit_id"),
+                    format!(
+                        "unit {} is already used by another device on bus {:?}",
+                        m.unit_id, m.bus
+                    ),
+                );
+            }
+            units.push((m.bus.as_str(), m.unit_id));
+        }
+    }
+}
+
 /// Fields of the other source kind set on a point are errors, not silently ignored.
 fn reject_fields(path: &str, fields: &[(&str, bool)], source: &str, e: &mut Errors) {
     for (name, present) in fields {
@@ -393,32 +468,189 @@ fn reject_fields(path: &str, fields: &[(&str, bool)], source: &str, e: &mut Erro
     }
 }
 
-fn modbus_tcp(
-    m: RawModbusTcp,
-    points: &[RawPoint],
+fn parity(s: &str, path: &str, e: &mut Errors) -> Parity {
+    match s {
+        "none" => Parity::None,
+        "even" => Parity::Even,
+        "odd" => Parity::Odd,
+        other => {
+            e.add(path, format!("unknown parity {other:?} (none, even, odd)"));
+            Parity::None
+        }
+    }
+}
+
+fn serial_settings(
+    port: &str,
+    baud: u32,
+    parity_name: &str,
+    data_bits: u8,
+    stop_bits: u8,
     path: &str,
     e: &mut Errors,
-) -> Option<ModbusTcpDevice> {
-    let address = SocketAddr::from_str(&m.address)
-        .map_err(|_| {
+) -> SerialSettings {
+    if port.is_empty() {
+        e.add(
+            format!("{path}.port"),
+            "must be a serial device path, e.g. /dev/ttyUSB0",
+        );
+    }
+    if !(50..=4_000_000).contains(&baud) {
+        e.add(
+            format!("{path}.baud"),
+            format!("{baud} is out of range 50..=4000000"),
+        );
+    }
+    if !(5..=8).contains(&data_bits) {
+        e.add(
+            format!("{path}.data_bits"),
+            format!("{data_bits} is out of range 5..=8"),
+        );
+    }
+    if !(1..=2).contains(&stop_bits) {
+        e.add(
+            format!("{path}.stop_bits"),
+            format!("{stop_bits} must be 1 or 2"),
+        );
+    }
+    SerialSettings {
+        path: port.to_owned(),
+        baud,
+        parity: parity(parity_name, &format!("{path}.parity"), e),
+        data_bits,
+        stop_bits,
+    }
+}
+
+/// Modbus over serial line §2.5.1.1: 3.5 character times between frames; above 19200 baud
+/// a fixed 1.75 ms. A character is 11 bits (start, 8 data, parity or 2nd stop, stop).
+pub fn rtu_inter_frame_delay(baud: u32) -> Duration {
+    if baud > 19_200 {
+        Duration::from_micros(1750)
+    } else {
+        Duration::from_secs_f64(3.5 * 11.0 / f64::from(baud.max(1)))
+    }
+}
+
+fn bus(b: RawBus, i: usize, e: &mut Errors) -> Bus {
+    let path = format!("modbus.buses[{i}]");
+    if b.name.trim().is_empty() {
+        e.add(format!("{path}.name"), "must not be empty");
+    }
+    let tcp_address = |e: &mut Errors| match b.address.as_deref().map(SocketAddr::from_str) {
+        Some(Ok(a)) => a,
+        Some(Err(_)) => {
             e.add(
-                format!("{path}.modbus_tcp.address"),
-                format!("{:?} is not an IP:port address", m.address),
-            )
-        })
-        .ok();
+                format!("{path}.address"),
+                format!(
+                    "{:?} is not an IP:port address",
+                    b.address.as_deref().unwrap_or("")
+                ),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 502))
+        }
+        None => {
+            e.add(
+                format!("{path}.address"),
+                "missing (IP:port of the Modbus TCP server)",
+            );
+            SocketAddr::from(([127, 0, 0, 1], 502))
+        }
+    };
+    let transport = match b.kind.as_str() {
+        "rtu" => {
+            let port = b.port.clone().unwrap_or_default();
+            BusTransport::Rtu(serial_settings(
+                &port,
+                b.baud,
+                &b.parity,
+                b.data_bits,
+                b.stop_bits,
+                &path,
+                e,
+            ))
+        }
+        "tcp" => BusTransport::Tcp(tcp_address(e)),
+        "rtu_over_tcp" => BusTransport::RtuOverTcp(tcp_address(e)),
+        other => {
+            e.add(
+                format!("{path}.kind"),
+                format!("unknown bus kind {other:?} (rtu, tcp, rtu_over_tcp)"),
+            );
+            BusTransport::Tcp(SocketAddr::from(([127, 0, 0, 1], 502)))
+        }
+    };
+    if b.timeout_ms == 0 {
+        e.add(format!("{path}.timeout_ms"), "must be at least 1");
+    }
+    if b.retries > 10 {
+        e.add(
+            format!("{path}.retries"),
+            format!("{} is more than 10", b.retries),
+        );
+    }
+    let inter_frame_delay = match (b.inter_frame_delay_ms, &transport) {
+        (Some(ms), _) if !(0.0..=10_000.0).contains(&ms) => {
+            e.add(format!("{path}.inter_frame_delay_ms"), "must be 0..=10000");
+            Duration::ZERO
+        }
+        (Some(ms), _) => Duration::from_secs_f64(ms / 1000.0),
+        (None, BusTransport::Rtu(s)) => rtu_inter_frame_delay(s.baud),
+        (None, _) => Duration::ZERO,
+    };
+    if b.backoff_max_ms < b.timeout_ms {
+        e.add(
+            format!("{path}.backoff_max_ms"),
+            "must be at least timeout_ms",
+        );
+    }
+    Bus {
+        name: b.name,
+        transport,
+        timeout: Duration::from_millis(b.timeout_ms.max(1)),
+        retries: b.retries,
+        inter_frame_delay,
+        backoff_max: Duration::from_millis(b.backoff_max_ms.max(1)),
+    }
+}
+
+fn modbus(
+    m: RawDeviceModbus,
+    points: &[RawPoint],
+    buses: &[(String, u16)],
+    path: &str,
+    e: &mut Errors,
+) -> Option<ModbusDevice> {
+    let Some((_, max_gap)) = buses.iter().find(|(n, _)| *n == m.bus) else {
+        e.add(
+            format!("{path}.modbus.bus"),
+            format!("no [[modbus.buses]] is named {:?}", m.bus),
+        );
+        return None;
+    };
     if m.unit_id > 247 {
         e.add(
-            format!("{path}.modbus_tcp.unit_id"),
+            format!("{path}.modbus.unit_id"),
             format!("{} is out of range 0..=247", m.unit_id),
         );
     }
-    if m.timeout_ms == 0 {
+    if !(1..=MAX_REGISTERS).contains(&m.max_read_registers) {
         e.add(
-            format!("{path}.modbus_tcp.timeout_ms"),
-            "must be at least 1",
+            format!("{path}.modbus.max_read_registers"),
+            format!("{} is out of range 1..=125", m.max_read_registers),
         );
     }
+    if !(1..=MAX_BITS).contains(&m.max_read_bits) {
+        e.add(
+            format!("{path}.modbus.max_read_bits"),
+            format!("{} is out of range 1..=2000", m.max_read_bits),
+        );
+    }
+    let limits = Limits {
+        max_registers: m.max_read_registers,
+        max_bits: m.max_read_bits,
+        max_gap: *max_gap,
+    };
     let mut out = Vec::new();
     for (i, p) in points.iter().enumerate() {
         let pp = format!("{path}.points[{i}]");
@@ -433,58 +665,240 @@ fn modbus_tcp(
             "modbus",
             e,
         );
-        let table = match p.table.as_deref() {
-            None => Some(RegisterTable::Holding),
-            Some(t) => RegisterTable::from_str(t)
-                .map_err(|msg| e.add(format!("{pp}.table"), msg))
-                .ok(),
-        };
-        let data_type = match p.data_type.as_deref() {
-            None => {
-                e.add(format!("{pp}.type"), "missing (u16, i16, u32, i32, f32)");
-                None
-            }
-            Some(t) => DataType::from_str(t)
-                .map_err(|msg| e.add(format!("{pp}.type"), msg))
-                .ok(),
-        };
-        let Some(address) = p.address else {
-            e.add(format!("{pp}.address"), "missing");
-            continue;
-        };
-        let scale = p.scale.unwrap_or(1.0);
-        let offset = p.offset.unwrap_or(0.0);
-        if !scale.is_finite() || scale == 0.0 {
-            e.add(format!("{pp}.scale"), "must be a finite, non-zero number");
-        }
-        if !offset.is_finite() {
-            e.add(format!("{pp}.offset"), "must be a finite number");
-        }
-        if let Some(dt) = data_type {
-            if u32::from(address) + u32::from(dt.registers()) > 65536 {
-                e.add(
-                    format!("{pp}.address"),
-                    format!("{address} + {} registers runs past 65535", dt.registers()),
-                );
-            }
-        }
-        if let (Some(table), Some(data_type)) = (table, data_type) {
-            out.push(ModbusPoint {
-                name: p.name.clone(),
-                table,
-                address,
-                data_type,
-                scale,
-                offset,
-            });
+        if let Some(point) = modbus_point(p, &pp, e) {
+            out.push(point);
         }
     }
-    Some(ModbusTcpDevice {
-        address: address?,
+    let plan_points: Vec<PlanPoint> = out
+        .iter()
+        .enumerate()
+        .map(|(index, p)| PlanPoint {
+            index,
+            table: p.codec.table,
+            address: p.address,
+            width: p.codec.data_type.width(),
+        })
+        .collect();
+    let plan = match plan(&plan_points, limits) {
+        Ok(plan) => plan,
+        Err(err) => {
+            e.add(format!("{path}.points[{}]", err.index), err.to_string());
+            Vec::new()
+        }
+    };
+    Some(ModbusDevice {
+        bus: m.bus,
         unit_id: m.unit_id,
-        timeout: Duration::from_millis(m.timeout_ms),
+        limits,
         points: out,
+        plan,
     })
+}
+
+fn modbus_point(p: &RawPoint, pp: &str, e: &mut Errors) -> Option<ModbusPoint> {
+    let before = e.0.len();
+    let table = match p.table.as_deref() {
+        None => RegisterTable::Holding,
+        Some(t) => RegisterTable::from_str(t).unwrap_or_else(|msg| {
+            e.add(format!("{pp}.table"), msg);
+            RegisterTable::Holding
+        }),
+    };
+    let data_type = match p.data_type.as_deref() {
+        None if table.is_bits() => DataType::Bool,
+        None => {
+            e.add(
+                format!("{pp}.type"),
+                "missing (bool, u16, i16, u32, i32, u64, i64, f32, f64, string)",
+            );
+            DataType::U16
+        }
+        Some(t) => DataType::parse(t, p.length).unwrap_or_else(|msg| {
+            e.add(format!("{pp}.type"), msg);
+            DataType::U16
+        }),
+    };
+    if p.length.is_some() && !matches!(data_type, DataType::String(_)) {
+        e.add(format!("{pp}.length"), "only for type = \"string\"");
+    }
+    if table.is_bits() && data_type != DataType::Bool {
+        e.add(
+            format!("{pp}.type"),
+            format!("{} points are bool", table.name()),
+        );
+    }
+    match (p.bit, data_type, table.is_bits()) {
+        (Some(b), DataType::Bool, false) if b > 15 => {
+            e.add(format!("{pp}.bit"), format!("{b} is out of range 0..=15"))
+        }
+        (Some(_), DataType::Bool, false) => {}
+        (Some(_), _, _) => e.add(
+            format!("{pp}.bit"),
+            "only for bool points in holding or input registers",
+        ),
+        (None, DataType::Bool, false) => e.add(
+            format!("{pp}.bit"),
+            "a bool in a register needs `bit` (0..=15)",
+        ),
+        _ => {}
+    }
+    let order = match p.order.as_deref() {
+        None => ByteOrder::Abcd,
+        Some(o) => ByteOrder::from_str(o).unwrap_or_else(|msg| {
+            e.add(format!("{pp}.order"), msg);
+            ByteOrder::Abcd
+        }),
+    };
+    let Some(address) = p.address else {
+        e.add(format!("{pp}.address"), "missing");
+        return None;
+    };
+    if u32::from(address) + u32::from(data_type.width()) > 65536 {
+        e.add(
+            format!("{pp}.address"),
+            format!("{address} + {} runs past 65535", data_type.width()),
+        );
+    }
+    let scale = p.scale.unwrap_or(1.0);
+    let offset = p.offset.unwrap_or(0.0);
+    if (p.scale.is_some() || p.offset.is_some()) && !data_type.is_numeric() {
+        e.add(pp, "scale and offset apply to numeric types only");
+    }
+    if !scale.is_finite() || scale == 0.0 {
+        e.add(format!("{pp}.scale"), "must be a finite, non-zero number");
+    }
+    if !offset.is_finite() {
+        e.add(format!("{pp}.offset"), "must be a finite number");
+    }
+    if let Some(d) = p.deadband {
+        if !d.is_finite() || d < 0.0 {
+            e.add(format!("{pp}.deadband"), "must be a number ≥ 0");
+        }
+    }
+    let writable = p.writable.unwrap_or(false);
+    if writable && !table.is_writable() {
+        e.add(
+            format!("{pp}.writable"),
+            format!("{} points are read-only", table.name()),
+        );
+    }
+    let write_multiple = match p.write_function.as_deref() {
+        None | Some("single") => false,
+        Some("multiple") => true,
+        Some(other) => {
+            e.add(
+                format!("{pp}.write_function"),
+                format!("unknown {other:?} (single, multiple)"),
+            );
+            false
+        }
+    };
+    if write_multiple && data_type == DataType::Bool && !table.is_bits() {
+        e.add(
+            format!("{pp}.write_function"),
+            "a register bit is written with read-modify-write (FC 6)",
+        );
+    }
+    if e.0.len() != before {
+        return None;
+    }
+    Some(ModbusPoint {
+        name: p.name.clone(),
+        address,
+        codec: PointCodec {
+            table,
+            data_type,
+            order,
+            bit: p.bit,
+            scale,
+            offset,
+        },
+        deadband: p.deadband,
+        writable,
+        readback: p.readback.unwrap_or(writable),
+        write_multiple,
+    })
+}
+
+fn serial_line(
+    s: RawSerialLine,
+    points: &[RawPoint],
+    path: &str,
+    e: &mut Errors,
+) -> Option<SerialLineDevice> {
+    let serial = serial_settings(
+        &s.port,
+        s.baud,
+        &s.parity,
+        s.data_bits,
+        s.stop_bits,
+        &format!("{path}.serial_line"),
+        e,
+    );
+    if !points.is_empty() {
+        e.add(
+            format!("{path}.points"),
+            "serial line devices take their fields from each line; remove the points",
+        );
+    }
+    let sp = format!("{path}.serial_line");
+    let format = match s.format.as_str() {
+        "json" => LineFormat::Json,
+        "key_value" => LineFormat::KeyValue {
+            separator: s.separator.clone(),
+        },
+        "csv" => {
+            if s.columns.is_empty() {
+                e.add(
+                    format!("{sp}.columns"),
+                    "csv needs the column names, in order",
+                );
+            }
+            let sep = s.separator.as_deref().unwrap_or(",");
+            let mut chars = sep.chars();
+            let separator = match (chars.next(), chars.next()) {
+                (Some(c), None) => c,
+                _ => {
+                    e.add(
+                        format!("{sp}.separator"),
+                        "csv separator must be one character",
+                    );
+                    ','
+                }
+            };
+            LineFormat::Csv {
+                columns: s.columns.clone(),
+                separator,
+            }
+        }
+        "nmea" => LineFormat::Nmea,
+        "regex" => match s.pattern.as_deref().map(regex::Regex::new) {
+            Some(Ok(re)) if re.capture_names().flatten().next().is_some() => LineFormat::Regex(re),
+            Some(Ok(_)) => {
+                e.add(
+                    format!("{sp}.pattern"),
+                    "needs at least one named group, e.g. (?P<temp>[0-9.]+)",
+                );
+                LineFormat::Json
+            }
+            Some(Err(err)) => {
+                e.add(format!("{sp}.pattern"), format!("invalid regex: {err}"));
+                LineFormat::Json
+            }
+            None => {
+                e.add(format!("{sp}.pattern"), "regex format needs a pattern");
+                LineFormat::Json
+            }
+        },
+        other => {
+            e.add(
+                format!("{sp}.format"),
+                format!("unknown format {other:?} (json, key_value, csv, nmea, regex)"),
+            );
+            LineFormat::Json
+        }
+    };
+    Some(SerialLineDevice { serial, format })
 }
 
 fn simulated(

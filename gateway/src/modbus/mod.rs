@@ -1,3 +1,6 @@
-//! Modbus application layer helpers (pure): register tables, data types and decoding.
+//! Modbus application layer (pure): register tables and data types, value encoding and
+//! decoding, and the read planner. The bus actor that does the I/O is `source::modbus`.
 
-pub mod decode;
+pub mod codec;
+pub mod planner;
+pub mod types;

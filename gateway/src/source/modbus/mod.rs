@@ -1,0 +1,600 @@
+//! The Modbus bus scheduler: one task owns one bus (a serial port or a TCP connection)
+//! and every request to every slave on it goes through that task, one at a time.
+//!
+//! - Polls: each slave has its own period ([`schedule::Schedule`]); the task sleeps until
+//!   the earliest due slave, runs its planned reads (`modbus::planner`) and turns them
+//!   into one data sample, which is durable in the buffer before the next poll.
+//! - Serial timing: at least `inter_frame_delay` of silence before every frame (Modbus
+//!   over serial line §2.5.1.1).
+//! - Failures: a timeout or transport error is retried `retries` times; a slave whose
+//!   poll still fails is backed off exponentially and probed, so it cannot starve the
+//!   others. A Modbus exception is a bad reading of the points it covers (listed in the
+//!   sample's `bad` object), never a failure of the bus.
+//! - Recovery: a transport error drops the connection (or closes the serial port); the
+//!   next request re-opens it, so an unplugged USB adapter that comes back, or a
+//!   restarted TCP server, is picked up without a restart.
+//! - Writes (from 11/CEP commands) arrive on a channel that is served before any due poll.
+
+pub mod schedule;
+pub mod transport;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_modbus::client::{Client, Context, Reader, Writer};
+use tokio_modbus::slave::SlaveContext;
+use tokio_modbus::{ExceptionCode, Slave};
+use tokio_util::sync::CancellationToken;
+
+use super::health::HealthRegistry;
+use crate::buffer::{BufferHandle, EndpointKey, NewSample};
+use crate::config::{Bus, BusTransport, Device, DeviceSource, ModbusDevice, ModbusPoint};
+use crate::modbus::codec::{decode_bits, decode_words, encode, WriteData};
+use crate::modbus::planner::ReadRequest;
+use crate::modbus::types::RegisterTable;
+use schedule::Schedule;
+
+/// Why a request produced no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+/// Outcome of a write command, shaped like an 11/CEP result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteOutcome {
+    pub status: u16,
+    pub reason: Option<String>,
+    pub payload: Option<Value>,
+}
+
+impl WriteOutcome {
+    fn err(status: u16, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: Some(reason.into()),
+            payload: None,
+        }
+    }
+}
+
+struct WriteJob {
+    device: String,
+    point: String,
+    value: Value,
+    reply: oneshot::Sender<WriteOutcome>,
+}
+
+/// Sends writes to a bus task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct BusHandle {
+    tx: mpsc::Sender<WriteJob>,
+}
+
+impl std::fmt::Debug for WriteJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteJob({}.{})", self.device, self.point)
+    }
+}
+
+impl BusHandle {
+    /// Writes `value` to `device`'s `point` (ahead of pending polls) and reports the result.
+    pub async fn write(&self, device: &str, point: &str, value: Value) -> WriteOutcome {
+        let (reply, rx) = oneshot::channel();
+        let job = WriteJob {
+            device: device.to_owned(),
+            point: point.to_owned(),
+            value,
+            reply,
+        };
+        if self.tx.send(job).await.is_err() {
+            return WriteOutcome::err(503, "the bus is not running");
+        }
+        rx.await
+            .unwrap_or_else(|_| WriteOutcome::err(503, "the bus stopped before the write"))
+    }
+}
+
+enum Op {
+    Read(RegisterTable, u16, u16),
+    WriteBits(u16, Vec<bool>, bool),
+    WriteWords(u16, Vec<u16>, bool),
+}
+
+enum Answer {
+    Bits(Vec<bool>),
+    Words(Vec<u16>),
+    Done,
+}
+
+struct SlaveState {
+    name: String,
+    endpoint: EndpointKey,
+    dev: ModbusDevice,
+    schedule: Schedule,
+    /// Last reported value per point (deadband / report-on-change).
+    last_reported: Vec<Option<Value>>,
+}
+
+/// The task that owns one bus.
+pub struct BusActor {
+    bus: Bus,
+    slaves: Vec<SlaveState>,
+    buffer: BufferHandle,
+    health: HealthRegistry,
+    writes: mpsc::Receiver<WriteJob>,
+    ctx: Option<Context>,
+    /// When the last frame on the wire ended (inter-frame delay).
+    last_frame: Option<Instant>,
+    /// Whether the last attempt to open the bus failed (to log once per outage).
+    open_failing: bool,
+}
+
+impl std::fmt::Debug for BusActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusActor")
+            .field("bus", &self.bus.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BusActor {
+    /// Builds the actor for `bus` and the devices on it; returns it with its write handle.
+    pub fn new(
+        bus: Bus,
+        devices: &[Device],
+        buffer: BufferHandle,
+        health: HealthRegistry,
+    ) -> (Self, BusHandle) {
+        let now = Instant::now();
+        let slaves: Vec<SlaveState> = devices
+            .iter()
+            .filter_map(|d| match &d.source {
+                DeviceSource::Modbus(m) if m.bus == bus.name => Some(SlaveState {
+                    name: d.name.clone(),
+                    endpoint: EndpointKey {
+                        app_version: d.app_version.clone(),
+                        token: d.token.clone(),
+                    },
+                    last_reported: vec![None; m.points.len()],
+                    dev: m.clone(),
+                    schedule: Schedule::new(d.poll_interval, bus.backoff_max, now),
+                }),
+                _ => None,
+            })
+            .collect();
+        let (tx, writes) = mpsc::channel(64);
+        (
+            Self {
+                bus,
+                slaves,
+                buffer,
+                health,
+                writes,
+                ctx: None,
+                last_frame: None,
+                open_failing: false,
+            },
+            BusHandle { tx },
+        )
+    }
+
+    /// Serves the bus until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        log::info!(
+            "modbus bus {}: {} slave(s) on {}",
+            self.bus.name,
+            self.slaves.len(),
+            describe(&self.bus.transport)
+        );
+        loop {
+            let due = self
+                .slaves
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, s)| s.schedule.next_due());
+            let (idx, at) = match due {
+                Some((i, s)) => (Some(i), s.schedule.next_due()),
+                None => (None, Instant::now() + Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                biased;
+                // Shutdown: finish nothing new; a poll already running has completed.
+                _ = shutdown.cancelled() => break,
+                // Writes go before any due poll.
+                Some(job) = self.writes.recv() => {
+                    let outcome = self.write(&job.device, &job.point, &job.value).await;
+                    let _ = job.reply.send(outcome);
+                }
+                _ = tokio::time::sleep_until(at.into()) => {
+                    if let Some(i) = idx {
+                        self.poll(i).await;
+                    }
+                }
+            }
+        }
+        if let Some(mut ctx) = self.ctx.take() {
+            let _ = ctx.disconnect().await;
+        }
+        log::info!("modbus bus {}: stopped", self.bus.name);
+    }
+
+    /// One request with retries. `Ok(Err(code))` is a Modbus exception answer.
+    async fn request(
+        &mut self,
+        unit: u8,
+        op: &Op,
+    ) -> Result<Result<Answer, ExceptionCode>, BusError> {
+        let mut last_err = BusError::Timeout(self.bus.timeout);
+        for attempt in 0..=self.bus.retries {
+            if attempt > 0 {
+                log::debug!(
+                    "modbus bus {}: unit {unit}: retry {attempt} after {last_err}",
+                    self.bus.name
+                );
+            }
+            if self.ctx.is_none() {
+                match transport::open(&self.bus.transport, unit, self.bus.timeout).await {
+                    Ok(c) => {
+                        if self.open_failing {
+                            log::info!("modbus bus {}: open again", self.bus.name);
+                            self.open_failing = false;
+                        }
+                        self.ctx = Some(c);
+                    }
+                    Err(e) => {
+                        if !self.open_failing {
+                            log::warn!(
+                                "modbus bus {}: cannot open {}: {e}",
+                                self.bus.name,
+                                describe(&self.bus.transport)
+                            );
+                            self.open_failing = true;
+                        }
+                        return Err(BusError::Transport(format!("cannot open the bus: {e}")));
+                    }
+                }
+            }
+            if let Some(t) = self.last_frame {
+                tokio::time::sleep_until((t + self.bus.inter_frame_delay).into()).await;
+            }
+            let Some(ctx) = self.ctx.as_mut() else {
+                continue;
+            };
+            ctx.set_slave(Slave(unit));
+            let call = async {
+                Ok::<_, tokio_modbus::Error>(match op {
+                    Op::Read(RegisterTable::Coil, a, n) => {
+                        ctx.read_coils(*a, *n).await?.map(Answer::Bits)
+                    }
+                    Op::Read(RegisterTable::DiscreteInput, a, n) => {
+                        ctx.read_discrete_inputs(*a, *n).await?.map(Answer::Bits)
+                    }
+                    Op::Read(RegisterTable::Holding, a, n) => {
+                        ctx.read_holding_registers(*a, *n).await?.map(Answer::Words)
+                    }
+                    Op::Read(RegisterTable::Input, a, n) => {
+                        ctx.read_input_registers(*a, *n).await?.map(Answer::Words)
+                    }
+                    Op::WriteBits(a, bits, multiple) => {
+                        if *multiple || bits.len() != 1 {
+                            ctx.write_multiple_coils(*a, bits)
+                                .await?
+                                .map(|_| Answer::Done)
+                        } else {
+                            ctx.write_single_coil(*a, bits[0])
+                                .await?
+                                .map(|_| Answer::Done)
+                        }
+                    }
+                    Op::WriteWords(a, words, multiple) => {
+                        if *multiple || words.len() != 1 {
+                            ctx.write_multiple_registers(*a, words)
+                                .await?
+                                .map(|_| Answer::Done)
+                        } else {
+                            ctx.write_single_register(*a, words[0])
+                                .await?
+                                .map(|_| Answer::Done)
+                        }
+                    }
+                })
+            };
+            let result = tokio::time::timeout(self.bus.timeout, call).await;
+            self.last_frame = Some(Instant::now());
+            match result {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(tokio_modbus::Error::Transport(e))) => {
+                    // The link itself failed (port gone, connection reset): re-open next time.
+                    last_err = BusError::Transport(e.to_string());
+                    self.drop_link().await;
+                }
+                Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                    // A garbled or stray frame: the link is fine, the answer was not.
+                    last_err = BusError::Transport(e.to_string());
+                }
+                Err(_) => {
+                    last_err = BusError::Timeout(self.bus.timeout);
+                    // A late TCP answer would be taken for the next one's: reconnect.
+                    if !matches!(self.bus.transport, BusTransport::Rtu(_)) {
+                        self.drop_link().await;
+                    }
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    async fn drop_link(&mut self) {
+        if let Some(mut ctx) = self.ctx.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), ctx.disconnect()).await;
+        }
+    }
+
+    async fn poll(&mut self, i: usize) {
+        let started = Instant::now();
+        let unit = self.slaves[i].dev.unit_id;
+        let plan: Vec<ReadRequest> = self.slaves[i].dev.plan.clone();
+        let n = self.slaves[i].dev.points.len();
+        let mut values: Vec<Option<Value>> = vec![None; n];
+        let mut bad: Map<String, Value> = Map::new();
+        let mut exceptions = 0u64;
+        let mut failure: Option<BusError> = None;
+        for req in &plan {
+            match self
+                .request(unit, &Op::Read(req.table, req.start, req.count))
+                .await
+            {
+                Ok(Ok(answer)) => {
+                    for (idx, off) in &req.members {
+                        let p = &self.slaves[i].dev.points[*idx];
+                        match decode_member(p, &answer, usize::from(*off)) {
+                            Ok(v) => values[*idx] = Some(v),
+                            Err(reason) => {
+                                bad.insert(p.name.clone(), reason.into());
+                            }
+                        }
+                    }
+                }
+                Ok(Err(code)) => {
+                    exceptions += 1;
+                    for (idx, _) in &req.members {
+                        let name = self.slaves[i].dev.points[*idx].name.clone();
+                        bad.insert(name, format!("modbus exception: {code}").into());
+                    }
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let now = Instant::now();
+        let name = self.slaves[i].name.clone();
+        if failure.is_none() && values.iter().all(Option::is_none) {
+            let first = bad
+                .values()
+                .next()
+                .and_then(Value::as_str)
+                .unwrap_or("no points")
+                .to_owned();
+            failure = Some(BusError::Transport(format!(
+                "every point failed; first: {first}"
+            )));
+        }
+        if let Some(err) = failure {
+            let delay = self.slaves[i].schedule.failed(now);
+            let failures = self.slaves[i].schedule.failures();
+            if failures == 1 {
+                log::warn!("modbus {name} (unit {unit} on {}): poll failed: {err}; backing off, next probe in {delay:?}", self.bus.name);
+            } else {
+                log::debug!("modbus {name}: probe {failures} failed: {err}; next in {delay:?}");
+            }
+            self.health.update(&name, |h| {
+                h.state = "failing";
+                h.polls += 1;
+                h.failures += 1;
+                h.exceptions += exceptions;
+                h.consecutive_failures = failures;
+                h.last_error = Some(err.to_string());
+            });
+            return;
+        }
+        if self.slaves[i].schedule.failures() > 0 {
+            log::info!("modbus {name} (unit {unit}): answering again");
+        }
+        self.slaves[i].schedule.succeeded(now);
+        let latency = now.duration_since(started);
+        let ts = crate::now_ms();
+        let slave = &mut self.slaves[i];
+        let mut sample = Map::new();
+        sample.insert("timestamp".into(), ts.into());
+        for (idx, v) in values.into_iter().enumerate() {
+            let Some(v) = v else { continue };
+            let p = &slave.dev.points[idx];
+            if should_report(p.deadband, slave.last_reported[idx].as_ref(), &v) {
+                slave.last_reported[idx] = Some(v.clone());
+                sample.insert(p.name.clone(), v);
+            }
+        }
+        let has_bad = !bad.is_empty();
+        if has_bad {
+            sample.insert("bad".into(), Value::Object(bad));
+        }
+        self.health.update(&name, |h| {
+            h.state = "ok";
+            h.polls += 1;
+            h.exceptions += exceptions;
+            h.consecutive_failures = 0;
+            h.last_success_ms = Some(ts);
+            h.last_latency_ms = Some(latency.as_secs_f64() * 1000.0);
+            if !has_bad {
+                h.last_error = None;
+            }
+        });
+        if sample.len() == 1 {
+            return; // nothing changed beyond the deadbands
+        }
+        let sample = NewSample {
+            endpoint: slave.endpoint.clone(),
+            ts_ms: ts,
+            payload: Value::Object(sample).to_string(),
+        };
+        if let Err(e) = self.buffer.append(vec![sample]).await {
+            log::error!("modbus {name}: sample lost, buffer refused it: {e}");
+        }
+    }
+
+    async fn write(&mut self, device: &str, point: &str, value: &Value) -> WriteOutcome {
+        let Some(slave) = self.slaves.iter().find(|s| s.name == device) else {
+            return WriteOutcome::err(
+                404,
+                format!("no device {device:?} on bus {}", self.bus.name),
+            );
+        };
+        let Some(p) = slave.dev.points.iter().find(|p| p.name == point).cloned() else {
+            return WriteOutcome::err(404, format!("device {device:?} has no point {point:?}"));
+        };
+        if !p.writable {
+            return WriteOutcome::err(403, format!("point {point:?} is not writable"));
+        }
+        let unit = slave.dev.unit_id;
+        let data = match encode(&p.codec, value) {
+            Ok(d) => d,
+            Err(e) => {
+                return WriteOutcome::err(400, format!("cannot write {value} to {point:?}: {e}"))
+            }
+        };
+        let op = match data {
+            WriteData::Bits(bits) => Op::WriteBits(p.address, bits, p.write_multiple),
+            WriteData::Words(words) => Op::WriteWords(p.address, words, p.write_multiple),
+            WriteData::RegisterBit { bit, value } => {
+                // Read-modify-write; safe because this task is the bus's only user.
+                let current = match self
+                    .request(unit, &Op::Read(RegisterTable::Holding, p.address, 1))
+                    .await
+                {
+                    Ok(Ok(Answer::Words(w))) if w.len() == 1 => w[0],
+                    Ok(Ok(_)) => {
+                        return WriteOutcome::err(
+                            502,
+                            "malformed answer to the read before the bit write",
+                        )
+                    }
+                    Ok(Err(code)) => {
+                        return WriteOutcome::err(502, format!("device answered exception: {code}"))
+                    }
+                    Err(e) => return bus_failure(e),
+                };
+                let word = if value {
+                    current | (1 << bit)
+                } else {
+                    current & !(1 << bit)
+                };
+                Op::WriteWords(p.address, vec![word], false)
+            }
+        };
+        match self.request(unit, &op).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(code)) => {
+                return WriteOutcome::err(502, format!("device answered exception: {code}"))
+            }
+            Err(e) => return bus_failure(e),
+        }
+        log::info!("modbus {device}: wrote {value} to {point}");
+        if !p.readback {
+            return WriteOutcome {
+                status: 200,
+                reason: None,
+                payload: Some(json!({"point": point, "value": value})),
+            };
+        }
+        let width = p.codec.data_type.width();
+        let read = match self
+            .request(unit, &Op::Read(p.codec.table, p.address, width))
+            .await
+        {
+            Ok(Ok(a)) => a,
+            Ok(Err(code)) => {
+                return WriteOutcome::err(502, format!("read-back answered exception: {code}"))
+            }
+            Err(e) => return bus_failure(e),
+        };
+        let got = match decode_member(&p, &read, 0) {
+            Ok(v) => v,
+            Err(e) => return WriteOutcome::err(502, format!("read-back value unreadable: {e}")),
+        };
+        // Compare in the device's own encoding, so float rounding in scale is not a mismatch.
+        if encode(&p.codec, &got).ok() != encode(&p.codec, value).ok() {
+            return WriteOutcome::err(
+                502,
+                format!("read-back mismatch: wrote {value}, device holds {got}"),
+            );
+        }
+        WriteOutcome {
+            status: 200,
+            reason: None,
+            payload: Some(json!({"point": point, "value": got})),
+        }
+    }
+}
+
+fn bus_failure(e: BusError) -> WriteOutcome {
+    match e {
+        BusError::Timeout(_) => WriteOutcome::err(504, format!("device did not answer: {e}")),
+        BusError::Transport(_) => WriteOutcome::err(502, e.to_string()),
+    }
+}
+
+fn describe(t: &BusTransport) -> String {
+    match t {
+        BusTransport::Rtu(s) => format!("RTU {} at {} baud", s.path, s.baud),
+        BusTransport::Tcp(a) => format!("TCP {a}"),
+        BusTransport::RtuOverTcp(a) => format!("RTU over TCP {a}"),
+    }
+}
+
+fn decode_member(p: &ModbusPoint, answer: &Answer, off: usize) -> Result<Value, String> {
+    let width = usize::from(p.codec.data_type.width());
+    match answer {
+        Answer::Words(w) => w
+            .get(off..off + width)
+            .ok_or_else(|| "short answer".to_owned())
+            .and_then(|words| decode_words(&p.codec, words).map_err(|e| e.to_string())),
+        Answer::Bits(b) => b
+            .get(off..off + 1)
+            .ok_or_else(|| "short answer".to_owned())
+            .and_then(|bits| decode_bits(bits).map_err(|e| e.to_string())),
+        Answer::Done => Err("no data in answer".into()),
+    }
+}
+
+/// Deadband / report-on-change: without a deadband every value is reported.
+fn should_report(deadband: Option<f64>, last: Option<&Value>, v: &Value) -> bool {
+    let (Some(d), Some(last)) = (deadband, last) else {
+        return true;
+    };
+    match (last.as_f64(), v.as_f64()) {
+        (Some(a), Some(b)) if d > 0.0 => (b - a).abs() >= d,
+        _ => last != v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadband_reports_only_real_moves() {
+        assert!(should_report(None, Some(&json!(1.0)), &json!(1.0)));
+        assert!(should_report(Some(0.5), None, &json!(1.0)));
+        assert!(!should_report(Some(0.5), Some(&json!(1.0)), &json!(1.4)));
+        assert!(should_report(Some(0.5), Some(&json!(1.0)), &json!(0.5)));
+        assert!(!should_report(Some(0.0), Some(&json!(true)), &json!(true)));
+        assert!(should_report(Some(0.0), Some(&json!(3)), &json!(4)));
+    }
+}
