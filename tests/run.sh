@@ -2,8 +2,9 @@
 # The whole test suite, from a fresh Debian/Ubuntu machine: installs every prerequisite
 # it needs (idempotent: only what is missing), builds, and runs
 #   1. the Rust unit and property tests (cargo test),
-#   2. the end-to-end tests of the real binary against real peers (pytest: paho-mqtt,
-#      mosquitto_pub/mosquitto_sub, a pymodbus Modbus TCP device).
+#   2. the end-to-end tests of the real binary against real peers (pytest): paho-mqtt,
+#      mosquitto_pub/mosquitto_sub, a Mosquitto broker, pymodbus devices over TCP and over
+#      socat pseudo-terminals, mbpoll.
 # Usage: tests/run.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v socat >/dev/null 2>&1 || need+=(socat)
+command -v mbpoll >/dev/null 2>&1 || need+=(mbpoll)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if ! command -v cargo >/dev/null 2>&1; then
@@ -48,4 +52,5 @@ cargo test --workspace --locked
 # --- end-to-end tests against the real binary -----------------------------------------
 log "end-to-end tests (pytest)"
 export KP_GATEWAY_BIN="$PWD/target/debug/kp-gateway"
+export PATH="$PATH:/usr/sbin"  # mosquitto lives there on Debian
 "$VENV/bin/python" -m pytest tests/e2e -q -p no:cacheprovider "$@"

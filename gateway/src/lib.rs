@@ -6,6 +6,7 @@
 
 pub mod buffer;
 pub mod config;
+pub mod downlink;
 pub mod modbus;
 pub mod source;
 pub mod supervisor;

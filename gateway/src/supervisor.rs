@@ -5,6 +5,7 @@
 //! durable before its task ends), then the upstream (DISCONNECT; unconfirmed batches stay
 //! buffered), then the core, then the buffer thread. Nothing taken is lost.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{BufferHandle, EndpointKey};
 use crate::config::{Config, DeviceSource, Upstream};
-use crate::source::{self, health::HealthRegistry, modbus::BusActor};
+use crate::downlink::{CommandTarget, Downlink};
+use crate::source::{self, health::HealthRegistry, modbus::BusActor, modbus::BusHandle};
 use crate::upstream::UpstreamSession;
 
 /// User name of the gateway's own credential in the in-process core (standalone site).
@@ -98,16 +100,13 @@ pub async fn run(
     let health = HealthRegistry::default();
     let mut bus_handles = Vec::new();
     let upstream_stop = CancellationToken::new();
-    let upstream_task = upstream.map(|u| {
-        let session = UpstreamSession::new(u, buffer.clone(), endpoints);
-        tokio::spawn(session.run(upstream_stop.clone()))
-    });
 
     let sources_stop = CancellationToken::new();
     let mut sources = JoinSet::new();
     for bus in config.buses.clone() {
+        let actor_bus_name = bus.name.clone();
         let (actor, handle) = BusActor::new(bus, &config.devices, buffer.clone(), health.clone());
-        bus_handles.push(handle);
+        bus_handles.push((actor_bus_name, handle));
         sources.spawn(actor.run(sources_stop.clone()));
     }
     for d in config.devices.clone() {
@@ -136,6 +135,12 @@ pub async fn run(
         }
     }
 
+    let targets = command_targets(&config, &bus_handles);
+    let upstream_task = upstream.map(|u| {
+        let session = UpstreamSession::new(u, buffer.clone(), endpoints, Downlink::new(targets));
+        tokio::spawn(session.run(upstream_stop.clone()))
+    });
+
     let status = status_loop(&buffer, core.as_ref(), &health, opts.status_every);
     tokio::select! {
         _ = shutdown.cancelled() => {}
@@ -162,6 +167,30 @@ pub async fn run(
         stats.pending
     );
     Ok(())
+}
+
+/// Device endpoints with writable points, and the bus that writes them.
+fn command_targets(
+    config: &Config,
+    buses: &[(String, BusHandle)],
+) -> HashMap<EndpointKey, CommandTarget> {
+    config
+        .devices
+        .iter()
+        .filter_map(|d| match &d.source {
+            DeviceSource::Modbus(m) if m.points.iter().any(|p| p.writable) => {
+                let bus = buses.iter().find(|(n, _)| *n == m.bus)?.1.clone();
+                Some((
+                    source::endpoint_of(d),
+                    CommandTarget {
+                        device: d.name.clone(),
+                        bus,
+                    },
+                ))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Standalone site: provisions the devices and a fresh internal credential in the core,

@@ -138,3 +138,96 @@ def core(tmp_path):
 @pytest.fixture
 def python():
     return sys.executable
+
+
+HERE = Path(__file__).parent
+
+
+def start_modbus_device(tmp_path: Path, spec: dict, name: str = "pymodbus") -> Proc:
+    """A pymodbus server (see modbus_device.py); waits until it is reachable."""
+    import json
+
+    proc = Proc(name, [sys.executable, str(HERE / "modbus_device.py"), json.dumps(spec)], tmp_path / f"{name}.log")
+    if spec["transport"] == "rtu":
+        time.sleep(0.5)  # no socket to probe; the serial server opens its port at once
+        if proc.popen.poll() is not None:
+            raise RuntimeError(proc.output())
+    else:
+        wait_port(spec["port"], proc)
+    return proc
+
+
+class PtyPair:
+    """Two linked pseudo-terminals made by socat: what one end writes, the other reads."""
+
+    def __init__(self, tmp_path: Path, name: str = "pty"):
+        self.a = tmp_path / f"{name}-a"
+        self.b = tmp_path / f"{name}-b"
+        self.tmp_path = tmp_path
+        self.name = name
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = Proc(
+            f"socat-{self.name}",
+            ["socat", f"pty,raw,echo=0,link={self.a}", f"pty,raw,echo=0,link={self.b}"],
+            self.tmp_path / f"socat-{self.name}.log",
+        )
+        wait_for("socat PTY links", lambda: self.a.exists() and self.b.exists(), timeout=10)
+
+    def stop(self):
+        self.proc.stop()
+        wait_for("socat PTY links to go", lambda: not self.a.exists() and not self.b.exists(), timeout=10)
+
+
+class Gateway:
+    """The kp-gateway binary with a config written by the test."""
+
+    def __init__(self, tmp_path: Path, config: str, name: str = "gateway", args=()):
+        self.tmp_path = tmp_path
+        self.config = tmp_path / f"{name}.toml"
+        self.config.write_text(config)
+        self.proc = Proc(name, [str(BIN), "-c", str(self.config), *args], tmp_path / f"{name}.log")
+
+    def stop(self) -> int:
+        return self.proc.stop()
+
+
+def core_samples(db: Path, token: str) -> list:
+    """Raw data samples the core stored for the endpoint with `token`, oldest first."""
+    import json
+
+    if not db.exists():
+        return []
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+        try:
+            rows = c.execute(
+                "SELECT s.sample FROM data_samples s JOIN tokens t ON t.endpoint_id = s.endpoint_id "
+                "WHERE t.token = ? ORDER BY s.id",
+                (token,),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            return []
+    return [json.loads(r[0]) for r in rows]
+
+
+class Mosquitto:
+    """A real Mosquitto broker on a free loopback port."""
+
+    def __init__(self, tmp_path: Path):
+        self.port = free_port()
+        conf = tmp_path / "mosquitto.conf"
+        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        self.proc = Proc("mosquitto", ["mosquitto", "-c", str(conf)], tmp_path / "mosquitto.log")
+        wait_port(self.port, self.proc)
+
+    def stop(self):
+        self.proc.stop()
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    m = Mosquitto(tmp_path)
+    yield m
+    m.stop()

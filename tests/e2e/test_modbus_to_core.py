@@ -37,11 +37,8 @@ def registers(table: str) -> list:
 @pytest.fixture
 def modbus_device(tmp_path):
     port = free_port()
-    proc = Proc(
-        "pymodbus",
-        [sys.executable, str(HERE / "modbus_device.py"), str(port), json.dumps(registers("holding")), json.dumps(registers("input"))],
-        tmp_path / "modbus.log",
-    )
+    spec = {"transport": "tcp", "port": port, "slaves": {"1": {"hr": registers("holding"), "ir": registers("input")}}}
+    proc = Proc("pymodbus", [sys.executable, str(HERE / "modbus_device.py"), json.dumps(spec)], tmp_path / "modbus.log")
     wait_port(port, proc)
     yield port
     proc.stop()

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{Batch, BufferHandle, EndpointKey};
 use crate::config::Upstream;
+use crate::downlink::{self, CommandResult, Downlink};
 use inflight::InFlight;
 
 /// Largest MQTT packet sent or accepted upstream.
@@ -31,19 +32,29 @@ pub struct UpstreamSession {
     config: Upstream,
     buffer: BufferHandle,
     endpoints: Vec<EndpointKey>,
+    downlink: Downlink,
 }
 
+/// A finished command, on its way back to the session task for publishing.
+type Finished = (EndpointKey, String, CommandResult);
+
 impl UpstreamSession {
-    pub fn new(config: Upstream, buffer: BufferHandle, endpoints: Vec<EndpointKey>) -> Self {
+    pub fn new(
+        config: Upstream,
+        buffer: BufferHandle,
+        endpoints: Vec<EndpointKey>,
+        downlink: Downlink,
+    ) -> Self {
         Self {
             config,
             buffer,
             endpoints,
+            downlink,
         }
     }
 
     /// Runs until `shutdown`; then sends DISCONNECT (leased batches stay in the buffer).
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let c = &self.config;
         let mut opts = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
         opts.set_keep_alive(c.keepalive)
@@ -58,6 +69,8 @@ impl UpstreamSession {
         let mut reconnect_failures: u32 = 0;
         let mut tick = tokio::time::interval(TICK);
         let dcx = ExtensionInstance::new("dcx").unwrap_or_else(|_| unreachable!("valid name"));
+        let (finished_tx, mut finished) = tokio::sync::mpsc::channel::<Finished>(256);
+        let mut observe_id: u32 = 0;
         log::info!(
             "upstream: connecting to {}:{} as {:?}",
             c.host,
@@ -75,10 +88,15 @@ impl UpstreamSession {
                         reconnect_failures = 0;
                         log::info!("upstream: connected to {}:{}", c.host, c.port);
                         self.subscribe(&client);
+                        self.observe_commands(&client, &mut observe_id);
                         self.send_batches(&client, &mut inflight, &dcx).await;
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        self.on_response(&p.topic, &p.payload, &mut inflight).await;
+                        if p.topic.contains("/cex/") {
+                            self.on_command(&p.topic, &p.payload, &client, &finished_tx);
+                        } else {
+                            self.on_response(&p.topic, &p.payload, &mut inflight).await;
+                        }
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -99,6 +117,11 @@ impl UpstreamSession {
                         }
                     }
                 },
+                // A command finished on its bus: remember and publish its result.
+                Some((ep, kind, result)) = finished.recv() => {
+                    self.downlink.remember(&ep, result.clone());
+                    publish_result(&client, &ep, &kind, &result);
+                }
                 // New samples in the buffer: send them now rather than at the next tick.
                 _ = self.buffer.new_data.notified(), if connected => {
                     self.send_batches(&client, &mut inflight, &dcx).await;
@@ -130,7 +153,7 @@ impl UpstreamSession {
     }
 
     fn subscribe(&self, client: &AsyncClient) {
-        let filters: Vec<SubscribeFilter> = self
+        let mut filters: Vec<SubscribeFilter> = self
             .endpoints
             .iter()
             .flat_map(|ep| {
@@ -145,10 +168,110 @@ impl UpstreamSession {
                 ]
             })
             .collect();
+        // Command pushes (and answers to our observe requests) for devices that take writes.
+        filters.extend(self.downlink.endpoints().map(|ep| {
+            SubscribeFilter::new(
+                format!(
+                    "kp1/{}/cex/{}/command/#",
+                    ep.app_version.as_str(),
+                    ep.token.as_str()
+                ),
+                QoS::AtLeastOnce,
+            )
+        }));
         for chunk in filters.chunks(64) {
             if let Err(e) = client.try_subscribe_many(chunk.to_vec()) {
                 log::warn!("upstream: cannot queue SUBSCRIBE: {e}");
             }
+        }
+    }
+
+    /// Asks for commands that were pending while we were away (11/CEP observe request).
+    fn observe_commands(&self, client: &AsyncClient, observe_id: &mut u32) {
+        for ep in self.downlink.endpoints() {
+            *observe_id = if *observe_id >= platform_core::kp1::MAX_REQUEST_ID {
+                1
+            } else {
+                *observe_id + 1
+            };
+            let topic = format!(
+                "kp1/{}/cex/{}/command/{}/{}",
+                ep.app_version.as_str(),
+                ep.token.as_str(),
+                downlink::WRITE,
+                observe_id
+            );
+            if let Err(e) =
+                client.try_publish(topic, QoS::AtLeastOnce, false, r#"{"observe":true}"#)
+            {
+                log::warn!("upstream: cannot queue the command observe request: {e}");
+            }
+        }
+    }
+
+    /// A message on a `cex` topic: commands to run (or an error answer to our observe).
+    fn on_command(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        client: &AsyncClient,
+        finished: &tokio::sync::mpsc::Sender<Finished>,
+    ) {
+        let Ok(t) = Kp1Topic::parse(topic) else {
+            log::debug!("upstream: ignoring message on {topic}");
+            return;
+        };
+        let Some(kind) = t.resource.strip_prefix("command/").map(str::to_owned) else {
+            return;
+        };
+        let ep = EndpointKey {
+            app_version: t.app_version.clone(),
+            token: t.token.clone(),
+        };
+        match t.direction {
+            Direction::Status => {}
+            Direction::Error => {
+                log::debug!(
+                    "upstream: command request refused on {topic}: {}",
+                    String::from_utf8_lossy(payload)
+                );
+                return;
+            }
+            Direction::Request => return,
+        }
+        let Some(target) = self.downlink.target(&ep).cloned() else {
+            log::debug!("upstream: commands for an endpoint without writable points: {topic}");
+            return;
+        };
+        let commands = match downlink::parse_commands(payload) {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("upstream: unreadable command push on {topic}: {e}");
+                return;
+            }
+        };
+        for cmd in commands {
+            if let Some(done) = self.downlink.remembered(&ep, &cmd.id) {
+                log::info!(
+                    "upstream: command {} for {} already ran; answering again",
+                    cmd.id,
+                    target.device
+                );
+                publish_result(client, &ep, &kind, done);
+                continue;
+            }
+            log::info!(
+                "upstream: command {} ({kind}) for {}: {}",
+                cmd.id,
+                target.device,
+                cmd.payload
+            );
+            let (target, kind, ep, tx) =
+                (target.clone(), kind.clone(), ep.clone(), finished.clone());
+            tokio::spawn(async move {
+                let result = downlink::execute(target, &kind, cmd).await;
+                let _ = tx.send((ep, kind, result)).await;
+            });
         }
     }
 
@@ -239,6 +362,24 @@ impl UpstreamSession {
             }
             Direction::Request => unreachable!("filtered above"),
         }
+    }
+}
+
+/// Publishes one command result on `kp1/<avn>/cex/<token>/result/<type>`.
+fn publish_result(client: &AsyncClient, ep: &EndpointKey, kind: &str, result: &CommandResult) {
+    let topic = format!(
+        "kp1/{}/cex/{}/result/{kind}",
+        ep.app_version.as_str(),
+        ep.token.as_str()
+    );
+    let body = serde_json::to_vec(&[result]).unwrap_or_default();
+    log::info!(
+        "upstream: command {} result {} on {topic}",
+        result.id,
+        result.status_code
+    );
+    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, body) {
+        log::warn!("upstream: cannot queue command result {}: {e}", result.id);
     }
 }
 
