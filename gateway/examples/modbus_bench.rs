@@ -42,7 +42,12 @@ fn codec(t: DataType) -> PointCodec {
     }
 }
 
-async fn run(ctx: &mut Context, reqs: &[ReadRequest], pts: &[(u16, DataType)], secs: f64) -> (u64, u64, Duration) {
+async fn run(
+    ctx: &mut Context,
+    reqs: &[ReadRequest],
+    pts: &[(u16, DataType)],
+    secs: f64,
+) -> (u64, u64, Duration) {
     let (mut requests, mut decoded, mut cycles) = (0u64, 0u64, 0u32);
     let start = Instant::now();
     while start.elapsed().as_secs_f64() < secs {
@@ -96,7 +101,12 @@ async fn main() {
         })
         .collect();
     let mut ctx = tcp::connect_slave(addr, Slave(1)).await.expect("connect");
-    println!("points: {}; reads per poll cycle: planned {}, one-per-point {}", pts.len(), planned.len(), naive.len());
+    println!(
+        "points: {}; reads per poll cycle: planned {}, one-per-point {}",
+        pts.len(),
+        planned.len(),
+        naive.len()
+    );
     for (name, reqs) in [("planned", &planned), ("one-per-point", &naive)] {
         let (requests, decoded, cycle) = run(&mut ctx, reqs, &pts, secs).await;
         println!(

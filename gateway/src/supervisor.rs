@@ -137,7 +137,13 @@ pub async fn run(
 
     let targets = command_targets(&config, &bus_handles);
     let upstream_task = upstream.map(|u| {
-        let session = UpstreamSession::new(u, buffer.clone(), endpoints, Downlink::new(targets));
+        let metadata = config
+            .devices
+            .iter()
+            .map(|d| (source::endpoint_of(d), d.metadata.clone()))
+            .collect();
+        let session = UpstreamSession::new(u, buffer.clone(), endpoints, Downlink::new(targets))
+            .with_metadata(metadata);
         tokio::spawn(session.run(upstream_stop.clone()))
     });
 

@@ -35,6 +35,7 @@ name = "{name}"
 token = "{token}"
 app_version = "{avn}"
 poll_interval_ms = 100
+metadata = {{ location = "roof", floor = 3 }}
 [devices.simulated]
 [[devices.points]]
 name = "wave"
@@ -65,6 +66,9 @@ def test_samples_are_confirmed_and_leave_the_buffer(tmp_path, core):
     stamps = [json.loads(s)["timestamp"] for (s,) in stored]
     assert stamps == sorted(stamps), "samples of one endpoint arrive oldest first"
     assert "client \"bridge-under-test\" connected" in core.proc.output()
+    # Endpoint metadata was published on connect (10/EPMP update/keys).
+    meta = dict(core.query("SELECT key, value FROM metadata WHERE endpoint_id='ep-tok1'"))
+    assert meta == {"location": '"roof"', "floor": "3"}
     remaining = buffer_rows(tmp_path, "samples")
     assert len(remaining) <= 5, f"{len(remaining)} samples not confirmed after a clean stop"
 

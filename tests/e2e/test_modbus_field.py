@@ -78,13 +78,19 @@ def expected_sample() -> dict:
     exp = {n: v for n, _, _, _, v in TYPED}
     exp[TEXT[0]] = TEXT[3]
     exp[FLAG[0]] = True
+    exp["relay"] = True
+    exp["door"] = True
     return exp
 
 
 @pytest.mark.parametrize("transport", ["tcp", "rtu_over_tcp"])
 def test_every_type_in_every_byte_order(tmp_path, transport):
     port = free_port()
-    spec = {"transport": transport, "port": port, "slaves": {str(u): {"hr": registers_for(o)} for u, o in ORDERS.items()}}
+    spec = {
+        "transport": transport,
+        "port": port,
+        "slaves": {str(u): {"hr": registers_for(o), "co": [0, 1], "di": [1, 0, 1]} for u, o in ORDERS.items()},
+    }
     device = start_modbus_device(tmp_path, spec)
     devices = "".join(
         f"""
@@ -97,6 +103,14 @@ poll_interval_ms = 200
 bus = "field"
 unit_id = {u}
 {typed_points(o)}
+[[devices.points]]
+name = "relay"
+table = "coil"
+address = 1
+[[devices.points]]
+name = "door"
+table = "discrete_input"
+address = 2
 """
         for u, o in ORDERS.items()
     )
@@ -262,3 +276,47 @@ format = "nmea"
         assert gw.stop() == 0, gw.proc.output()
         pty.stop()
     assert len(core_samples(db, "gps")) == 3
+
+
+def test_an_rtu_bus_recovers_after_the_adapter_is_unplugged(tmp_path):
+    pty = PtyPair(tmp_path, "usb")
+    spec = {"transport": "rtu", "serial": str(pty.b), "slaves": {"1": {"hr": [42]}}}
+    device = start_modbus_device(tmp_path, spec, name="device-1")
+    body = f"""
+[[modbus.buses]]
+name = "usb"
+kind = "rtu"
+port = "{pty.a}"
+baud = 19200
+timeout_ms = 300
+retries = 0
+backoff_max_ms = 1000
+[[devices]]
+name = "meter"
+token = "meter"
+app_version = "plant-v1"
+poll_interval_ms = 200
+[devices.modbus]
+bus = "usb"
+[[devices.points]]
+name = "v"
+address = 0
+type = "u16"
+"""
+    gw = Gateway(tmp_path, standalone(tmp_path, free_port(), body))
+    db = tmp_path / "state" / "core.sqlite"
+    try:
+        wait_for("samples before the unplug", lambda: len(core_samples(db, "meter")) >= 3)
+        device.stop()
+        pty.stop()  # the adapter's device node is gone
+        wait_for("the bus to notice", lambda: "cannot open" in gw.proc.output(), timeout=20)
+        before = len(core_samples(db, "meter"))
+        pty.start()  # plugged back in
+        device = start_modbus_device(tmp_path, spec, name="device-2")
+        wait_for("samples after the replug", lambda: len(core_samples(db, "meter")) >= before + 3, timeout=30)
+        assert "modbus bus usb: open again" in gw.proc.output()
+        assert core_samples(db, "meter")[-1]["v"] == 42
+    finally:
+        assert gw.stop() == 0, gw.proc.output()
+        device.stop()
+        pty.stop()

@@ -33,6 +33,8 @@ pub struct UpstreamSession {
     buffer: BufferHandle,
     endpoints: Vec<EndpointKey>,
     downlink: Downlink,
+    /// Endpoint metadata published (10/EPMP `/update/keys`) on every connect.
+    metadata: Vec<(EndpointKey, serde_json::Map<String, serde_json::Value>)>,
 }
 
 /// A finished command, on its way back to the session task for publishing.
@@ -50,7 +52,20 @@ impl UpstreamSession {
             buffer,
             endpoints,
             downlink,
+            metadata: Vec::new(),
         }
+    }
+
+    /// Metadata to publish for each endpoint on every connect (empty maps are skipped).
+    pub fn with_metadata(
+        mut self,
+        metadata: Vec<(EndpointKey, serde_json::Map<String, serde_json::Value>)>,
+    ) -> Self {
+        self.metadata = metadata
+            .into_iter()
+            .filter(|(_, m)| !m.is_empty())
+            .collect();
+        self
     }
 
     /// Runs until `shutdown`; then sends DISCONNECT (leased batches stay in the buffer).
@@ -89,10 +104,13 @@ impl UpstreamSession {
                         log::info!("upstream: connected to {}:{}", c.host, c.port);
                         self.subscribe(&client);
                         self.observe_commands(&client, &mut observe_id);
+                        self.publish_metadata(&client, &mut observe_id);
                         self.send_batches(&client, &mut inflight, &dcx).await;
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        if p.topic.contains("/cex/") {
+                        if p.topic.contains("/epmx/") {
+                            log::warn!("upstream: metadata update refused on {}: {}", p.topic, String::from_utf8_lossy(&p.payload));
+                        } else if p.topic.contains("/cex/") {
                             self.on_command(&p.topic, &p.payload, &client, &finished_tx);
                         } else {
                             self.on_response(&p.topic, &p.payload, &mut inflight).await;
@@ -168,6 +186,17 @@ impl UpstreamSession {
                 ]
             })
             .collect();
+        // Refusals of our metadata updates (logged).
+        filters.extend(self.metadata.iter().map(|(ep, _)| {
+            SubscribeFilter::new(
+                format!(
+                    "kp1/{}/epmx/{}/update/keys/+/error",
+                    ep.app_version.as_str(),
+                    ep.token.as_str()
+                ),
+                QoS::AtLeastOnce,
+            )
+        }));
         // Command pushes (and answers to our observe requests) for devices that take writes.
         filters.extend(self.downlink.endpoints().map(|ep| {
             SubscribeFilter::new(
@@ -182,6 +211,26 @@ impl UpstreamSession {
         for chunk in filters.chunks(64) {
             if let Err(e) = client.try_subscribe_many(chunk.to_vec()) {
                 log::warn!("upstream: cannot queue SUBSCRIBE: {e}");
+            }
+        }
+    }
+
+    /// Publishes each endpoint's metadata (partial update: keys set elsewhere are kept).
+    fn publish_metadata(&self, client: &AsyncClient, request_id: &mut u32) {
+        for (ep, meta) in &self.metadata {
+            *request_id = if *request_id >= platform_core::kp1::MAX_REQUEST_ID {
+                1
+            } else {
+                *request_id + 1
+            };
+            let topic = format!(
+                "kp1/{}/epmx/{}/update/keys/{request_id}",
+                ep.app_version.as_str(),
+                ep.token.as_str()
+            );
+            let body = serde_json::Value::Object(meta.clone()).to_string();
+            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, body) {
+                log::warn!("upstream: cannot queue a metadata update: {e}");
             }
         }
     }
