@@ -45,6 +45,21 @@ enum Command {
     },
     /// Read a password from stdin and print its Argon2id hash for `core.credentials`.
     HashPassword,
+    /// Inspect, resend or purge batches the upstream refused (4xx).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// Print every dead letter as one JSON object per line.
+    List,
+    /// Put dead letters back in the queue (all, or the given sequence numbers).
+    Retry { seqs: Vec<i64> },
+    /// Delete dead letters for good (all, or the given sequence numbers).
+    Purge { seqs: Vec<i64> },
 }
 
 fn main() -> ExitCode {
@@ -61,7 +76,41 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::HashPassword) => hash_password(),
+        Some(Command::DeadLetters { action }) => dead_letters(&cli.config, action),
         None => run(cli),
+    }
+}
+
+fn dead_letters(config: &std::path::Path, action: DeadLetterAction) -> ExitCode {
+    use kp_gateway::buffer::dead_letter;
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return ExitCode::from(2);
+        }
+    };
+    let path = &config.buffer.path;
+    let result = match action {
+        DeadLetterAction::List => dead_letter::list(path).map(|rows| {
+            for r in &rows {
+                println!("{}", serde_json::to_string(r).unwrap_or_default());
+            }
+            rows.len()
+        }),
+        DeadLetterAction::Retry { seqs } => {
+            dead_letter::retry(path, &seqs).inspect(|n| println!("{n} moved back to the queue"))
+        }
+        DeadLetterAction::Purge { seqs } => {
+            dead_letter::purge(path, &seqs).inspect(|n| println!("{n} purged"))
+        }
+    };
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -87,6 +136,8 @@ fn hash_password() -> ExitCode {
 }
 
 fn run(cli: Cli) -> ExitCode {
+    // TLS (upstream) uses rustls with the ring provider; install it once, first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let loaded = if cli.demo {
         Config::from_toml(kp_gateway::DEMO_CONFIG)
     } else {

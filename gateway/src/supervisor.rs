@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::{BufferHandle, EndpointKey};
 use crate::config::{Config, DeviceSource, Upstream};
 use crate::downlink::{CommandTarget, Downlink};
+use crate::self_report;
 use crate::source::{self, health::HealthRegistry, modbus::BusActor, modbus::BusHandle};
 use crate::upstream::UpstreamSession;
 
@@ -44,8 +45,11 @@ pub async fn run(
             config.state_dir.display()
         )
     })?;
-    let (buffer, buffer_thread) =
-        BufferHandle::open(&config.buffer.path, config.buffer.synchronous)?;
+    let (buffer, buffer_thread) = BufferHandle::open(
+        &config.buffer.path,
+        config.buffer.synchronous,
+        config.buffer.bounds,
+    )?;
 
     let core_stop = CancellationToken::new();
     let mut core = None;
@@ -61,14 +65,13 @@ pub async fn run(
         (None, None) => anyhow::bail!("no upstream and no core configured"),
     };
 
-    let endpoints: Vec<EndpointKey> = config
-        .devices
-        .iter()
-        .map(|d| EndpointKey {
-            app_version: d.app_version.clone(),
-            token: d.token.clone(),
-        })
-        .collect();
+    let mut endpoints: Vec<EndpointKey> = config.devices.iter().map(source::endpoint_of).collect();
+    if let Some(own) = &config.own_endpoint {
+        endpoints.push(EndpointKey {
+            app_version: own.app_version.clone(),
+            token: own.token.clone(),
+        });
+    }
     let stats = buffer.stats().await?;
     log::info!(
         "buffer {}: {} samples waiting from an earlier run, {} in the dead-letter table",
@@ -144,6 +147,16 @@ pub async fn run(
             .collect();
         let session = UpstreamSession::new(u, buffer.clone(), endpoints, Downlink::new(targets))
             .with_metadata(metadata);
+        let connected = session.connected_flag();
+        if let Some(own) = config.own_endpoint.clone() {
+            sources.spawn(self_report::run(
+                own,
+                buffer.clone(),
+                health.clone(),
+                connected,
+                sources_stop.clone(),
+            ));
+        }
         tokio::spawn(session.run(upstream_stop.clone()))
     });
 
@@ -154,6 +167,7 @@ pub async fn run(
     }
 
     log::info!("shutting down: stopping devices");
+    buffer.stop_blocking();
     sources_stop.cancel();
     while sources.join_next().await.is_some() {}
     log::info!("shutting down: closing the upstream session");
@@ -208,7 +222,7 @@ async fn wire_to_core(core: &Core, config: &Config) -> anyhow::Result<Upstream> 
         move || platform_core::ccm::hash_password(&p)
     })
     .await??;
-    let endpoints = config
+    let mut endpoints: Vec<EndpointSpec> = config
         .devices
         .iter()
         .map(|d| EndpointSpec {
@@ -218,6 +232,14 @@ async fn wire_to_core(core: &Core, config: &Config) -> anyhow::Result<Upstream> 
             metadata: d.metadata.clone(),
         })
         .collect();
+    if let Some(own) = &config.own_endpoint {
+        endpoints.push(EndpointSpec {
+            id: None,
+            token: own.token.as_str().to_owned(),
+            app_version: own.app_version.as_str().to_owned(),
+            metadata: serde_json::Map::new(),
+        });
+    }
     let cred = platform_core::ccm::BasicCredentialSpec {
         username: INTERNAL_USER.into(),
         password_hash: hash,
@@ -240,7 +262,11 @@ async fn wire_to_core(core: &Core, config: &Config) -> anyhow::Result<Upstream> 
         keepalive: Duration::from_secs(30),
         response_timeout: Duration::from_secs(30),
         batch_max_samples: 100,
+        batch_max_bytes: 64 * 1024,
+        max_inflight_batches: 16,
+        live_window: Duration::from_secs(60),
         reconnect_max: Duration::from_secs(5),
+        tls: None,
     })
 }
 
@@ -276,9 +302,11 @@ async fn status_loop(
             None => String::new(),
         };
         log::info!(
-            "status: buffer {} pending, {} in flight, {} dead letters{stored}",
+            "status: buffer {} pending ({} bytes), {} in flight, {} dropped, {} dead letters{stored}",
             b.pending,
+            b.bytes,
             b.leased,
+            b.dropped_total(),
             b.dead_letters
         );
         for (name, h) in health.snapshot() {

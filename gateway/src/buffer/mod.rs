@@ -7,56 +7,65 @@
 //! - `append` commits a group of samples in one transaction (one poll cycle) and replies
 //!   only after the commit, with `synchronous=FULL` by default: an appended sample
 //!   survives a crash or power cut.
-//! - `lease` hands out, per endpoint, the oldest pending samples as one batch; an endpoint
-//!   has at most one leased batch at a time, so batches go out oldest first.
+//! - Bounds: total payload bytes (`max_bytes`) and age (`max_age`). When an append does
+//!   not fit, the policy decides: `drop_oldest` deletes the oldest unleased samples,
+//!   `drop_newest` refuses the new ones, `block` makes the caller wait (sources slow
+//!   down). Expired samples are deleted. Every dropped sample is counted per endpoint and
+//!   reason in the `drops` table, so the counts survive restarts.
+//! - `lease` hands out batches (by count and bytes), at most one per (endpoint, lane):
+//!   the *backlog* lane sends an endpoint's oldest samples first; when the oldest pending
+//!   sample is older than the live window, the *live* lane also sends the newest ones,
+//!   so fresh readings are not stuck behind an outage's backlog. Endpoints are served
+//!   round-robin and the number of leased batches is capped (flow control).
 //! - The upstream then calls exactly one of `ack` (delete: the platform has them),
 //!   `release` (send again later: timeout, 5xx, connection lost) or `park` (4xx: move to
-//!   the dead-letter table, kept for inspection and retry).
+//!   the dead-letter table, kept for inspection, retry or purge).
 //! - Leases live only in memory: after a restart every row is pending again, so a batch
 //!   in flight at a crash is sent again (at-least-once, never lost).
+//! - A full disk makes `append` fail with [`BufferError::DiskFull`] (counted); SQLite
+//!   rolls the transaction back, so what was stored stays intact.
 //!
 //! The file carries `PRAGMA application_id` = [`APPLICATION_ID`]; a foreign SQLite file or
 //! a non-SQLite file at the buffer path is refused and left untouched.
 
-use std::collections::{BTreeMap, HashSet};
+pub mod dead_letter;
+mod store;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use platform_core::kp1::{AppVersionName, EndpointToken};
-use rusqlite::{params, Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use store::Owner;
+pub use store::APPLICATION_ID;
 
 use crate::config::Synchronous;
-
-/// `PRAGMA application_id` of buffer files ("KPGW").
-pub const APPLICATION_ID: i32 = 0x4B50_4757;
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS samples (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    app_version TEXT NOT NULL,
-    token       TEXT NOT NULL,
-    ts_ms       INTEGER NOT NULL,
-    payload     TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_endpoint ON samples(app_version, token, seq);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq         INTEGER PRIMARY KEY,
-    app_version TEXT NOT NULL,
-    token       TEXT NOT NULL,
-    ts_ms       INTEGER NOT NULL,
-    payload     TEXT NOT NULL,
-    status      INTEGER NOT NULL,
-    reason      TEXT NOT NULL,
-    parked_ms   INTEGER NOT NULL
-);
-"#;
 
 /// The 1/KP endpoint a sample belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     pub app_version: AppVersionName,
     pub token: EndpointToken,
+}
+
+/// Which part of an endpoint's pending samples a batch comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Oldest first.
+    Backlog,
+    /// The newest samples, while a backlog older than the live window drains.
+    Live,
+}
+
+/// Identifies a leased batch: at most one per endpoint and lane.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchKey {
+    pub endpoint: EndpointKey,
+    pub lane: Lane,
 }
 
 /// A sample to buffer: its endpoint, time and the 2/DCP JSON object text.
@@ -70,18 +79,83 @@ pub struct NewSample {
 /// Samples of one endpoint leased for one upstream request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
-    pub endpoint: EndpointKey,
+    pub key: BatchKey,
     pub seqs: Vec<i64>,
     /// The 2/DCP payload: a JSON array of the samples, oldest first.
     pub payload: String,
 }
 
-/// Counters for status pages and logs.
+/// What to do when an append does not fit in `max_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullPolicy {
+    DropOldest,
+    DropNewest,
+    Block,
+}
+
+/// Size and age bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Sum of stored payload bytes (SQLite adds its own overhead on top).
+    pub max_bytes: u64,
+    pub max_age: Duration,
+    pub when_full: FullPolicy,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            max_age: Duration::from_secs(30 * 24 * 3600),
+            when_full: FullPolicy::DropOldest,
+        }
+    }
+}
+
+/// How `lease` sizes and caps batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseLimits {
+    pub max_samples: usize,
+    pub max_bytes: usize,
+    /// Most batches leased at once, over all endpoints.
+    pub max_batches: usize,
+    /// Samples younger than this are "live".
+    pub live_window: Duration,
+}
+
+/// Why samples were dropped.
+pub const DROP_REASONS: [&str; 4] = ["buffer_full", "refused_full", "expired", "disk_full"];
+
+/// Counters for status pages, logs and the gateway's own health samples.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BufferStats {
     pub pending: u64,
     pub leased: u64,
+    pub bytes: u64,
     pub dead_letters: u64,
+    /// Timestamp of the oldest pending sample.
+    pub oldest_ts_ms: Option<i64>,
+    /// Dropped samples per endpoint and reason (see [`DROP_REASONS`]).
+    pub drops: BTreeMap<(String, String), BTreeMap<String, u64>>,
+}
+
+impl BufferStats {
+    pub fn dropped_total(&self) -> u64 {
+        self.drops.values().flat_map(|m| m.values()).sum()
+    }
+}
+
+/// A dead-letter row, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub app_version: String,
+    pub token: String,
+    pub ts_ms: i64,
+    pub status: u16,
+    pub reason: String,
+    pub parked_ms: i64,
+    pub payload: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,36 +167,54 @@ pub enum BufferError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("the disk holding the buffer is full; new samples are refused until space is freed")]
+    DiskFull,
+    #[error("the buffer is full (policy block) and the gateway is stopping")]
+    FullAtShutdown,
     #[error("buffer storage: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("the buffer thread has stopped")]
     Stopped,
 }
 
+/// Result of an append that was stored (possibly after dropping samples).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub stored: usize,
+    /// Older samples deleted to make room (`drop_oldest`) or expired.
+    pub dropped_old: usize,
+    /// New samples refused (`drop_newest`).
+    pub refused: usize,
+}
+
 enum Command {
-    Append(Vec<NewSample>, oneshot::Sender<Result<(), BufferError>>),
+    Append(
+        Vec<NewSample>,
+        oneshot::Sender<Result<Appended, AppendRefusal>>,
+    ),
     Lease {
-        max_samples: usize,
-        skip: Vec<EndpointKey>,
+        limits: LeaseLimits,
+        skip: Vec<BatchKey>,
         reply: oneshot::Sender<Result<Vec<Batch>, BufferError>>,
     },
-    Ack(EndpointKey, oneshot::Sender<Result<usize, BufferError>>),
-    Release(EndpointKey),
+    Ack(BatchKey, oneshot::Sender<Result<usize, BufferError>>),
+    Release(BatchKey),
     Park {
-        endpoint: EndpointKey,
+        key: BatchKey,
         status: u16,
         reason: String,
         reply: oneshot::Sender<Result<usize, BufferError>>,
     },
     Stats(oneshot::Sender<Result<BufferStats, BufferError>>),
+    RecordDrop(Vec<NewSample>, &'static str),
 }
 
-/// Async access to the buffer thread; cheap to clone.
-#[derive(Clone, Debug)]
-pub struct BufferHandle {
-    tx: mpsc::Sender<Command>,
-    /// Signalled after every append, so the upstream can send without polling.
-    pub new_data: Arc<Notify>,
+/// Why an append was not stored.
+#[derive(Debug)]
+pub(super) enum AppendRefusal {
+    /// Policy `block` and no room: try again later.
+    Full(Vec<NewSample>),
+    Error(BufferError),
 }
 
 impl std::fmt::Debug for Command {
@@ -131,20 +223,28 @@ impl std::fmt::Debug for Command {
     }
 }
 
+/// Async access to the buffer thread; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct BufferHandle {
+    tx: mpsc::Sender<Command>,
+    /// Signalled after every append, so the upstream can send without polling.
+    pub new_data: Arc<Notify>,
+    /// Signalled after every ack/park, so blocked appends retry at once.
+    freed: Arc<Notify>,
+    /// Cancelled at shutdown: blocked appends give up (and count the drop).
+    stopping: CancellationToken,
+}
+
 impl BufferHandle {
     /// Opens (or creates) the buffer file and starts its owner thread. Returns the handle
     /// and the thread's join handle (the thread ends when every handle is dropped).
     pub fn open(
         path: &Path,
         synchronous: Synchronous,
+        bounds: Bounds,
     ) -> Result<(Self, std::thread::JoinHandle<()>), BufferError> {
-        let conn = open_db(path, synchronous)?;
+        let mut owner = Owner::open(path, synchronous, bounds)?;
         let (tx, rx) = mpsc::channel(1024);
-        let new_data = Arc::new(Notify::new());
-        let mut owner = Owner {
-            conn,
-            leased: BTreeMap::new(),
-        };
         let join = std::thread::Builder::new()
             .name("buffer".into())
             .spawn(move || owner.run(rx))
@@ -152,7 +252,15 @@ impl BufferHandle {
                 path: path.to_owned(),
                 why: format!("cannot start thread: {e}"),
             })?;
-        Ok((Self { tx, new_data }, join))
+        Ok((
+            Self {
+                tx,
+                new_data: Arc::new(Notify::new()),
+                freed: Arc::new(Notify::new()),
+                stopping: CancellationToken::new(),
+            },
+            join,
+        ))
     }
 
     async fn ask<T>(
@@ -167,37 +275,69 @@ impl BufferHandle {
         rx.await.map_err(|_| BufferError::Stopped)
     }
 
-    /// Durably appends samples (one transaction). Returns after the commit.
-    pub async fn append(&self, samples: Vec<NewSample>) -> Result<(), BufferError> {
-        self.ask(|r| Command::Append(samples, r)).await??;
-        self.new_data.notify_one();
-        Ok(())
+    /// Durably appends samples (one transaction). Returns after the commit. Under policy
+    /// `block` it waits for room; when the gateway stops meanwhile the samples are
+    /// counted as dropped and [`BufferError::FullAtShutdown`] is returned.
+    pub async fn append(&self, samples: Vec<NewSample>) -> Result<Appended, BufferError> {
+        let mut samples = samples;
+        let mut waited = false;
+        loop {
+            match self.ask(|r| Command::Append(samples, r)).await? {
+                Ok(a) => {
+                    self.new_data.notify_one();
+                    return Ok(a);
+                }
+                Err(AppendRefusal::Error(e)) => return Err(e),
+                Err(AppendRefusal::Full(back)) => {
+                    samples = back;
+                    if !waited {
+                        log::warn!("buffer full (policy block): sources wait until the upstream confirms data");
+                        waited = true;
+                    }
+                    self.new_data.notify_one();
+                    tokio::select! {
+                        _ = self.stopping.cancelled() => {
+                            let _ = self.tx.send(Command::RecordDrop(samples, "refused_full")).await;
+                            return Err(BufferError::FullAtShutdown);
+                        }
+                        _ = self.freed.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        }
     }
 
-    /// Leases up to `max_samples` oldest samples of every endpoint that has pending samples,
-    /// no leased batch, and is not in `skip`.
+    /// Makes blocked appends give up (call at shutdown, before stopping the sources).
+    pub fn stop_blocking(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Leases batches of endpoints that have pending samples, skipping `skip`.
     pub async fn lease(
         &self,
-        max_samples: usize,
-        skip: Vec<EndpointKey>,
+        limits: LeaseLimits,
+        skip: Vec<BatchKey>,
     ) -> Result<Vec<Batch>, BufferError> {
         self.ask(|reply| Command::Lease {
-            max_samples,
+            limits,
             skip,
             reply,
         })
         .await?
     }
 
-    /// The upstream confirmed the endpoint's leased batch: delete it. Returns rows deleted.
-    pub async fn ack(&self, endpoint: EndpointKey) -> Result<usize, BufferError> {
-        self.ask(|r| Command::Ack(endpoint, r)).await?
+    /// The upstream confirmed the batch: delete it. Returns rows deleted.
+    pub async fn ack(&self, key: BatchKey) -> Result<usize, BufferError> {
+        let n = self.ask(|r| Command::Ack(key, r)).await?;
+        self.freed.notify_waiters();
+        n
     }
 
-    /// The endpoint's leased batch was not confirmed: make it pending again.
-    pub async fn release(&self, endpoint: EndpointKey) -> Result<(), BufferError> {
+    /// The batch was not confirmed: make it pending again.
+    pub async fn release(&self, key: BatchKey) -> Result<(), BufferError> {
         self.tx
-            .send(Command::Release(endpoint))
+            .send(Command::Release(key))
             .await
             .map_err(|_| BufferError::Stopped)
     }
@@ -205,17 +345,20 @@ impl BufferHandle {
     /// The upstream refused the batch for good (4xx): move it to the dead-letter table.
     pub async fn park(
         &self,
-        endpoint: EndpointKey,
+        key: BatchKey,
         status: u16,
         reason: String,
     ) -> Result<usize, BufferError> {
-        self.ask(|reply| Command::Park {
-            endpoint,
-            status,
-            reason,
-            reply,
-        })
-        .await?
+        let n = self
+            .ask(|reply| Command::Park {
+                key,
+                status,
+                reason,
+                reply,
+            })
+            .await?;
+        self.freed.notify_waiters();
+        n
     }
 
     pub async fn stats(&self) -> Result<BufferStats, BufferError> {
@@ -223,220 +366,7 @@ impl BufferHandle {
     }
 }
 
-fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connection, BufferError> {
-    let foreign = |why: String| BufferError::Foreign {
-        path: path.to_owned(),
-        why,
-    };
-    let existed = path.exists();
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| BufferError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    // Reading the header tells a non-database file apart before anything is written.
-    let app_id: i32 = conn
-        .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| foreign(e.to_string()))?;
-    let tables: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-        .map_err(|e| foreign(e.to_string()))?;
-    if existed && app_id != APPLICATION_ID && (tables > 0 || app_id != 0) {
-        return Err(foreign(format!(
-            "application_id is {app_id:#x}, not {APPLICATION_ID:#x}"
-        )));
-    }
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    let sync = match synchronous {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", sync)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)?;
-    conn.pragma_update(None, "application_id", APPLICATION_ID)?;
-    Ok(conn)
-}
-
-/// The state owned by the buffer thread.
-struct Owner {
-    conn: Connection,
-    /// Leased sequence numbers per endpoint (at most one batch each).
-    leased: BTreeMap<EndpointKey, Vec<i64>>,
-}
-
-impl Owner {
-    fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
-        while let Some(cmd) = rx.blocking_recv() {
-            // A dropped reply channel means the asker went away; the work still stands.
-            match cmd {
-                Command::Append(samples, r) => {
-                    let _ = r.send(self.append(&samples));
-                }
-                Command::Lease {
-                    max_samples,
-                    skip,
-                    reply,
-                } => {
-                    let _ = reply.send(self.lease(max_samples, &skip));
-                }
-                Command::Ack(ep, r) => {
-                    let _ = r.send(self.ack(&ep));
-                }
-                Command::Release(ep) => {
-                    self.leased.remove(&ep);
-                }
-                Command::Park {
-                    endpoint,
-                    status,
-                    reason,
-                    reply,
-                } => {
-                    let _ = reply.send(self.park(&endpoint, status, &reason));
-                }
-                Command::Stats(r) => {
-                    let _ = r.send(self.stats());
-                }
-            }
-        }
-    }
-
-    fn append(&mut self, samples: &[NewSample]) -> Result<(), BufferError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO samples(app_version, token, ts_ms, payload) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for s in samples {
-                stmt.execute(params![
-                    s.endpoint.app_version.as_str(),
-                    s.endpoint.token.as_str(),
-                    s.ts_ms,
-                    s.payload
-                ])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn lease(
-        &mut self,
-        max_samples: usize,
-        skip: &[EndpointKey],
-    ) -> Result<Vec<Batch>, BufferError> {
-        let skip: HashSet<&EndpointKey> = skip.iter().collect();
-        let mut endpoints = Vec::new();
-        {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT DISTINCT app_version, token FROM samples ORDER BY app_version, token",
-            )?;
-            let rows =
-                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-            for row in rows {
-                let (avn, token) = row?;
-                // Rows are only written from validated keys; skip anything else rather than fail.
-                if let (Ok(app_version), Ok(token)) =
-                    (AppVersionName::new(&avn), EndpointToken::new(&token))
-                {
-                    endpoints.push(EndpointKey { app_version, token });
-                }
-            }
-        }
-        let mut batches = Vec::new();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, payload FROM samples WHERE app_version = ?1 AND token = ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        for ep in endpoints {
-            if skip.contains(&ep) || self.leased.contains_key(&ep) {
-                continue;
-            }
-            let rows = stmt.query_map(
-                params![
-                    ep.app_version.as_str(),
-                    ep.token.as_str(),
-                    max_samples as i64
-                ],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
-            )?;
-            let mut seqs = Vec::new();
-            let mut payload = String::from("[");
-            for row in rows {
-                let (seq, p) = row?;
-                if !seqs.is_empty() {
-                    payload.push(',');
-                }
-                payload.push_str(&p);
-                seqs.push(seq);
-            }
-            payload.push(']');
-            if seqs.is_empty() {
-                continue;
-            }
-            self.leased.insert(ep.clone(), seqs.clone());
-            batches.push(Batch {
-                endpoint: ep,
-                seqs,
-                payload,
-            });
-        }
-        Ok(batches)
-    }
-
-    fn ack(&mut self, ep: &EndpointKey) -> Result<usize, BufferError> {
-        let Some(seqs) = self.leased.remove(ep) else {
-            return Ok(0);
-        };
-        let tx = self.conn.transaction()?;
-        let mut n = 0;
-        {
-            let mut stmt = tx.prepare_cached("DELETE FROM samples WHERE seq = ?1")?;
-            for s in &seqs {
-                n += stmt.execute([s])?;
-            }
-        }
-        tx.commit()?;
-        Ok(n)
-    }
-
-    fn park(&mut self, ep: &EndpointKey, status: u16, reason: &str) -> Result<usize, BufferError> {
-        let Some(seqs) = self.leased.remove(ep) else {
-            return Ok(0);
-        };
-        let tx = self.conn.transaction()?;
-        let mut n = 0;
-        {
-            let mut copy = tx.prepare_cached(
-                "INSERT INTO dead_letters(seq, app_version, token, ts_ms, payload, status, reason, parked_ms)
-                 SELECT seq, app_version, token, ts_ms, payload, ?2, ?3, ?4 FROM samples WHERE seq = ?1",
-            )?;
-            let mut del = tx.prepare_cached("DELETE FROM samples WHERE seq = ?1")?;
-            let now = crate::now_ms();
-            for s in &seqs {
-                copy.execute(params![s, status, reason, now])?;
-                n += del.execute([s])?;
-            }
-        }
-        tx.commit()?;
-        Ok(n)
-    }
-
-    fn stats(&self) -> Result<BufferStats, BufferError> {
-        let count = |sql: &str| -> Result<u64, BufferError> {
-            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
-        };
-        Ok(BufferStats {
-            pending: count("SELECT count(*) FROM samples")?,
-            leased: self.leased.values().map(|v| v.len() as u64).sum(),
-            dead_letters: count("SELECT count(*) FROM dead_letters")?,
-        })
-    }
-}
-
+#[cfg(test)]
+mod model_tests;
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use rusqlite::Connection;
 
 fn key(token: &str) -> EndpointKey {
     EndpointKey {
@@ -7,18 +8,38 @@ fn key(token: &str) -> EndpointKey {
     }
 }
 
+fn bk(token: &str, lane: Lane) -> BatchKey {
+    BatchKey {
+        endpoint: key(token),
+        lane,
+    }
+}
+
 fn sample(token: &str, n: i64) -> NewSample {
     NewSample {
         endpoint: key(token),
-        ts_ms: n,
+        ts_ms: crate::now_ms(),
         payload: format!("{{\"n\":{n}}}"),
     }
 }
 
-fn open(dir: &tempfile::TempDir) -> BufferHandle {
-    BufferHandle::open(&dir.path().join("buffer.sqlite"), Synchronous::Full)
+fn limits(max_samples: usize) -> LeaseLimits {
+    LeaseLimits {
+        max_samples,
+        max_bytes: 1 << 20,
+        max_batches: 64,
+        live_window: Duration::from_secs(60),
+    }
+}
+
+fn open_with(dir: &tempfile::TempDir, bounds: Bounds) -> BufferHandle {
+    BufferHandle::open(&dir.path().join("buffer.sqlite"), Synchronous::Full, bounds)
         .unwrap()
         .0
+}
+
+fn open(dir: &tempfile::TempDir) -> BufferHandle {
+    open_with(dir, Bounds::default())
 }
 
 #[tokio::test]
@@ -29,24 +50,80 @@ async fn leased_batches_are_oldest_first_per_endpoint_and_deleted_on_ack() {
         .await
         .unwrap();
     b.append(vec![sample("b", 9)]).await.unwrap();
-    let batches = b.lease(3, vec![]).await.unwrap();
+    let batches = b.lease(limits(3), vec![]).await.unwrap();
     assert_eq!(batches.len(), 2);
-    assert_eq!(batches[0].endpoint, key("a"));
+    assert_eq!(batches[0].key, bk("a", Lane::Backlog));
     assert_eq!(batches[0].payload, r#"[{"n":1},{"n":2},{"n":3}]"#);
     assert_eq!(batches[1].payload, r#"[{"n":9}]"#);
-    // An endpoint with a leased batch gets no second one.
-    assert!(b.lease(3, vec![]).await.unwrap().is_empty());
-    assert_eq!(b.ack(key("a")).await.unwrap(), 3);
-    let next = b.lease(3, vec![]).await.unwrap();
+    // A (endpoint, lane) with a leased batch gets no second one.
+    assert!(b.lease(limits(3), vec![]).await.unwrap().is_empty());
+    assert_eq!(b.ack(bk("a", Lane::Backlog)).await.unwrap(), 3);
+    let next = b.lease(limits(3), vec![]).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].payload, r#"[{"n":4},{"n":5}]"#);
+    let s = b.stats().await.unwrap();
+    assert_eq!((s.pending, s.leased, s.dead_letters), (3, 3, 0));
+    assert_eq!(s.bytes, 3 * 7);
+}
+
+#[tokio::test]
+async fn batches_respect_the_byte_limit_but_always_carry_one_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir);
+    b.append((1..=4).map(|n| sample("a", n)).collect())
+        .await
+        .unwrap();
+    let mut l = limits(100);
+    l.max_bytes = 17; // "[" + 7 + "," + 7 + "]" = 17
+    let got = b.lease(l, vec![]).await.unwrap();
+    assert_eq!(got[0].seqs.len(), 2);
+    b.release(bk("a", Lane::Backlog)).await.unwrap();
+    l.max_bytes = 1;
+    assert_eq!(b.lease(l, vec![]).await.unwrap()[0].seqs.len(), 1);
+}
+
+#[tokio::test]
+async fn the_number_of_leased_batches_is_capped_and_endpoints_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir);
+    for t in ["a", "b", "c"] {
+        b.append(vec![sample(t, 1)]).await.unwrap();
+    }
+    let mut l = limits(10);
+    l.max_batches = 1;
+    let first = b.lease(l, vec![]).await.unwrap();
+    assert_eq!(first.len(), 1);
+    b.release(first[0].key.clone()).await.unwrap();
+    let second = b.lease(l, vec![]).await.unwrap();
+    assert_ne!(first[0].key, second[0].key, "round-robin moves on");
+}
+
+#[tokio::test]
+async fn a_backlog_older_than_the_live_window_opens_a_live_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir);
+    let old = crate::now_ms() - 3_600_000;
+    let backlog: Vec<NewSample> = (0..10)
+        .map(|n| NewSample {
+            ts_ms: old + n,
+            ..sample("a", n)
+        })
+        .collect();
+    b.append(backlog).await.unwrap();
+    b.append(vec![sample("a", 100), sample("a", 101)])
+        .await
+        .unwrap();
+    let got = b.lease(limits(3), vec![]).await.unwrap();
+    let lanes: Vec<(Lane, &str)> = got
+        .iter()
+        .map(|b| (b.key.lane, b.payload.as_str()))
+        .collect();
     assert_eq!(
-        b.stats().await.unwrap(),
-        BufferStats {
-            pending: 3,
-            leased: 3,
-            dead_letters: 0
-        }
+        lanes,
+        vec![
+            (Lane::Backlog, r#"[{"n":0},{"n":1},{"n":2}]"#),
+            (Lane::Live, r#"[{"n":100},{"n":101}]"#)
+        ]
     );
 }
 
@@ -57,66 +134,203 @@ async fn a_released_batch_is_leased_again_unchanged() {
     b.append(vec![sample("a", 1), sample("a", 2)])
         .await
         .unwrap();
-    let first = b.lease(10, vec![]).await.unwrap();
-    b.release(key("a")).await.unwrap();
-    assert_eq!(b.lease(10, vec![]).await.unwrap(), first);
+    let first = b.lease(limits(10), vec![]).await.unwrap();
+    b.release(bk("a", Lane::Backlog)).await.unwrap();
+    assert_eq!(b.lease(limits(10), vec![]).await.unwrap(), first);
 }
 
 #[tokio::test]
-async fn skipped_endpoints_are_not_leased() {
+async fn skipped_batches_are_not_leased() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(&dir);
     b.append(vec![sample("a", 1), sample("b", 2)])
         .await
         .unwrap();
-    let got = b.lease(10, vec![key("a")]).await.unwrap();
+    let got = b
+        .lease(limits(10), vec![bk("a", Lane::Backlog)])
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].endpoint, key("b"));
+    assert_eq!(got[0].key, bk("b", Lane::Backlog));
 }
 
 #[tokio::test]
-async fn a_parked_batch_moves_to_dead_letters_with_its_reason() {
+async fn a_parked_batch_moves_to_dead_letters_and_can_be_retried_or_purged() {
     let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.sqlite");
     let b = open(&dir);
     b.append(vec![sample("a", 1), sample("a", 2)])
         .await
         .unwrap();
-    b.lease(10, vec![]).await.unwrap();
+    b.lease(limits(10), vec![]).await.unwrap();
     assert_eq!(
-        b.park(key("a"), 401, "unknown token".into()).await.unwrap(),
+        b.park(bk("a", Lane::Backlog), 401, "unknown token".into())
+            .await
+            .unwrap(),
         2
     );
+    let s = b.stats().await.unwrap();
+    assert_eq!((s.pending, s.dead_letters, s.bytes), (0, 2, 0));
+    let dead = dead_letter::list(&path).unwrap();
+    assert_eq!(dead.len(), 2);
     assert_eq!(
-        b.stats().await.unwrap(),
-        BufferStats {
-            pending: 0,
-            leased: 0,
-            dead_letters: 2
-        }
+        (dead[0].status, dead[0].reason.as_str()),
+        (401, "unknown token")
     );
-    drop(b);
-    let c = Connection::open(dir.path().join("buffer.sqlite")).unwrap();
-    let (status, reason): (i64, String) = c
-        .query_row("SELECT status, reason FROM dead_letters LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    assert_eq!((status, reason.as_str()), (401, "unknown token"));
+    assert_eq!(dead_letter::retry(&path, &[dead[0].seq]).unwrap(), 1);
+    assert_eq!(dead_letter::purge(&path, &[]).unwrap(), 1);
+    let again = b.lease(limits(10), vec![]).await.unwrap();
+    assert_eq!(again[0].payload, r#"[{"n":1}]"#);
+    assert_eq!(b.stats().await.unwrap().dead_letters, 0);
 }
 
 #[tokio::test]
 async fn leased_rows_are_pending_again_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (b, join) =
-        BufferHandle::open(&dir.path().join("buffer.sqlite"), Synchronous::Full).unwrap();
+    let (b, join) = BufferHandle::open(
+        &dir.path().join("buffer.sqlite"),
+        Synchronous::Full,
+        Bounds::default(),
+    )
+    .unwrap();
     b.append(vec![sample("a", 1)]).await.unwrap();
-    assert_eq!(b.lease(10, vec![]).await.unwrap().len(), 1);
+    assert_eq!(b.lease(limits(10), vec![]).await.unwrap().len(), 1);
     drop(b);
     join.join().unwrap();
     let b = open(&dir);
-    let again = b.lease(10, vec![]).await.unwrap();
+    let again = b.lease(limits(10), vec![]).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].payload, r#"[{"n":1}]"#);
+    assert_eq!(b.stats().await.unwrap().bytes, 7);
+}
+
+fn small(policy: FullPolicy) -> Bounds {
+    Bounds {
+        max_bytes: 7 * 3,
+        when_full: policy,
+        ..Bounds::default()
+    }
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_newest_and_counts_the_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open_with(&dir, small(FullPolicy::DropOldest));
+    for n in 1..=5 {
+        b.append(vec![sample("a", n)]).await.unwrap();
+    }
+    let got = b.lease(limits(10), vec![]).await.unwrap();
+    assert_eq!(got[0].payload, r#"[{"n":3},{"n":4},{"n":5}]"#);
+    let s = b.stats().await.unwrap();
+    assert_eq!(s.drops[&("app-v1".into(), "a".into())]["buffer_full"], 2);
+    assert_eq!(s.dropped_total(), 2);
+}
+
+#[tokio::test]
+async fn drop_oldest_never_drops_a_leased_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open_with(&dir, small(FullPolicy::DropOldest));
+    b.append((1..=3).map(|n| sample("a", n)).collect())
+        .await
+        .unwrap();
+    let leased = b.lease(limits(2), vec![]).await.unwrap();
+    assert_eq!(leased[0].payload, r#"[{"n":1},{"n":2}]"#);
+    b.append(vec![sample("a", 4)]).await.unwrap(); // drops n=3, not the leased 1 and 2
+    assert_eq!(b.ack(bk("a", Lane::Backlog)).await.unwrap(), 2);
+    let rest = b.lease(limits(10), vec![]).await.unwrap();
+    assert_eq!(rest[0].payload, r#"[{"n":4}]"#);
+}
+
+#[tokio::test]
+async fn drop_newest_refuses_what_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open_with(&dir, small(FullPolicy::DropNewest));
+    let a = b
+        .append((1..=5).map(|n| sample("a", n)).collect())
+        .await
+        .unwrap();
+    assert_eq!((a.stored, a.refused), (3, 2));
+    let got = b.lease(limits(10), vec![]).await.unwrap();
+    assert_eq!(got[0].payload, r#"[{"n":1},{"n":2},{"n":3}]"#);
+    assert_eq!(
+        b.stats().await.unwrap().drops[&("app-v1".into(), "a".into())]["refused_full"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn block_waits_for_room_and_gives_up_only_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open_with(&dir, small(FullPolicy::Block));
+    b.append((1..=3).map(|n| sample("a", n)).collect())
+        .await
+        .unwrap();
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.append(vec![sample("a", 4)]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "append must wait while the buffer is full"
+    );
+    b.lease(limits(1), vec![]).await.unwrap();
+    b.ack(bk("a", Lane::Backlog)).await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.unwrap().stored, 1);
+    // Full again; at shutdown the waiting append gives up and the drop is counted.
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.append(vec![sample("a", 5)]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.stop_blocking();
+    let r = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(r, Err(BufferError::FullAtShutdown)));
+    assert_eq!(
+        b.stats().await.unwrap().drops[&("app-v1".into(), "a".into())]["refused_full"],
+        1
+    );
+}
+
+#[tokio::test]
+async fn expired_samples_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open_with(
+        &dir,
+        Bounds {
+            max_age: Duration::from_secs(60),
+            ..Bounds::default()
+        },
+    );
+    let old = NewSample {
+        ts_ms: crate::now_ms() - 120_000,
+        ..sample("a", 1)
+    };
+    b.append(vec![old]).await.unwrap(); // expiry runs before the insert: this one survives
+    let a = b.append(vec![sample("a", 2)]).await.unwrap();
+    // Expiry runs at most every 10 s; the first append already ran it.
+    assert_eq!(a.dropped_old, 0);
+    drop(b);
+    let b = open_with(
+        &dir,
+        Bounds {
+            max_age: Duration::from_secs(60),
+            ..Bounds::default()
+        },
+    );
+    let a = b.append(vec![sample("a", 3)]).await.unwrap();
+    assert_eq!(a.dropped_old, 1);
+    assert_eq!(
+        b.stats().await.unwrap().drops[&("app-v1".into(), "a".into())]["expired"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -129,7 +343,7 @@ async fn a_foreign_file_is_refused_and_left_untouched() {
     )
     .unwrap();
     let before = std::fs::read(&path).unwrap();
-    let err = BufferHandle::open(&path, Synchronous::Full).unwrap_err();
+    let err = BufferHandle::open(&path, Synchronous::Full, Bounds::default()).unwrap_err();
     assert!(matches!(err, BufferError::Foreign { .. }), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), before);
 
@@ -138,6 +352,6 @@ async fn a_foreign_file_is_refused_and_left_untouched() {
     c.execute_batch("CREATE TABLE accounts(id INTEGER)")
         .unwrap();
     drop(c);
-    let err = BufferHandle::open(&other, Synchronous::Full).unwrap_err();
+    let err = BufferHandle::open(&other, Synchronous::Full, Bounds::default()).unwrap_err();
     assert!(matches!(err, BufferError::Foreign { .. }), "{err}");
 }

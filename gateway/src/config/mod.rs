@@ -32,6 +32,8 @@ pub struct Config {
     /// Where samples go; `None` with `core` set means "the in-process core" (standalone site).
     pub upstream: Option<Upstream>,
     pub buffer: Buffer,
+    /// The gateway's own endpoint, reporting health samples.
+    pub own_endpoint: Option<OwnEndpoint>,
     pub core: Option<CoreConfig>,
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
@@ -88,7 +90,27 @@ pub struct Upstream {
     pub keepalive: Duration,
     pub response_timeout: Duration,
     pub batch_max_samples: usize,
+    pub batch_max_bytes: usize,
+    pub max_inflight_batches: usize,
+    pub live_window: Duration,
     pub reconnect_max: Duration,
+    pub tls: Option<Tls>,
+}
+
+/// TLS settings of the upstream connection (files are read at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub ca_file: PathBuf,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// The gateway as an endpoint of its own.
+#[derive(Debug, Clone)]
+pub struct OwnEndpoint {
+    pub token: EndpointToken,
+    pub app_version: AppVersionName,
+    pub interval: Duration,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -102,6 +124,9 @@ impl std::fmt::Debug for Upstream {
             .field("keepalive", &self.keepalive)
             .field("response_timeout", &self.response_timeout)
             .field("batch_max_samples", &self.batch_max_samples)
+            .field("batch_max_bytes", &self.batch_max_bytes)
+            .field("max_inflight_batches", &self.max_inflight_batches)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -120,6 +145,7 @@ pub enum Synchronous {
 pub struct Buffer {
     pub path: PathBuf,
     pub synchronous: Synchronous,
+    pub bounds: crate::buffer::Bounds,
 }
 
 /// One field device: one 1/KP endpoint.

@@ -68,6 +68,11 @@ pub struct RawGateway {
     pub state_dir: String,
     #[serde(default = "defaults::log_level")]
     pub log_level: String,
+    /// The gateway's own endpoint token (its health samples); none: no health samples.
+    pub token: Option<String>,
+    pub app_version: Option<String>,
+    #[serde(default = "defaults::health_interval_secs")]
+    pub health_interval_secs: u64,
 }
 
 impl Default for RawGateway {
@@ -75,6 +80,9 @@ impl Default for RawGateway {
         Self {
             state_dir: defaults::state_dir(),
             log_level: defaults::log_level(),
+            token: None,
+            app_version: None,
+            health_interval_secs: defaults::health_interval_secs(),
         }
     }
 }
@@ -97,6 +105,23 @@ pub struct RawUpstream {
     pub batch_max_samples: usize,
     #[serde(default = "defaults::reconnect_max_secs")]
     pub reconnect_max_secs: u64,
+    #[serde(default = "defaults::batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    #[serde(default = "defaults::max_inflight_batches")]
+    pub max_inflight_batches: usize,
+    #[serde(default = "defaults::live_window_secs")]
+    pub live_window_secs: u64,
+    pub tls: Option<RawTls>,
+}
+
+/// TLS to the upstream: the server is checked against `ca_file`; a client certificate
+/// is presented when both client files are set.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca_file: String,
+    pub client_cert_file: Option<String>,
+    pub client_key_file: Option<String>,
 }
 
 impl std::fmt::Debug for RawUpstream {
@@ -107,6 +132,7 @@ impl std::fmt::Debug for RawUpstream {
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +144,12 @@ pub struct RawBuffer {
     pub file: String,
     #[serde(default = "defaults::synchronous")]
     pub synchronous: String,
+    #[serde(default = "defaults::buffer_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "defaults::buffer_max_age_secs")]
+    pub max_age_secs: u64,
+    #[serde(default = "defaults::when_full")]
+    pub when_full: String,
 }
 
 impl Default for RawBuffer {
@@ -125,6 +157,9 @@ impl Default for RawBuffer {
         Self {
             file: defaults::buffer_file(),
             synchronous: defaults::synchronous(),
+            max_bytes: defaults::buffer_max_bytes(),
+            max_age_secs: defaults::buffer_max_age_secs(),
+            when_full: defaults::when_full(),
         }
     }
 }
@@ -294,6 +329,27 @@ pub mod defaults {
     }
     pub fn reconnect_max_secs() -> u64 {
         30
+    }
+    pub fn batch_max_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn max_inflight_batches() -> usize {
+        16
+    }
+    pub fn live_window_secs() -> u64 {
+        60
+    }
+    pub fn buffer_max_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+    pub fn buffer_max_age_secs() -> u64 {
+        30 * 24 * 3600
+    }
+    pub fn when_full() -> String {
+        "drop_oldest".into()
+    }
+    pub fn health_interval_secs() -> u64 {
+        60
     }
     pub fn buffer_file() -> String {
         "buffer.sqlite".into()

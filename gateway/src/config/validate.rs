@@ -13,6 +13,7 @@ use platform_core::CoreConfig;
 
 use super::raw::*;
 use super::*;
+use crate::buffer::{Bounds, FullPolicy};
 use crate::modbus::codec::PointCodec;
 use crate::modbus::planner::{plan, Limits, PlanPoint, MAX_BITS, MAX_REGISTERS};
 use crate::modbus::types::{ByteOrder, DataType, RegisterTable};
@@ -76,9 +77,66 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     if raw.buffer.file.is_empty() {
         e.add("buffer.file", "must not be empty");
     }
+    let when_full = match raw.buffer.when_full.as_str() {
+        "drop_oldest" => FullPolicy::DropOldest,
+        "drop_newest" => FullPolicy::DropNewest,
+        "block" => FullPolicy::Block,
+        other => {
+            e.add(
+                "buffer.when_full",
+                format!("unknown policy {other:?} (drop_oldest, drop_newest, block)"),
+            );
+            FullPolicy::DropOldest
+        }
+    };
+    if raw.buffer.max_bytes < 64 * 1024 {
+        e.add(
+            "buffer.max_bytes",
+            format!("{} is below the minimum of 65536", raw.buffer.max_bytes),
+        );
+    }
+    if raw.buffer.max_age_secs < 60 {
+        e.add(
+            "buffer.max_age_secs",
+            format!("{} is below the minimum of 60", raw.buffer.max_age_secs),
+        );
+    }
     let buffer = Buffer {
         path: resolve(&state_dir, &raw.buffer.file),
         synchronous,
+        bounds: Bounds {
+            max_bytes: raw.buffer.max_bytes,
+            max_age: Duration::from_secs(raw.buffer.max_age_secs),
+            when_full,
+        },
+    };
+    let own_endpoint = match (&raw.gateway.token, &raw.gateway.app_version) {
+        (None, None) => None,
+        (Some(t), Some(a)) => {
+            let token = EndpointToken::new(t)
+                .map_err(|err| e.add("gateway.token", err.to_string()))
+                .ok();
+            let app_version = AppVersionName::new(a)
+                .map_err(|err| e.add("gateway.app_version", err.to_string()))
+                .ok();
+            if raw.gateway.health_interval_secs == 0 {
+                e.add("gateway.health_interval_secs", "must be at least 1");
+            }
+            token
+                .zip(app_version)
+                .map(|(token, app_version)| OwnEndpoint {
+                    token,
+                    app_version,
+                    interval: Duration::from_secs(raw.gateway.health_interval_secs.max(1)),
+                })
+        }
+        _ => {
+            e.add(
+                "gateway",
+                "token and app_version go together (the gateway's own endpoint)",
+            );
+            None
+        }
     };
 
     let core = raw.core.map(|c| core(c, &state_dir, &mut e));
@@ -129,6 +187,17 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             .iter()
             .flat_map(|a| a.versions.iter().map(String::as_str))
             .collect();
+        if let Some(own) = &own_endpoint {
+            if !known.contains(own.app_version.as_str()) {
+                e.add(
+                    "gateway.app_version",
+                    format!(
+                        "{:?} is not a version of any [[core.applications]]",
+                        own.app_version.as_str()
+                    ),
+                );
+            }
+        }
         for (i, d) in devices.iter().enumerate() {
             if !known.contains(d.app_version.as_str()) {
                 e.add(
@@ -148,6 +217,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             log_level,
             upstream,
             buffer,
+            own_endpoint,
             core,
             buses,
             devices,
@@ -191,6 +261,45 @@ fn upstream(u: RawUpstream, e: &mut Errors) -> Upstream {
     if u.reconnect_max_secs == 0 {
         e.add("upstream.reconnect_max_secs", "must be at least 1");
     }
+    if !(256..=crate::upstream::MAX_PACKET_SIZE / 2).contains(&u.batch_max_bytes) {
+        e.add(
+            "upstream.batch_max_bytes",
+            format!("{} is out of range 256..=524288", u.batch_max_bytes),
+        );
+    }
+    if !(1..=1000).contains(&u.max_inflight_batches) {
+        e.add(
+            "upstream.max_inflight_batches",
+            format!("{} is out of range 1..=1000", u.max_inflight_batches),
+        );
+    }
+    let tls = u.tls.map(|t| {
+        if t.client_cert_file.is_some() != t.client_key_file.is_some() {
+            e.add(
+                "upstream.tls",
+                "client_cert_file and client_key_file go together",
+            );
+        }
+        for (key, file) in [
+            ("ca_file", Some(&t.ca_file)),
+            ("client_cert_file", t.client_cert_file.as_ref()),
+            ("client_key_file", t.client_key_file.as_ref()),
+        ] {
+            if let Some(f) = file {
+                if !Path::new(f).is_file() {
+                    e.add(
+                        format!("upstream.tls.{key}"),
+                        format!("{f:?} is not a readable file"),
+                    );
+                }
+            }
+        }
+        Tls {
+            ca_file: t.ca_file.into(),
+            client_cert_file: t.client_cert_file.map(Into::into),
+            client_key_file: t.client_key_file.map(Into::into),
+        }
+    });
     Upstream {
         host: u.host,
         port: u.port,
@@ -200,7 +309,11 @@ fn upstream(u: RawUpstream, e: &mut Errors) -> Upstream {
         keepalive: Duration::from_secs(u.keepalive_secs),
         response_timeout: Duration::from_secs(u.response_timeout_secs),
         batch_max_samples: u.batch_max_samples,
+        batch_max_bytes: u.batch_max_bytes,
+        max_inflight_batches: u.max_inflight_batches,
+        live_window: Duration::from_secs(u.live_window_secs),
         reconnect_max: Duration::from_secs(u.reconnect_max_secs),
+        tls,
     }
 }
 

@@ -1,10 +1,10 @@
 //! Book-keeping of outstanding upstream requests (pure; time is passed in).
 //!
 //! Invariants:
-//! - at most one outstanding 2/DCP request per endpoint (the buffer leases one batch per
-//!   endpoint), so a request ID is unique per (endpoint, extension) among outstanding
-//!   requests by construction; IDs still advance per endpoint so that a late answer to
-//!   an old request can never be taken for the answer to a new one;
+//! - at most one outstanding 2/DCP request per batch key (endpoint and lane; the buffer
+//!   leases one batch per key); request IDs advance per endpoint, so they are unique per
+//!   (endpoint, extension) among outstanding requests, and a late answer to an old
+//!   request can never be taken for the answer to a new one;
 //! - IDs stay in 1..=2^31-1 (PROTOCOL.md §1) and wrap around;
 //! - an endpoint whose batch failed (5xx, timeout, refused publish) waits a capped
 //!   exponential backoff with jitter before its next batch.
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use platform_core::kp1::{RequestId, MAX_REQUEST_ID};
 
-use crate::buffer::EndpointKey;
+use crate::buffer::{BatchKey, EndpointKey, Lane};
 
 /// First retry delay after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -34,7 +34,7 @@ struct Backoff {
 /// Outstanding requests and per-endpoint retry state.
 #[derive(Debug)]
 pub struct InFlight {
-    outstanding: HashMap<EndpointKey, Outstanding>,
+    outstanding: HashMap<BatchKey, Outstanding>,
     last_id: HashMap<EndpointKey, u32>,
     backoff: HashMap<EndpointKey, Backoff>,
     backoff_max: Duration,
@@ -50,9 +50,9 @@ impl InFlight {
         }
     }
 
-    /// Registers a request for `ep` and returns its ID.
-    pub fn start(&mut self, ep: &EndpointKey, now: Instant) -> RequestId {
-        let last = self.last_id.entry(ep.clone()).or_insert(0);
+    /// Registers a request for `key` and returns its ID.
+    pub fn start(&mut self, key: &BatchKey, now: Instant) -> RequestId {
+        let last = self.last_id.entry(key.endpoint.clone()).or_insert(0);
         *last = if *last >= MAX_REQUEST_ID {
             1
         } else {
@@ -60,7 +60,7 @@ impl InFlight {
         };
         let request_id = RequestId::new(*last).unwrap_or_else(|| unreachable!("id kept in range"));
         self.outstanding.insert(
-            ep.clone(),
+            key.clone(),
             Outstanding {
                 request_id,
                 sent_at: now,
@@ -69,26 +69,26 @@ impl InFlight {
         request_id
     }
 
-    /// A response arrived: true (and the request is removed) when it answers the
-    /// outstanding request of `ep`; false for a stale or unknown ID.
-    pub fn resolve(&mut self, ep: &EndpointKey, id: RequestId) -> bool {
-        match self.outstanding.get(ep) {
-            Some(o) if o.request_id == id => {
-                self.outstanding.remove(ep);
-                true
-            }
-            _ => false,
-        }
+    /// A response arrived for `ep`: the batch it answers (removed from the outstanding
+    /// set), or `None` for a stale or unknown ID.
+    pub fn resolve(&mut self, ep: &EndpointKey, id: RequestId) -> Option<BatchKey> {
+        let key = self
+            .outstanding
+            .iter()
+            .find(|(k, o)| k.endpoint == *ep && o.request_id == id)
+            .map(|(k, _)| k.clone())?;
+        self.outstanding.remove(&key);
+        Some(key)
     }
 
-    /// Forgets `ep`'s outstanding request (its publish could not be queued).
-    pub fn abandon(&mut self, ep: &EndpointKey) {
-        self.outstanding.remove(ep);
+    /// Forgets an outstanding request (its publish could not be queued).
+    pub fn abandon(&mut self, key: &BatchKey) {
+        self.outstanding.remove(key);
     }
 
-    /// Removes and returns the endpoints whose request got no answer within `timeout`.
-    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<EndpointKey> {
-        let gone: Vec<EndpointKey> = self
+    /// Removes and returns the batches whose request got no answer within `timeout`.
+    pub fn expired(&mut self, now: Instant, timeout: Duration) -> Vec<BatchKey> {
+        let gone: Vec<BatchKey> = self
             .outstanding
             .iter()
             .filter(|(_, o)| now.duration_since(o.sent_at) >= timeout)
@@ -101,19 +101,26 @@ impl InFlight {
     }
 
     /// Removes and returns every outstanding request (the connection was lost).
-    pub fn clear(&mut self) -> Vec<EndpointKey> {
+    pub fn clear(&mut self) -> Vec<BatchKey> {
         self.outstanding.drain().map(|(k, _)| k).collect()
     }
 
-    /// Endpoints that must not get a new batch now: outstanding or backing off.
-    pub fn busy(&self, now: Instant) -> Vec<EndpointKey> {
-        let mut v: Vec<EndpointKey> = self.outstanding.keys().cloned().collect();
-        v.extend(
-            self.backoff
-                .iter()
-                .filter(|(k, b)| b.until > now && !self.outstanding.contains_key(*k))
-                .map(|(k, _)| k.clone()),
-        );
+    /// Batches that must not be leased now: outstanding, or of an endpoint backing off.
+    pub fn busy(&self, now: Instant) -> Vec<BatchKey> {
+        let mut v: Vec<BatchKey> = self.outstanding.keys().cloned().collect();
+        for (ep, b) in &self.backoff {
+            if b.until > now {
+                for lane in [Lane::Backlog, Lane::Live] {
+                    let key = BatchKey {
+                        endpoint: ep.clone(),
+                        lane,
+                    };
+                    if !self.outstanding.contains_key(&key) {
+                        v.push(key);
+                    }
+                }
+            }
+        }
         v
     }
 
@@ -154,47 +161,63 @@ mod tests {
         }
     }
 
+    fn bk(t: &str) -> BatchKey {
+        BatchKey {
+            endpoint: ep(t),
+            lane: Lane::Backlog,
+        }
+    }
+
     #[test]
     fn ids_advance_per_endpoint_and_only_the_current_one_resolves() {
         let mut f = InFlight::new(Duration::from_secs(30));
         let now = Instant::now();
-        let a1 = f.start(&ep("a"), now);
-        assert!(f.resolve(&ep("a"), a1));
-        let a2 = f.start(&ep("a"), now);
+        let a1 = f.start(&bk("a"), now);
+        assert_eq!(f.resolve(&ep("a"), a1), Some(bk("a")));
+        let a2 = f.start(&bk("a"), now);
         assert_ne!(a1, a2);
-        assert!(
-            !f.resolve(&ep("a"), a1),
+        assert_eq!(
+            f.resolve(&ep("a"), a1),
+            None,
             "a stale answer must not resolve the new request"
         );
-        assert!(
-            !f.resolve(&ep("b"), a2),
+        assert_eq!(
+            f.resolve(&ep("b"), a2),
+            None,
             "another endpoint's answer must not resolve it"
         );
-        assert!(f.resolve(&ep("a"), a2));
-        assert_eq!(f.start(&ep("b"), now).get(), 1);
+        let live = BatchKey {
+            endpoint: ep("a"),
+            lane: Lane::Live,
+        };
+        let a3 = f.start(&live, now);
+        assert_ne!(a2, a3, "lanes of one endpoint share the ID sequence");
+        assert_eq!(f.resolve(&ep("a"), a3), Some(live));
+        assert_eq!(f.resolve(&ep("a"), a2), Some(bk("a")));
+        assert_eq!(f.start(&bk("b"), now).get(), 1);
     }
 
     #[test]
     fn ids_wrap_within_the_avn_int_range() {
         let mut f = InFlight::new(Duration::from_secs(30));
         f.last_id.insert(ep("a"), MAX_REQUEST_ID - 1);
-        assert_eq!(f.start(&ep("a"), Instant::now()).get(), MAX_REQUEST_ID);
-        assert_eq!(f.start(&ep("a"), Instant::now()).get(), 1);
+        assert_eq!(f.start(&bk("a"), Instant::now()).get(), MAX_REQUEST_ID);
+        assert_eq!(f.start(&bk("a"), Instant::now()).get(), 1);
     }
 
     #[test]
     fn requests_expire_after_the_timeout() {
         let mut f = InFlight::new(Duration::from_secs(30));
         let t0 = Instant::now();
-        f.start(&ep("a"), t0);
-        f.start(&ep("b"), t0 + Duration::from_secs(5));
+        f.start(&bk("a"), t0);
+        f.start(&bk("b"), t0 + Duration::from_secs(5));
         assert_eq!(
             f.expired(t0 + Duration::from_secs(9), Duration::from_secs(10)),
             vec![]
         );
         assert_eq!(
             f.expired(t0 + Duration::from_secs(10), Duration::from_secs(10)),
-            vec![ep("a")]
+            vec![bk("a")]
         );
         assert_eq!(f.outstanding(), 1);
     }
@@ -210,7 +233,11 @@ mod tests {
                 .map(Duration::from_millis)
                 .to_vec()
         );
-        assert_eq!(f.busy(t0), vec![ep("a")]);
+        assert_eq!(
+            f.busy(t0).len(),
+            2,
+            "both lanes of a backing-off endpoint wait"
+        );
         assert_eq!(f.busy(t0 + Duration::from_secs(5)), vec![]);
         f.succeed(&ep("a"));
         assert_eq!(f.fail(&ep("a"), t0, 0.0), Duration::from_millis(500));

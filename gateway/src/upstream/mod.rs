@@ -9,6 +9,8 @@
 
 pub mod inflight;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use platform_core::kp1::{Direction, ErrorPayload, ExtensionInstance, Kp1Topic};
@@ -16,7 +18,7 @@ use rand::Rng;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, SubscribeFilter};
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::{Batch, BufferHandle, EndpointKey};
+use crate::buffer::{Batch, BufferHandle, EndpointKey, LeaseLimits};
 use crate::config::Upstream;
 use crate::downlink::{self, CommandResult, Downlink};
 use inflight::InFlight;
@@ -33,6 +35,8 @@ pub struct UpstreamSession {
     buffer: BufferHandle,
     endpoints: Vec<EndpointKey>,
     downlink: Downlink,
+    /// True while connected (read by the health report).
+    connected: Arc<AtomicBool>,
     /// Endpoint metadata published (10/EPMP `/update/keys`) on every connect.
     metadata: Vec<(EndpointKey, serde_json::Map<String, serde_json::Value>)>,
 }
@@ -52,8 +56,14 @@ impl UpstreamSession {
             buffer,
             endpoints,
             downlink,
+            connected: Arc::new(AtomicBool::new(false)),
             metadata: Vec::new(),
         }
+    }
+
+    /// A flag that is true while the session is connected.
+    pub fn connected_flag(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
     }
 
     /// Metadata to publish for each endpoint on every connect (empty maps are skipped).
@@ -78,6 +88,20 @@ impl UpstreamSession {
         if let Some(user) = &c.username {
             opts.set_credentials(user.clone(), c.password.clone().unwrap_or_default());
         }
+        if let Some(tls) = &c.tls {
+            match tls_transport(tls) {
+                Ok(t) => {
+                    opts.set_transport(t);
+                }
+                Err(e) => {
+                    log::error!(
+                        "upstream: TLS files unusable: {e}; not connecting (fix the config)"
+                    );
+                    shutdown.cancelled().await;
+                    return;
+                }
+            }
+        }
         let (client, mut events) = AsyncClient::new(opts, 1024);
         let mut inflight = InFlight::new(c.reconnect_max.max(Duration::from_secs(1)));
         let mut connected = false;
@@ -100,6 +124,7 @@ impl UpstreamSession {
                 ev = events.poll() => match ev {
                     Ok(Event::Incoming(Incoming::ConnAck(_))) => {
                         connected = true;
+                        self.connected.store(true, Ordering::Relaxed);
                         reconnect_failures = 0;
                         log::info!("upstream: connected to {}:{}", c.host, c.port);
                         self.subscribe(&client);
@@ -118,8 +143,8 @@ impl UpstreamSession {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        for ep in inflight.clear() {
-                            let _ = self.buffer.release(ep).await;
+                        for key in inflight.clear() {
+                            let _ = self.buffer.release(key).await;
                         }
                         reconnect_failures = reconnect_failures.saturating_add(1);
                         let delay = reconnect_delay(reconnect_failures, c.reconnect_max);
@@ -129,6 +154,7 @@ impl UpstreamSession {
                             log::warn!("upstream: cannot connect to {}:{}: {e} (attempt {reconnect_failures}, next in {delay:?})", c.host, c.port);
                         }
                         connected = false;
+                        self.connected.store(false, Ordering::Relaxed);
                         tokio::select! {
                             _ = shutdown.cancelled() => break,
                             _ = tokio::time::sleep(delay) => {}
@@ -146,10 +172,10 @@ impl UpstreamSession {
                 }
                 // Time-outs of unanswered requests, retries after backoff.
                 _ = tick.tick(), if connected => {
-                    for ep in inflight.expired(Instant::now(), c.response_timeout) {
-                        log::warn!("upstream: no answer for {:?}/{:?} within {:?}; will resend", ep.app_version, ep.token, c.response_timeout);
-                        inflight.fail(&ep, Instant::now(), rand::thread_rng().gen());
-                        let _ = self.buffer.release(ep).await;
+                    for key in inflight.expired(Instant::now(), c.response_timeout) {
+                        log::warn!("upstream: no answer for {:?}/{:?} within {:?}; will resend", key.endpoint.app_version, key.endpoint.token, c.response_timeout);
+                        inflight.fail(&key.endpoint, Instant::now(), rand::thread_rng().gen());
+                        let _ = self.buffer.release(key).await;
                     }
                     self.send_batches(&client, &mut inflight, &dcx).await;
                 }
@@ -331,38 +357,40 @@ impl UpstreamSession {
         dcx: &ExtensionInstance,
     ) {
         let now = Instant::now();
-        let batches = match self
-            .buffer
-            .lease(self.config.batch_max_samples, inflight.busy(now))
-            .await
-        {
+        let c = &self.config;
+        let limits = LeaseLimits {
+            max_samples: c.batch_max_samples,
+            max_bytes: c.batch_max_bytes,
+            max_batches: c.max_inflight_batches,
+            live_window: c.live_window,
+        };
+        let batches = match self.buffer.lease(limits, inflight.busy(now)).await {
             Ok(b) => b,
             Err(e) => {
                 log::error!("upstream: cannot read the buffer: {e}");
                 return;
             }
         };
-        for Batch {
-            endpoint,
-            seqs,
-            payload,
-        } in batches
-        {
-            let id = inflight.start(&endpoint, now);
+        for Batch { key, seqs, payload } in batches {
+            let id = inflight.start(&key, now);
             let topic = Kp1Topic::request(
-                endpoint.app_version.clone(),
+                key.endpoint.app_version.clone(),
                 dcx.clone(),
-                endpoint.token.clone(),
+                key.endpoint.token.clone(),
                 "json",
                 Some(id),
             )
             .request_topic();
-            log::debug!("upstream: sending {} samples on {topic}", seqs.len());
+            log::debug!(
+                "upstream: sending {} samples ({:?} lane) on {topic}",
+                seqs.len(),
+                key.lane
+            );
             if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
                 log::warn!("upstream: cannot queue publish: {e}");
-                inflight.abandon(&endpoint);
-                inflight.fail(&endpoint, now, rand::thread_rng().gen());
-                let _ = self.buffer.release(endpoint).await;
+                inflight.abandon(&key);
+                inflight.fail(&key.endpoint, now, rand::thread_rng().gen());
+                let _ = self.buffer.release(key).await;
             }
         }
     }
@@ -379,14 +407,17 @@ impl UpstreamSession {
             app_version: t.app_version.clone(),
             token: t.token.clone(),
         };
-        if t.extension.as_str() != "dcx" || !inflight.resolve(&ep, id) {
-            log::debug!("upstream: no outstanding request for {topic}");
-            return;
-        }
+        let key = match inflight.resolve(&ep, id) {
+            Some(k) if t.extension.as_str() == "dcx" => k,
+            _ => {
+                log::debug!("upstream: no outstanding request for {topic}");
+                return;
+            }
+        };
         match t.direction {
             Direction::Status => {
                 inflight.succeed(&ep);
-                match self.buffer.ack(ep).await {
+                match self.buffer.ack(key).await {
                     Ok(n) => log::debug!("upstream: {n} samples confirmed ({topic})"),
                     Err(e) => {
                         log::error!("upstream: confirmed samples not removed from the buffer: {e}")
@@ -399,14 +430,14 @@ impl UpstreamSession {
                     .map(|e| (e.status_code, e.reason_phrase))
                     .unwrap_or((500, String::from_utf8_lossy(payload).into_owned()));
                 if (400..500).contains(&status) {
-                    match self.buffer.park(ep, status, reason.clone()).await {
+                    match self.buffer.park(key, status, reason.clone()).await {
                         Ok(n) => log::error!("upstream: {n} samples refused with {status} {reason:?} ({topic}); parked in the dead-letter table"),
                         Err(e) => log::error!("upstream: cannot park refused samples: {e}"),
                     }
                 } else {
                     let delay = inflight.fail(&ep, Instant::now(), rand::thread_rng().gen());
                     log::warn!("upstream: {status} {reason:?} for {topic}; retrying in {delay:?}");
-                    let _ = self.buffer.release(ep).await;
+                    let _ = self.buffer.release(key).await;
                 }
             }
             Direction::Request => unreachable!("filtered above"),
@@ -430,6 +461,23 @@ fn publish_result(client: &AsyncClient, ep: &EndpointKey, kind: &str, result: &C
     if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, body) {
         log::warn!("upstream: cannot queue command result {}: {e}", result.id);
     }
+}
+
+/// Builds rumqttc's TLS transport from PEM files (rustls, the ring provider).
+fn tls_transport(tls: &crate::config::Tls) -> std::io::Result<rumqttc::Transport> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+    };
+    let ca = read(&tls.ca_file)?;
+    let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }))
 }
 
 /// Capped exponential backoff for reconnects: 0.5 s, 1 s, 2 s, ... up to `max`.
