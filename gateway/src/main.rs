@@ -183,7 +183,17 @@ fn run(cli: Cli) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        // Install the handlers before anything else, so an early SIGTERM is a clean stop.
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => {
+                tokio::spawn(watch_signals(term, int, shutdown.clone()));
+            }
+            _ => log::error!("cannot install signal handlers; stop with SIGKILL only"),
+        }
         supervisor::run(config, RunOptions { status_every }, shutdown).await
     });
     match result {
@@ -240,15 +250,11 @@ fn init_logging(level: log::LevelFilter) {
         .init();
 }
 
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        log::error!("cannot install signal handlers; stop with SIGKILL only");
-        return;
-    };
+async fn watch_signals(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+) {
     tokio::select! {
         _ = term.recv() => log::info!("SIGTERM received"),
         _ = int.recv() => log::info!("SIGINT received"),

@@ -182,13 +182,20 @@ class PtyPair:
 
 
 class Gateway:
-    """The kp-gateway binary with a config written by the test."""
+    """The kp-gateway binary with a config written by the test; returns once it runs."""
 
     def __init__(self, tmp_path: Path, config: str, name: str = "gateway", args=()):
         self.tmp_path = tmp_path
         self.config = tmp_path / f"{name}.toml"
         self.config.write_text(config)
         self.proc = Proc(name, [str(BIN), "-c", str(self.config), *args], tmp_path / f"{name}.log")
+
+        def started():
+            if self.proc.popen.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.proc.popen.returncode}:\n{self.proc.output()}")
+            return "samples waiting from an earlier run" in self.proc.output()
+
+        wait_for(f"{name} to start", started)
 
     def stop(self) -> int:
         return self.proc.stop()
@@ -213,13 +220,22 @@ def core_samples(db: Path, token: str) -> list:
 
 
 class Mosquitto:
-    """A real Mosquitto broker on a free loopback port."""
+    """A real Mosquitto broker on a free loopback port; `extra` adds config lines
+    (e.g. a TLS listener). Can be stopped and started again on the same port."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, extra: str = ""):
         self.port = free_port()
-        conf = tmp_path / "mosquitto.conf"
-        conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.proc = Proc("mosquitto", ["mosquitto", "-c", str(conf)], tmp_path / "mosquitto.log")
+        self.tmp_path = tmp_path
+        self.conf = tmp_path / "mosquitto.conf"
+        # "user root": as root, mosquitto would switch to its own user and could not read
+        # the test files (under a 0700 pytest directory); as another user it is ignored.
+        self.conf.write_text(f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}")
+        self.runs = 0
+        self.start()
+
+    def start(self):
+        self.runs += 1
+        self.proc = Proc("mosquitto", ["mosquitto", "-c", str(self.conf)], self.tmp_path / f"mosquitto-{self.runs}.log")
         wait_port(self.port, self.proc)
 
     def stop(self):

@@ -4,58 +4,14 @@ The upstream is a real Mosquitto broker; a paho-mqtt client plays the Kaa server
 confirms data batches, pushes commands and collects results. The device is pymodbus;
 the test reads its registers back independently."""
 
-import json
-import threading
-
-import paho.mqtt.client as mqtt
 import pytest
 from pymodbus.client import ModbusTcpClient
 
 from conftest import Gateway, free_port, start_modbus_device, wait_for
+from kaa_server import KaaServer
 
 AVN, TOKEN = "plant-v1", "boiler-1"
 BASE = f"kp1/{AVN}/cex/{TOKEN}"
-
-
-class KaaServer:
-    """Answers every dcx request with /status and records results and observe requests."""
-
-    def __init__(self, port: int):
-        self.results = []
-        self.samples = []
-        self.observed = threading.Event()
-        self.lock = threading.Lock()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="kaa-server", protocol=mqtt.MQTTv311)
-        self.c.on_message = self.on_message
-        ready = threading.Event()
-        self.c.on_connect = lambda *a: (self.c.subscribe("kp1/#", 1), ready.set())
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        assert ready.wait(10)
-
-    def on_message(self, client, userdata, msg):
-        parts = msg.topic.split("/")
-        if parts[2] == "dcx" and parts[-1].isdigit():
-            with self.lock:
-                self.samples.extend(json.loads(msg.payload))
-            client.publish(msg.topic + "/status", b"", qos=1)
-        elif msg.topic.startswith(f"{BASE}/command/write/") and parts[-1].isdigit():
-            self.observed.set()
-        elif msg.topic == f"{BASE}/result/write":
-            with self.lock:
-                self.results.extend(json.loads(msg.payload))
-
-    def push(self, commands):
-        self.c.publish(f"{BASE}/command/write/status", json.dumps(commands), qos=1)
-
-    def result(self, cid):
-        with self.lock:
-            found = [r for r in self.results if r["id"] == cid]
-        return found[-1] if found else None
-
-    def close(self):
-        self.c.loop_stop()
-        self.c.disconnect()
 
 
 @pytest.fixture
@@ -124,7 +80,7 @@ writable = true
     mb = ModbusTcpClient("127.0.0.1", port=mport)
     try:
         assert kaa.observed.wait(20), gw.proc.output()  # subscribed, and asked for pending commands
-        kaa.push([
+        kaa.push(BASE, [
             {"id": "c1", "payload": {"point": "setpoint", "value": 21.5}},
             {"id": "c2", "payload": {"point": "speed", "value": 1500}},
             {"id": "c3", "payload": {"point": "alarm_ack", "value": True}},
@@ -153,12 +109,12 @@ writable = true
         assert mb.read_coils(0, count=2, device_id=1).bits[:2] == [False, True]
 
         # The same command again (a resend) is answered, not executed twice.
-        kaa.push([{"id": "c2", "payload": {"point": "speed", "value": 9}}])
+        kaa.push(BASE, [{"id": "c2", "payload": {"point": "speed", "value": 9}}])
         wait_for("the repeated answer", lambda: sum(r["id"] == "c2" for r in kaa.results) >= 2)
         assert mb.read_holding_registers(2, count=1, device_id=1).registers == [1500]
         # The polled samples carry the written values.
         wait_for("a sample with the new values", lambda: any(
-            s.get("speed") == 1500 and s.get("setpoint") == 21.5 and s.get("relay") is True for s in kaa.samples))
+            s.get("speed") == 1500 and s.get("setpoint") == 21.5 and s.get("relay") is True for s in kaa.received()))
     finally:
         mb.close()
         assert gw.stop() == 0, gw.proc.output()
