@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use platform_core::kp1::{AppVersionName, EndpointToken};
-use rusqlite::{params, Connection, ErrorCode, OpenFlags};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -58,6 +58,11 @@ pub(super) struct Owner {
     last_expiry: Option<Instant>,
     /// Drops that could not be written (disk full), kept until they can.
     unsaved_drops: BTreeMap<(String, String, &'static str), u64>,
+    /// Endpoints that have (or recently had) pending samples, kept in memory so leasing
+    /// needs no scan of the table.
+    endpoints: std::collections::BTreeSet<EndpointKey>,
+    /// Number of rows in `samples`.
+    count: u64,
     /// `PRAGMA data_version` when `bytes` was last computed: it changes when another
     /// connection (the dead-letter CLI) commits, and then `bytes` is recomputed.
     data_version: i64,
@@ -127,7 +132,22 @@ impl Owner {
             |r| r.get(0),
         )?;
         let data_version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        let mut owner_endpoints = std::collections::BTreeSet::new();
+        let count: i64 = conn.query_row("SELECT count(*) FROM samples", [], |r| r.get(0))?;
+        {
+            let mut stmt = conn.prepare("SELECT DISTINCT app_version, token FROM samples")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (avn, token) = row?;
+                // Rows are only written from validated keys; skip anything else rather than fail.
+                if let Some(k) = key_of(&avn, &token) {
+                    owner_endpoints.insert(k);
+                }
+            }
+        }
         Ok(Self {
+            endpoints: owner_endpoints,
+            count: count as u64,
             data_version,
             conn,
             bounds,
@@ -267,6 +287,7 @@ impl Owner {
             }
         }
         tx.commit()?;
+        self.count = self.count.saturating_sub(rows.len() as u64);
         for (_, avn, token, len) in rows {
             self.bytes = self.bytes.saturating_sub(*len as u64);
             self.count_drop(avn, token, reason, 1);
@@ -358,6 +379,12 @@ impl Owner {
         }
         tx.commit()?;
         self.bytes += samples.iter().map(|s| s.payload.len() as u64).sum::<u64>();
+        self.count += samples.len() as u64;
+        for s in samples {
+            if !self.endpoints.contains(&s.endpoint) {
+                self.endpoints.insert(s.endpoint.clone());
+            }
+        }
         Ok(samples.len())
     }
 
@@ -386,22 +413,6 @@ impl Owner {
         self.delete_rows(&rows, "buffer_full")
     }
 
-    fn endpoints(&self) -> Result<Vec<EndpointKey>, BufferError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT DISTINCT app_version, token FROM samples ORDER BY app_version, token",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (avn, token) = row?;
-            // Rows are only written from validated keys; skip anything else rather than fail.
-            if let Some(k) = key_of(&avn, &token) {
-                out.push(k);
-            }
-        }
-        Ok(out)
-    }
-
     pub(super) fn lease(
         &mut self,
         limits: LeaseLimits,
@@ -409,7 +420,7 @@ impl Owner {
         now_ms: i64,
     ) -> Result<Vec<Batch>, BufferError> {
         let skip: HashSet<&BatchKey> = skip.iter().collect();
-        let endpoints = self.endpoints()?;
+        let endpoints: Vec<EndpointKey> = self.endpoints.iter().cloned().collect();
         let mut batches = Vec::new();
         if endpoints.is_empty() {
             return Ok(batches);
@@ -447,6 +458,11 @@ impl Owner {
                     .collect();
                 let rows = self.pick(ep, lane, live_from, &taken, limits)?;
                 if rows.is_empty() {
+                    if lane == Lane::Backlog && taken.is_empty() {
+                        // Nothing pending or leased for this endpoint any more.
+                        self.endpoints.remove(ep);
+                        break;
+                    }
                     continue;
                 }
                 let mut payload = String::from("[");
@@ -488,13 +504,18 @@ impl Owner {
                 r.collect::<Result<_, _>>()?
             }
             Lane::Live => {
-                // Only while the endpoint has a backlog older than the live window.
-                let oldest: Option<i64> = self.conn.query_row(
-                    "SELECT min(ts_ms) FROM samples WHERE app_version = ?1 AND token = ?2",
-                    params![avn, token],
-                    |r| r.get(0),
-                )?;
-                if oldest.is_none_or(|o| o >= live_from) {
+                // Only while the endpoint's oldest sample is older than the live window and
+                // its newest is inside it (both found through the index, no scan).
+                let edge = |order: &str| -> rusqlite::Result<Option<i64>> {
+                    self.conn
+                        .prepare_cached(&format!(
+                            "SELECT ts_ms FROM samples WHERE app_version = ?1 AND token = ?2 ORDER BY seq {order} LIMIT 1"
+                        ))?
+                        .query_row(params![avn, token], |r| r.get(0))
+                        .optional()
+                };
+                let (oldest, newest) = (edge("ASC")?, edge("DESC")?);
+                if oldest.is_none_or(|o| o >= live_from) || newest.is_none_or(|n| n < live_from) {
                     return Ok(Vec::new());
                 }
                 let mut stmt = self.conn.prepare_cached(
@@ -566,6 +587,7 @@ impl Owner {
         }
         tx.commit()?;
         self.bytes = self.bytes.saturating_sub(freed);
+        self.count = self.count.saturating_sub(n as u64);
         Ok(n)
     }
 

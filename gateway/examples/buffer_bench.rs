@@ -1,0 +1,167 @@
+//! Benchmark: how fast the buffer takes samples durably, and how fast a large backlog
+//! drains to a local upstream (the embedded platform core over MQTT on 127.0.0.1).
+//!
+//! Usage: `cargo run --release -p kp-gateway --example buffer_bench -- [backlog] [secs]`
+//! (default 1 000 000 samples, 5 s per append run). Prints samples/s and the process RSS.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use kp_gateway::buffer::{BufferHandle, EndpointKey, NewSample};
+use kp_gateway::config::{Synchronous, Upstream};
+use kp_gateway::downlink::Downlink;
+use kp_gateway::self_report::rss_bytes;
+use kp_gateway::upstream::UpstreamSession;
+use platform_core::config::MqttListener;
+use platform_core::kp1::{AppVersionName, EndpointToken};
+use platform_core::{ccm, epr, Core, CoreConfig};
+use tokio_util::sync::CancellationToken;
+
+const DEVICES: usize = 10;
+
+fn key(i: usize) -> EndpointKey {
+    EndpointKey {
+        app_version: AppVersionName::new("bench-v1").expect("valid"),
+        token: EndpointToken::new(&format!("dev{i}")).expect("valid"),
+    }
+}
+
+fn cycle(n: u64) -> Vec<NewSample> {
+    let ts = 1_700_000_000_000 + n as i64 * 1000;
+    (0..DEVICES)
+        .map(|i| NewSample {
+            endpoint: key(i),
+            ts_ms: ts,
+            payload: format!(r#"{{"timestamp":{ts},"temperature":{}.5,"pressure":1.0{},"running":true}}"#, n % 40, i),
+        })
+        .collect()
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map_or("?".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0))
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let backlog: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let secs: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5.0);
+    let dir = tempfile_dir();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    // 1. Durable appends: one transaction per poll cycle of 10 devices.
+    for sync in [Synchronous::Full, Synchronous::Normal] {
+        let path = dir.join(format!("append-{sync:?}.sqlite"));
+        let (b, _) = BufferHandle::open(&path, sync, Default::default()).expect("open");
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed().as_secs_f64() < secs {
+            b.append(cycle(n)).await.expect("append");
+            n += 1;
+        }
+        let rate = (n * DEVICES as u64) as f64 / start.elapsed().as_secs_f64();
+        println!("append, synchronous={sync:?}: {rate:>9.0} samples/s ({:.0} commits/s of {DEVICES} samples)", n as f64 / secs);
+    }
+
+    // 2. A backlog of `backlog` samples, then drain it to the embedded core.
+    let path = dir.join("backlog.sqlite");
+    let (buffer, _) = BufferHandle::open(&path, Synchronous::Normal, Default::default()).expect("open");
+    let fill = Instant::now();
+    let mut n = 0u64;
+    while n * (DEVICES as u64) < backlog {
+        let mut group = Vec::with_capacity(DEVICES * 100);
+        for _ in 0..100 {
+            group.extend(cycle(n));
+            n += 1;
+        }
+        buffer.append(group).await.expect("append");
+    }
+    let stats = buffer.stats().await.expect("stats");
+    println!(
+        "backlog: {} samples ({} payload bytes) written in {:.1} s; RSS {}",
+        stats.pending,
+        stats.bytes,
+        fill.elapsed().as_secs_f64(),
+        mib(rss_bytes())
+    );
+
+    let stop = CancellationToken::new();
+    let hash = ccm::hash_password("bench").expect("hash");
+    let core = Core::start(
+        CoreConfig {
+            database: dir.join("core.sqlite"),
+            mqtt: MqttListener {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                max_packet_size: 1 << 20,
+                max_connections: 16,
+                connect_timeout: Duration::from_secs(10),
+            },
+            max_payload_bytes: 1 << 20,
+            applications: vec![epr::ApplicationSpec {
+                name: "bench".into(),
+                versions: vec!["bench-v1".into()],
+            }],
+            endpoints: (0..DEVICES)
+                .map(|i| epr::EndpointSpec {
+                    id: None,
+                    token: format!("dev{i}"),
+                    app_version: "bench-v1".into(),
+                    metadata: Default::default(),
+                })
+                .collect(),
+            credentials: vec![ccm::BasicCredentialSpec {
+                username: "bench".into(),
+                password_hash: hash,
+            }],
+        },
+        stop.clone(),
+    )
+    .await
+    .expect("core");
+    let upstream = Upstream {
+        host: "127.0.0.1".into(),
+        port: core.mqtt_addr.port(),
+        client_id: "bench".into(),
+        username: Some("bench".into()),
+        password: Some("bench".into()),
+        keepalive: Duration::from_secs(30),
+        response_timeout: Duration::from_secs(30),
+        batch_max_samples: 500,
+        batch_max_bytes: 64 * 1024,
+        max_inflight_batches: 16,
+        live_window: Duration::from_secs(60),
+        reconnect_max: Duration::from_secs(1),
+        tls: None,
+    };
+    let endpoints = (0..DEVICES).map(key).collect();
+    let session = UpstreamSession::new(upstream, buffer.clone(), endpoints, Downlink::new(HashMap::new()));
+    let drain = Instant::now();
+    let task = tokio::spawn(session.run(stop.clone()));
+    let mut peak_rss = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        peak_rss = peak_rss.max(rss_bytes().unwrap_or(0));
+        let s = buffer.stats().await.expect("stats");
+        if s.pending == 0 {
+            break;
+        }
+    }
+    let took = drain.elapsed().as_secs_f64();
+    println!(
+        "drain: {} samples in {took:.1} s = {:.0} samples/s into the core (stored, time series written); peak RSS {}",
+        stats.pending,
+        stats.pending as f64 / took,
+        mib(Some(peak_rss))
+    );
+    stop.cancel();
+    let _ = task.await;
+    core.wait().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("kp-buffer-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
