@@ -33,7 +33,11 @@ fn cycle(n: u64) -> Vec<NewSample> {
         .map(|i| NewSample {
             endpoint: key(i),
             ts_ms: ts,
-            payload: format!(r#"{{"timestamp":{ts},"temperature":{}.5,"pressure":1.0{},"running":true}}"#, n % 40, i),
+            payload: format!(
+                r#"{{"timestamp":{ts},"temperature":{}.5,"pressure":1.0{},"running":true}}"#,
+                n % 40,
+                i
+            ),
         })
         .collect()
 }
@@ -45,7 +49,10 @@ fn mib(b: Option<u64>) -> String {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let backlog: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let backlog: u64 = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     let secs: f64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5.0);
     let dir = tempfile_dir();
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -66,7 +73,8 @@ async fn main() {
 
     // 2. A backlog of `backlog` samples, then drain it to the embedded core.
     let path = dir.join("backlog.sqlite");
-    let (buffer, _) = BufferHandle::open(&path, Synchronous::Normal, Default::default()).expect("open");
+    let (buffer, _) =
+        BufferHandle::open(&path, Synchronous::Normal, Default::default()).expect("open");
     let fill = Instant::now();
     let mut n = 0u64;
     while n * (DEVICES as u64) < backlog {
@@ -135,7 +143,12 @@ async fn main() {
         tls: None,
     };
     let endpoints = (0..DEVICES).map(key).collect();
-    let session = UpstreamSession::new(upstream, buffer.clone(), endpoints, Downlink::new(HashMap::new()));
+    let session = UpstreamSession::new(
+        upstream,
+        buffer.clone(),
+        endpoints,
+        Downlink::new(HashMap::new()),
+    );
     let drain = Instant::now();
     let task = tokio::spawn(session.run(stop.clone()));
     let mut peak_rss = 0u64;

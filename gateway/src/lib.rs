@@ -8,6 +8,7 @@ pub mod buffer;
 pub mod config;
 pub mod downlink;
 pub mod modbus;
+pub mod remote_config;
 pub mod self_report;
 pub mod source;
 pub mod supervisor;

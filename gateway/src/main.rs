@@ -138,11 +138,17 @@ fn hash_password() -> ExitCode {
 fn run(cli: Cli) -> ExitCode {
     // TLS (upstream) uses rustls with the ring provider; install it once, first.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let loaded = if cli.demo {
-        Config::from_toml(kp_gateway::DEMO_CONFIG)
+    let text = if cli.demo {
+        Ok(kp_gateway::DEMO_CONFIG.to_owned())
     } else {
-        Config::load(&cli.config)
+        std::fs::read_to_string(&cli.config).map_err(|e| {
+            kp_gateway::config::ConfigErrors(vec![format!(
+                "{}: cannot read: {e}",
+                cli.config.display()
+            )])
+        })
     };
+    let loaded = text.clone().and_then(|t| Config::from_toml(&t));
     let mut config = match loaded {
         Ok(c) => c,
         Err(e) => {
@@ -194,7 +200,11 @@ fn run(cli: Cli) -> ExitCode {
             }
             _ => log::error!("cannot install signal handlers; stop with SIGKILL only"),
         }
-        supervisor::run(config, RunOptions { status_every }, shutdown).await
+        let opts = RunOptions {
+            status_every,
+            config_text: text.ok(),
+        };
+        supervisor::run(config, opts, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,9 @@
 //! Starts the gateway's tasks in dependency order and stops them in the reverse order.
 //!
-//! Start: buffer → core (optional) → upstream session → one task per device.
+//! Start: buffer → core (optional) → one *generation*: the field side (bus tasks, serial
+//! sensors, simulated devices, the health report) and the upstream session.
+//! A remote configuration (7/CMP) ends the generation and starts a new one with the new
+//! field side; the buffer, the core and everything buffered stay.
 //! Stop (SIGTERM/SIGINT or the token): devices first (a sample being taken is made
 //! durable before its task ends), then the upstream (DISCONNECT; unconfirmed batches stay
 //! buffered), then the core, then the buffer thread. Nothing taken is lost.
@@ -13,24 +16,49 @@ use anyhow::Context as _;
 use platform_core::epr::EndpointSpec;
 use platform_core::Core;
 use rand::distributions::{Alphanumeric, DistString};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::{BufferHandle, EndpointKey};
 use crate::config::{Config, DeviceSource, Upstream};
 use crate::downlink::{CommandTarget, Downlink};
+use crate::remote_config::{self, RemoteConfig};
 use crate::self_report;
 use crate::source::{self, health::HealthRegistry, modbus::BusActor, modbus::BusHandle};
-use crate::upstream::UpstreamSession;
+use crate::upstream::{RemoteConfigLink, UpstreamSession};
 
 /// User name of the gateway's own credential in the in-process core (standalone site).
 pub const INTERNAL_USER: &str = "kp-gateway-internal";
 
-/// Options that are not part of the config file.
+/// Options that are not part of the validated config.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// Log a status line (buffer depth, samples stored by the core) this often.
     pub status_every: Option<Duration>,
+    /// The configuration file's text: the base a remote field side is merged into.
+    /// `None`: remote configuration is off.
+    pub config_text: Option<String>,
+}
+
+/// The running field side and upstream session of one configuration.
+struct Generation {
+    sources: JoinSet<()>,
+    sources_stop: CancellationToken,
+    upstream: Option<JoinHandle<()>>,
+    upstream_stop: CancellationToken,
+}
+
+impl Generation {
+    /// Stops devices first (their samples are made durable), then the upstream session.
+    async fn stop(mut self) {
+        self.sources_stop.cancel();
+        while self.sources.join_next().await.is_some() {}
+        self.upstream_stop.cancel();
+        if let Some(task) = self.upstream {
+            let _ = task.await;
+        }
+    }
 }
 
 /// Runs until `shutdown` fires (the binary fires it on SIGTERM/SIGINT).
@@ -51,27 +79,37 @@ pub async fn run(
         config.buffer.bounds,
     )?;
 
+    // A remote field side saved by an earlier run wins over the file's, if still valid.
+    let mut config = config;
+    let mut remote_id = None;
+    if let (Some(text), Some(saved)) = (&opts.config_text, remote_config::load(&config.state_dir)) {
+        match remote_config::validate(text, &saved) {
+            Ok(c) => {
+                log::info!("using the saved remote configuration {:?}", saved.config_id);
+                config = with_field_side(&config, c);
+                remote_id = Some(saved.config_id);
+            }
+            Err(e) => log::error!(
+                "the saved remote configuration {:?} no longer fits the local file, ignored: {}",
+                saved.config_id,
+                e.0.join("; ")
+            ),
+        }
+    }
+
     let core_stop = CancellationToken::new();
     let mut core = None;
     if let Some(core_cfg) = config.core.clone() {
         core = Some(Core::start(core_cfg, core_stop.clone()).await?);
     }
-
+    // The upstream connection settings never change at run time.
     let upstream = match (&config.upstream, &core) {
         (Some(u), _) => Some(u.clone()),
-        // Core only: nothing of ours to forward.
-        (None, Some(_)) if config.devices.is_empty() => None,
-        (None, Some(core)) => Some(wire_to_core(core, &config).await?),
+        (None, Some(_)) if config.devices.is_empty() && config.own_endpoint.is_none() => None,
+        (None, Some(core)) => Some(internal_upstream(core).await?),
         (None, None) => anyhow::bail!("no upstream and no core configured"),
     };
 
-    let mut endpoints: Vec<EndpointKey> = config.devices.iter().map(source::endpoint_of).collect();
-    if let Some(own) = &config.own_endpoint {
-        endpoints.push(EndpointKey {
-            app_version: own.app_version.clone(),
-            token: own.token.clone(),
-        });
-    }
     let stats = buffer.stats().await?;
     log::info!(
         "buffer {}: {} samples waiting from an earlier run, {} in the dead-letter table",
@@ -101,15 +139,84 @@ pub async fn run(
     }
 
     let health = HealthRegistry::default();
-    let mut bus_handles = Vec::new();
-    let upstream_stop = CancellationToken::new();
+    let mut announce = remote_id.clone();
+    loop {
+        if let (Some(core), None) = (&core, &config.upstream) {
+            provision_in_core(core, &config).await?;
+        }
+        let (reload_tx, mut reload_rx) = mpsc::channel::<(RemoteConfig, Config)>(1);
+        let generation = start_generation(
+            &config,
+            &buffer,
+            &health,
+            upstream.clone(),
+            opts.config_text
+                .clone()
+                .map(|text| (text, remote_id.clone(), announce.take(), reload_tx)),
+        );
+        let status = status_loop(&buffer, core.as_ref(), &health, opts.status_every);
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                log::info!("shutting down: stopping devices, then the upstream session");
+                buffer.stop_blocking();
+                generation.stop().await;
+                break;
+            }
+            Some((remote, new_config)) = reload_rx.recv() => {
+                log::info!("applying remote configuration {:?}: restarting the field side", remote.config_id);
+                generation.stop().await;
+                config = with_field_side(&config, new_config);
+                remote_id = Some(remote.config_id.clone());
+                announce = Some(remote.config_id);
+            }
+            _ = status => {}
+        }
+    }
+    if let Some(core) = core {
+        core_stop.cancel();
+        core.wait().await;
+    }
+    let stats = buffer.stats().await?;
+    drop(buffer);
+    let _ = tokio::task::spawn_blocking(move || buffer_thread.join()).await;
+    log::info!(
+        "stopped; {} samples stay buffered for the next start",
+        stats.pending
+    );
+    Ok(())
+}
 
+/// `current` with the field side (buses and devices) of `remote`: everything else —
+/// paths, the core, the upstream — stays as the process started it (command-line
+/// overrides included).
+fn with_field_side(current: &Config, remote: Config) -> Config {
+    let mut c = current.clone();
+    c.buses = remote.buses;
+    c.devices = remote.devices;
+    c
+}
+
+/// Starts the field side and the upstream session for `config`.
+fn start_generation(
+    config: &Config,
+    buffer: &BufferHandle,
+    health: &HealthRegistry,
+    upstream: Option<Upstream>,
+    remote: Option<(
+        String,
+        Option<String>,
+        Option<String>,
+        mpsc::Sender<(RemoteConfig, Config)>,
+    )>,
+) -> Generation {
     let sources_stop = CancellationToken::new();
+    let upstream_stop = CancellationToken::new();
     let mut sources = JoinSet::new();
+    let mut bus_handles = Vec::new();
     for bus in config.buses.clone() {
-        let actor_bus_name = bus.name.clone();
+        let name = bus.name.clone();
         let (actor, handle) = BusActor::new(bus, &config.devices, buffer.clone(), health.clone());
-        bus_handles.push((actor_bus_name, handle));
+        bus_handles.push((name, handle));
         sources.spawn(actor.run(sources_stop.clone()));
     }
     for d in config.devices.clone() {
@@ -137,18 +244,35 @@ pub async fn run(
             DeviceSource::Modbus(_) => {} // polled by its bus task
         }
     }
-
-    let targets = command_targets(&config, &bus_handles);
-    let upstream_task = upstream.map(|u| {
+    let mut endpoints: Vec<EndpointKey> = config.devices.iter().map(source::endpoint_of).collect();
+    let own_key = config.own_endpoint.as_ref().map(|own| EndpointKey {
+        app_version: own.app_version.clone(),
+        token: own.token.clone(),
+    });
+    endpoints.extend(own_key.clone());
+    let targets = command_targets(config, &bus_handles);
+    let upstream = upstream.map(|u| {
         let metadata = config
             .devices
             .iter()
             .map(|d| (source::endpoint_of(d), d.metadata.clone()))
             .collect();
-        let session = UpstreamSession::new(u, buffer.clone(), endpoints, Downlink::new(targets))
-            .with_metadata(metadata);
-        let connected = session.connected_flag();
+        let mut session =
+            UpstreamSession::new(u, buffer.clone(), endpoints, Downlink::new(targets))
+                .with_metadata(metadata);
+        if let (Some(endpoint), Some((base_toml, current_id, announce, reload))) = (own_key, remote)
+        {
+            session = session.with_remote_config(RemoteConfigLink {
+                endpoint,
+                base_toml,
+                state_dir: config.state_dir.clone(),
+                current_id,
+                announce,
+                reload,
+            });
+        }
         if let Some(own) = config.own_endpoint.clone() {
+            let connected = session.connected_flag();
             sources.spawn(self_report::run(
                 own,
                 buffer.clone(),
@@ -159,34 +283,12 @@ pub async fn run(
         }
         tokio::spawn(session.run(upstream_stop.clone()))
     });
-
-    let status = status_loop(&buffer, core.as_ref(), &health, opts.status_every);
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = status => {}
+    Generation {
+        sources,
+        sources_stop,
+        upstream,
+        upstream_stop,
     }
-
-    log::info!("shutting down: stopping devices");
-    buffer.stop_blocking();
-    sources_stop.cancel();
-    while sources.join_next().await.is_some() {}
-    log::info!("shutting down: closing the upstream session");
-    upstream_stop.cancel();
-    if let Some(task) = upstream_task {
-        let _ = task.await;
-    }
-    if let Some(core) = core {
-        core_stop.cancel();
-        core.wait().await;
-    }
-    let stats = buffer.stats().await?;
-    drop(buffer);
-    let _ = tokio::task::spawn_blocking(move || buffer_thread.join()).await;
-    log::info!(
-        "stopped; {} samples stay buffered for the next start",
-        stats.pending
-    );
-    Ok(())
 }
 
 /// Device endpoints with writable points, and the bus that writes them.
@@ -213,40 +315,22 @@ fn command_targets(
         .collect()
 }
 
-/// Standalone site: provisions the devices and a fresh internal credential in the core,
-/// and returns the upstream settings that point at it.
-async fn wire_to_core(core: &Core, config: &Config) -> anyhow::Result<Upstream> {
+/// Standalone site: a fresh internal credential in the core, and the upstream settings
+/// that point at it.
+async fn internal_upstream(core: &Core) -> anyhow::Result<Upstream> {
     let password = Alphanumeric.sample_string(&mut rand::thread_rng(), 32);
     let hash = tokio::task::spawn_blocking({
         let p = password.clone();
         move || platform_core::ccm::hash_password(&p)
     })
     .await??;
-    let mut endpoints: Vec<EndpointSpec> = config
-        .devices
-        .iter()
-        .map(|d| EndpointSpec {
-            id: None,
-            token: d.token.as_str().to_owned(),
-            app_version: d.app_version.as_str().to_owned(),
-            metadata: d.metadata.clone(),
-        })
-        .collect();
-    if let Some(own) = &config.own_endpoint {
-        endpoints.push(EndpointSpec {
-            id: None,
-            token: own.token.as_str().to_owned(),
-            app_version: own.app_version.as_str().to_owned(),
-            metadata: serde_json::Map::new(),
-        });
-    }
     let cred = platform_core::ccm::BasicCredentialSpec {
         username: INTERNAL_USER.into(),
         password_hash: hash,
     };
-    core.provision(vec![], endpoints, vec![cred])
+    core.provision(vec![], vec![], vec![cred])
         .await
-        .context("cannot register the devices in the embedded core")?;
+        .context("cannot register the gateway's credential in the embedded core")?;
     let addr = core.mqtt_addr;
     let host = if addr.ip().is_unspecified() {
         Ipv4Addr::LOCALHOST.to_string()
@@ -268,6 +352,31 @@ async fn wire_to_core(core: &Core, config: &Config) -> anyhow::Result<Upstream> 
         reconnect_max: Duration::from_secs(5),
         tls: None,
     })
+}
+
+/// Standalone site: registers the devices (and the gateway's own endpoint) in the core.
+async fn provision_in_core(core: &Core, config: &Config) -> anyhow::Result<()> {
+    let mut endpoints: Vec<EndpointSpec> = config
+        .devices
+        .iter()
+        .map(|d| EndpointSpec {
+            id: None,
+            token: d.token.as_str().to_owned(),
+            app_version: d.app_version.as_str().to_owned(),
+            metadata: d.metadata.clone(),
+        })
+        .collect();
+    if let Some(own) = &config.own_endpoint {
+        endpoints.push(EndpointSpec {
+            id: None,
+            token: own.token.as_str().to_owned(),
+            app_version: own.app_version.as_str().to_owned(),
+            metadata: serde_json::Map::new(),
+        });
+    }
+    core.provision(vec![], endpoints, vec![])
+        .await
+        .context("cannot register the devices in the embedded core")
 }
 
 /// Logs buffer depth (and the core's stored sample count) every `every`; never returns

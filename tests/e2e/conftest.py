@@ -6,6 +6,7 @@ Every process is started here on 127.0.0.1 with a free port and stopped by PID.
 import os
 import signal
 import socket
+from contextlib import closing
 import sqlite3
 import subprocess
 import sys
@@ -123,7 +124,7 @@ password_hash = "{hash_password(self.PASSWORD)}"
         return self.state / "core.sqlite"
 
     def query(self, sql: str, *args):
-        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5) as c:
+        with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)) as c:
             return c.execute(sql, args).fetchall()
 
 
@@ -207,7 +208,7 @@ def core_samples(db: Path, token: str) -> list:
 
     if not db.exists():
         return []
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
         try:
             rows = c.execute(
                 "SELECT s.sample FROM data_samples s JOIN tokens t ON t.endpoint_id = s.endpoint_id "

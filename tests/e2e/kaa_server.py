@@ -16,6 +16,8 @@ class KaaServer:
         self.samples = []  # (token, sample) for every sample in an answered-with-status batch
         self.batches = 0
         self.results = []
+        self.applied = []
+        self.config_requests = []
         self.observed = threading.Event()
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
         self.c.on_message = self.on_message
@@ -52,6 +54,12 @@ class KaaServer:
             client.publish(msg.topic + "/status", b"", qos=1)
         elif parts[2] == "cex" and len(parts) >= 7 and parts[4] == "command" and parts[-1].isdigit():
             self.observed.set()
+        elif parts[2] == "cmx" and parts[4] == "applied":
+            with self.lock:
+                self.applied.append(json.loads(msg.payload))
+        elif parts[2] == "cmx" and parts[4] == "config" and parts[-1].isdigit():
+            with self.lock:
+                self.config_requests.append(json.loads(msg.payload))
         elif parts[2] == "cex" and parts[4] == "result":
             with self.lock:
                 self.results.extend(json.loads(msg.payload))

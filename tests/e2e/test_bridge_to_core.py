@@ -2,6 +2,7 @@
 username/password) to a separate core process, which answers /status or /error."""
 
 import json
+from contextlib import closing
 import sqlite3
 
 from conftest import BIN, Proc, wait_for
@@ -50,7 +51,7 @@ def buffer_rows(tmp_path, table: str):
     db = tmp_path / "gw-state" / "buffer.sqlite"
     if not db.exists():
         return None
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
         return c.execute(f"SELECT * FROM {table}").fetchall()
 
 

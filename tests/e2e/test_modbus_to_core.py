@@ -82,6 +82,7 @@ vendor = "acme"
 
 def test_modbus_registers_reach_the_core_time_series_exactly(tmp_path, modbus_device):
     import sqlite3
+    from contextlib import closing
 
     core_port = free_port()
     gw = Proc("gateway", [str(BIN), "--config", str(gateway_config(tmp_path, modbus_device, core_port))], tmp_path / "gw.log")
@@ -91,7 +92,7 @@ def test_modbus_registers_reach_the_core_time_series_exactly(tmp_path, modbus_de
     def latest():
         if not db.exists():
             return None
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
             rows = c.execute(
                 """SELECT ts.name, ts.value FROM time_series ts JOIN tokens t ON t.endpoint_id = ts.endpoint_id
                    WHERE t.token = 'meter-1' ORDER BY ts.rowid"""
@@ -103,7 +104,7 @@ def test_modbus_registers_reach_the_core_time_series_exactly(tmp_path, modbus_de
         got = wait_for("decoded Modbus values in the core", latest, timeout=30)
         assert got == expected
         assert expected["auto~temp"] == -21.5 and expected["auto~level"] == 40.0
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as c:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
             meta = dict(c.execute("SELECT m.key, m.value FROM metadata m JOIN tokens t ON t.endpoint_id = m.endpoint_id WHERE t.token='meter-1'").fetchall())
             sample = json.loads(c.execute("SELECT sample FROM data_samples ORDER BY id LIMIT 1").fetchone()[0])
         assert meta == {"vendor": '"acme"', "unit_id": "1", "bus": '"plant"'}

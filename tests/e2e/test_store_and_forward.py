@@ -5,6 +5,7 @@ database file, and TLS with a client certificate."""
 import json
 import os
 import signal
+from contextlib import closing
 import sqlite3
 import subprocess
 from collections import Counter
@@ -65,12 +66,12 @@ def pending_keys(db: Path):
     """(token, timestamp) of every sample still in the buffer."""
     if not db.exists():
         return []
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
         return [(t, json.loads(p)["timestamp"]) for t, p in c.execute("SELECT token, payload FROM samples")]
 
 
 def query(db: Path, sql: str):
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
         return c.execute(sql).fetchall()
 
 
@@ -182,7 +183,8 @@ def test_a_full_disk_refuses_new_samples_and_corrupts_nothing(tmp_path):
         assert query(db, "PRAGMA integrity_check") == [("ok",)]
         assert sum(n for (n,) in query(db, "SELECT count FROM drops WHERE reason = 'disk_full'")) > 0
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        # Lazy unmount: detaches at once even if a late reader still holds a file.
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_foreign_buffer_file_stops_the_gateway_and_is_kept(tmp_path):

@@ -136,7 +136,8 @@ impl Owner {
         let count: i64 = conn.query_row("SELECT count(*) FROM samples", [], |r| r.get(0))?;
         {
             let mut stmt = conn.prepare("SELECT DISTINCT app_version, token FROM samples")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             for row in rows {
                 let (avn, token) = row?;
                 // Rows are only written from validated keys; skip anything else rather than fail.

@@ -218,7 +218,53 @@ pub struct SimulatedPoint {
 impl Config {
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigErrors> {
-        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        validate::validate(Self::parse_raw(text)?)
+    }
+
+    /// The local TOML document with its field side (`modbus`, `devices`) replaced by a
+    /// remote configuration (7/CMP JSON), validated as a whole.
+    pub fn with_remote_field_side(
+        text: &str,
+        remote: &serde_json::Value,
+    ) -> Result<Self, ConfigErrors> {
+        let mut raw = Self::parse_raw(text)?;
+        let serde_json::Value::Object(obj) = remote else {
+            return Err(ConfigErrors(vec![
+                "config: must be a JSON object with \"modbus\" and \"devices\"".into(),
+            ]));
+        };
+        let mut errors = Vec::new();
+        for key in obj.keys() {
+            if key != "modbus" && key != "devices" {
+                errors.push(format!(
+                    "config.{key}: only \"modbus\" and \"devices\" can be set remotely"
+                ));
+            }
+        }
+        match obj
+            .get("modbus")
+            .map(|v| serde_json::from_value::<raw::RawModbus>(v.clone()))
+        {
+            Some(Ok(m)) => raw.modbus = m,
+            Some(Err(e)) => errors.push(format!("config.modbus: {e}")),
+            None => raw.modbus = raw::RawModbus::default(),
+        }
+        match obj
+            .get("devices")
+            .map(|v| serde_json::from_value::<Vec<raw::RawDevice>>(v.clone()))
+        {
+            Some(Ok(d)) => raw.devices = d,
+            Some(Err(e)) => errors.push(format!("config.devices: {e}")),
+            None => raw.devices = Vec::new(),
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        validate::validate(raw)
+    }
+
+    fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
+        toml::from_str(text).map_err(|e| {
             let msg = e.message().to_owned();
             let place = e
                 .span()
@@ -232,8 +278,7 @@ impl Config {
                 })
                 .unwrap_or_else(|| "file".into());
             ConfigErrors(vec![format!("{place}: {msg}")])
-        })?;
-        validate::validate(raw)
+        })
     }
 
     /// Reads, parses and validates a file.

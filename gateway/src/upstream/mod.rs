@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffer::{Batch, BufferHandle, EndpointKey, LeaseLimits};
 use crate::config::Upstream;
 use crate::downlink::{self, CommandResult, Downlink};
+use crate::remote_config::{self, RemoteConfig};
 use inflight::InFlight;
 
 /// Largest MQTT packet sent or accepted upstream.
@@ -35,10 +36,27 @@ pub struct UpstreamSession {
     buffer: BufferHandle,
     endpoints: Vec<EndpointKey>,
     downlink: Downlink,
+    /// Remote configuration, when the gateway has its own endpoint.
+    remote: Option<RemoteConfigLink>,
     /// True while connected (read by the health report).
     connected: Arc<AtomicBool>,
     /// Endpoint metadata published (10/EPMP `/update/keys`) on every connect.
     metadata: Vec<(EndpointKey, serde_json::Map<String, serde_json::Value>)>,
+}
+
+/// The session's side of remote configuration (7/CMP) for the gateway's own endpoint.
+#[derive(Debug)]
+pub struct RemoteConfigLink {
+    pub endpoint: EndpointKey,
+    /// The local configuration file's text: the base every remote field side is merged into.
+    pub base_toml: String,
+    pub state_dir: std::path::PathBuf,
+    /// ID of the configuration in force (remote), if any.
+    pub current_id: Option<String>,
+    /// A configuration ID to report as applied (200) once connected.
+    pub announce: Option<String>,
+    /// Valid configurations go here; the supervisor applies them.
+    pub reload: tokio::sync::mpsc::Sender<(RemoteConfig, crate::config::Config)>,
 }
 
 /// A finished command, on its way back to the session task for publishing.
@@ -58,7 +76,14 @@ impl UpstreamSession {
             downlink,
             connected: Arc::new(AtomicBool::new(false)),
             metadata: Vec::new(),
+            remote: None,
         }
+    }
+
+    /// Takes remote configuration for the gateway's own endpoint.
+    pub fn with_remote_config(mut self, link: RemoteConfigLink) -> Self {
+        self.remote = Some(link);
+        self
     }
 
     /// A flag that is true while the session is connected.
@@ -80,7 +105,7 @@ impl UpstreamSession {
 
     /// Runs until `shutdown`; then sends DISCONNECT (leased batches stay in the buffer).
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let c = &self.config;
+        let c = self.config.clone();
         let mut opts = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
         opts.set_keep_alive(c.keepalive)
             .set_clean_session(true)
@@ -130,10 +155,13 @@ impl UpstreamSession {
                         self.subscribe(&client);
                         self.observe_commands(&client, &mut observe_id);
                         self.publish_metadata(&client, &mut observe_id);
+                        self.observe_config(&client, &mut observe_id);
                         self.send_batches(&client, &mut inflight, &dcx).await;
                     }
                     Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        if p.topic.contains("/epmx/") {
+                        if p.topic.contains("/cmx/") {
+                            self.on_config(&p.topic, &p.payload, &client);
+                        } else if p.topic.contains("/epmx/") {
                             log::warn!("upstream: metadata update refused on {}: {}", p.topic, String::from_utf8_lossy(&p.payload));
                         } else if p.topic.contains("/cex/") {
                             self.on_command(&p.topic, &p.payload, &client, &finished_tx);
@@ -212,6 +240,18 @@ impl UpstreamSession {
                 ]
             })
             .collect();
+        // Configuration pushes for the gateway itself, and answers to /applied.
+        if let Some(r) = &self.remote {
+            let (avn, token) = (r.endpoint.app_version.as_str(), r.endpoint.token.as_str());
+            filters.push(SubscribeFilter::new(
+                format!("kp1/{avn}/cmx/{token}/config/json/#"),
+                QoS::AtLeastOnce,
+            ));
+            filters.push(SubscribeFilter::new(
+                format!("kp1/{avn}/cmx/{token}/applied/json/#"),
+                QoS::AtLeastOnce,
+            ));
+        }
         // Refusals of our metadata updates (logged).
         filters.extend(self.metadata.iter().map(|(ep, _)| {
             SubscribeFilter::new(
@@ -237,6 +277,123 @@ impl UpstreamSession {
         for chunk in filters.chunks(64) {
             if let Err(e) = client.try_subscribe_many(chunk.to_vec()) {
                 log::warn!("upstream: cannot queue SUBSCRIBE: {e}");
+            }
+        }
+    }
+
+    /// Reports a pending applied configuration, then asks for the current one (7/CMP).
+    fn observe_config(&mut self, client: &AsyncClient, request_id: &mut u32) {
+        let Some(r) = self.remote.as_mut() else {
+            return;
+        };
+        let base = format!(
+            "kp1/{}/cmx/{}",
+            r.endpoint.app_version.as_str(),
+            r.endpoint.token.as_str()
+        );
+        if let Some(id) = r.announce.take() {
+            let body = remote_config::applied_payload(&id, 200, None);
+            log::info!("upstream: remote configuration {id:?} applied");
+            let _ = client.try_publish(
+                format!("{base}/applied/json"),
+                QoS::AtLeastOnce,
+                false,
+                body,
+            );
+        }
+        *request_id = if *request_id >= platform_core::kp1::MAX_REQUEST_ID {
+            1
+        } else {
+            *request_id + 1
+        };
+        let body = serde_json::json!({"configId": r.current_id.clone().unwrap_or_default(), "observe": true}).to_string();
+        if let Err(e) = client.try_publish(
+            format!("{base}/config/json/{request_id}"),
+            QoS::AtLeastOnce,
+            false,
+            body,
+        ) {
+            log::warn!("upstream: cannot queue the configuration request: {e}");
+        }
+    }
+
+    /// A message on the gateway's `cmx` topics: a configuration to validate and apply.
+    fn on_config(&self, topic: &str, payload: &[u8], client: &AsyncClient) {
+        let Some(r) = &self.remote else { return };
+        let Ok(t) = Kp1Topic::parse(topic) else {
+            return;
+        };
+        if t.token != r.endpoint.token || !t.resource.starts_with("config/json") {
+            if t.direction == Direction::Error {
+                log::warn!(
+                    "upstream: configuration request refused on {topic}: {}",
+                    String::from_utf8_lossy(payload)
+                );
+            }
+            return;
+        }
+        match t.direction {
+            Direction::Status => {}
+            Direction::Error => {
+                log::debug!(
+                    "upstream: configuration request refused on {topic}: {}",
+                    String::from_utf8_lossy(payload)
+                );
+                return;
+            }
+            Direction::Request => return,
+        }
+        let applied = format!(
+            "kp1/{}/cmx/{}/applied/json",
+            r.endpoint.app_version.as_str(),
+            r.endpoint.token.as_str()
+        );
+        let remote = match remote_config::parse_push(payload) {
+            Ok(Some(rc)) => rc,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("upstream: unreadable configuration on {topic}: {e}");
+                return;
+            }
+        };
+        if r.current_id.as_deref() == Some(remote.config_id.as_str()) {
+            return;
+        }
+        match remote_config::validate(&r.base_toml, &remote) {
+            Err(errors) => {
+                log::warn!(
+                    "upstream: remote configuration {:?} refused: {}",
+                    remote.config_id,
+                    errors.0.join("; ")
+                );
+                let body = remote_config::applied_payload(
+                    &remote.config_id,
+                    400,
+                    Some(&errors.0.join("; ")),
+                );
+                let _ = client.try_publish(applied, QoS::AtLeastOnce, false, body);
+            }
+            Ok(config) => {
+                if let Err(e) = remote_config::save(&r.state_dir, &remote) {
+                    log::error!(
+                        "upstream: cannot save remote configuration {:?}: {e}",
+                        remote.config_id
+                    );
+                    let body = remote_config::applied_payload(
+                        &remote.config_id,
+                        500,
+                        Some("cannot save the configuration"),
+                    );
+                    let _ = client.try_publish(applied, QoS::AtLeastOnce, false, body);
+                    return;
+                }
+                log::info!(
+                    "upstream: remote configuration {:?} is valid; applying",
+                    remote.config_id
+                );
+                if r.reload.try_send((remote, config)).is_err() {
+                    log::warn!("upstream: a reload is already under way");
+                }
             }
         }
     }

@@ -1,0 +1,195 @@
+//! Remote configuration of the gateway's field side over 7/CMP.
+//!
+//! The gateway's own endpoint observes `kp1/<avn>/cmx/<token>/config/json`. A pushed
+//! `{"configId", "config"}` whose `config` is `{"modbus": {...}, "devices": [...]}` (the
+//! same shape as the TOML sections) replaces the local file's field side. It is validated
+//! with the file's other sections exactly like a local edit; a bad one is answered on
+//! `/applied/json` with 400 and every error, and the running configuration stays. A good
+//! one is saved in the state directory (so it survives restarts), applied by restarting
+//! the field side and the upstream session (the buffer, and everything in it, stays), and
+//! answered with 200 once the new session is up. Connection settings, the core and the
+//! gateway's identity cannot be changed remotely: a mistake there could cut the gateway
+//! off from the platform that would have to fix it.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{Config, ConfigErrors};
+
+/// File in the state directory holding the last applied remote configuration.
+pub const SAVED_FILE: &str = "remote-config.json";
+
+/// A configuration pushed by the platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteConfig {
+    pub config_id: String,
+    pub config: Value,
+}
+
+/// Parses a 7/CMP config response/push. `Ok(None)`: no configuration, or unchanged (`{}`).
+pub fn parse_push(payload: &[u8]) -> Result<Option<RemoteConfig>, String> {
+    let v: Value =
+        serde_json::from_slice(payload).map_err(|e| format!("config push is not JSON: {e}"))?;
+    let Value::Object(obj) = v else {
+        return Err("config push must be an object {\"configId\", \"config\"}".into());
+    };
+    let config = match obj.get("config") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(c) => c.clone(),
+    };
+    let config_id = match obj.get("configId") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => return Err("config push without a configId".into()),
+    };
+    Ok(Some(RemoteConfig { config_id, config }))
+}
+
+/// The `/applied/json` payload.
+pub fn applied_payload(config_id: &str, status: u16, reason: Option<&str>) -> String {
+    let mut v = serde_json::json!({"configId": config_id, "statusCode": status});
+    if let Some(r) = reason {
+        v["reasonPhrase"] = Value::String(r.to_owned());
+    }
+    v.to_string()
+}
+
+/// Validates a remote configuration against the local file's text.
+pub fn validate(base_toml: &str, remote: &RemoteConfig) -> Result<Config, ConfigErrors> {
+    Config::with_remote_field_side(base_toml, &remote.config)
+}
+
+fn saved_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SAVED_FILE)
+}
+
+/// Saves atomically (temp file, fsync, rename).
+pub fn save(state_dir: &Path, remote: &RemoteConfig) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = saved_path(state_dir);
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(remote).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The saved remote configuration, if any (an unreadable file is reported and ignored).
+pub fn load(state_dir: &Path) -> Option<RemoteConfig> {
+    let path = saved_path(state_dir);
+    let bytes = std::fs::read(&path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            log::error!(
+                "{}: unreadable saved remote configuration, ignored: {e}",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const BASE: &str = r#"
+[upstream]
+host = "h"
+[gateway]
+token = "gw"
+app_version = "gw-v1"
+"#;
+
+    #[test]
+    fn pushes_parse_and_empty_means_unchanged() {
+        let r = parse_push(br#"{"configId":"c7","config":{"devices":[]}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.config_id, "c7");
+        assert_eq!(parse_push(b"{}").unwrap(), None);
+        assert_eq!(
+            parse_push(br#"{"configId":"","config":null}"#).unwrap(),
+            None
+        );
+        assert!(parse_push(br#"{"config":{}}"#).is_err());
+        assert!(parse_push(b"[]").is_err());
+    }
+
+    #[test]
+    fn a_valid_field_side_replaces_the_local_one() {
+        let remote = RemoteConfig {
+            config_id: "c1".into(),
+            config: json!({
+                "modbus": {"buses": [{"name": "b", "kind": "tcp", "address": "127.0.0.1:502"}]},
+                "devices": [{"name": "d", "token": "t", "app_version": "a-v1",
+                             "modbus": {"bus": "b"}, "points": [{"name": "x", "address": 1, "type": "u16"}]}]
+            }),
+        };
+        let c = validate(BASE, &remote).unwrap();
+        assert_eq!((c.buses.len(), c.devices.len()), (1, 1));
+        assert_eq!(
+            c.upstream.unwrap().host,
+            "h",
+            "the connection comes from the local file"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_and_other_sections_are_refused() {
+        let remote = RemoteConfig {
+            config_id: "c2".into(),
+            config: json!({
+                "upstream": {"host": "evil"},
+                "devices": [{"name": "d", "token": "t", "app_version": "A", "simulated": {}, "points": []}]
+            }),
+        };
+        let e = validate(BASE, &remote).unwrap_err().0;
+        assert!(
+            e.iter().any(|l| l.starts_with("config.upstream: only")),
+            "{e:?}"
+        );
+        let remote = RemoteConfig {
+            config_id: "c3".into(),
+            config: json!({"devices": [{"name": "d", "token": "t", "app_version": "A", "simulated": {}, "points": []}]}),
+        };
+        let e = validate(BASE, &remote).unwrap_err().0;
+        assert!(
+            e.iter().any(|l| l.starts_with("devices[0].app_version")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|l| l.starts_with("devices[0].points")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn saved_configs_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()), None);
+        let r = RemoteConfig {
+            config_id: "c9".into(),
+            config: json!({"devices": []}),
+        };
+        save(dir.path(), &r).unwrap();
+        assert_eq!(load(dir.path()), Some(r));
+    }
+
+    #[test]
+    fn applied_payloads_follow_7_cmp() {
+        assert_eq!(
+            applied_payload("c1", 200, None),
+            r#"{"configId":"c1","statusCode":200}"#
+        );
+        let v: Value = serde_json::from_str(&applied_payload("c2", 400, Some("x: bad"))).unwrap();
+        assert_eq!(
+            v,
+            json!({"configId": "c2", "statusCode": 400, "reasonPhrase": "x: bad"})
+        );
+    }
+}
