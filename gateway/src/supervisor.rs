@@ -41,6 +41,14 @@ pub struct RunOptions {
     pub config_text: Option<String>,
 }
 
+/// What a generation's session needs for remote configuration.
+struct RemoteSetup {
+    base_toml: String,
+    current_id: Option<String>,
+    announce: Option<String>,
+    reload: mpsc::Sender<(RemoteConfig, Config)>,
+}
+
 /// The running field side and upstream session of one configuration.
 struct Generation {
     sources: JoinSet<()>,
@@ -150,9 +158,12 @@ pub async fn run(
             &buffer,
             &health,
             upstream.clone(),
-            opts.config_text
-                .clone()
-                .map(|text| (text, remote_id.clone(), announce.take(), reload_tx)),
+            opts.config_text.clone().map(|base_toml| RemoteSetup {
+                base_toml,
+                current_id: remote_id.clone(),
+                announce: announce.take(),
+                reload: reload_tx,
+            }),
         );
         let status = status_loop(&buffer, core.as_ref(), &health, opts.status_every);
         tokio::select! {
@@ -202,12 +213,7 @@ fn start_generation(
     buffer: &BufferHandle,
     health: &HealthRegistry,
     upstream: Option<Upstream>,
-    remote: Option<(
-        String,
-        Option<String>,
-        Option<String>,
-        mpsc::Sender<(RemoteConfig, Config)>,
-    )>,
+    remote: Option<RemoteSetup>,
 ) -> Generation {
     let sources_stop = CancellationToken::new();
     let upstream_stop = CancellationToken::new();
@@ -264,11 +270,11 @@ fn start_generation(
         {
             session = session.with_remote_config(RemoteConfigLink {
                 endpoint,
-                base_toml,
+                base_toml: r.base_toml,
                 state_dir: config.state_dir.clone(),
-                current_id,
-                announce,
-                reload,
+                current_id: r.current_id,
+                announce: r.announce,
+                reload: r.reload,
             });
         }
         if let Some(own) = config.own_endpoint.clone() {
