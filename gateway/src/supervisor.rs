@@ -266,8 +266,7 @@ fn start_generation(
         let mut session =
             UpstreamSession::new(u, buffer.clone(), endpoints, Downlink::new(targets))
                 .with_metadata(metadata);
-        if let (Some(endpoint), Some((base_toml, current_id, announce, reload))) = (own_key, remote)
-        {
+        if let (Some(endpoint), Some(r)) = (own_key, remote) {
             session = session.with_remote_config(RemoteConfigLink {
                 endpoint,
                 base_toml: r.base_toml,
