@@ -84,7 +84,11 @@ def test_nothing_is_lost_across_a_broker_outage_and_kill_9(tmp_path):
     try:
         wait_for("samples flowing", lambda: len(kaa.received()) >= 60)
         broker.stop()  # outage: the gateway keeps sampling into its buffer
-        wait_for("a backlog", lambda: len(pending_keys(db)) >= 150, timeout=30)
+        wait_for("a backlog", lambda: len(pending_keys(db)) >= 100, timeout=30)
+        os.kill(gw.proc.pid, signal.SIGKILL)  # while buffering
+        gw.proc.popen.wait(10)
+        gw = Gateway(tmp_path, cfg, name="gw1b")  # restarts with the broker still down
+        wait_for("a bigger backlog", lambda: len(pending_keys(db)) >= 200, timeout=30)
         broker.start()
         before = len(kaa.received())
         wait_for("the drain to start", lambda: len(kaa.received()) > before + 20, timeout=30)
@@ -246,3 +250,33 @@ def test_tls_with_a_client_certificate(tmp_path):
     finally:
         gw.stop()
         broker.stop()
+
+
+def test_5xx_and_slow_answers_are_retried_and_4xx_parks(tmp_path):
+    broker = Mosquitto(tmp_path)
+    kaa = KaaServer(broker.port, mode="error:503")
+    gw = Gateway(tmp_path, bridge(tmp_path, broker.port, devices(1, 100)))
+    db = buffer_db(tmp_path)
+    try:
+        wait_for("a retry after 503", lambda: gw.proc.output().count("503") >= 2)
+        assert query(db, "SELECT count(*) FROM dead_letters") == [(0,)], "5xx is not final"
+        kaa.mode = "delay:4000"  # answers after the 3 s response timeout: resent
+        wait_for("a resend after a timeout", lambda: "no answer for" in gw.proc.output(), timeout=30)
+        kaa.mode = "status"
+        wait_for("the backlog delivered", lambda: len(pending_keys(db)) < 5, timeout=60)
+        delivered = {ts for _, ts in kaa.keys()}
+        kaa.mode = "error:422"
+        wait_for("parked batches", lambda: query(db, "SELECT count(*) FROM dead_letters")[0][0] > 0, timeout=30)
+        assert query(db, "SELECT DISTINCT status FROM dead_letters") == [(422,)]
+    finally:
+        code = gw.stop()
+        kaa.close()
+        broker.stop()
+    assert code == 0, gw.proc.output()
+    assert len(delivered) > 10
+    listed = subprocess.run([str(BIN), "-c", str(gw.config), "dead-letters", "list"], capture_output=True, text=True)
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert rows and all(r["status"] == 422 and r["reason"] == "test error 422" for r in rows)
+    moved = subprocess.run([str(BIN), "-c", str(gw.config), "dead-letters", "retry"], capture_output=True, text=True)
+    assert moved.stdout.strip() == f"{len(rows)} moved back to the queue"
+    assert query(db, "SELECT count(*) FROM dead_letters") == [(0,)]
