@@ -12,6 +12,7 @@ pub mod remote_config;
 pub mod self_report;
 pub mod source;
 pub mod supervisor;
+pub mod systemd;
 pub mod upstream;
 
 /// The demo configuration: simulated devices and the in-process core, no hardware.

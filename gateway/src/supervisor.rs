@@ -148,6 +148,8 @@ pub async fn run(
 
     let health = HealthRegistry::default();
     let mut announce = remote_id.clone();
+    crate::systemd::notify("READY=1");
+    let watchdog = tokio::spawn(crate::systemd::watchdog_loop());
     loop {
         if let (Some(core), None) = (&core, &config.upstream) {
             provision_in_core(core, &config).await?;
@@ -168,6 +170,7 @@ pub async fn run(
         let status = status_loop(&buffer, core.as_ref(), &health, opts.status_every);
         tokio::select! {
             _ = shutdown.cancelled() => {
+                crate::systemd::notify("STOPPING=1");
                 log::info!("shutting down: stopping devices, then the upstream session");
                 buffer.stop_blocking();
                 generation.stop().await;
@@ -187,6 +190,7 @@ pub async fn run(
         core_stop.cancel();
         core.wait().await;
     }
+    watchdog.abort();
     let stats = buffer.stats().await?;
     drop(buffer);
     let _ = tokio::task::spawn_blocking(move || buffer_thread.join()).await;
