@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Lints the Yocto layer with oelint-adv (PyPI) and checks the crates list is current.
+# Errors and warnings fail; info-level suggestions are printed only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=tests/.venv
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check oelint-adv==$(cat yocto/oelint-adv.version)
+python3 yocto/update-crates.py --check
+out=$("$VENV/bin/python" -m oelint_adv --quiet $(find yocto/meta-kp-gateway -name '*.bb') 2>&1 || true)
+printf '%s\n' "$out"
+if printf '%s\n' "$out" | grep -qE ':(error|warning):'; then
+    echo "oelint-adv reported errors or warnings" >&2
+    exit 1
+fi
+echo "yocto layer: lint clean (errors and warnings)"
