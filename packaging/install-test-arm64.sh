@@ -75,4 +75,19 @@ done
 grep "core has stored [1-9]" "$LOG" | tail -n1
 kill -TERM "$PID"
 wait "$PID"
-echo "== arm64 install test passed (clean stop, exit 0)"
+PID=
+echo "== clean stop, exit 0"
+
+echo "== upgrade (reinstall) keeps the edited config and the state"
+echo "# edited by the install test" >> "$ROOTFS/etc/kp-gateway/gateway.toml"
+test -f "$ROOTFS/var/lib/kp-gateway/demo/buffer.sqlite"
+chroot "$ROOTFS" dpkg -i --force-confold /tmp/kp-gateway.deb
+grep -q "edited by the install test" "$ROOTFS/etc/kp-gateway/gateway.toml"
+test -f "$ROOTFS/var/lib/kp-gateway/demo/buffer.sqlite"
+
+echo "== purge removes the state and the user"
+chroot "$ROOTFS" dpkg --purge kp-gateway
+test ! -e "$ROOTFS/var/lib/kp-gateway"
+! chroot "$ROOTFS" id kp-gateway 2>/dev/null
+test ! -e "$ROOTFS/usr/bin/kp-gateway"
+echo "== arm64 install test passed"
