@@ -104,7 +104,9 @@ async fn main() {
                 max_packet_size: 1 << 20,
                 max_connections: 16,
                 connect_timeout: Duration::from_secs(10),
+                allow_anonymous: false,
             },
+            http: None,
             max_payload_bytes: 1 << 20,
             applications: vec![epr::ApplicationSpec {
                 name: "bench".into(),

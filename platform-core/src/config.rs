@@ -20,6 +20,15 @@ pub struct MqttListener {
     pub max_packet_size: usize,
     pub max_connections: usize,
     pub connect_timeout: Duration,
+    /// Accept CONNECT without user name and password (token-only clients, like KaaIoT's
+    /// example clients); a token used in a topic must still exist and be active.
+    pub allow_anonymous: bool,
+}
+
+/// The HTTP listener (1/KP HTTP binding).
+#[derive(Debug, Clone)]
+pub struct HttpListener {
+    pub listen: SocketAddr,
 }
 
 /// Everything the core needs to start.
@@ -28,6 +37,8 @@ pub struct CoreConfig {
     /// SQLite file for the registry, credentials and time series.
     pub database: PathBuf,
     pub mqtt: MqttListener,
+    /// `None`: no HTTP listener.
+    pub http: Option<HttpListener>,
     pub max_payload_bytes: usize,
     pub applications: Vec<ApplicationSpec>,
     pub endpoints: Vec<EndpointSpec>,

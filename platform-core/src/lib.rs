@@ -28,6 +28,11 @@ pub use store::{StoreError, StoreHandle};
 pub enum CoreError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen for MQTT on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -40,6 +45,8 @@ pub enum CoreError {
 pub struct Core {
     /// Where the MQTT listener is bound (useful with port 0).
     pub mqtt_addr: SocketAddr,
+    /// Where the HTTP listener is bound, when configured.
+    pub http_addr: Option<SocketAddr>,
     pub store: StoreHandle,
     task: JoinHandle<()>,
 }
@@ -69,12 +76,31 @@ impl Core {
                     source,
                 })?;
         let router = kpc::Router::new(store.clone(), config.max_payload_bytes);
-        let auth = ccm::Authenticator::new(store.clone());
+        let auth = ccm::Authenticator::new(store.clone(), config.mqtt.allow_anonymous);
+        let mut http_addr = None;
+        let mut http_task = None;
+        if let Some(http) = &config.http {
+            let (listener, addr) =
+                kpc::http::bind(http.listen)
+                    .await
+                    .map_err(|source| CoreError::BindHttp {
+                        addr: http.listen,
+                        source,
+                    })?;
+            http_addr = Some(addr);
+            http_task = Some(tokio::spawn(kpc::http::serve(
+                listener,
+                router.clone(),
+                config.max_payload_bytes,
+                shutdown.clone(),
+            )));
+            log::info!("platform core: HTTP (1/KP binding) listening on {addr}");
+        }
         let limits = ConnectionLimits {
             max_packet_size: config.mqtt.max_packet_size,
             connect_timeout: config.mqtt.connect_timeout,
         };
-        let task = tokio::spawn(kpc::listener::run(
+        let mqtt_task = tokio::spawn(kpc::listener::run(
             listener,
             router,
             auth,
@@ -82,12 +108,19 @@ impl Core {
             config.mqtt.max_connections,
             shutdown,
         ));
+        let task = tokio::spawn(async move {
+            let _ = mqtt_task.await;
+            if let Some(t) = http_task {
+                let _ = t.await;
+            }
+        });
         log::info!(
             "platform core: MQTT listening on {mqtt_addr}, database {}",
             config.database.display()
         );
         Ok(Self {
             mqtt_addr,
+            http_addr,
             store: core_store,
             task,
         })

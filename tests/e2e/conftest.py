@@ -92,8 +92,9 @@ class Core:
     PASSWORD = "dev-password"
     TOKENS = ["tok1", "tok2", "tok3"]
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, allow_anonymous: bool = False):
         self.port = free_port()
+        self.http_port = free_port()
         self.state = tmp / "state"
         endpoints = "\n".join(
             f'[[core.endpoints]]\nid = "ep-{t}"\ntoken = "{t}"\napp_version = "{self.APP_VERSION}"\n' for t in self.TOKENS
@@ -107,6 +108,9 @@ log_level = "debug"
 [core]
 [core.mqtt]
 listen = "127.0.0.1:{self.port}"
+allow_anonymous = {"true" if allow_anonymous else "false"}
+[core.http]
+listen = "127.0.0.1:{self.http_port}"
 [[core.applications]]
 name = "demo"
 versions = ["{self.APP_VERSION}"]
@@ -118,6 +122,7 @@ password_hash = "{hash_password(self.PASSWORD)}"
         )
         self.proc = Proc("core", [str(BIN), "--config", str(self.config)], tmp / "core.log")
         wait_port(self.port, self.proc)
+        wait_port(self.http_port, self.proc)
 
     @property
     def db(self) -> Path:
@@ -131,6 +136,14 @@ password_hash = "{hash_password(self.PASSWORD)}"
 @pytest.fixture
 def core(tmp_path):
     c = Core(tmp_path)
+    yield c
+    code = c.proc.stop()
+    assert code == 0, f"core exited with {code}:\n{c.proc.output()}"
+
+
+@pytest.fixture
+def anonymous_core(tmp_path):
+    c = Core(tmp_path, allow_anonymous=True)
     yield c
     code = c.proc.stop()
     assert code == 0, f"core exited with {code}:\n{c.proc.output()}"

@@ -171,6 +171,8 @@ pub struct RawCore {
     pub database: String,
     #[serde(default)]
     pub mqtt: RawCoreMqtt,
+    /// The 1/KP HTTP binding; absent: no HTTP listener.
+    pub http: Option<RawCoreHttp>,
     #[serde(default = "defaults::max_payload_bytes")]
     pub max_payload_bytes: usize,
     #[serde(default)]
@@ -192,6 +194,8 @@ pub struct RawCoreMqtt {
     pub max_connections: usize,
     #[serde(default = "defaults::connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    #[serde(default)]
+    pub allow_anonymous: bool,
 }
 
 impl Default for RawCoreMqtt {
@@ -201,8 +205,16 @@ impl Default for RawCoreMqtt {
             max_packet_size: defaults::max_packet_size(),
             max_connections: defaults::max_connections(),
             connect_timeout_secs: defaults::connect_timeout_secs(),
+            allow_anonymous: false,
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreHttp {
+    #[serde(default = "defaults::core_http_listen")]
+    pub listen: String,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +374,9 @@ pub mod defaults {
     }
     pub fn core_listen() -> String {
         "127.0.0.1:1883".into()
+    }
+    pub fn core_http_listen() -> String {
+        "127.0.0.1:8080".into()
     }
     pub fn max_packet_size() -> usize {
         platform_core::config::DEFAULT_MAX_PACKET_SIZE

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use platform_core::config::MqttListener;
+use platform_core::config::{HttpListener, MqttListener};
 use platform_core::epr::is_valid_metadata_key;
 use platform_core::kp1::{AppVersionName, EndpointToken};
 use platform_core::CoreConfig;
@@ -325,6 +325,15 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
         );
         SocketAddr::from(([127, 0, 0, 1], 0))
     });
+    let http = c.http.as_ref().map(|h| HttpListener {
+        listen: SocketAddr::from_str(&h.listen).unwrap_or_else(|_| {
+            e.add(
+                "core.http.listen",
+                format!("{:?} is not an IP:port address", h.listen),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }),
+    });
     if c.mqtt.max_packet_size < 1024 {
         e.add("core.mqtt.max_packet_size", "must be at least 1024 bytes");
     }
@@ -411,7 +420,9 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
             max_packet_size: c.mqtt.max_packet_size,
             max_connections: c.mqtt.max_connections,
             connect_timeout: Duration::from_secs(c.mqtt.connect_timeout_secs),
+            allow_anonymous: c.mqtt.allow_anonymous,
         },
+        http,
         max_payload_bytes: c.max_payload_bytes,
         applications: c.applications,
         endpoints: c.endpoints,

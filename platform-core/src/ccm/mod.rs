@@ -47,16 +47,22 @@ pub enum Verdict {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     store: StoreHandle,
+    /// Let clients without user name and password in (they are then known by token only).
+    allow_anonymous: bool,
 }
 
 impl Authenticator {
-    pub fn new(store: StoreHandle) -> Self {
-        Self { store }
+    pub fn new(store: StoreHandle, allow_anonymous: bool) -> Self {
+        Self {
+            store,
+            allow_anonymous,
+        }
     }
 
     /// `None`: the client sent no username/password.
     pub async fn check(&self, login: Option<(&str, &str)>) -> Result<Verdict, StoreError> {
         match login {
+            None if self.allow_anonymous => Ok(Verdict::Accepted),
             None => Ok(Verdict::NotAuthorized),
             Some((user, password)) => verify_basic(&self.store, user, password).await,
         }

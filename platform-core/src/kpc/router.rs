@@ -30,6 +30,18 @@ impl Router {
         }
     }
 
+    /// Handles a request on `path` (an MQTT topic or the HTTP path without its leading
+    /// `/`) and returns the success payload or the error (HTTP binding, PROTOCOL.md §5).
+    pub async fn handle(&self, path: &str, payload: &[u8]) -> Result<Vec<u8>, Kp1Error> {
+        let parsed = Kp1Topic::parse(path).map_err(|e| Kp1Error::bad_request(e.to_string()))?;
+        if parsed.direction != Direction::Request {
+            return Err(Kp1Error::bad_request(
+                "a /status or /error path is a response, not a request",
+            ));
+        }
+        self.dispatch(&parsed, payload).await
+    }
+
     /// Handles a request published on `topic`. Returns the reply to send, if any:
     /// success only when the request carried a request ID; errors always (PROTOCOL.md §1).
     pub async fn route(&self, topic: &str, payload: &[u8]) -> Option<Reply> {

@@ -1,0 +1,92 @@
+//! The 1/KP HTTP binding (PROTOCOL.md §5): `POST /kp1/<app version>/<extension>/<token>/...`.
+//!
+//! The body is the MQTT payload; success is 200 with the extension's success payload
+//! (empty when it has none); an error is its status code with the 1/KP error JSON. Like
+//! Kaa, the endpoint is identified by the token in the path alone. Bodies over the
+//! configured payload limit are refused with 413 before they are read in full.
+
+use std::net::SocketAddr;
+
+use axum::body::{to_bytes, Body};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router as HttpRouter;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::router::Router;
+use crate::kp1::Kp1Error;
+
+#[derive(Clone)]
+struct AppState {
+    router: Router,
+    max_payload_bytes: usize,
+}
+
+/// The HTTP application (separate from `serve` so tests can drive it).
+pub fn app(router: Router, max_payload_bytes: usize) -> HttpRouter {
+    HttpRouter::new()
+        .route("/kp1/{*rest}", post(kp1))
+        .with_state(AppState {
+            router,
+            max_payload_bytes,
+        })
+}
+
+fn error_response(e: Kp1Error) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        e.to_payload(),
+    )
+        .into_response()
+}
+
+async fn kp1(State(s): State<AppState>, Path(rest): Path<String>, body: Body) -> Response {
+    let payload = match to_bytes(body, s.max_payload_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error_response(Kp1Error::payload_too_large(format!(
+                "payload is over the limit of {} bytes",
+                s.max_payload_bytes
+            )))
+        }
+    };
+    let path = format!("kp1/{rest}");
+    match s.router.handle(&path, &payload).await {
+        Ok(body) if body.is_empty() => StatusCode::OK.into_response(),
+        Ok(body) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+/// Binds the HTTP listener (port 0 picks a free port) and returns it with its address.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let l = TcpListener::bind(addr).await?;
+    let local = l.local_addr()?;
+    Ok((l, local))
+}
+
+/// Serves HTTP until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    max_payload_bytes: usize,
+    shutdown: CancellationToken,
+) {
+    let app = app(router, max_payload_bytes);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        log::error!("kpc http: {e}");
+    }
+}
