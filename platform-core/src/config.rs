@@ -39,6 +39,8 @@ pub struct CoreConfig {
     pub mqtt: MqttListener,
     /// `None`: no HTTP listener.
     pub http: Option<HttpListener>,
+    /// Endpoint lifecycle (connectivity) settings.
+    pub epl: crate::epl::EplConfig,
     pub max_payload_bytes: usize,
     pub applications: Vec<ApplicationSpec>,
     pub endpoints: Vec<EndpointSpec>,

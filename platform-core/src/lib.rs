@@ -4,8 +4,10 @@
 //! [`Core::start`] opens the database, provisions what the config lists, binds the
 //! listeners and returns their addresses; everything stops on the given cancellation token.
 
+pub mod bus;
 pub mod ccm;
 pub mod config;
+pub mod epl;
 pub mod epr;
 pub mod ext;
 pub mod kp1;
@@ -47,6 +49,8 @@ pub struct Core {
     pub mqtt_addr: SocketAddr,
     /// Where the HTTP listener is bound, when configured.
     pub http_addr: Option<SocketAddr>,
+    /// The event bus (9/ELCE lifecycle events).
+    pub bus: std::sync::Arc<dyn bus::EventBus>,
     pub store: StoreHandle,
     task: JoinHandle<()>,
 }
@@ -75,7 +79,21 @@ impl Core {
                     addr: config.mqtt.listen,
                     source,
                 })?;
-        let router = kpc::Router::new(store.clone(), config.max_payload_bytes);
+        let bus: std::sync::Arc<dyn bus::EventBus> = std::sync::Arc::new(bus::LocalBus::new(1024));
+        let epl = epl::Epl::new(store.clone(), bus.clone(), config.epl.clone());
+        let router =
+            kpc::Router::new(store.clone(), config.max_payload_bytes).with_epl(epl.clone());
+        // Idle endpoints are disconnected by a periodic sweep.
+        let sweep_stop = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = sweep_stop.cancelled() => break,
+                    _ = tick.tick() => epl.sweep().await,
+                }
+            }
+        });
         let auth = ccm::Authenticator::new(store.clone(), config.mqtt.allow_anonymous);
         let mut http_addr = None;
         let mut http_task = None;
@@ -121,6 +139,7 @@ impl Core {
         Ok(Self {
             mqtt_addr,
             http_addr,
+            bus,
             store: core_store,
             task,
         })

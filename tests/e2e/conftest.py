@@ -92,7 +92,7 @@ class Core:
     PASSWORD = "dev-password"
     TOKENS = ["tok1", "tok2", "tok3"]
 
-    def __init__(self, tmp: Path, allow_anonymous: bool = False):
+    def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600):
         self.port = free_port()
         self.http_port = free_port()
         self.state = tmp / "state"
@@ -111,6 +111,8 @@ listen = "127.0.0.1:{self.port}"
 allow_anonymous = {"true" if allow_anonymous else "false"}
 [core.http]
 listen = "127.0.0.1:{self.http_port}"
+[core.epl]
+idle_timeout_secs = {idle_timeout_secs}
 [[core.applications]]
 name = "demo"
 versions = ["{self.APP_VERSION}"]

@@ -173,6 +173,8 @@ pub struct RawCore {
     pub mqtt: RawCoreMqtt,
     /// The 1/KP HTTP binding; absent: no HTTP listener.
     pub http: Option<RawCoreHttp>,
+    #[serde(default)]
+    pub epl: RawCoreEpl,
     #[serde(default = "defaults::max_payload_bytes")]
     pub max_payload_bytes: usize,
     #[serde(default)]
@@ -206,6 +208,29 @@ impl Default for RawCoreMqtt {
             max_connections: defaults::max_connections(),
             connect_timeout_secs: defaults::connect_timeout_secs(),
             allow_anonymous: false,
+        }
+    }
+}
+
+/// Endpoint lifecycle (connectivity) settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreEpl {
+    #[serde(default = "defaults::connected_key")]
+    pub connected_key: String,
+    #[serde(default = "defaults::connectivity_ts_key")]
+    pub connectivity_ts_key: String,
+    /// 0: off.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for RawCoreEpl {
+    fn default() -> Self {
+        Self {
+            connected_key: defaults::connected_key(),
+            connectivity_ts_key: defaults::connectivity_ts_key(),
+            idle_timeout_secs: defaults::idle_timeout_secs(),
         }
     }
 }
@@ -374,6 +399,15 @@ pub mod defaults {
     }
     pub fn core_listen() -> String {
         "127.0.0.1:1883".into()
+    }
+    pub fn connected_key() -> String {
+        "connected".into()
+    }
+    pub fn connectivity_ts_key() -> String {
+        "connectivity_ts".into()
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        600
     }
     pub fn core_http_listen() -> String {
         "127.0.0.1:8080".into()

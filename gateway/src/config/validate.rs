@@ -334,6 +334,17 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
             SocketAddr::from(([127, 0, 0, 1], 0))
         }),
     });
+    for (key, v) in [
+        ("connected_key", &c.epl.connected_key),
+        ("connectivity_ts_key", &c.epl.connectivity_ts_key),
+    ] {
+        if !is_valid_metadata_key(v) {
+            e.add(
+                format!("core.epl.{key}"),
+                format!("{v:?} must match ^[a-zA-Z0-9_]+$"),
+            );
+        }
+    }
     if c.mqtt.max_packet_size < 1024 {
         e.add("core.mqtt.max_packet_size", "must be at least 1024 bytes");
     }
@@ -423,6 +434,12 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
             allow_anonymous: c.mqtt.allow_anonymous,
         },
         http,
+        epl: platform_core::epl::EplConfig {
+            connected_key: c.epl.connected_key.clone(),
+            connectivity_ts_key: c.epl.connectivity_ts_key.clone(),
+            idle_timeout: (c.epl.idle_timeout_secs > 0)
+                .then(|| Duration::from_secs(c.epl.idle_timeout_secs)),
+        },
         max_payload_bytes: c.max_payload_bytes,
         applications: c.applications,
         endpoints: c.endpoints,

@@ -217,6 +217,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let (registration, mut copies) = hub.register();
     let mut session = Session::new();
     let mut deadline = idle.map(|d| Instant::now() + d);
+    let outcome: Result<(), ConnError> = async {
     loop {
         tokio::select! {
             // A packet from the client (cancel-safe: partial frames stay in the buffer).
@@ -228,7 +229,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     match action {
                         Action::Send(p) => conn.send(&p).await?,
                         Action::Request { publish, ack } => {
-                            if let Some(reply) = router.route(&publish.topic, &publish.payload).await {
+                            if let Some(reply) = router.route(&publish.topic, &publish.payload, Some(registration.id)).await {
                                 let qos = match publish.qos {
                                     QoS::AtMostOnce => QoS::AtMostOnce,
                                     _ => QoS::AtLeastOnce,
@@ -262,6 +263,11 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             _ = sleep_until_deadline(deadline) => return Err(ConnError::Idle),
         }
     }
+    }
+    .await;
+    // EPL: the endpoints this session used may now be disconnected.
+    router.session_closed(registration.id).await;
+    outcome
 }
 
 async fn sleep_until_deadline(deadline: Option<Instant>) {

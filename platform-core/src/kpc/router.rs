@@ -3,6 +3,8 @@
 //! Checks run in the order of PROTOCOL.md §4: topic syntax (400), payload size (413),
 //! app version (404), extension instance (404), token (401/403), then the extension.
 
+use super::hub::SessionId;
+use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
 use crate::ext::{self, ExtensionKind};
 use crate::kp1::{Direction, Kp1Error, Kp1Topic};
@@ -20,6 +22,8 @@ pub struct Reply {
 pub struct Router {
     store: StoreHandle,
     max_payload_bytes: usize,
+    /// Connectivity tracking of endpoints used by MQTT sessions.
+    epl: Option<Epl>,
 }
 
 impl Router {
@@ -27,6 +31,20 @@ impl Router {
         Self {
             store,
             max_payload_bytes,
+            epl: None,
+        }
+    }
+
+    /// Tracks endpoint connectivity (EPL) for requests that come with a session.
+    pub fn with_epl(mut self, epl: Epl) -> Self {
+        self.epl = Some(epl);
+        self
+    }
+
+    /// An MQTT session ended (its endpoints may now be disconnected).
+    pub async fn session_closed(&self, session: SessionId) {
+        if let Some(epl) = &self.epl {
+            epl.session_closed(session).await;
         }
     }
 
@@ -39,12 +57,17 @@ impl Router {
                 "a /status or /error path is a response, not a request",
             ));
         }
-        self.dispatch(&parsed, payload).await
+        self.dispatch(&parsed, payload, None).await
     }
 
     /// Handles a request published on `topic`. Returns the reply to send, if any:
     /// success only when the request carried a request ID; errors always (PROTOCOL.md §1).
-    pub async fn route(&self, topic: &str, payload: &[u8]) -> Option<Reply> {
+    pub async fn route(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        session: Option<SessionId>,
+    ) -> Option<Reply> {
         let parsed = match Kp1Topic::parse(topic) {
             Ok(t) => t,
             Err(e) => {
@@ -59,7 +82,7 @@ impl Router {
             log::debug!("ignoring client publish on response topic {topic}");
             return None;
         }
-        match self.dispatch(&parsed, payload).await {
+        match self.dispatch(&parsed, payload, session).await {
             Ok(body) => parsed.request_id.map(|_| Reply {
                 topic: parsed.status_topic(),
                 payload: body,
@@ -71,7 +94,12 @@ impl Router {
         }
     }
 
-    async fn dispatch(&self, t: &Kp1Topic, payload: &[u8]) -> Result<Vec<u8>, Kp1Error> {
+    async fn dispatch(
+        &self,
+        t: &Kp1Topic,
+        payload: &[u8],
+        session: Option<SessionId>,
+    ) -> Result<Vec<u8>, Kp1Error> {
         if payload.len() > self.max_payload_bytes {
             return Err(Kp1Error::payload_too_large(format!(
                 "payload of {} bytes is over the limit of {} bytes",
@@ -107,7 +135,12 @@ impl Router {
             ))
         })?;
         let endpoint_id = match lookup {
-            TokenLookup::Active { endpoint_id } => endpoint_id,
+            TokenLookup::Active { endpoint_id } => {
+                if let (Some(epl), Some(s)) = (&self.epl, session) {
+                    epl.touch(s, &endpoint_id, t.app_version.as_str()).await;
+                }
+                endpoint_id
+            }
             TokenLookup::Suspended => {
                 return Err(Kp1Error::forbidden("endpoint token is suspended"))
             }

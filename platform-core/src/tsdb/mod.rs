@@ -51,6 +51,25 @@ pub fn insert_samples(
     Ok(())
 }
 
+/// Stores points without a raw sample (e.g. EPL's `connectivity`).
+pub fn insert_points(
+    conn: &mut Connection,
+    endpoint_id: &str,
+    points: &[DataPoint],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    {
+        let mut pt = tx.prepare_cached(
+            "INSERT INTO time_series(endpoint_id, name, ts_ms, value) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for p in points {
+            pt.execute(params![endpoint_id, p.series, p.ts_ms, p.value])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// The newest point of a series (largest timestamp; ties: last inserted).
 pub fn last(
     conn: &Connection,

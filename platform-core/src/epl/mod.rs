@@ -1,0 +1,248 @@
+//! EPL, endpoint lifecycle: which endpoints are connected (PROTOCOL.md §6).
+//!
+//! An endpoint is *connected* when a live session first uses its token, *disconnected*
+//! when the last such session closes, or when no session used it for the idle timeout.
+//! Each transition writes the metadata `connected` (bool) and `connectivity_ts`
+//! (RFC 3339), a point of the time series `connectivity` (1 / 0), and a 9/ELCE event on
+//! the bus. [`Presence`] is the pure bookkeeping; [`Epl`] applies its transitions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+
+use crate::bus::{EventBus, LifecycleEvent};
+use crate::kpc::hub::SessionId;
+use crate::store::{now_ms, StoreHandle};
+use crate::{epr, tsdb};
+
+/// Name of the connectivity time series.
+pub const CONNECTIVITY_SERIES: &str = "connectivity";
+
+/// Metadata key names and the idle timeout (configurable).
+#[derive(Debug, Clone)]
+pub struct EplConfig {
+    pub connected_key: String,
+    pub connectivity_ts_key: String,
+    /// `None`: endpoints stay connected while their session lives.
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for EplConfig {
+    fn default() -> Self {
+        Self {
+            connected_key: "connected".into(),
+            connectivity_ts_key: "connectivity_ts".into(),
+            idle_timeout: Some(Duration::from_secs(600)),
+        }
+    }
+}
+
+/// Which sessions use which endpoints, and when they last did (pure).
+#[derive(Debug, Default)]
+pub struct Presence {
+    /// session → endpoint id → (app version, last use)
+    uses: HashMap<SessionId, HashMap<String, (String, Instant)>>,
+}
+
+impl Presence {
+    fn users(&self, endpoint_id: &str) -> usize {
+        self.uses
+            .values()
+            .filter(|m| m.contains_key(endpoint_id))
+            .count()
+    }
+
+    /// Records a use; true when the endpoint just became connected.
+    pub fn use_endpoint(
+        &mut self,
+        session: SessionId,
+        endpoint_id: &str,
+        app_version: &str,
+        now: Instant,
+    ) -> bool {
+        let was_connected = self.users(endpoint_id) > 0;
+        self.uses
+            .entry(session)
+            .or_default()
+            .insert(endpoint_id.to_owned(), (app_version.to_owned(), now));
+        !was_connected
+    }
+
+    /// A session ended: the endpoints (with app version) that just became disconnected.
+    pub fn close_session(&mut self, session: SessionId) -> Vec<(String, String)> {
+        let Some(used) = self.uses.remove(&session) else {
+            return Vec::new();
+        };
+        used.into_iter()
+            .filter(|(ep, _)| self.users(ep) == 0)
+            .map(|(ep, (avn, _))| (ep, avn))
+            .collect()
+    }
+
+    /// Forgets uses older than `idle`: the endpoints that just became disconnected.
+    pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<(String, String)> {
+        let mut stale = Vec::new();
+        for m in self.uses.values_mut() {
+            m.retain(|ep, (avn, last)| {
+                let keep = now.duration_since(*last) < idle;
+                if !keep {
+                    stale.push((ep.clone(), avn.clone()));
+                }
+                keep
+            });
+        }
+        stale.sort();
+        stale.dedup();
+        stale
+            .into_iter()
+            .filter(|(ep, _)| self.users(ep) == 0)
+            .collect()
+    }
+}
+
+/// Applies connectivity transitions to storage and the bus; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Epl {
+    presence: Arc<Mutex<Presence>>,
+    store: StoreHandle,
+    bus: Arc<dyn EventBus>,
+    config: EplConfig,
+}
+
+impl Epl {
+    pub fn new(store: StoreHandle, bus: Arc<dyn EventBus>, config: EplConfig) -> Self {
+        Self {
+            presence: Arc::default(),
+            store,
+            bus,
+            config,
+        }
+    }
+
+    fn presence(&self) -> std::sync::MutexGuard<'_, Presence> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A session used an endpoint's token.
+    pub async fn touch(&self, session: SessionId, endpoint_id: &str, app_version: &str) {
+        let became =
+            self.presence()
+                .use_endpoint(session, endpoint_id, app_version, Instant::now());
+        if became {
+            self.transition(endpoint_id.to_owned(), app_version.to_owned(), true)
+                .await;
+        }
+    }
+
+    /// A session closed.
+    pub async fn session_closed(&self, session: SessionId) {
+        let gone = self.presence().close_session(session);
+        for (ep, avn) in gone {
+            self.transition(ep, avn, false).await;
+        }
+    }
+
+    /// Disconnects endpoints idle past the timeout; call periodically.
+    pub async fn sweep(&self) {
+        let Some(idle) = self.config.idle_timeout else {
+            return;
+        };
+        let gone = self.presence().expire(Instant::now(), idle);
+        for (ep, avn) in gone {
+            log::info!("epl: endpoint {ep} idle for {idle:?}: disconnected");
+            self.transition(ep, avn, false).await;
+        }
+    }
+
+    async fn transition(&self, endpoint_id: String, app_version: String, connected: bool) {
+        let ts = now_ms();
+        let rfc3339 = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts) * 1_000_000)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default();
+        let mut meta = Map::new();
+        meta.insert(self.config.connected_key.clone(), Value::Bool(connected));
+        meta.insert(
+            self.config.connectivity_ts_key.clone(),
+            Value::String(rfc3339),
+        );
+        let ep = endpoint_id.clone();
+        let written = self
+            .store
+            .call(move |c| {
+                epr::write_metadata(c, &ep, &meta, false)?;
+                let point = tsdb::DataPoint {
+                    series: CONNECTIVITY_SERIES.into(),
+                    ts_ms: ts,
+                    value: if connected { 1.0 } else { 0.0 },
+                };
+                tsdb::insert_points(c, &ep, &[point])
+            })
+            .await;
+        if let Err(e) = written {
+            log::error!("epl: connectivity of {endpoint_id} not recorded: {e}");
+        }
+        log::debug!(
+            "epl: endpoint {endpoint_id} {}",
+            if connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        );
+        self.bus.publish(if connected {
+            LifecycleEvent::Connected {
+                endpoint_id,
+                app_version,
+                timestamp_ms: ts,
+            }
+        } else {
+            LifecycleEvent::Disconnected {
+                endpoint_id,
+                app_version,
+                timestamp_ms: ts,
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_is_connected_while_any_session_uses_it() {
+        let mut p = Presence::default();
+        let t = Instant::now();
+        assert!(p.use_endpoint(1, "ep", "v", t));
+        assert!(
+            !p.use_endpoint(1, "ep", "v", t),
+            "second use by the same session"
+        );
+        assert!(
+            !p.use_endpoint(2, "ep", "v", t),
+            "already connected through session 1"
+        );
+        assert_eq!(p.close_session(1), vec![]);
+        assert_eq!(p.close_session(2), vec![("ep".into(), "v".into())]);
+        assert_eq!(p.close_session(2), vec![], "closing twice changes nothing");
+    }
+
+    #[test]
+    fn idle_endpoints_disconnect_but_busy_ones_stay() {
+        let mut p = Presence::default();
+        let t0 = Instant::now();
+        p.use_endpoint(1, "quiet", "v", t0);
+        p.use_endpoint(1, "busy", "v", t0);
+        p.use_endpoint(1, "busy", "v", t0 + Duration::from_secs(50));
+        let gone = p.expire(t0 + Duration::from_secs(61), Duration::from_secs(60));
+        assert_eq!(gone, vec![("quiet".into(), "v".into())]);
+        assert!(
+            p.use_endpoint(1, "quiet", "v", t0 + Duration::from_secs(70)),
+            "a new use reconnects"
+        );
+    }
+}
