@@ -92,12 +92,13 @@ class Core:
     PASSWORD = "dev-password"
     TOKENS = ["tok1", "tok2", "tok3"]
 
-    def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600):
+    def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600, extra_tokens=()):
         self.port = free_port()
         self.http_port = free_port()
         self.state = tmp / "state"
         endpoints = "\n".join(
-            f'[[core.endpoints]]\nid = "ep-{t}"\ntoken = "{t}"\napp_version = "{self.APP_VERSION}"\n' for t in self.TOKENS
+            f'[[core.endpoints]]\nid = "ep-{t}"\ntoken = "{t}"\napp_version = "{self.APP_VERSION}"\n'
+            for t in [*self.TOKENS, *extra_tokens]
         )
         self.config = tmp / "core.toml"
         self.config.write_text(
