@@ -178,7 +178,7 @@ impl UpstreamSession {
                         let delay = reconnect_delay(reconnect_failures, c.reconnect_max);
                         if connected {
                             log::warn!("upstream: connection lost: {e}; reconnecting");
-                        } else if reconnect_failures == 1 || reconnect_failures % 20 == 0 {
+                        } else if reconnect_failures == 1 || reconnect_failures.is_multiple_of(20) {
                             log::warn!("upstream: cannot connect to {}:{}: {e} (attempt {reconnect_failures}, next in {delay:?})", c.host, c.port);
                         }
                         connected = false;
