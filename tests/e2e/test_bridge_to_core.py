@@ -69,7 +69,9 @@ def test_samples_are_confirmed_and_leave_the_buffer(tmp_path, core):
     assert "client \"bridge-under-test\" connected" in core.proc.output()
     # Endpoint metadata was published on connect (10/EPMP update/keys).
     meta = dict(core.query("SELECT key, value FROM metadata WHERE endpoint_id='ep-tok1'"))
-    assert meta == {"location": '"roof"', "floor": "3"}
+    assert {k: meta[k] for k in ("location", "floor")} == {"location": '"roof"', "floor": "3"}
+    # EPL: the gateway's session used the token, then disconnected when it stopped.
+    assert meta["connected"] == "false"
     remaining = buffer_rows(tmp_path, "samples")
     assert len(remaining) <= 5, f"{len(remaining)} samples not confirmed after a clean stop"
 

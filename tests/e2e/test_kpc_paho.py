@@ -19,7 +19,7 @@ def client(core):
 def test_dcx_with_request_id_gets_an_empty_status_and_is_stored(core, client):
     outcome, body = client.request(f"kp1/{AVN}/dcx/tok1/json/7", [{"timestamp": 1700000000000, "temp": 21.5, "on": True}])
     assert (outcome, body) == ("status", b"")
-    rows = core.query("SELECT name, ts_ms, value FROM time_series WHERE endpoint_id = 'ep-tok1' ORDER BY name")
+    rows = core.query("SELECT name, ts_ms, value FROM time_series WHERE endpoint_id = 'ep-tok1' AND name LIKE 'auto~%' ORDER BY name")
     assert rows == [("auto~on", 1700000000000, 1.0), ("auto~temp", 1700000000000, 21.5)]
     raw = core.query("SELECT sample FROM data_samples WHERE endpoint_id = 'ep-tok1'")
     assert [json.loads(r[0]) for r in raw] == [{"timestamp": 1700000000000, "temp": 21.5, "on": True}]
@@ -88,11 +88,14 @@ def test_epmx_update_get_round_trip(client):
     assert client.request(f"{base}/update/keys/2", {"floor": 3}) == ("status", b"")
     outcome, body = client.request(f"{base}/get/3", b"")
     assert outcome == "status"
-    assert json.loads(body) == {"model": "thermo", "floor": 3, "tags": ["a", "b"]}
+    got = json.loads(body)
+    assert got.pop("connected") is True and "connectivity_ts" in got  # written by EPL
+    del got["connectivity_ts"]
+    assert got == {"model": "thermo", "floor": 3, "tags": ["a", "b"]}
     outcome, body = client.request(f"{base}/get/4", {"keys": ["floor", "absent"]})
     assert json.loads(body) == {"floor": 3}
     outcome, body = client.request(f"{base}/get/keys/5", b"")
-    assert sorted(json.loads(body)) == ["floor", "model", "tags"]
+    assert sorted(json.loads(body)) == ["connected", "connectivity_ts", "floor", "model", "tags"]
     assert client.request(f"{base}/delete/keys/6", ["tags"]) == ("status", b"")
     assert client.request(f"{base}/update/7", {"only": True}) == ("status", b"")
     assert json.loads(client.request(f"{base}/get/8", b"")[1]) == {"only": True}

@@ -95,7 +95,7 @@ def test_modbus_registers_reach_the_core_time_series_exactly(tmp_path, modbus_de
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
             rows = c.execute(
                 """SELECT ts.name, ts.value FROM time_series ts JOIN tokens t ON t.endpoint_id = ts.endpoint_id
-                   WHERE t.token = 'meter-1' ORDER BY ts.rowid"""
+                   WHERE t.token = 'meter-1' AND ts.name LIKE 'auto~%' ORDER BY ts.rowid"""
             ).fetchall()
         got = dict(rows)
         return got if set(got) == set(expected) else None
@@ -107,7 +107,8 @@ def test_modbus_registers_reach_the_core_time_series_exactly(tmp_path, modbus_de
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as c:
             meta = dict(c.execute("SELECT m.key, m.value FROM metadata m JOIN tokens t ON t.endpoint_id = m.endpoint_id WHERE t.token='meter-1'").fetchall())
             sample = json.loads(c.execute("SELECT sample FROM data_samples ORDER BY id LIMIT 1").fetchone()[0])
-        assert meta == {"vendor": '"acme"', "unit_id": "1", "bus": '"plant"'}
+        assert {k: meta[k] for k in ("vendor", "unit_id", "bus")} == {"vendor": '"acme"', "unit_id": "1", "bus": '"plant"'}
+        assert meta["connected"] == "true"  # EPL: the gateway's session uses the token
         assert set(sample) == {"timestamp"} | {n for n, *_ in POINTS}
     finally:
         code = gw.stop()
