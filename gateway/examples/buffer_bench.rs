@@ -107,6 +107,7 @@ async fn main() {
                 allow_anonymous: false,
             },
             http: None,
+            api: None,
             epl: Default::default(),
             max_payload_bytes: 1 << 20,
             applications: vec![epr::ApplicationSpec {

@@ -39,6 +39,8 @@ pub struct CoreConfig {
     pub mqtt: MqttListener,
     /// `None`: no HTTP listener.
     pub http: Option<HttpListener>,
+    /// The REST API's admin; `None`: no REST API.
+    pub api: Option<crate::api::AdminAuth>,
     /// Endpoint lifecycle (connectivity) settings.
     pub epl: crate::epl::EplConfig,
     pub max_payload_bytes: usize,

@@ -4,6 +4,7 @@
 //! [`Core::start`] opens the database, provisions what the config lists, binds the
 //! listeners and returns their addresses; everything stops on the given cancellation token.
 
+pub mod api;
 pub mod bus;
 pub mod ccm;
 pub mod config;
@@ -106,9 +107,14 @@ impl Core {
                         source,
                     })?;
             http_addr = Some(addr);
+            let api = config
+                .api
+                .clone()
+                .map(|auth| api::router(store.clone(), auth));
             http_task = Some(tokio::spawn(kpc::http::serve(
                 listener,
                 router.clone(),
+                api,
                 config.max_payload_bytes,
                 shutdown.clone(),
             )));

@@ -91,6 +91,7 @@ class Core:
     USER = "dev"
     PASSWORD = "dev-password"
     TOKENS = ["tok1", "tok2", "tok3"]
+    ADMIN_PASSWORD = "admin-password"
 
     def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600, extra_tokens=()):
         self.port = free_port()
@@ -114,6 +115,9 @@ allow_anonymous = {"true" if allow_anonymous else "false"}
 listen = "127.0.0.1:{self.http_port}"
 [core.epl]
 idle_timeout_secs = {idle_timeout_secs}
+[core.api]
+admin_username = "admin"
+admin_password_hash = "{hash_password(self.ADMIN_PASSWORD)}"
 [[core.applications]]
 name = "demo"
 versions = ["{self.APP_VERSION}"]

@@ -175,6 +175,8 @@ pub struct RawCore {
     pub http: Option<RawCoreHttp>,
     #[serde(default)]
     pub epl: RawCoreEpl,
+    /// The REST API's admin; absent: no REST API.
+    pub api: Option<RawCoreApi>,
     #[serde(default = "defaults::max_payload_bytes")]
     pub max_payload_bytes: usize,
     #[serde(default)]
@@ -209,6 +211,21 @@ impl Default for RawCoreMqtt {
             connect_timeout_secs: defaults::connect_timeout_secs(),
             allow_anonymous: false,
         }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreApi {
+    pub admin_username: String,
+    pub admin_password_hash: String,
+}
+
+impl std::fmt::Debug for RawCoreApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCoreApi")
+            .field("admin_username", &self.admin_username)
+            .finish_non_exhaustive()
     }
 }
 

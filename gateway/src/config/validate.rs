@@ -345,6 +345,20 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
             );
         }
     }
+    if let Some(a) = &c.api {
+        if a.admin_username.is_empty() {
+            e.add("core.api.admin_username", "must not be empty");
+        }
+        if let Err(msg) = platform_core::ccm::check_hash(&a.admin_password_hash) {
+            e.add("core.api.admin_password_hash", msg);
+        }
+        if c.http.is_none() {
+            e.add(
+                "core.api",
+                "the REST API is served on the HTTP listener: add [core.http]",
+            );
+        }
+    }
     if c.mqtt.max_packet_size < 1024 {
         e.add("core.mqtt.max_packet_size", "must be at least 1024 bytes");
     }
@@ -434,6 +448,10 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
             allow_anonymous: c.mqtt.allow_anonymous,
         },
         http,
+        api: c.api.as_ref().map(|a| platform_core::api::AdminAuth {
+            username: a.admin_username.clone(),
+            password_hash: a.admin_password_hash.clone(),
+        }),
         epl: platform_core::epl::EplConfig {
             connected_key: c.epl.connected_key.clone(),
             connectivity_ts_key: c.epl.connectivity_ts_key.clone(),

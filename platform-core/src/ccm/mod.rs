@@ -78,6 +78,17 @@ pub fn hash_password(password: &str) -> Result<String, StoreError> {
         .map_err(|e| StoreError::Invalid(format!("cannot hash password: {e}")))
 }
 
+/// Does `password` match the PHC `hash`? (CPU-heavy: call from a blocking thread.)
+pub fn verify_hash(hash: &str, password: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
 /// Checks that `hash` is a PHC string this build can verify.
 pub fn check_hash(hash: &str) -> Result<(), String> {
     PasswordHash::new(hash).map(|_| ()).map_err(|e| {

@@ -177,6 +177,31 @@ pub fn provision(
     Ok(())
 }
 
+/// The app version of an endpoint, if the endpoint exists.
+pub fn endpoint_app_version(
+    conn: &Connection,
+    endpoint_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT app_version FROM endpoints WHERE id = ?1",
+            [endpoint_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The application an app version belongs to.
+pub fn application_of(conn: &Connection, avn: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT application FROM app_versions WHERE name = ?1",
+            [avn],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
 /// Does this app version exist?
 pub fn app_version_exists(conn: &Connection, avn: &str) -> Result<bool, StoreError> {
     Ok(conn

@@ -75,14 +75,18 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((l, local))
 }
 
-/// Serves HTTP until `shutdown`.
+/// Serves HTTP (the 1/KP binding, and the REST API when given) until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    api: Option<HttpRouter>,
     max_payload_bytes: usize,
     shutdown: CancellationToken,
 ) {
-    let app = app(router, max_payload_bytes);
+    let mut app = app(router, max_payload_bytes);
+    if let Some(api) = api {
+        app = app.merge(api);
+    }
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
