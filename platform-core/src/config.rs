@@ -25,10 +25,23 @@ pub struct MqttListener {
     pub allow_anonymous: bool,
 }
 
-/// The HTTP listener (1/KP HTTP binding).
+/// The HTTP listener (1/KP binding, REST API, MQTT over WebSocket on `/ws`).
 #[derive(Debug, Clone)]
 pub struct HttpListener {
     pub listen: SocketAddr,
+    /// Serve MQTT over WebSocket on `/ws` (with the MQTT listener's limits).
+    pub websocket: bool,
+    /// Token-only WebSocket MQTT clients (no user name/password).
+    pub websocket_allow_anonymous: bool,
+}
+
+/// The MQTT/TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub files: crate::kpc::tls::TlsFiles,
+    /// Token-only clients without user name/password or client certificate.
+    pub allow_anonymous: bool,
 }
 
 /// Everything the core needs to start.
@@ -39,6 +52,12 @@ pub struct CoreConfig {
     pub mqtt: MqttListener,
     /// `None`: no HTTP listener.
     pub http: Option<HttpListener>,
+    /// `None`: no MQTT/TLS listener.
+    pub tls: Option<TlsListener>,
+    /// Per-key metadata restrictions for endpoints (EPMX).
+    pub epmx: crate::ext::EpmxPolicy,
+    /// Deadline of one extension call (over it: 504).
+    pub extension_timeout: Duration,
     /// The REST API's admin; `None`: no REST API.
     pub api: Option<crate::api::AdminAuth>,
     /// Endpoint lifecycle (connectivity) settings.

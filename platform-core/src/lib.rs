@@ -1,5 +1,6 @@
-//! Embedded Kaa-compatible platform core: the 1/KP codec, KPC (MQTT server), CCM, EPR,
-//! the DCX and EPMX extensions and their storage. Knows nothing of the gateway.
+//! Embedded Kaa-compatible platform core: the 1/KP codec, KPC (MQTT over TCP, TLS and
+//! WebSocket, HTTP), CCM, EPR, EPL, the DCX, EPMX, CMX and CEX extensions, their storage
+//! and the REST API. Knows nothing of the gateway.
 //!
 //! [`Core::start`] opens the database, provisions what the config lists, binds the
 //! listeners and returns their addresses; everything stops on the given cancellation token.
@@ -23,7 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::CoreConfig;
-use kpc::connection::ConnectionLimits;
+use kpc::connection::{ConnContext, ConnectionLimits};
 pub use store::{StoreError, StoreHandle};
 
 /// Errors that stop the core from starting.
@@ -36,6 +37,8 @@ pub enum CoreError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("MQTT/TLS listener: {0}")]
+    Tls(#[from] kpc::tls::TlsError),
     #[error("cannot listen for MQTT on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -50,6 +53,12 @@ pub struct Core {
     pub mqtt_addr: SocketAddr,
     /// Where the HTTP listener is bound, when configured.
     pub http_addr: Option<SocketAddr>,
+    /// Where the MQTT/TLS listener is bound, when configured.
+    pub tls_addr: Option<SocketAddr>,
+    /// Extension services (commands, configurations) and the live-session hub.
+    pub services: ext::Services,
+    /// KPC counters.
+    pub stats: kpc::stats::Stats,
     /// The event bus (9/ELCE lifecycle events).
     pub bus: std::sync::Arc<dyn bus::EventBus>,
     pub store: StoreHandle,
@@ -73,6 +82,11 @@ impl Core {
                 ccm::provision(c, &creds)
             })
             .await?;
+        let tls_acceptor = config
+            .tls
+            .as_ref()
+            .map(|t| kpc::tls::acceptor(&t.files))
+            .transpose()?;
         let (listener, mqtt_addr) =
             kpc::listener::bind(config.mqtt.listen)
                 .await
@@ -81,9 +95,20 @@ impl Core {
                     source,
                 })?;
         let bus: std::sync::Arc<dyn bus::EventBus> = std::sync::Arc::new(bus::LocalBus::new(1024));
+        let hub = kpc::hub::Hub::new();
+        let stats = kpc::stats::Stats::new();
+        let mut epmx = config.epmx.clone();
+        // EPL owns its connectivity keys: endpoints may read them, not write them.
+        for k in [&config.epl.connected_key, &config.epl.connectivity_ts_key] {
+            if !epmx.read_only.contains(k) {
+                epmx.read_only.push(k.clone());
+            }
+        }
+        let services =
+            ext::Services::new(store.clone(), hub.clone(), epmx, config.extension_timeout);
         let epl = epl::Epl::new(store.clone(), bus.clone(), config.epl.clone());
         let router =
-            kpc::Router::new(store.clone(), config.max_payload_bytes).with_epl(epl.clone());
+            kpc::Router::new(services.clone(), config.max_payload_bytes).with_epl(epl.clone());
         // Idle endpoints are disconnected by a periodic sweep.
         let sweep_stop = shutdown.clone();
         tokio::spawn(async move {
@@ -96,8 +121,18 @@ impl Core {
             }
         });
         let auth = ccm::Authenticator::new(store.clone(), config.mqtt.allow_anonymous);
+        let ctx = ConnContext {
+            router: router.clone(),
+            auth: auth.clone(),
+            hub: hub.clone(),
+            limits: ConnectionLimits {
+                max_packet_size: config.mqtt.max_packet_size,
+                connect_timeout: config.mqtt.connect_timeout,
+            },
+            stats: stats.clone(),
+        };
+        let mut tasks = Vec::new();
         let mut http_addr = None;
-        let mut http_task = None;
         if let Some(http) = &config.http {
             let (listener, addr) =
                 kpc::http::bind(http.listen)
@@ -107,34 +142,74 @@ impl Core {
                         source,
                     })?;
             http_addr = Some(addr);
-            let api = config
-                .api
-                .clone()
-                .map(|auth| api::router(store.clone(), auth));
-            http_task = Some(tokio::spawn(kpc::http::serve(
+            let mut extra = Vec::new();
+            if let Some(admin) = config.api.clone() {
+                extra.push(api::router(api::ApiContext {
+                    services: services.clone(),
+                    auth: admin,
+                    stats: stats.clone(),
+                }));
+            }
+            if http.websocket {
+                let mut ws_ctx = ctx.clone();
+                ws_ctx.auth = auth.with_anonymous(http.websocket_allow_anonymous);
+                extra.push(kpc::ws::routes(
+                    ws_ctx,
+                    config.mqtt.max_connections,
+                    shutdown.clone(),
+                ));
+            }
+            tasks.push(tokio::spawn(kpc::http::serve(
                 listener,
                 router.clone(),
-                api,
+                extra,
                 config.max_payload_bytes,
                 shutdown.clone(),
             )));
-            log::info!("platform core: HTTP (1/KP binding) listening on {addr}");
+            log::info!(
+                "platform core: HTTP listening on {addr} (1/KP binding{}{})",
+                if config.api.is_some() {
+                    ", REST API"
+                } else {
+                    ""
+                },
+                if http.websocket {
+                    ", MQTT over WebSocket on /ws"
+                } else {
+                    ""
+                }
+            );
         }
-        let limits = ConnectionLimits {
-            max_packet_size: config.mqtt.max_packet_size,
-            connect_timeout: config.mqtt.connect_timeout,
-        };
-        let mqtt_task = tokio::spawn(kpc::listener::run(
+        let mut tls_addr = None;
+        if let (Some(t), Some(acceptor)) = (&config.tls, tls_acceptor) {
+            let (listener, addr) =
+                kpc::listener::bind(t.listen)
+                    .await
+                    .map_err(|source| CoreError::Bind {
+                        addr: t.listen,
+                        source,
+                    })?;
+            tls_addr = Some(addr);
+            let mut tls_ctx = ctx.clone();
+            tls_ctx.auth = auth.with_anonymous(t.allow_anonymous);
+            tasks.push(tokio::spawn(kpc::listener::run(
+                listener,
+                tls_ctx,
+                Some(acceptor),
+                config.mqtt.max_connections,
+                shutdown.clone(),
+            )));
+            log::info!("platform core: MQTT/TLS listening on {addr}");
+        }
+        tasks.push(tokio::spawn(kpc::listener::run(
             listener,
-            router,
-            auth,
-            limits,
+            ctx,
+            None,
             config.mqtt.max_connections,
             shutdown,
-        ));
+        )));
         let task = tokio::spawn(async move {
-            let _ = mqtt_task.await;
-            if let Some(t) = http_task {
+            for t in tasks {
                 let _ = t.await;
             }
         });
@@ -145,6 +220,9 @@ impl Core {
         Ok(Self {
             mqtt_addr,
             http_addr,
+            tls_addr,
+            services,
+            stats,
             bus,
             store: core_store,
             task,

@@ -93,7 +93,9 @@ class Core:
     TOKENS = ["tok1", "tok2", "tok3"]
     ADMIN_PASSWORD = "admin-password"
 
-    def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600, extra_tokens=()):
+    def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600, extra_tokens=(),
+                 core_extra: str = "", extra: str = ""):
+        """`core_extra`: lines added to [core]; `extra`: whole sections added at the end."""
         self.port = free_port()
         self.http_port = free_port()
         self.state = tmp / "state"
@@ -108,6 +110,7 @@ class Core:
 state_dir = "{self.state}"
 log_level = "debug"
 [core]
+{core_extra}
 [core.mqtt]
 listen = "127.0.0.1:{self.port}"
 allow_anonymous = {"true" if allow_anonymous else "false"}
@@ -125,6 +128,7 @@ versions = ["{self.APP_VERSION}"]
 username = "{self.USER}"
 password_hash = "{hash_password(self.PASSWORD)}"
 {endpoints}
+{extra}
 """
         )
         self.proc = Proc("core", [str(BIN), "--config", str(self.config)], tmp / "core.log")
@@ -146,6 +150,29 @@ def core(tmp_path):
     yield c
     code = c.proc.stop()
     assert code == 0, f"core exited with {code}:\n{c.proc.output()}"
+
+
+    def api(self, method: str, path: str, body=None, auth=("admin", ADMIN_PASSWORD_DEFAULT), raw: bytes = None):
+        """A REST API call with curl: (status code, parsed JSON or None)."""
+        import json
+
+        args = ["curl", "-s", "-X", method, "-w", "\n%{http_code}", f"http://127.0.0.1:{self.http_port}{path}"]
+        if auth:
+            args += ["-u", f"{auth[0]}:{auth[1]}"]
+        if body is not None:
+            raw = json.dumps(body).encode()
+        if raw is not None:
+            args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        out = subprocess.run(args, input=raw, capture_output=True, timeout=60)
+        text, _, code = out.stdout.decode().rpartition("\n")
+        return int(code), (json.loads(text) if text else None)
+
+    def stop(self):
+        code = self.proc.stop()
+        assert code == 0, f"core exited with {code}:\n{self.proc.output()}"
+
+
+ADMIN_PASSWORD_DEFAULT = Core.ADMIN_PASSWORD
 
 
 @pytest.fixture

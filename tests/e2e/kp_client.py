@@ -9,17 +9,31 @@ import paho.mqtt.client as mqtt
 
 
 class KpClient:
-    def __init__(self, port: int, username=None, password=None, client_id: str = "test-client"):
+    def __init__(self, port: int, username=None, password=None, client_id: str = "test-client",
+                 transport: str = "tcp", tls: dict = None, clean_session: bool = True, will=None):
+        """`transport`: "tcp" or "websockets" (path /ws); `tls`: kwargs for paho's tls_set;
+        `will`: (topic, payload) of a will message."""
         self.messages: "queue.Queue[tuple[str, bytes]]" = queue.Queue()
         self.seen: list = []
         self._lock = threading.Lock()
         self.connack = None
         self._connected = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
+        self.disconnected = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,
+                                  transport=transport, clean_session=clean_session)
+        if transport == "websockets":
+            self.client.ws_set_options(path="/ws")
+        if tls is not None:
+            self.client.tls_set(**tls)
         if username is not None:
             self.client.username_pw_set(username, password)
+        if will is not None:
+            self.client.will_set(will[0], will[1], qos=1)
+        # Tests decide about reconnecting; paho must not do it behind their back.
+        self.client.reconnect_delay_set(60, 120)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
         if not self._connected.wait(10):
@@ -28,6 +42,9 @@ class KpClient:
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         self.connack = reason_code
         self._connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.disconnected.set()
 
     def _on_message(self, client, userdata, msg):
         with self._lock:

@@ -98,7 +98,13 @@ def test_epmx_update_get_round_trip(client):
     assert sorted(json.loads(body)) == ["connected", "connectivity_ts", "floor", "model", "tags"]
     assert client.request(f"{base}/delete/keys/6", ["tags"]) == ("status", b"")
     assert client.request(f"{base}/update/7", {"only": True}) == ("status", b"")
-    assert json.loads(client.request(f"{base}/get/8", b"")[1]) == {"only": True}
+    got = json.loads(client.request(f"{base}/get/8", b"")[1])
+    # A full replace keeps the keys endpoints may not write (EPL's connectivity keys).
+    assert sorted(got) == ["connected", "connectivity_ts", "only"] and got["only"] is True
+    e = error_of(client.request(f"{base}/update/keys/10", {"connected": False}))
+    assert e["statusCode"] == 403 and "not writable" in e["reasonPhrase"]
+    e = error_of(client.request(f"{base}/delete/keys/11", ["connectivity_ts"]))
+    assert e["statusCode"] == 403
     e = error_of(client.request(f"{base}/update/keys/9", {"bad key": 1}))
     assert e["statusCode"] == 400
 

@@ -177,8 +177,14 @@ pub struct RawCore {
     pub epl: RawCoreEpl,
     /// The REST API's admin; absent: no REST API.
     pub api: Option<RawCoreApi>,
+    /// The MQTT/TLS listener; absent: none.
+    pub tls: Option<RawCoreTls>,
+    #[serde(default)]
+    pub epmx: RawCoreEpmx,
     #[serde(default = "defaults::max_payload_bytes")]
     pub max_payload_bytes: usize,
+    #[serde(default = "defaults::extension_timeout_ms")]
+    pub extension_timeout_ms: u64,
     #[serde(default)]
     pub applications: Vec<platform_core::epr::ApplicationSpec>,
     #[serde(default)]
@@ -257,6 +263,32 @@ impl Default for RawCoreEpl {
 pub struct RawCoreHttp {
     #[serde(default = "defaults::core_http_listen")]
     pub listen: String,
+    /// MQTT over WebSocket on `/ws`.
+    #[serde(default = "defaults::yes")]
+    pub websocket: bool,
+    #[serde(default)]
+    pub websocket_allow_anonymous: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreTls {
+    #[serde(default = "defaults::core_tls_listen")]
+    pub listen: String,
+    pub cert_file: String,
+    pub key_file: String,
+    pub client_ca_file: Option<String>,
+    #[serde(default)]
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreEpmx {
+    #[serde(default)]
+    pub read_only_keys: Vec<String>,
+    #[serde(default)]
+    pub hidden_keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -416,6 +448,15 @@ pub mod defaults {
     }
     pub fn core_listen() -> String {
         "127.0.0.1:1883".into()
+    }
+    pub fn core_tls_listen() -> String {
+        "127.0.0.1:8883".into()
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn extension_timeout_ms() -> u64 {
+        10_000
     }
     pub fn connected_key() -> String {
         "connected".into()

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use platform_core::config::{HttpListener, MqttListener};
+use platform_core::config::{HttpListener, MqttListener, TlsListener};
 use platform_core::epr::is_valid_metadata_key;
 use platform_core::kp1::{AppVersionName, EndpointToken};
 use platform_core::CoreConfig;
@@ -333,7 +333,57 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
             );
             SocketAddr::from(([127, 0, 0, 1], 0))
         }),
+        websocket: h.websocket,
+        websocket_allow_anonymous: h.websocket_allow_anonymous,
     });
+    let tls = c.tls.as_ref().map(|t| TlsListener {
+        listen: SocketAddr::from_str(&t.listen).unwrap_or_else(|_| {
+            e.add(
+                "core.tls.listen",
+                format!("{:?} is not an IP:port address", t.listen),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }),
+        files: platform_core::kpc::tls::TlsFiles {
+            cert_file: resolve(state_dir, &t.cert_file),
+            key_file: resolve(state_dir, &t.key_file),
+            client_ca_file: t.client_ca_file.as_ref().map(|f| resolve(state_dir, f)),
+        },
+        allow_anonymous: t.allow_anonymous,
+    });
+    if let Some(t) = &tls {
+        let f = &t.files;
+        for (key, path) in [
+            ("cert_file", Some(&f.cert_file)),
+            ("key_file", Some(&f.key_file)),
+            ("client_ca_file", f.client_ca_file.as_ref()),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    e.add(
+                        format!("core.tls.{key}"),
+                        format!("{} is not a readable file", p.display()),
+                    );
+                }
+            }
+        }
+    }
+    for (list, keys) in [
+        ("read_only_keys", &c.epmx.read_only_keys),
+        ("hidden_keys", &c.epmx.hidden_keys),
+    ] {
+        for (i, k) in keys.iter().enumerate() {
+            if !is_valid_metadata_key(k) {
+                e.add(
+                    format!("core.epmx.{list}[{i}]"),
+                    format!("{k:?} must match ^[a-zA-Z0-9_]+$"),
+                );
+            }
+        }
+    }
+    if c.extension_timeout_ms == 0 {
+        e.add("core.extension_timeout_ms", "must be at least 1");
+    }
     for (key, v) in [
         ("connected_key", &c.epl.connected_key),
         ("connectivity_ts_key", &c.epl.connectivity_ts_key),
@@ -448,6 +498,12 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
             allow_anonymous: c.mqtt.allow_anonymous,
         },
         http,
+        tls,
+        epmx: platform_core::ext::EpmxPolicy {
+            read_only: c.epmx.read_only_keys.clone(),
+            hidden: c.epmx.hidden_keys.clone(),
+        },
+        extension_timeout: Duration::from_millis(c.extension_timeout_ms),
         api: c.api.as_ref().map(|a| platform_core::api::AdminAuth {
             username: a.admin_username.clone(),
             password_hash: a.admin_password_hash.clone(),

@@ -1,17 +1,24 @@
 //! The core's REST API under `/api/v1` (admin-authenticated JSON, Kaa-shaped), served on
-//! the core's HTTP listener next to the 1/KP binding. Documented in `platform-core/openapi.yaml`;
-//! a test keeps [`ROUTES`], the router and that document in step.
+//! the core's HTTP listener next to the 1/KP binding. Documented in
+//! `platform-core/openapi.yaml`; a test keeps [`ROUTES`], the router and that document in
+//! step.
 //!
-//! This first cut covers endpoints, their metadata and time-series queries; the rest of
-//! the API (applications, tokens, credentials, commands, configurations) comes with the
-//! matching services.
+//! Every route needs the admin's HTTP Basic credentials (checked by a middleware against
+//! an Argon2 hash; a verified header is remembered so Argon2 runs once per client, not per
+//! request). Errors are JSON `{"error": "<message>"}`. Registry and credential routes live
+//! in `manage`, commands and configurations in `control`, time series here.
 
-use std::collections::BTreeMap;
+mod control;
+mod manage;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde::Deserialize;
@@ -19,16 +26,52 @@ use serde_json::{json, Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::epr::{self, is_valid_metadata_key};
+use crate::epr;
+use crate::ext::Services;
+use crate::kpc::stats::Stats;
 use crate::store::{StoreError, StoreHandle};
 use crate::tsdb;
 
 /// Every route: (method, path as in the OpenAPI document).
 pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/api/v1/applications"),
+    ("post", "/api/v1/applications"),
+    ("get", "/api/v1/applications/{applicationName}"),
+    ("get", "/api/v1/applications/{applicationName}/app-versions"),
+    (
+        "post",
+        "/api/v1/applications/{applicationName}/app-versions",
+    ),
+    ("get", "/api/v1/endpoints"),
+    ("post", "/api/v1/endpoints"),
     ("get", "/api/v1/endpoints/{endpointId}"),
+    ("delete", "/api/v1/endpoints/{endpointId}"),
     ("get", "/api/v1/endpoints/{endpointId}/metadata"),
     ("put", "/api/v1/endpoints/{endpointId}/metadata"),
     ("patch", "/api/v1/endpoints/{endpointId}/metadata"),
+    ("get", "/api/v1/endpoints/{endpointId}/tokens"),
+    ("post", "/api/v1/endpoints/{endpointId}/tokens"),
+    ("put", "/api/v1/endpoints/{endpointId}/tokens/{token}/state"),
+    ("get", "/api/v1/credentials/basic"),
+    ("post", "/api/v1/credentials/basic"),
+    ("get", "/api/v1/credentials/basic/{username}"),
+    ("put", "/api/v1/credentials/basic/{username}/state"),
+    ("get", "/api/v1/credentials/x509"),
+    ("post", "/api/v1/credentials/x509"),
+    ("get", "/api/v1/credentials/x509/{fingerprint}"),
+    ("put", "/api/v1/credentials/x509/{fingerprint}/state"),
+    (
+        "post",
+        "/api/v1/endpoints/{endpointId}/commands/{commandType}",
+    ),
+    (
+        "get",
+        "/api/v1/endpoints/{endpointId}/commands/{commandType}/{commandId}",
+    ),
+    ("get", "/api/v1/endpoints/{endpointId}/config"),
+    ("put", "/api/v1/endpoints/{endpointId}/config"),
+    ("get", "/api/v1/endpoints/{endpointId}/config/{configName}"),
+    ("put", "/api/v1/endpoints/{endpointId}/config/{configName}"),
     (
         "get",
         "/api/v1/applications/{applicationName}/time-series/last",
@@ -37,6 +80,7 @@ pub const ROUTES: &[(&str, &str)] = &[
         "get",
         "/api/v1/applications/{applicationName}/time-series/data",
     ),
+    ("get", "/api/v1/kpc/stats"),
 ];
 
 /// Who may use the API: one admin user, checked against an Argon2 hash.
@@ -54,15 +98,41 @@ impl std::fmt::Debug for AdminAuth {
     }
 }
 
+/// What the API needs from the core.
+#[derive(Debug, Clone)]
+pub struct ApiContext {
+    pub services: Services,
+    pub auth: AdminAuth,
+    pub stats: Stats,
+}
+
+/// Most verified Authorization headers remembered.
+const VERIFIED_CACHE: usize = 16;
+
 #[derive(Clone)]
 struct Api {
     store: StoreHandle,
+    services: Services,
+    stats: Stats,
     auth: AdminAuth,
+    verified: Arc<Mutex<HashSet<String>>>,
 }
 
 /// An API error: a status and a clear message, as JSON `{"error": "..."}`.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad_request(msg: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, msg.into())
+    }
+    fn not_found(msg: impl Into<String>) -> Self {
+        Self(StatusCode::NOT_FOUND, msg.into())
+    }
+    fn conflict(msg: impl Into<String>) -> Self {
+        Self(StatusCode::CONFLICT, msg.into())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -78,17 +148,99 @@ impl IntoResponse for ApiError {
 }
 
 fn storage(e: StoreError) -> ApiError {
-    log::error!("api: storage failure: {e}");
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+    match e {
+        // Validation failures from the registry are the caller's fault.
+        StoreError::Invalid(msg) => ApiError::bad_request(msg),
+        e => {
+            log::error!("api: storage failure: {e}");
+            ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+        }
+    }
 }
 
 /// The API router (mounted by the HTTP listener).
-pub fn router(store: StoreHandle, auth: AdminAuth) -> Router {
+pub fn router(ctx: ApiContext) -> Router {
+    let api = Api {
+        store: ctx.services.store.clone(),
+        services: ctx.services,
+        stats: ctx.stats,
+        auth: ctx.auth,
+        verified: Arc::default(),
+    };
     Router::new()
-        .route("/api/v1/endpoints/{endpointId}", get(get_endpoint))
+        .route(
+            "/api/v1/applications",
+            get(manage::list_applications).post(manage::create_application),
+        )
+        .route(
+            "/api/v1/applications/{applicationName}",
+            get(manage::get_application),
+        )
+        .route(
+            "/api/v1/applications/{applicationName}/app-versions",
+            get(manage::list_app_versions).post(manage::create_app_version),
+        )
+        .route(
+            "/api/v1/endpoints",
+            get(manage::list_endpoints).post(manage::create_endpoint),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}",
+            get(manage::get_endpoint).delete(manage::delete_endpoint),
+        )
         .route(
             "/api/v1/endpoints/{endpointId}/metadata",
-            get(get_metadata).put(put_metadata).patch(patch_metadata),
+            get(manage::get_metadata)
+                .put(manage::put_metadata)
+                .patch(manage::patch_metadata),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}/tokens",
+            get(manage::list_tokens).post(manage::issue_token),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}/tokens/{token}/state",
+            put(manage::set_token_state),
+        )
+        .route(
+            "/api/v1/credentials/basic",
+            get(manage::list_basic).post(manage::create_basic),
+        )
+        .route(
+            "/api/v1/credentials/basic/{username}",
+            get(manage::get_basic),
+        )
+        .route(
+            "/api/v1/credentials/basic/{username}/state",
+            put(manage::set_basic_state),
+        )
+        .route(
+            "/api/v1/credentials/x509",
+            get(manage::list_x509).post(manage::create_x509),
+        )
+        .route(
+            "/api/v1/credentials/x509/{fingerprint}",
+            get(manage::get_x509),
+        )
+        .route(
+            "/api/v1/credentials/x509/{fingerprint}/state",
+            put(manage::set_x509_state),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}/commands/{commandType}",
+            post(control::send_command),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}/commands/{commandType}/{commandId}",
+            get(control::get_command),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}/config",
+            get(control::get_default_config).put(control::put_default_config),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}/config/{configName}",
+            get(control::get_named_config).put(control::put_named_config),
         )
         .route(
             "/api/v1/applications/{applicationName}/time-series/last",
@@ -98,10 +250,19 @@ pub fn router(store: StoreHandle, auth: AdminAuth) -> Router {
             "/api/v1/applications/{applicationName}/time-series/data",
             get(ts_data),
         )
-        .with_state(Api { store, auth })
+        .route("/api/v1/kpc/stats", get(control::kpc_stats))
+        .route_layer(middleware::from_fn_with_state(api.clone(), require_admin))
+        .with_state(api)
 }
 
-async fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+async fn require_admin(State(api): State<Api>, req: Request, next: Next) -> Response {
+    match authorize(&api, req.headers()).await {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn authorize(api: &Api, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     let denied = || {
         ApiError(
             StatusCode::UNAUTHORIZED,
@@ -112,6 +273,16 @@ async fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(denied)?;
+    // Only a digest of a verified header is kept, never the header itself.
+    let digest = crate::ccm::fingerprint_der(value.as_bytes());
+    let known = api
+        .verified
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&digest);
+    if known {
+        return Ok(());
+    }
     let encoded = value.strip_prefix("Basic ").ok_or_else(denied)?;
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded)
@@ -125,11 +296,15 @@ async fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
     let ok = tokio::task::spawn_blocking(move || crate::ccm::verify_hash(&hash, &password))
         .await
         .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(denied())
+    if !ok {
+        return Err(denied());
     }
+    let mut cache = api.verified.lock().unwrap_or_else(|p| p.into_inner());
+    if cache.len() >= VERIFIED_CACHE {
+        cache.clear();
+    }
+    cache.insert(digest);
+    Ok(())
 }
 
 async fn endpoint_app_version(api: &Api, id: &str) -> Result<String, ApiError> {
@@ -138,86 +313,7 @@ async fn endpoint_app_version(api: &Api, id: &str) -> Result<String, ApiError> {
         .call(move |c| epr::endpoint_app_version(c, &id2))
         .await
         .map_err(storage)?
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no endpoint {id:?}")))
-}
-
-async fn get_endpoint(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&api, &headers).await?;
-    let avn = endpoint_app_version(&api, &id).await?;
-    let id2 = id.clone();
-    let metadata = api
-        .store
-        .call(move |c| epr::metadata(c, &id2, None))
-        .await
-        .map_err(storage)?;
-    Ok(Json(
-        json!({"endpointId": id, "appVersion": {"name": avn}, "metadata": metadata}),
-    ))
-}
-
-async fn get_metadata(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&api, &headers).await?;
-    endpoint_app_version(&api, &id).await?;
-    let m = api
-        .store
-        .call(move |c| epr::metadata(c, &id, None))
-        .await
-        .map_err(storage)?;
-    Ok(Json(Value::Object(m)))
-}
-
-async fn write_metadata(
-    api: Api,
-    headers: HeaderMap,
-    id: String,
-    body: Value,
-    replace_all: bool,
-) -> Result<StatusCode, ApiError> {
-    authorize(&api, &headers).await?;
-    endpoint_app_version(&api, &id).await?;
-    let Value::Object(values) = body else {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            "metadata must be a JSON object".into(),
-        ));
-    };
-    if let Some(bad) = values.keys().find(|k| !is_valid_metadata_key(k)) {
-        return Err(ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("invalid metadata key {bad:?}: must match ^[a-zA-Z0-9_]+$"),
-        ));
-    }
-    api.store
-        .call(move |c| epr::write_metadata(c, &id, &values, replace_all))
-        .await
-        .map_err(storage)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-async fn put_metadata(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Json(body): Json<Value>,
-) -> Result<StatusCode, ApiError> {
-    write_metadata(api, headers, id, body, true).await
-}
-
-async fn patch_metadata(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    Json(body): Json<Value>,
-) -> Result<StatusCode, ApiError> {
-    write_metadata(api, headers, id, body, false).await
+        .ok_or_else(|| ApiError::not_found(format!("no endpoint {id:?}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,7 +333,7 @@ fn list(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn rfc3339(ms: i64) -> String {
+pub(crate) fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
@@ -261,12 +357,10 @@ fn parse_date(name: &str, v: &Option<String>, default: i64) -> Result<i64, ApiEr
 /// Kaa's shape: `[{"<endpointId>": {"<series>": [{"timestamp": "...", "values": {"value": v}}]}}]`.
 async fn time_series(
     api: Api,
-    headers: HeaderMap,
     app: String,
     q: TsQuery,
     last: bool,
 ) -> Result<Json<Value>, ApiError> {
-    authorize(&api, &headers).await?;
     let endpoints = list(&q.endpoint_id);
     let names = list(&q.time_series_name);
     if endpoints.is_empty() || names.is_empty() {
@@ -323,20 +417,18 @@ async fn time_series(
 
 async fn ts_last(
     State(api): State<Api>,
-    headers: HeaderMap,
     Path(app): Path<String>,
     Query(q): Query<TsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    time_series(api, headers, app, q, true).await
+    time_series(api, app, q, true).await
 }
 
 async fn ts_data(
     State(api): State<Api>,
-    headers: HeaderMap,
     Path(app): Path<String>,
     Query(q): Query<TsQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    time_series(api, headers, app, q, false).await
+    time_series(api, app, q, false).await
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Client credentials (CCM): basic username/password credentials, stored as Argon2 hashes.
+//! Client credentials (CCM): basic username/password credentials, stored as Argon2 hashes,
+//! and X.509 client certificates, known by their SHA-256 fingerprint.
 //!
 //! Plaintext passwords are never stored: config carries a PHC hash string
 //! (`kp-gateway hash-password` prints one). Verification is CPU-heavy by design, so
@@ -13,6 +14,7 @@ use argon2::Argon2;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
+pub use crate::kpc::hub::Identity;
 use crate::store::{StoreError, StoreHandle};
 
 /// A basic credential as provisioned from config.
@@ -59,14 +61,271 @@ impl Authenticator {
         }
     }
 
-    /// `None`: the client sent no username/password.
-    pub async fn check(&self, login: Option<(&str, &str)>) -> Result<Verdict, StoreError> {
-        match login {
-            None if self.allow_anonymous => Ok(Verdict::Accepted),
-            None => Ok(Verdict::NotAuthorized),
-            Some((user, password)) => verify_basic(&self.store, user, password).await,
+    /// A copy with another anonymous-access setting (one per listener).
+    pub fn with_anonymous(&self, allow_anonymous: bool) -> Self {
+        Self {
+            store: self.store.clone(),
+            allow_anonymous,
         }
     }
+
+    /// Checks a CONNECT. `login`: the user name and password, if sent; `cert`: the
+    /// fingerprint of the TLS client certificate, if one was presented. A presented
+    /// certificate must be registered (its state decides); otherwise the login decides.
+    pub async fn check(
+        &self,
+        login: Option<(&str, &str)>,
+        cert: Option<&str>,
+    ) -> Result<(Verdict, Identity), StoreError> {
+        if let Some(fp) = cert {
+            let verdict = verify_x509(&self.store, fp).await?;
+            return Ok((verdict, Identity::X509(fp.to_owned())));
+        }
+        match login {
+            None if self.allow_anonymous => Ok((Verdict::Accepted, Identity::Anonymous)),
+            None => Ok((Verdict::NotAuthorized, Identity::Anonymous)),
+            Some((user, password)) => Ok((
+                verify_basic(&self.store, user, password).await?,
+                Identity::Basic(user.to_owned()),
+            )),
+        }
+    }
+}
+
+/// The state of a credential or token (PROTOCOL.md §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    Inactive,
+    Active,
+    Suspended,
+    Revoked,
+}
+
+impl State {
+    /// The stored (lower-case) name.
+    pub fn as_db(self) -> &'static str {
+        match self {
+            Self::Inactive => "inactive",
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    pub fn from_db(s: &str) -> Result<Self, StoreError> {
+        match s {
+            "inactive" => Ok(Self::Inactive),
+            "active" => Ok(Self::Active),
+            "suspended" => Ok(Self::Suspended),
+            "revoked" => Ok(Self::Revoked),
+            other => Err(StoreError::Invalid(format!(
+                "unknown stored state {other:?}"
+            ))),
+        }
+    }
+
+    /// Whether `self → to` is allowed: `Inactive → Active` (first use, or by hand),
+    /// `Active ⇄ Suspended`, `Inactive → Suspended`, any state `→ Revoked` (final).
+    /// Setting the current state again is allowed (idempotent), except from `Revoked`.
+    pub fn can_become(self, to: State) -> bool {
+        use State::*;
+        match (self, to) {
+            (Revoked, _) => false,
+            (_, Revoked) => true,
+            (a, b) if a == b => true,
+            (Inactive, Active) | (Inactive, Suspended) => true,
+            (Active, Suspended) | (Suspended, Active) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether a session using something in this state must end.
+    pub fn cuts_sessions(self) -> bool {
+        matches!(self, Self::Suspended | Self::Revoked)
+    }
+}
+
+/// Why a state change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StateChangeError {
+    #[error("not found")]
+    NotFound,
+    #[error("cannot change state from {from:?} to {to:?}")]
+    NotAllowed { from: State, to: State },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Which credential table a state change applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Basic,
+    X509,
+}
+
+impl Kind {
+    fn table_and_key(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Basic => ("credentials_basic", "username"),
+            Self::X509 => ("credentials_x509", "fingerprint"),
+        }
+    }
+}
+
+/// Changes a credential's state following [`State::can_become`]; returns the old state.
+pub fn set_state(
+    conn: &Connection,
+    kind: Kind,
+    key: &str,
+    to: State,
+) -> Result<State, StateChangeError> {
+    let (table, col) = kind.table_and_key();
+    let from: Option<String> = conn
+        .query_row(
+            &format!("SELECT state FROM {table} WHERE {col} = ?1"),
+            [key],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(StoreError::from)?;
+    let from = State::from_db(&from.ok_or(StateChangeError::NotFound)?)?;
+    if !from.can_become(to) {
+        return Err(StateChangeError::NotAllowed { from, to });
+    }
+    conn.execute(
+        &format!("UPDATE {table} SET state = ?1 WHERE {col} = ?2"),
+        params![to.as_db(), key],
+    )
+    .map_err(StoreError::from)?;
+    Ok(from)
+}
+
+/// A credential as the REST API shows it (never the hash).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialInfo {
+    /// Username (basic) or fingerprint (X.509).
+    pub id: String,
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    pub created_ms: i64,
+}
+
+/// Lists credentials of one kind, or one of them (`key`).
+pub fn list(
+    conn: &Connection,
+    kind: Kind,
+    key: Option<&str>,
+) -> Result<Vec<CredentialInfo>, StoreError> {
+    let sql = match kind {
+        Kind::Basic => "SELECT username, state, NULL, created_ms FROM credentials_basic WHERE ?1 IS NULL OR username = ?1 ORDER BY username",
+        Kind::X509 => "SELECT fingerprint, state, subject, created_ms FROM credentials_x509 WHERE ?1 IS NULL OR fingerprint = ?1 ORDER BY fingerprint",
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([key], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, state, subject, created_ms) = row?;
+        out.push(CredentialInfo {
+            id,
+            state: State::from_db(&state)?,
+            subject,
+            created_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// Creates a basic credential (state `Inactive`); false when the username is taken.
+pub fn create_basic(conn: &Connection, username: &str, hash: &str) -> Result<bool, StoreError> {
+    if username.is_empty() || username.contains(':') {
+        return Err(StoreError::Invalid(
+            "a username must be non-empty and must not contain ':'".into(),
+        ));
+    }
+    check_hash(hash).map_err(StoreError::Invalid)?;
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO credentials_basic(username, password_hash, state, created_ms)
+         VALUES (?1, ?2, 'inactive', ?3)",
+        params![username, hash, crate::store::now_ms()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Normalises a SHA-256 fingerprint: 64 hex digits, colons allowed, any case.
+pub fn normalize_fingerprint(s: &str) -> Option<String> {
+    let hex: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+/// The SHA-256 fingerprint (lower-case hex) of a DER certificate.
+pub fn fingerprint_der(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Registers an X.509 credential (state `Inactive`); false when already registered.
+pub fn create_x509(
+    conn: &Connection,
+    fingerprint: &str,
+    subject: &str,
+) -> Result<bool, StoreError> {
+    let fp = normalize_fingerprint(fingerprint).ok_or_else(|| {
+        StoreError::Invalid(format!(
+            "{fingerprint:?} is not a SHA-256 fingerprint (64 hex digits)"
+        ))
+    })?;
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO credentials_x509(fingerprint, subject, state, created_ms)
+         VALUES (?1, ?2, 'inactive', ?3)",
+        params![fp, subject, crate::store::now_ms()],
+    )?;
+    Ok(n == 1)
+}
+
+/// Checks a client certificate fingerprint; an inactive one becomes active.
+pub async fn verify_x509(store: &StoreHandle, fingerprint: &str) -> Result<Verdict, StoreError> {
+    let fp = fingerprint.to_owned();
+    store
+        .call(move |c| {
+            let state: Option<String> = c
+                .query_row(
+                    "SELECT state FROM credentials_x509 WHERE fingerprint = ?1",
+                    [&fp],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(match state.as_deref() {
+                None => Verdict::NotAuthorized,
+                Some("suspended") | Some("revoked") => Verdict::NotAuthorized,
+                Some(s) => {
+                    if s == "inactive" {
+                        c.execute(
+                            "UPDATE credentials_x509 SET state = 'active' WHERE fingerprint = ?1",
+                            [&fp],
+                        )?;
+                    }
+                    Verdict::Accepted
+                }
+            })
+        })
+        .await
 }
 
 /// Hashes a password into an Argon2id PHC string.
@@ -107,9 +366,9 @@ pub fn provision(conn: &mut Connection, creds: &[BasicCredentialSpec]) -> Result
         }
         check_hash(&c.password_hash).map_err(StoreError::Invalid)?;
         tx.execute(
-            "INSERT INTO credentials_basic(username, password_hash, state) VALUES (?1, ?2, 'inactive')
+            "INSERT INTO credentials_basic(username, password_hash, state, created_ms) VALUES (?1, ?2, 'inactive', ?3)
              ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash",
-            params![c.username, c.password_hash],
+            params![c.username, c.password_hash, crate::store::now_ms()],
         )?;
     }
     tx.commit()?;
@@ -218,6 +477,55 @@ mod tests {
             .unwrap();
         assert_eq!(
             verify_basic(&store, "gw", "pw").await.unwrap(),
+            Verdict::NotAuthorized
+        );
+    }
+
+    #[test]
+    fn state_transitions_follow_the_protocol() {
+        use State::*;
+        assert!(Inactive.can_become(Active));
+        assert!(Active.can_become(Suspended));
+        assert!(Suspended.can_become(Active));
+        assert!(Active.can_become(Revoked));
+        assert!(!Revoked.can_become(Active));
+        assert!(!Revoked.can_become(Revoked));
+        assert!(!Active.can_become(Inactive));
+        assert!(!Suspended.can_become(Inactive));
+    }
+
+    #[tokio::test]
+    async fn x509_credentials_activate_on_first_use_and_refuse_when_suspended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StoreHandle::open(&dir.path().join("c.sqlite")).unwrap();
+        let fp = fingerprint_der(b"not really DER, any bytes hash");
+        let colons: String = fp
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).to_uppercase())
+            .collect::<Vec<_>>()
+            .join(":");
+        let fp2 = colons.clone();
+        assert!(store
+            .call(move |c| create_x509(c, &fp2, "CN=dev"))
+            .await
+            .unwrap());
+        assert_eq!(verify_x509(&store, &fp).await.unwrap(), Verdict::Accepted);
+        let fp3 = fp.clone();
+        let old = store
+            .call(move |c| {
+                set_state(c, Kind::X509, &fp3, State::Suspended)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(old, State::Active);
+        assert_eq!(
+            verify_x509(&store, &fp).await.unwrap(),
+            Verdict::NotAuthorized
+        );
+        assert_eq!(
+            verify_x509(&store, &"0".repeat(64)).await.unwrap(),
             Verdict::NotAuthorized
         );
     }

@@ -158,8 +158,8 @@ pub fn provision(
             params![id, ep.app_version, now_ms()],
         )?;
         tx.execute(
-            "INSERT INTO tokens(token, endpoint_id, state) VALUES (?1, ?2, 'inactive')",
-            params![ep.token, id],
+            "INSERT INTO tokens(token, endpoint_id, state, created_ms) VALUES (?1, ?2, 'inactive', ?3)",
+            params![ep.token, id, now_ms()],
         )?;
         for (k, v) in &ep.metadata {
             if !is_valid_metadata_key(k) {
@@ -300,6 +300,284 @@ pub fn delete_metadata_keys(
     }
     tx.commit()?;
     Ok(())
+}
+
+/// The tokens a push for `endpoint_id` may use: `(app version, token)` of tokens that are
+/// not suspended or revoked.
+pub fn push_tokens(
+    conn: &Connection,
+    endpoint_id: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.app_version, t.token FROM tokens t JOIN endpoints e ON e.id = t.endpoint_id
+         WHERE t.endpoint_id = ?1 AND t.state IN ('inactive', 'active') ORDER BY t.token",
+    )?;
+    let rows = stmt.query_map([endpoint_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Like [`write_metadata`], but a full replace leaves the keys in `keep` as they are.
+pub fn write_metadata_keeping(
+    conn: &mut Connection,
+    endpoint_id: &str,
+    values: &Map<String, Value>,
+    replace_all: bool,
+    keep: &[String],
+) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    if replace_all {
+        let existing: Vec<String> = {
+            let mut stmt = tx.prepare_cached("SELECT key FROM metadata WHERE endpoint_id = ?1")?;
+            let rows = stmt.query_map([endpoint_id], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for k in existing.iter().filter(|k| !keep.contains(k)) {
+            tx.execute(
+                "DELETE FROM metadata WHERE endpoint_id = ?1 AND key = ?2",
+                params![endpoint_id, k],
+            )?;
+        }
+    }
+    for (k, v) in values {
+        tx.execute(
+            "INSERT INTO metadata(endpoint_id, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT(endpoint_id, key) DO UPDATE SET value = excluded.value",
+            params![endpoint_id, k, v.to_string()],
+        )?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// All applications with their versions, by name.
+pub fn applications(conn: &Connection) -> Result<Vec<ApplicationSpec>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.name, v.name FROM applications a LEFT JOIN app_versions v ON v.application = a.name
+         ORDER BY a.name, v.name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    let mut out: Vec<ApplicationSpec> = Vec::new();
+    for row in rows {
+        let (app, version) = row?;
+        if out.last().is_none_or(|a| a.name != app) {
+            out.push(ApplicationSpec {
+                name: app,
+                versions: Vec::new(),
+            });
+        }
+        if let (Some(v), Some(a)) = (version, out.last_mut()) {
+            a.versions.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// An endpoint as the REST API lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointInfo {
+    pub endpoint_id: String,
+    pub app_version: String,
+    pub application: String,
+    pub created_ms: i64,
+}
+
+/// Endpoints, optionally only those of one application or app version.
+pub fn endpoints(
+    conn: &Connection,
+    application: Option<&str>,
+    app_version: Option<&str>,
+) -> Result<Vec<EndpointInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.id, e.app_version, v.application, e.created_ms
+         FROM endpoints e JOIN app_versions v ON v.name = e.app_version
+         WHERE (?1 IS NULL OR v.application = ?1) AND (?2 IS NULL OR e.app_version = ?2)
+         ORDER BY e.created_ms, e.id",
+    )?;
+    let rows = stmt.query_map(params![application, app_version], |r| {
+        Ok(EndpointInfo {
+            endpoint_id: r.get(0)?,
+            app_version: r.get(1)?,
+            application: r.get(2)?,
+            created_ms: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Creates an endpoint (ID given or a new UUID) with a first token (given or generated).
+/// Returns `(endpoint id, token)`.
+pub fn create_endpoint(
+    conn: &mut Connection,
+    app_version: &str,
+    id: Option<&str>,
+    token: Option<&str>,
+    metadata: &Map<String, Value>,
+) -> Result<(String, String), StoreError> {
+    let token = token.map_or_else(new_token, str::to_owned);
+    let id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    if endpoint_app_version(conn, &id)?.is_some() {
+        return Err(StoreError::Invalid(format!(
+            "endpoint {id:?} already exists"
+        )));
+    }
+    let spec = EndpointSpec {
+        id: Some(id.clone()),
+        token: token.clone(),
+        app_version: app_version.to_owned(),
+        metadata: metadata.clone(),
+    };
+    if token_owner(conn, &token)?.is_some() {
+        return Err(StoreError::Invalid("that token is already in use".into()));
+    }
+    provision(conn, &[], &[spec])?;
+    Ok((id, token))
+}
+
+/// A fresh random token (URL- and topic-safe).
+pub fn new_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The endpoint a token belongs to.
+pub fn token_owner(conn: &Connection, token: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT endpoint_id FROM tokens WHERE token = ?1",
+            [token],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Deletes an endpoint with its tokens, metadata, data, commands and configurations.
+pub fn delete_endpoint(conn: &mut Connection, id: &str) -> Result<bool, StoreError> {
+    let tx = conn.transaction()?;
+    for sql in [
+        "DELETE FROM tokens WHERE endpoint_id = ?1",
+        "DELETE FROM metadata WHERE endpoint_id = ?1",
+        "DELETE FROM data_samples WHERE endpoint_id = ?1",
+        "DELETE FROM time_series WHERE endpoint_id = ?1",
+        "DELETE FROM commands WHERE endpoint_id = ?1",
+        "DELETE FROM configs WHERE endpoint_id = ?1",
+        "DELETE FROM configs_applied WHERE endpoint_id = ?1",
+    ] {
+        tx.execute(sql, [id])?;
+    }
+    let n = tx.execute("DELETE FROM endpoints WHERE id = ?1", [id])?;
+    tx.commit()?;
+    Ok(n == 1)
+}
+
+/// A token as the REST API shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub token: String,
+    pub state: crate::ccm::State,
+    pub created_ms: i64,
+}
+
+/// The tokens of an endpoint.
+pub fn tokens(conn: &Connection, endpoint_id: &str) -> Result<Vec<TokenInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT token, state, created_ms FROM tokens WHERE endpoint_id = ?1 ORDER BY created_ms, token",
+    )?;
+    let rows = stmt.query_map([endpoint_id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (token, state, created_ms) = row?;
+        out.push(TokenInfo {
+            token,
+            state: crate::ccm::State::from_db(&state)?,
+            created_ms,
+        });
+    }
+    Ok(out)
+}
+
+/// Issues a new token for an existing endpoint (the endpoint ID stays the same).
+pub fn issue_token(
+    conn: &Connection,
+    endpoint_id: &str,
+    token: Option<&str>,
+) -> Result<String, StoreError> {
+    let token = token.map_or_else(new_token, str::to_owned);
+    EndpointToken::new(&token).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    if token_owner(conn, &token)?.is_some() {
+        return Err(StoreError::Invalid("that token is already in use".into()));
+    }
+    conn.execute(
+        "INSERT INTO tokens(token, endpoint_id, state, created_ms) VALUES (?1, ?2, 'inactive', ?3)",
+        params![token, endpoint_id, now_ms()],
+    )?;
+    Ok(token)
+}
+
+/// Changes a token's state (rules of [`crate::ccm::State::can_become`]); returns the old one.
+pub fn set_token_state(
+    conn: &Connection,
+    endpoint_id: &str,
+    token: &str,
+    to: crate::ccm::State,
+) -> Result<crate::ccm::State, crate::ccm::StateChangeError> {
+    let from: Option<String> = conn
+        .query_row(
+            "SELECT state FROM tokens WHERE token = ?1 AND endpoint_id = ?2",
+            params![token, endpoint_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(StoreError::from)?;
+    let from = crate::ccm::State::from_db(&from.ok_or(crate::ccm::StateChangeError::NotFound)?)?;
+    if !from.can_become(to) {
+        return Err(crate::ccm::StateChangeError::NotAllowed { from, to });
+    }
+    conn.execute(
+        "UPDATE tokens SET state = ?1 WHERE token = ?2",
+        params![to.as_db(), token],
+    )
+    .map_err(StoreError::from)?;
+    Ok(from)
+}
+
+/// Creates an application (idempotent); false when it already existed.
+pub fn create_application(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    if !is_valid_application_name(name) {
+        return Err(StoreError::Invalid(format!(
+            "invalid application name {name:?}: must match ^[a-z0-9_-]+$"
+        )));
+    }
+    Ok(conn.execute(
+        "INSERT OR IGNORE INTO applications(name) VALUES (?1)",
+        [name],
+    )? == 1)
+}
+
+/// Creates an app version of an existing application; false when it already existed.
+pub fn create_app_version(
+    conn: &mut Connection,
+    application: &str,
+    version: &str,
+) -> Result<bool, StoreError> {
+    let existed = app_version_exists(conn, version)?;
+    provision(
+        conn,
+        &[ApplicationSpec {
+            name: application.to_owned(),
+            versions: vec![version.to_owned()],
+        }],
+        &[],
+    )?;
+    Ok(!existed)
 }
 
 #[cfg(test)]

@@ -1,24 +1,55 @@
 //! Extension services behind KPC: maps an extension instance to its handler and runs it.
 //!
-//! Parsing is pure (in `dcx`, `epmx`); this module applies a parsed request to storage on
-//! the store thread and shapes the success payload of PROTOCOL.md §3.
+//! Parsing is pure (in `dcx`, `epmx`, `cmx`, `cex`); [`Services`] applies a parsed
+//! request to storage on the store thread, shapes the success payload of PROTOCOL.md §3,
+//! and originates server pushes (new commands, new configurations) through the hub.
+//! Every extension call has a deadline; past it the request fails with 504.
 
+pub mod cex;
+pub mod cmx;
 pub mod dcx;
 pub mod epmx;
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use serde_json::Value;
+use tokio::sync::broadcast;
 
 use crate::epr;
 use crate::kp1::Kp1Error;
+use crate::kpc::hub::Hub;
 use crate::store::{now_ms, StoreError, StoreHandle};
 use crate::tsdb;
+use cex::CexRequest;
+use cmx::CmxRequest;
 use epmx::EpmxRequest;
+
+/// Default deadline of one extension call (over it: 504).
+pub const DEFAULT_EXTENSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-key metadata restrictions for clients (EPMX); the REST API is not restricted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpmxPolicy {
+    /// Keys clients may read but not write or delete (403).
+    pub read_only: Vec<String>,
+    /// Keys clients can neither read nor write (left out of reads; writes get 403).
+    pub hidden: Vec<String>,
+}
+
+impl EpmxPolicy {
+    fn protected(&self, key: &str) -> bool {
+        self.read_only.iter().chain(&self.hidden).any(|k| k == key)
+    }
+}
 
 /// The kinds of extension this core implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtensionKind {
     Dcx,
     Epmx,
+    Cmx,
+    Cex,
 }
 
 impl ExtensionKind {
@@ -27,6 +58,8 @@ impl ExtensionKind {
         match instance {
             "dcx" => Some(Self::Dcx),
             "epmx" => Some(Self::Epmx),
+            "cmx" => Some(Self::Cmx),
+            "cex" => Some(Self::Cex),
             _ => None,
         }
     }
@@ -37,67 +70,290 @@ fn storage(e: StoreError) -> Kp1Error {
     Kp1Error::internal()
 }
 
-/// Runs one request; `Ok(payload)` is the success payload (empty for "no content").
-pub async fn handle(
-    store: &StoreHandle,
-    kind: ExtensionKind,
-    endpoint_id: String,
-    resource: &str,
-    payload: &[u8],
-) -> Result<Vec<u8>, Kp1Error> {
-    match kind {
-        ExtensionKind::Dcx => {
-            let now = now_ms();
-            let samples = if resource == "json" {
-                dcx::parse_json(payload, now)?
-            } else if let Some(metric) = resource.strip_prefix("plain/") {
-                vec![dcx::parse_plain(metric, payload, now)?]
-            } else {
-                return Err(Kp1Error::not_found(format!(
-                    "unknown dcx resource {resource:?}"
-                )));
-            };
-            if !samples.is_empty() {
-                store
-                    .call(move |c| tsdb::insert_samples(c, &endpoint_id, now, &samples))
-                    .await
-                    .map_err(storage)?;
-            }
-            Ok(Vec::new())
+/// The extension services, shared by KPC and the REST API; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Services {
+    pub store: StoreHandle,
+    pub hub: Hub,
+    epmx: EpmxPolicy,
+    timeout: Duration,
+    /// IDs of commands that just got their result (REST API waiters listen).
+    results: broadcast::Sender<i64>,
+}
+
+impl Services {
+    pub fn new(store: StoreHandle, hub: Hub, epmx: EpmxPolicy, timeout: Duration) -> Self {
+        Self {
+            store,
+            hub,
+            epmx,
+            timeout,
+            results: broadcast::channel(1024).0,
         }
-        ExtensionKind::Epmx => match epmx::parse(resource, payload)? {
+    }
+
+    /// Listens for command results (command IDs).
+    pub fn subscribe_results(&self) -> broadcast::Receiver<i64> {
+        self.results.subscribe()
+    }
+
+    /// Runs one request with the deadline; `Ok(payload)` is the success payload.
+    pub async fn handle(
+        &self,
+        kind: ExtensionKind,
+        endpoint_id: String,
+        resource: &str,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, Kp1Error> {
+        match tokio::time::timeout(self.timeout, self.run(kind, endpoint_id, resource, payload))
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                log::warn!(
+                    "extension {kind:?} did not answer within {:?}: 504",
+                    self.timeout
+                );
+                Err(Kp1Error::new(
+                    504,
+                    format!("extension timed out after {} ms", self.timeout.as_millis()),
+                ))
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        kind: ExtensionKind,
+        endpoint_id: String,
+        resource: &str,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, Kp1Error> {
+        let store = &self.store;
+        match kind {
+            ExtensionKind::Dcx => {
+                let now = now_ms();
+                let samples = if resource == "json" {
+                    dcx::parse_json(payload, now)?
+                } else if let Some(metric) = resource.strip_prefix("plain/") {
+                    vec![dcx::parse_plain(metric, payload, now)?]
+                } else {
+                    return Err(Kp1Error::not_found(format!(
+                        "unknown dcx resource {resource:?}"
+                    )));
+                };
+                if !samples.is_empty() {
+                    store
+                        .call(move |c| tsdb::insert_samples(c, &endpoint_id, now, &samples))
+                        .await
+                        .map_err(storage)?;
+                }
+                Ok(Vec::new())
+            }
+            ExtensionKind::Epmx => {
+                self.epmx(endpoint_id, epmx::parse(resource, payload)?)
+                    .await
+            }
+            ExtensionKind::Cmx => match cmx::parse(resource, payload)? {
+                CmxRequest::Config {
+                    name, config_id, ..
+                } => {
+                    let current = store
+                        .call(move |c| cmx::current(c, &endpoint_id, &name))
+                        .await
+                        .map_err(storage)?;
+                    Ok(cmx::response(current, config_id.as_deref())
+                        .to_string()
+                        .into_bytes())
+                }
+                CmxRequest::Applied {
+                    name,
+                    config_id,
+                    status_code,
+                    reason_phrase,
+                } => {
+                    if status_code >= 300 {
+                        log::warn!(
+                            "cmx: endpoint {endpoint_id} could not apply configuration {config_id:?}: {status_code} {}",
+                            reason_phrase.as_deref().unwrap_or("")
+                        );
+                    }
+                    store
+                        .call(move |c| {
+                            cmx::record_applied(
+                                c,
+                                &endpoint_id,
+                                &name,
+                                &config_id,
+                                status_code,
+                                reason_phrase.as_deref(),
+                                now_ms(),
+                            )
+                        })
+                        .await
+                        .map_err(storage)?;
+                    Ok(Vec::new())
+                }
+            },
+            ExtensionKind::Cex => match cex::parse(resource, payload)? {
+                CexRequest::Commands { command_type, .. } => {
+                    let pending = store
+                        .call(move |c| cex::take_pending(c, &endpoint_id, &command_type, now_ms()))
+                        .await
+                        .map_err(storage)?;
+                    Ok(cex::commands_payload(&pending))
+                }
+                CexRequest::Results {
+                    command_type,
+                    results,
+                } => {
+                    let closed = store
+                        .call(move |c| {
+                            cex::store_results(c, &endpoint_id, &command_type, &results, now_ms())
+                        })
+                        .await
+                        .map_err(storage)?;
+                    for id in closed {
+                        // Nobody waiting is fine.
+                        let _ = self.results.send(id);
+                    }
+                    Ok(Vec::new())
+                }
+            },
+        }
+    }
+
+    async fn epmx(&self, endpoint_id: String, req: EpmxRequest) -> Result<Vec<u8>, Kp1Error> {
+        let store = &self.store;
+        let policy = self.epmx.clone();
+        let forbidden = |k: &str| {
+            Kp1Error::forbidden(format!("metadata key {k:?} is not writable by endpoints"))
+        };
+        match req {
             EpmxRequest::GetKeys => {
                 let m = store
                     .call(move |c| epr::metadata(c, &endpoint_id, None))
                     .await
                     .map_err(storage)?;
-                let keys: Vec<&String> = m.keys().collect();
+                let keys: Vec<&String> = m.keys().filter(|k| !policy.hidden.contains(k)).collect();
                 Ok(serde_json::to_vec(&keys).unwrap_or_default())
             }
             EpmxRequest::Get(keys) => {
-                let m = store
+                let mut m = store
                     .call(move |c| epr::metadata(c, &endpoint_id, keys.as_deref()))
                     .await
                     .map_err(storage)?;
+                m.retain(|k, _| !policy.hidden.contains(k));
                 Ok(serde_json::to_vec(&Value::Object(m)).unwrap_or_default())
             }
             EpmxRequest::Update {
                 values,
                 replace_all,
             } => {
+                if let Some(k) = values.keys().find(|k| policy.protected(k)) {
+                    return Err(forbidden(k));
+                }
+                // A full replace keeps the keys endpoints may not touch.
+                let keep: Vec<String> = policy
+                    .read_only
+                    .iter()
+                    .chain(&policy.hidden)
+                    .cloned()
+                    .collect();
                 store
-                    .call(move |c| epr::write_metadata(c, &endpoint_id, &values, replace_all))
+                    .call(move |c| {
+                        epr::write_metadata_keeping(c, &endpoint_id, &values, replace_all, &keep)
+                    })
                     .await
                     .map_err(storage)?;
                 Ok(Vec::new())
             }
             EpmxRequest::DeleteKeys(keys) => {
+                if let Some(k) = keys.iter().find(|k| policy.protected(k)) {
+                    return Err(forbidden(k));
+                }
                 store
                     .call(move |c| epr::delete_metadata_keys(c, &endpoint_id, &keys))
                     .await
                     .map_err(storage)?;
                 Ok(Vec::new())
             }
-        },
+        }
+    }
+
+    /// Creates a command for an endpoint and pushes it to the endpoint's live sessions
+    /// (PROTOCOL.md §2). Returns the command ID.
+    pub async fn send_command(
+        &self,
+        endpoint_id: &str,
+        command_type: &str,
+        payload: Value,
+        ttl_ms: i64,
+    ) -> Result<i64, StoreError> {
+        let (ep, ty, body) = (
+            endpoint_id.to_owned(),
+            command_type.to_owned(),
+            payload.clone(),
+        );
+        let (id, tokens) = self
+            .store
+            .call(move |c| {
+                let id = cex::create(c, &ep, &ty, &body, now_ms(), ttl_ms)?;
+                Ok((id, epr::push_tokens(c, &ep)?))
+            })
+            .await?;
+        let push = Bytes::from(cex::commands_payload(&[(id, payload)]));
+        let reached = self.hub.push(
+            endpoint_id,
+            &tokens,
+            |avn, token| format!("kp1/{avn}/cex/{token}/command/{command_type}/status"),
+            &push,
+        );
+        log::debug!(
+            "cex: command {id} ({command_type}) for {endpoint_id} pushed to {reached} session(s)"
+        );
+        if reached > 0 {
+            self.store
+                .call(move |c| cex::mark_delivered(c, &[id], now_ms()))
+                .await?;
+        }
+        Ok(id)
+    }
+
+    /// Sets an endpoint's configuration and, when it changed, pushes it to the endpoint's
+    /// live sessions. Returns the configuration ID and whether it changed.
+    pub async fn put_config(
+        &self,
+        endpoint_id: &str,
+        name: &str,
+        body: Value,
+    ) -> Result<(String, bool), StoreError> {
+        let (ep, n, b) = (endpoint_id.to_owned(), name.to_owned(), body.clone());
+        let (config_id, changed, tokens) = self
+            .store
+            .call(move |c| {
+                let (id, changed) = cmx::put(c, &ep, &n, &b, now_ms())?;
+                Ok((id, changed, epr::push_tokens(c, &ep)?))
+            })
+            .await?;
+        if changed {
+            let push =
+                Bytes::from(serde_json::json!({"configId": config_id, "config": body}).to_string());
+            let suffix = if name.is_empty() {
+                String::new()
+            } else {
+                format!("/{name}")
+            };
+            let reached = self.hub.push(
+                endpoint_id,
+                &tokens,
+                |avn, token| format!("kp1/{avn}/cmx/{token}/config/json{suffix}/status"),
+                &push,
+            );
+            log::debug!(
+                "cmx: configuration {config_id} for {endpoint_id} pushed to {reached} session(s)"
+            );
+        }
+        Ok((config_id, changed))
     }
 }

@@ -4,7 +4,11 @@
 //! loop { read a packet or time out after 1.5 × keepalive (MQTT 3.1.1 §3.1.2.10) → act }.
 //! Requests are processed in arrival order, one at a time, so replies keep the order of
 //! requests. Malformed or oversized packets, protocol violations and idle timeouts close
-//! the connection; none of them affects other connections.
+//! the connection; none of them affects other connections (counted and logged with a rate
+//! limit, see [`super::stats`]). Will messages are accepted and never relayed; the retain
+//! flag is ignored (KPC is not a broker: nothing is stored for later subscribers).
+//! Clean sessions start empty; a persistent session (`clean session` = 0) is resumed from
+//! the hub, and its unacknowledged pushes are sent again (DUP) before anything else.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,8 +22,29 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::Hub;
 use super::router::Router;
+use super::stats::{Event, Stats};
 use crate::ccm::{Authenticator, Verdict};
 use crate::mqtt::session::{Action, CloseReason, Session};
+
+/// Everything a connection needs from its listener; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConnContext {
+    pub router: Router,
+    pub auth: Authenticator,
+    pub hub: Hub,
+    pub limits: ConnectionLimits,
+    pub stats: Stats,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// `tcp`, `tls` or `ws`, for logs.
+    pub transport: &'static str,
+    /// SHA-256 fingerprint of the TLS client certificate, when one was presented.
+    pub cert_fingerprint: Option<String>,
+}
 
 /// Per-connection limits, from the listener's config.
 #[derive(Debug, Clone, Copy)]
@@ -118,41 +143,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
     }
 }
 
-/// Serves one client until it disconnects, breaks the protocol, idles out or `shutdown`.
+/// Serves one client until it disconnects, breaks the protocol, idles out, is cut, or `shutdown`.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
-    peer: SocketAddr,
-    router: Router,
-    auth: Authenticator,
-    hub: Hub,
-    limits: ConnectionLimits,
+    peer: Peer,
+    ctx: ConnContext,
     shutdown: CancellationToken,
 ) {
     let mut conn = PacketReader {
         io,
         buf: BytesMut::with_capacity(4096),
-        max_packet_size: limits.max_packet_size,
+        max_packet_size: ctx.limits.max_packet_size,
     };
     let outcome = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = run(&mut conn, peer, &router, &auth, &hub, limits) => r,
+        r = run(&mut conn, &peer, &ctx) => r,
     };
+    let (addr, transport) = (peer.addr, peer.transport);
     match outcome {
-        Ok(()) => log::debug!("mqtt {peer}: closed"),
-        Err(ConnError::Eof) => log::debug!("mqtt {peer}: closed by peer"),
-        Err(e) => log::info!("mqtt {peer}: closing connection: {e}"),
+        Ok(()) => log::debug!("mqtt {transport} {addr}: closed"),
+        Err(ConnError::Eof) => log::debug!("mqtt {transport} {addr}: closed by peer"),
+        Err(ConnError::Idle) => log::info!(
+            "mqtt {transport} {addr}: closing connection: {}",
+            ConnError::Idle
+        ),
+        Err(e @ ConnError::TooLarge(_)) => ctx.stats.report(Event::Oversized, || {
+            format!("mqtt {transport} {addr}: closing connection: {e}")
+        }),
+        Err(e @ ConnError::Malformed(_)) => ctx.stats.report(Event::Malformed, || {
+            format!("mqtt {transport} {addr}: closing connection: {e}")
+        }),
+        Err(e @ ConnError::Io(_)) => log::debug!("mqtt {transport} {addr}: {e}"),
     }
     let _ = conn.io.shutdown().await;
 }
 
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PacketReader<S>,
-    peer: SocketAddr,
-    router: &Router,
-    auth: &Authenticator,
-    hub: &Hub,
-    limits: ConnectionLimits,
+    peer: &Peer,
+    ctx: &ConnContext,
 ) -> Result<(), ConnError> {
+    let (addr, transport) = (peer.addr, peer.transport);
+    let limits = ctx.limits;
     // Wait until the protocol name and level are readable, then refuse what we do not speak.
     let first = tokio::time::timeout(limits.connect_timeout, async {
         loop {
@@ -171,9 +203,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     .map_err(|_| ConnError::Idle)??;
     if let Some((name, level)) = first {
         if name != "MQTT" || level != 4 {
-            log::info!(
-                "mqtt {peer}: refusing protocol {name:?} level {level} (only MQTT 3.1.1 is served)"
-            );
+            ctx.stats.report(Event::ConnectRefused, || {
+                format!("mqtt {transport} {addr}: refusing protocol {name:?} level {level} (only MQTT 3.1.1 is served)")
+            });
             let ack = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
             return conn.send(&Packet::ConnAck(ack)).await;
         }
@@ -182,7 +214,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return Err(ConnError::Idle),
         Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => c,
         Ok(Ok(other)) => {
-            log::info!("mqtt {peer}: first packet is not CONNECT: {other:?}");
+            ctx.stats.report(Event::ProtocolViolation, || {
+                format!("mqtt {transport} {addr}: first packet is not CONNECT: {other:?}")
+            });
             return Ok(());
         }
         Ok(Err(e)) => return Err(e),
@@ -191,32 +225,75 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         .login
         .as_ref()
         .map(|l| (l.username.as_str(), l.password.as_str()));
-    let verdict = auth.check(login).await.unwrap_or_else(|e| {
-        log::error!("mqtt {peer}: credential check failed: {e}");
-        Verdict::NotAuthorized
-    });
-    let code = match verdict {
+    let (verdict, identity) = ctx
+        .auth
+        .check(login, peer.cert_fingerprint.as_deref())
+        .await
+        .unwrap_or_else(|e| {
+            log::error!("mqtt {transport} {addr}: credential check failed: {e}");
+            (Verdict::NotAuthorized, crate::ccm::Identity::Anonymous)
+        });
+    let mut code = match verdict {
         Verdict::Accepted => ConnectReturnCode::Success,
         Verdict::BadCredentials => ConnectReturnCode::BadUserNamePassword,
         Verdict::NotAuthorized => ConnectReturnCode::NotAuthorized,
     };
-    conn.send(&Packet::ConnAck(ConnAck::new(code, false)))
-        .await?;
+    let client_id = connect.client_id.clone();
+    // §3.1.3.1: a persistent session needs a client ID to be found again.
+    if code == ConnectReturnCode::Success && !connect.clean_session && client_id.is_empty() {
+        code = ConnectReturnCode::BadClientId;
+    }
     if code != ConnectReturnCode::Success {
-        log::info!(
-            "mqtt {peer}: CONNECT refused ({code:?}) for client {:?} user {:?}",
-            connect.client_id,
-            login.map(|l| l.0)
-        );
+        conn.send(&Packet::ConnAck(ConnAck::new(code, false)))
+            .await?;
+        ctx.stats.report(Event::ConnectRefused, || {
+            format!(
+                "mqtt {transport} {addr}: CONNECT refused ({code:?}) for client {client_id:?} as {identity:?}"
+            )
+        });
         return Ok(());
     }
-    log::info!("mqtt {peer}: client {:?} connected", connect.client_id);
+    let attached = ctx.hub.register(&client_id, identity.clone());
+    let registration = attached.registration;
+    let mut copies = attached.inbox;
+    let kill = attached.kill;
+    if !client_id.is_empty() {
+        // Takeover: give the old connection of this client ID a moment to park its session.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !ctx.hub.client_gone(&client_id, registration.id) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let parked = if client_id.is_empty() {
+        None
+    } else {
+        ctx.hub.take_parked(&client_id)
+    };
+    let (mut session, present) = match parked {
+        Some(s) if !connect.clean_session => (s, true),
+        _ => (Session::new(), false),
+    };
+    conn.send(&Packet::ConnAck(ConnAck::new(code, present)))
+        .await?;
+    log::info!(
+        "mqtt {transport} {addr}: client {client_id:?} connected as {identity:?}{}",
+        if present { " (session resumed)" } else { "" }
+    );
+    if connect.last_will.is_some() {
+        log::debug!("mqtt {transport} {addr}: will message accepted (KPC does not relay wills)");
+    }
+    if present {
+        registration.set_filters(session.subscriptions().to_vec());
+        for p in session.resume() {
+            conn.send(&p).await?;
+        }
+    }
     // §3.1.2.10: the server closes after 1.5 × keepalive without a packet; 0 disables it.
     let idle = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
-    let (registration, mut copies) = hub.register();
-    let mut session = Session::new();
     let mut deadline = idle.map(|d| Instant::now() + d);
+    let router = &ctx.router;
+    let hub = &ctx.hub;
     let outcome: Result<(), ConnError> = async {
     loop {
         tokio::select! {
@@ -234,10 +311,18 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                                     QoS::AtMostOnce => QoS::AtMostOnce,
                                     _ => QoS::AtLeastOnce,
                                 };
+                                if reply.topic.ends_with("/error") {
+                                    ctx.stats.report(Event::RequestError, || format!(
+                                        "mqtt {transport} {addr}: request on {} refused: {}",
+                                        publish.topic,
+                                        String::from_utf8_lossy(&reply.payload)
+                                    ));
+                                }
                                 let payload = Bytes::from(reply.payload);
                                 hub.fan_out(registration.id, &reply.topic, &payload);
-                                let out = session.publish(reply.topic, qos, payload);
-                                conn.send(&out).await?;
+                                if let Some(out) = session.publish(reply.topic, qos, payload) {
+                                    conn.send(&out).await?;
+                                }
                             }
                             if let Some(ack) = ack {
                                 conn.send(&ack).await?;
@@ -245,7 +330,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         Action::Close(CloseReason::ClientDisconnect) => return Ok(()),
                         Action::Close(CloseReason::ProtocolViolation(why)) => {
-                            log::info!("mqtt {peer}: protocol violation: {why}");
+                            ctx.stats.report(Event::ProtocolViolation, || {
+                                format!("mqtt {transport} {addr}: protocol violation, closing: {why}")
+                            });
                             return Ok(());
                         }
                     }
@@ -254,10 +341,19 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                     registration.set_filters(session.subscriptions().to_vec());
                 }
             }
-            // A copy of another session's reply that this session subscribed to.
-            Some(copy) = copies.recv() => {
-                let out = session.publish(copy.topic, copy.qos, copy.payload);
-                conn.send(&out).await?;
+            // A push for an endpoint this session used, or a copy of another session's reply.
+            Some(msg) = copies.recv() => {
+                if let Some(out) = session.publish(msg.topic, msg.qos, msg.payload) {
+                    conn.send(&out).await?;
+                }
+            }
+            // The token or credential this session uses was suspended or revoked, or the
+            // same client ID connected again.
+            _ = kill.cancelled() => {
+                ctx.stats.report(Event::SessionCut, || {
+                    format!("mqtt {transport} {addr}: session of client {client_id:?} ended by the server")
+                });
+                return Ok(());
             }
             // §3.1.2.10: nothing from the client for 1.5 × keepalive.
             _ = sleep_until_deadline(deadline) => return Err(ConnError::Idle),
@@ -265,8 +361,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
     }
     .await;
+    if !connect.clean_session {
+        ctx.hub.park(&client_id, session);
+    }
+    let sid = registration.id;
+    drop(registration);
     // EPL: the endpoints this session used may now be disconnected.
-    router.session_closed(registration.id).await;
+    router.session_closed(sid).await;
     outcome
 }
 

@@ -4,6 +4,7 @@
 //! (empty when it has none); an error is its status code with the 1/KP error JSON. Like
 //! Kaa, the endpoint is identified by the token in the path alone. Bodies over the
 //! configured payload limit are refused with 413 before they are read in full.
+//! The same listener carries the REST API and MQTT over WebSocket (`/ws`).
 
 use std::net::SocketAddr;
 
@@ -75,19 +76,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
     Ok((l, local))
 }
 
-/// Serves HTTP (the 1/KP binding, and the REST API when given) until `shutdown`.
+/// Serves HTTP (the 1/KP binding, plus `extra` routes: the REST API, `/ws`) until
+/// `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    api: Option<HttpRouter>,
+    extra: Vec<HttpRouter>,
     max_payload_bytes: usize,
     shutdown: CancellationToken,
 ) {
     let mut app = app(router, max_payload_bytes);
-    if let Some(api) = api {
-        app = app.merge(api);
+    for r in extra {
+        app = app.merge(r);
     }
-    if let Err(e) = axum::serve(listener, app)
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
     {

@@ -1,25 +1,37 @@
-//! Live sessions and their subscriptions, so a reply can also reach other subscribers.
+//! Live sessions: their subscriptions, the endpoints they used, and how to reach them.
 //!
-//! KPC is not a general broker, but Kaa users watch response topics from a second client
-//! (`mosquitto_sub` in one terminal, `mosquitto_pub` in another, as Kaa's own tutorials
-//! do). Decision (documented in DECISIONS.md): a reply always goes to the requesting
-//! session, and a copy goes to every *other* live session with a matching subscription.
+//! The hub is how anything outside a connection talks to it:
+//! - reply copies: a reply always goes to the requesting session, and a copy goes to every
+//!   *other* live session with a matching subscription (Kaa users watch response topics
+//!   with `mosquitto_sub` while `mosquitto_pub` sends; DECISIONS.md);
+//! - server pushes (7/CMP configs, 11/CEP commands): to every live session that used the
+//!   endpoint's token, subscribed or not, and to sessions subscribed to a matching filter
+//!   (PROTOCOL.md §2);
+//! - cutting sessions: when a token or a client credential is suspended or revoked, every
+//!   session using it is ended at once (PROTOCOL.md §6); a new CONNECT with a live client
+//!   ID takes the old connection over (MQTT 3.1.1 §3.1.4);
+//! - persistent sessions (`clean session` = 0) are parked here between connections.
 //!
-//! Back-pressure is per connection: copies go through a bounded channel with `try_send`;
-//! a subscriber that does not keep up loses copies (counted, logged), never stalls others.
+//! Back-pressure is per connection: messages go through a bounded channel with `try_send`;
+//! a session that does not keep up loses copies (counted, logged), never stalls others.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::mqtt::filter::matches;
+use crate::mqtt::session::Session;
 
-/// Capacity of each session's queue of copies.
-pub const OUTBOUND_CAPACITY: usize = 256;
+/// Capacity of each session's queue of copies and pushes.
+pub const OUTBOUND_CAPACITY: usize = 1024;
+/// Most persistent sessions kept while their clients are away; the oldest go first.
+pub const MAX_PARKED_SESSIONS: usize = 10_000;
 
 /// A message to publish to a session.
 #[derive(Debug, Clone)]
@@ -32,18 +44,47 @@ pub struct Outbound {
 /// Identifies one live session in the hub.
 pub type SessionId = u64;
 
+/// Who a session authenticated as (for cutting it when that credential changes state).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Anonymous,
+    Basic(String),
+    /// SHA-256 fingerprint of the client certificate (lower-case hex).
+    X509(String),
+}
+
 #[derive(Debug)]
 struct Entry {
+    client_id: String,
+    identity: Identity,
     filters: Vec<(String, QoS)>,
+    /// endpoint id → (app version, token) this session used for it.
+    used: HashMap<String, (String, String)>,
     tx: mpsc::Sender<Outbound>,
+    kill: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    live: HashMap<SessionId, Entry>,
+    parked: HashMap<String, (Instant, Session)>,
 }
 
 /// Registry of live sessions; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Hub {
-    inner: Arc<Mutex<HashMap<SessionId, Entry>>>,
+    inner: Arc<Mutex<State>>,
     next_id: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
+}
+
+/// What a new session gets from [`Hub::register`].
+#[derive(Debug)]
+pub struct Attached {
+    pub registration: Registration,
+    pub inbox: mpsc::Receiver<Outbound>,
+    /// Fires when the session must end (credential/token state change, takeover).
+    pub kill: CancellationToken,
 }
 
 impl Hub {
@@ -51,75 +92,196 @@ impl Hub {
         Self::default()
     }
 
-    /// Registers a session; it receives copies on the returned channel until the
-    /// [`Registration`] is dropped.
-    pub fn register(&self) -> (Registration, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every operation leaves the maps consistent, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session. A live session with the same non-empty client ID is ended
+    /// (takeover, MQTT 3.1.1 §3.1.4); wait for [`Hub::client_gone`] before resuming.
+    pub fn register(&self, client_id: &str, identity: Identity) -> Attached {
+        let (tx, inbox) = mpsc::channel(OUTBOUND_CAPACITY);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(
+        let kill = CancellationToken::new();
+        let mut st = self.lock();
+        if !client_id.is_empty() {
+            for e in st.live.values().filter(|e| e.client_id == client_id) {
+                log::info!("kpc: client {client_id:?} connected again: ending its old connection");
+                e.kill.cancel();
+            }
+        }
+        st.live.insert(
             id,
             Entry {
+                client_id: client_id.to_owned(),
+                identity,
                 filters: Vec::new(),
+                used: HashMap::new(),
                 tx,
+                kill: kill.clone(),
             },
         );
-        (
-            Registration {
+        Attached {
+            registration: Registration {
                 hub: self.clone(),
                 id,
             },
-            rx,
-        )
+            inbox,
+            kill,
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Entry>> {
-        // A panic while holding the lock cannot leave the map inconsistent (single ops).
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// True when no live session other than `me` has this client ID.
+    pub fn client_gone(&self, client_id: &str, me: SessionId) -> bool {
+        !self
+            .lock()
+            .live
+            .iter()
+            .any(|(id, e)| *id != me && e.client_id == client_id)
+    }
+
+    /// Keeps a persistent session's state until its client returns.
+    pub fn park(&self, client_id: &str, session: Session) {
+        let mut st = self.lock();
+        if st.parked.len() >= MAX_PARKED_SESSIONS && !st.parked.contains_key(client_id) {
+            let oldest = st
+                .parked
+                .iter()
+                .min_by_key(|(_, (t, _))| *t)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                log::warn!("kpc: too many persistent sessions parked: forgetting {k:?}");
+                st.parked.remove(&k);
+            }
+        }
+        st.parked
+            .insert(client_id.to_owned(), (Instant::now(), session));
+    }
+
+    /// Takes a parked session (`clean session` = 0 reconnect) or forgets it (= 1).
+    pub fn take_parked(&self, client_id: &str) -> Option<Session> {
+        self.lock().parked.remove(client_id).map(|(_, s)| s)
+    }
+
+    fn send(&self, e: &Entry, msg: Outbound) -> bool {
+        let topic = msg.topic.clone();
+        match e.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(_) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    log::warn!("kpc: a slow session missed {topic} ({n} messages dropped so far)");
+                }
+                false
+            }
+        }
     }
 
     /// Sends a copy of `topic`/`payload` to every session but `except` whose filters match.
     /// Returns how many sessions got a copy.
     pub fn fan_out(&self, except: SessionId, topic: &str, payload: &Bytes) -> usize {
-        let map = self.lock();
+        let st = self.lock();
         let mut sent = 0;
-        for (id, e) in map.iter() {
+        for (id, e) in st.live.iter() {
             if *id == except {
                 continue;
             }
-            let qos = e
-                .filters
-                .iter()
-                .filter(|(f, _)| matches(f, topic))
-                .map(|(_, q)| *q)
-                .max_by_key(|q| *q as u8);
-            let Some(qos) = qos else { continue };
+            let Some(qos) = granted(&e.filters, topic) else {
+                continue;
+            };
             let msg = Outbound {
                 topic: topic.to_owned(),
                 qos,
                 payload: payload.clone(),
             };
-            match e.tx.try_send(msg) {
-                Ok(()) => sent += 1,
-                Err(_) => {
-                    let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n.is_power_of_two() {
-                        log::warn!("kpc: a slow subscriber missed a copy of {topic} ({n} copies dropped so far)");
-                    }
+            if self.send(e, msg) {
+                sent += 1;
+            }
+        }
+        sent
+    }
+
+    /// Pushes a server message for `endpoint_id` (PROTOCOL.md §2): at QoS 1 to every live
+    /// session that used the endpoint (on the topic of the token it used), and to every
+    /// other session subscribed to the topic of one of `tokens` (app version, token).
+    /// `topic_for(app version, token)` builds the topic. Returns how many sessions got it.
+    pub fn push(
+        &self,
+        endpoint_id: &str,
+        tokens: &[(String, String)],
+        topic_for: impl Fn(&str, &str) -> String,
+        payload: &Bytes,
+    ) -> usize {
+        let st = self.lock();
+        let mut sent = 0;
+        for e in st.live.values() {
+            let msg = if let Some((avn, token)) = e.used.get(endpoint_id) {
+                Some(Outbound {
+                    topic: topic_for(avn, token),
+                    qos: QoS::AtLeastOnce,
+                    payload: payload.clone(),
+                })
+            } else {
+                tokens.iter().find_map(|(avn, token)| {
+                    let topic = topic_for(avn, token);
+                    granted(&e.filters, &topic).map(|qos| Outbound {
+                        topic,
+                        qos,
+                        payload: payload.clone(),
+                    })
+                })
+            };
+            if let Some(msg) = msg {
+                if self.send(e, msg) {
+                    sent += 1;
                 }
             }
         }
         sent
     }
 
-    /// Copies dropped because a subscriber's queue was full.
+    /// Ends every live session that used `token`. Returns how many.
+    pub fn cut_token(&self, token: &str) -> usize {
+        self.cut(|e| e.used.values().any(|(_, t)| t == token))
+    }
+
+    /// Ends every live session that used any token of `endpoint_id`. Returns how many.
+    pub fn cut_endpoint(&self, endpoint_id: &str) -> usize {
+        self.cut(|e| e.used.contains_key(endpoint_id))
+    }
+
+    /// Ends every live session that authenticated as `identity`. Returns how many.
+    pub fn cut_identity(&self, identity: &Identity) -> usize {
+        self.cut(|e| e.identity == *identity)
+    }
+
+    fn cut(&self, which: impl Fn(&Entry) -> bool) -> usize {
+        let st = self.lock();
+        let mut n = 0;
+        for e in st.live.values().filter(|e| which(e)) {
+            e.kill.cancel();
+            n += 1;
+        }
+        n
+    }
+
+    /// Messages dropped because a session's queue was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Number of live sessions.
     pub fn sessions(&self) -> usize {
-        self.lock().len()
+        self.lock().live.len()
     }
+}
+
+fn granted(filters: &[(String, QoS)], topic: &str) -> Option<QoS> {
+    filters
+        .iter()
+        .filter(|(f, _)| matches(f, topic))
+        .map(|(_, q)| *q)
+        .max_by_key(|q| *q as u8)
 }
 
 /// A session's place in the hub; unregisters on drop.
@@ -132,7 +294,7 @@ pub struct Registration {
 impl Registration {
     /// Replaces the session's subscription list in the hub.
     pub fn set_filters(&self, filters: Vec<(String, QoS)>) {
-        if let Some(e) = self.hub.lock().get_mut(&self.id) {
+        if let Some(e) = self.hub.lock().live.get_mut(&self.id) {
             e.filters = filters;
         }
     }
@@ -140,7 +302,31 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.lock().remove(&self.id);
+        self.hub.lock().live.remove(&self.id);
+    }
+}
+
+impl Hub {
+    /// Records that `session` used `token` (of `app_version`) for `endpoint_id`.
+    pub fn record_use(
+        &self,
+        session: SessionId,
+        endpoint_id: &str,
+        app_version: &str,
+        token: &str,
+    ) {
+        if let Some(e) = self.lock().live.get_mut(&session) {
+            let fresh = e
+                .used
+                .get(endpoint_id)
+                .is_none_or(|(a, t)| a != app_version || t != token);
+            if fresh {
+                e.used.insert(
+                    endpoint_id.to_owned(),
+                    (app_version.to_owned(), token.to_owned()),
+                );
+            }
+        }
     }
 }
 
@@ -148,38 +334,99 @@ impl Drop for Registration {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn copies_reach_matching_subscribers_but_not_the_sender() {
-        let hub = Hub::new();
-        let (a, mut rx_a) = hub.register();
-        let (b, mut rx_b) = hub.register();
-        let (_c, mut rx_c) = hub.register();
-        a.set_filters(vec![("kp1/#".into(), QoS::AtLeastOnce)]);
-        b.set_filters(vec![("kp1/+/dcx/+/json/+/status".into(), QoS::AtMostOnce)]);
-        let n = hub.fan_out(a.id, "kp1/v/dcx/t/json/1/status", &Bytes::from_static(b""));
-        assert_eq!(n, 1);
-        assert_eq!(rx_b.try_recv().unwrap().qos, QoS::AtMostOnce);
-        assert!(rx_a.try_recv().is_err());
-        assert!(rx_c.try_recv().is_err());
+    fn attach(hub: &Hub, client: &str) -> Attached {
+        hub.register(client, Identity::Anonymous)
     }
 
     #[tokio::test]
-    async fn a_full_subscriber_loses_copies_without_blocking() {
+    async fn copies_reach_matching_subscribers_but_not_the_sender() {
         let hub = Hub::new();
-        let (s, _rx) = hub.register();
-        s.set_filters(vec![("#".into(), QoS::AtMostOnce)]);
+        let mut a = attach(&hub, "a");
+        let mut b = attach(&hub, "b");
+        let mut c = attach(&hub, "c");
+        a.registration
+            .set_filters(vec![("kp1/#".into(), QoS::AtLeastOnce)]);
+        b.registration
+            .set_filters(vec![("kp1/+/dcx/+/json/+/status".into(), QoS::AtMostOnce)]);
+        let n = hub.fan_out(
+            a.registration.id,
+            "kp1/v/dcx/t/json/1/status",
+            &Bytes::from_static(b""),
+        );
+        assert_eq!(n, 1);
+        assert_eq!(b.inbox.try_recv().unwrap().qos, QoS::AtMostOnce);
+        assert!(a.inbox.try_recv().is_err());
+        assert!(c.inbox.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_session_loses_messages_without_blocking() {
+        let hub = Hub::new();
+        let s = attach(&hub, "s");
+        s.registration
+            .set_filters(vec![("#".into(), QoS::AtMostOnce)]);
         for _ in 0..OUTBOUND_CAPACITY + 5 {
             hub.fan_out(u64::MAX, "t", &Bytes::new());
         }
         assert_eq!(hub.dropped(), 5);
     }
 
-    #[test]
-    fn dropping_the_registration_removes_the_session() {
+    #[tokio::test]
+    async fn pushes_reach_users_of_the_token_and_subscribers_only() {
         let hub = Hub::new();
-        let (r, _rx) = hub.register();
+        let mut user = attach(&hub, "user");
+        let mut watcher = attach(&hub, "watcher");
+        let mut other = attach(&hub, "other");
+        hub.record_use(user.registration.id, "ep1", "v1", "tok");
+        hub.record_use(other.registration.id, "ep2", "v1", "tok2");
+        watcher
+            .registration
+            .set_filters(vec![("kp1/v1/cex/tok/#".into(), QoS::AtMostOnce)]);
+        let tokens = vec![("v1".to_owned(), "tok".to_owned())];
+        let n = hub.push(
+            "ep1",
+            &tokens,
+            |avn, t| format!("kp1/{avn}/cex/{t}/command/reboot/status"),
+            &Bytes::from_static(b"[]"),
+        );
+        assert_eq!(n, 2);
+        let got = user.inbox.try_recv().unwrap();
+        assert_eq!(got.topic, "kp1/v1/cex/tok/command/reboot/status");
+        assert_eq!(got.qos, QoS::AtLeastOnce);
+        assert_eq!(watcher.inbox.try_recv().unwrap().qos, QoS::AtMostOnce);
+        assert!(other.inbox.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn cutting_a_token_or_identity_fires_only_the_matching_sessions() {
+        let hub = Hub::new();
+        let a = hub.register("a", Identity::Basic("alice".into()));
+        let b = hub.register("b", Identity::Basic("bob".into()));
+        hub.record_use(a.registration.id, "ep1", "v1", "tok1");
+        assert_eq!(hub.cut_token("tok1"), 1);
+        assert!(a.kill.is_cancelled());
+        assert!(!b.kill.is_cancelled());
+        assert_eq!(hub.cut_identity(&Identity::Basic("bob".into())), 1);
+        assert!(b.kill.is_cancelled());
+    }
+
+    #[test]
+    fn a_second_connect_with_the_same_client_id_ends_the_first() {
+        let hub = Hub::new();
+        let first = attach(&hub, "dev");
+        let second = attach(&hub, "dev");
+        assert!(first.kill.is_cancelled());
+        assert!(!hub.client_gone("dev", second.registration.id));
+        drop(first);
+        assert!(hub.client_gone("dev", second.registration.id));
         assert_eq!(hub.sessions(), 1);
-        drop(r);
-        assert_eq!(hub.sessions(), 0);
+    }
+
+    #[test]
+    fn parked_sessions_are_taken_once() {
+        let hub = Hub::new();
+        hub.park("dev", Session::new());
+        assert!(hub.take_parked("dev").is_some());
+        assert!(hub.take_parked("dev").is_none());
     }
 }

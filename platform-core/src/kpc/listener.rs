@@ -1,33 +1,33 @@
-//! The plain-TCP MQTT listener: accepts connections and spawns one task per connection.
+//! The MQTT listeners over TCP and TLS: accept connections, spawn one task per connection.
 //!
 //! Connections beyond `max_connections` are closed at once (before CONNECT is read), so
-//! a flood cannot exhaust memory. On shutdown the listener stops accepting and waits for
-//! its connections to close (each sees the same cancellation token).
+//! a flood cannot exhaust memory. A TLS handshake must finish within the connect timeout;
+//! a failed handshake is counted and logged (rate-limited) and affects no one else. On
+//! shutdown the listener stops accepting and waits for its connections to close (each
+//! sees the same cancellation token).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{serve, ConnectionLimits};
-use super::hub::Hub;
-use super::router::Router;
-use crate::ccm::Authenticator;
+use super::connection::{serve, ConnContext, Peer};
+use super::stats::Event;
+use crate::ccm::fingerprint_der;
 
-/// Accepts MQTT clients on `listener` until `shutdown` fires.
+/// Accepts MQTT clients on `listener` until `shutdown` fires; TLS when `tls` is given.
 pub async fn run(
     listener: TcpListener,
-    router: Router,
-    auth: Authenticator,
-    limits: ConnectionLimits,
+    ctx: ConnContext,
+    tls: Option<TlsAcceptor>,
     max_connections: usize,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
-    let hub = Hub::new();
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -44,14 +44,22 @@ pub async fn run(
                     }
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    log::warn!("mqtt connection from {peer} refused: limit of {max_connections} connections reached");
+                    ctx.stats.report(Event::ConnectionLimit, || format!(
+                        "mqtt connection from {peer} refused: limit of {max_connections} connections reached"
+                    ));
                     drop(stream);
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (router, auth, hub, shutdown) = (router.clone(), auth.clone(), hub.clone(), shutdown.clone());
+                let (ctx, tls, shutdown) = (ctx.clone(), tls.clone(), shutdown.clone());
                 conns.spawn(async move {
-                    serve(stream, peer, router, auth, hub, limits, shutdown).await;
+                    match tls {
+                        None => {
+                            let who = Peer { addr: peer, transport: "tcp", cert_fingerprint: None };
+                            serve(stream, who, ctx, shutdown).await;
+                        }
+                        Some(acceptor) => serve_tls(stream, peer, acceptor, ctx, shutdown).await,
+                    }
                     drop(permit);
                 });
             }
@@ -62,7 +70,43 @@ pub async fn run(
     while conns.join_next().await.is_some() {}
 }
 
-/// Binds the listener (port 0 picks a free port) and returns it with its address.
+async fn serve_tls(
+    stream: TcpStream,
+    addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    ctx: ConnContext,
+    shutdown: CancellationToken,
+) {
+    let handshake = tokio::time::timeout(ctx.limits.connect_timeout, acceptor.accept(stream));
+    let tls = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        r = handshake => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                ctx.stats.report(Event::TransportError, || format!("mqtt tls {addr}: handshake failed: {e}"));
+                return;
+            }
+            Err(_) => {
+                ctx.stats.report(Event::TransportError, || format!("mqtt tls {addr}: handshake timed out"));
+                return;
+            }
+        },
+    };
+    let cert_fingerprint = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .map(|c| fingerprint_der(c.as_ref()));
+    let who = Peer {
+        addr,
+        transport: "tls",
+        cert_fingerprint,
+    };
+    serve(tls, who, ctx, shutdown).await;
+}
+
+/// Binds a listener (port 0 picks a free port) and returns it with its address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind(addr).await?;
     let local = l.local_addr()?;

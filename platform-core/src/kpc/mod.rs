@@ -5,5 +5,8 @@ pub mod http;
 pub mod hub;
 pub mod listener;
 pub mod router;
+pub mod stats;
+pub mod tls;
+pub mod ws;
 
 pub use router::{Reply, Router};

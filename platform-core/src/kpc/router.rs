@@ -6,7 +6,7 @@
 use super::hub::SessionId;
 use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
-use crate::ext::{self, ExtensionKind};
+use crate::ext::{ExtensionKind, Services};
 use crate::kp1::{Direction, Kp1Error, Kp1Topic};
 use crate::store::StoreHandle;
 
@@ -21,15 +21,17 @@ pub struct Reply {
 #[derive(Debug, Clone)]
 pub struct Router {
     store: StoreHandle,
+    services: Services,
     max_payload_bytes: usize,
     /// Connectivity tracking of endpoints used by MQTT sessions.
     epl: Option<Epl>,
 }
 
 impl Router {
-    pub fn new(store: StoreHandle, max_payload_bytes: usize) -> Self {
+    pub fn new(services: Services, max_payload_bytes: usize) -> Self {
         Self {
-            store,
+            store: services.store.clone(),
+            services,
             max_payload_bytes,
             epl: None,
         }
@@ -136,8 +138,17 @@ impl Router {
         })?;
         let endpoint_id = match lookup {
             TokenLookup::Active { endpoint_id } => {
-                if let (Some(epl), Some(s)) = (&self.epl, session) {
-                    epl.touch(s, &endpoint_id, t.app_version.as_str()).await;
+                if let Some(s) = session {
+                    // Pushes for this endpoint now reach this session (PROTOCOL.md §2).
+                    self.services.hub.record_use(
+                        s,
+                        &endpoint_id,
+                        t.app_version.as_str(),
+                        t.token.as_str(),
+                    );
+                    if let Some(epl) = &self.epl {
+                        epl.touch(s, &endpoint_id, t.app_version.as_str()).await;
+                    }
                 }
                 endpoint_id
             }
@@ -153,6 +164,8 @@ impl Router {
                 ))
             }
         };
-        ext::handle(&self.store, kind, endpoint_id, &t.resource, payload).await
+        self.services
+            .handle(kind, endpoint_id, &t.resource, payload)
+            .await
     }
 }

@@ -8,9 +8,14 @@
 //!   before that makes the client resend it (at-least-once, MQTT 3.1.1 §4.3.2);
 //! - a QoS 2 request is processed once per packet ID: PUBREC is sent after processing and
 //!   the ID is remembered until PUBREL, so a resend with DUP is acknowledged, not re-run;
-//! - packet IDs of our own QoS 1 publishes are unique among those awaiting PUBACK.
+//! - packet IDs of our own QoS 1 publishes are unique among those awaiting PUBACK;
+//! - at most [`MAX_OUTGOING_INFLIGHT`] QoS 1 publishes await PUBACK (the in-flight window);
+//!   more wait in a bounded queue and go out, in order, as PUBACKs free the window;
+//! - a persistent session (`clean session` = 0) keeps its subscriptions, unacknowledged
+//!   publishes and queue across connections; [`Session::resume`] resends the
+//!   unacknowledged ones with DUP set (MQTT 3.1.1 §4.4).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::v4::{
@@ -41,8 +46,10 @@ pub enum Action {
     Close(CloseReason),
 }
 
-/// Upper bound on our own unacknowledged QoS 1 publishes per session.
+/// Upper bound on our own unacknowledged QoS 1 publishes per session (in-flight window).
 pub const MAX_OUTGOING_INFLIGHT: usize = 100;
+/// Upper bound on QoS 1 publishes waiting for the window; beyond it the oldest is dropped.
+pub const MAX_QUEUED: usize = 1000;
 
 /// Session state of one connected client.
 #[derive(Debug)]
@@ -55,6 +62,10 @@ pub struct Session {
     outgoing: BTreeMap<u16, Publish>,
     /// QoS 2 packet IDs received and processed, awaiting PUBREL.
     incoming_qos2: HashSet<u16>,
+    /// QoS 1 publishes waiting for room in the in-flight window.
+    queued: VecDeque<Publish>,
+    /// Publishes dropped because the queue was full.
+    dropped: u64,
 }
 
 impl Default for Session {
@@ -70,7 +81,39 @@ impl Session {
             last_pkid: 0,
             outgoing: BTreeMap::new(),
             incoming_qos2: HashSet::new(),
+            queued: VecDeque::new(),
+            dropped: 0,
         }
+    }
+
+    /// A persistent session's client is back: the packets to send again, in order —
+    /// unacknowledged publishes with DUP set, then what the window has room for.
+    pub fn resume(&mut self) -> Vec<Packet> {
+        let mut out: Vec<Packet> = self
+            .outgoing
+            .values()
+            .map(|p| {
+                let mut p = p.clone();
+                p.dup = true;
+                Packet::Publish(p)
+            })
+            .collect();
+        out.extend(self.release());
+        out
+    }
+
+    /// Moves queued publishes into the window while it has room.
+    fn release(&mut self) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while self.outgoing.len() < MAX_OUTGOING_INFLIGHT {
+            let Some(mut p) = self.queued.pop_front() else {
+                break;
+            };
+            p.pkid = self.next_pkid();
+            self.outgoing.insert(p.pkid, p.clone());
+            out.push(Packet::Publish(p));
+        }
+        out
     }
 
     /// Reacts to one packet from the client.
@@ -84,12 +127,14 @@ impl Session {
             }
             Packet::PubAck(ack) => {
                 self.outgoing.remove(&ack.pkid);
-                vec![]
+                self.release().into_iter().map(Action::Send).collect()
             }
             Packet::PubRec(rec) => {
                 // We never publish QoS 2, but answer correctly if a client treats ours so.
                 self.outgoing.remove(&rec.pkid);
-                vec![Action::Send(Packet::PubRel(PubRel::new(rec.pkid)))]
+                let mut out = vec![Action::Send(Packet::PubRel(PubRel::new(rec.pkid)))];
+                out.extend(self.release().into_iter().map(Action::Send));
+                out
             }
             Packet::PubComp(_) => vec![],
             Packet::Subscribe(sub) => {
@@ -165,17 +210,36 @@ impl Session {
             .max_by_key(|q| *q as u8)
     }
 
-    /// Builds a PUBLISH to this client. QoS 2 is sent as QoS 1; when too many QoS 1
-    /// publishes await PUBACK, the message goes at QoS 0 rather than being held back.
-    pub fn publish(&mut self, topic: String, qos: QoS, payload: Bytes) -> Packet {
+    /// Builds a PUBLISH to this client, or queues it when the in-flight window is full
+    /// (`None`; it goes out when a PUBACK frees the window). QoS 2 is sent as QoS 1.
+    pub fn publish(&mut self, topic: String, qos: QoS, payload: Bytes) -> Option<Packet> {
         let mut p = Publish::from_bytes(topic, QoS::AtMostOnce, payload);
-        if qos != QoS::AtMostOnce && self.outgoing.len() < MAX_OUTGOING_INFLIGHT {
-            let pkid = self.next_pkid();
-            p.qos = QoS::AtLeastOnce;
-            p.pkid = pkid;
-            self.outgoing.insert(pkid, p.clone());
+        if qos == QoS::AtMostOnce {
+            return Some(Packet::Publish(p));
         }
-        Packet::Publish(p)
+        p.qos = QoS::AtLeastOnce;
+        if self.outgoing.len() < MAX_OUTGOING_INFLIGHT && self.queued.is_empty() {
+            p.pkid = self.next_pkid();
+            self.outgoing.insert(p.pkid, p.clone());
+            return Some(Packet::Publish(p));
+        }
+        if self.queued.len() >= MAX_QUEUED {
+            self.queued.pop_front();
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                log::warn!(
+                    "mqtt: a client is not acknowledging: {} queued messages dropped",
+                    self.dropped
+                );
+            }
+        }
+        self.queued.push_back(p);
+        None
+    }
+
+    /// Number of QoS 1 publishes waiting for room in the window.
+    pub fn queued(&self) -> usize {
+        self.queued.len()
     }
 
     /// Number of our QoS 1 publishes awaiting PUBACK.
@@ -294,19 +358,42 @@ mod tests {
         let mut s = Session::new();
         let mut ids = HashSet::new();
         for _ in 0..MAX_OUTGOING_INFLIGHT {
-            let Packet::Publish(p) = s.publish("t".into(), QoS::AtLeastOnce, Bytes::new()) else {
+            let Some(Packet::Publish(p)) = s.publish("t".into(), QoS::AtLeastOnce, Bytes::new())
+            else {
                 panic!("not a publish")
             };
             assert_eq!(p.qos, QoS::AtLeastOnce);
             assert!(ids.insert(p.pkid));
         }
-        // Window full: degrade to QoS 0 instead of blocking.
-        let Packet::Publish(p) = s.publish("t".into(), QoS::AtLeastOnce, Bytes::new()) else {
-            panic!("not a publish")
+        // Window full: the next one waits for a PUBACK instead of being sent.
+        assert!(s
+            .publish("next".into(), QoS::AtLeastOnce, Bytes::new())
+            .is_none());
+        assert_eq!(s.queued(), 1);
+        let released = s.handle(Packet::PubAck(PubAck::new(1)));
+        let [Action::Send(Packet::Publish(p))] = &released[..] else {
+            panic!("expected the queued publish, got {released:?}")
         };
-        assert_eq!(p.qos, QoS::AtMostOnce);
+        assert_eq!(p.topic, "next");
+        assert!(
+            !ids.contains(&p.pkid) || p.pkid == 1,
+            "no id in flight is reused"
+        );
+        assert_eq!(s.outgoing_inflight(), MAX_OUTGOING_INFLIGHT);
+        assert_eq!(s.queued(), 0);
+    }
+
+    #[test]
+    fn resume_resends_unacknowledged_publishes_with_dup() {
+        let mut s = Session::new();
+        s.publish("a".into(), QoS::AtLeastOnce, Bytes::new());
+        s.publish("b".into(), QoS::AtLeastOnce, Bytes::new());
         s.handle(Packet::PubAck(PubAck::new(1)));
-        assert_eq!(s.outgoing_inflight(), MAX_OUTGOING_INFLIGHT - 1);
+        let again = s.resume();
+        let [Packet::Publish(p)] = &again[..] else {
+            panic!("expected one resend, got {again:?}")
+        };
+        assert_eq!((p.topic.as_str(), p.dup, p.pkid), ("b", true, 2));
     }
 
     #[test]

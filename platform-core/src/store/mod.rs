@@ -44,7 +44,8 @@ pub struct StoreHandle {
 }
 
 /// Schema migrations, applied in order; index + 1 is the resulting `user_version`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE applications (
     name TEXT PRIMARY KEY
 );
@@ -88,7 +89,49 @@ CREATE TABLE time_series (
     value       REAL NOT NULL
 );
 CREATE INDEX time_series_lookup ON time_series(endpoint_id, name, ts_ms);
-"#];
+"#,
+    r#"
+CREATE TABLE credentials_x509 (
+    fingerprint TEXT PRIMARY KEY,
+    subject     TEXT NOT NULL DEFAULT '',
+    state       TEXT NOT NULL CHECK (state IN ('inactive','active','suspended','revoked')),
+    created_ms  INTEGER NOT NULL
+);
+ALTER TABLE credentials_basic ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tokens ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE commands (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint_id    TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    type           TEXT NOT NULL,
+    payload        TEXT NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    expires_ms     INTEGER NOT NULL,
+    delivered_ms   INTEGER,
+    result_ms      INTEGER,
+    result_status  INTEGER,
+    result_reason  TEXT,
+    result_payload TEXT
+);
+CREATE INDEX commands_pending ON commands(endpoint_id, type, result_ms);
+CREATE TABLE configs (
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    config_id   TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, name)
+);
+CREATE TABLE configs_applied (
+    endpoint_id   TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    name          TEXT NOT NULL,
+    config_id     TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    reason_phrase TEXT,
+    applied_ms    INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, name)
+);
+"#,
+];
 
 impl StoreHandle {
     /// Opens (creating if needed) and migrates the database, then starts its thread.
