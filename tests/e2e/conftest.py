@@ -143,16 +143,7 @@ password_hash = "{hash_password(self.PASSWORD)}"
         with closing(sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)) as c:
             return c.execute(sql, args).fetchall()
 
-
-@pytest.fixture
-def core(tmp_path):
-    c = Core(tmp_path)
-    yield c
-    code = c.proc.stop()
-    assert code == 0, f"core exited with {code}:\n{c.proc.output()}"
-
-
-    def api(self, method: str, path: str, body=None, auth=("admin", ADMIN_PASSWORD_DEFAULT), raw: bytes = None):
+    def api(self, method: str, path: str, body=None, auth=("admin", "admin-password"), raw: bytes = None):
         """A REST API call with curl: (status code, parsed JSON or None)."""
         import json
 
@@ -172,7 +163,13 @@ def core(tmp_path):
         assert code == 0, f"core exited with {code}:\n{self.proc.output()}"
 
 
-ADMIN_PASSWORD_DEFAULT = Core.ADMIN_PASSWORD
+
+@pytest.fixture
+def core(tmp_path):
+    c = Core(tmp_path)
+    yield c
+    code = c.proc.stop()
+    assert code == 0, f"core exited with {code}:\n{c.proc.output()}"
 
 
 @pytest.fixture
@@ -265,6 +262,23 @@ def core_samples(db: Path, token: str) -> list:
         except sqlite3.OperationalError:
             return []
     return [json.loads(r[0]) for r in rows]
+
+
+def make_pki(d: Path):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl;
+    plus a self-signed client certificate `stranger` that no CA vouches for."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    for name, ext in [("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")]:
+        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+            "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
+        (d / f"{name}.ext").write_text(ext + "\n")
+        run("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+            "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.pem"))
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+        "-subj", "/CN=stranger", "-keyout", str(d / "stranger.key"), "-out", str(d / "stranger.pem"))
 
 
 class Mosquitto:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, Gateway, Mosquitto, wait_for
+from conftest import BIN, Gateway, Mosquitto, make_pki, wait_for
 from kaa_server import KaaServer
 
 AVN = "site-v1"
@@ -202,20 +202,6 @@ def test_a_foreign_buffer_file_stops_the_gateway_and_is_kept(tmp_path):
     assert out.returncode != 0
     assert "is not a kp-gateway buffer" in out.stderr and "left untouched" in out.stderr, out.stderr
     assert foreign.read_bytes() == b"not a database" * 1000
-
-
-def make_pki(d: Path):
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
-    def run(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    for name, ext in [("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")]:
-        run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-            "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
-        (d / f"{name}.ext").write_text(ext + "\n")
-        run("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-            "-CAcreateserial", "-days", "2", "-extfile", str(d / f"{name}.ext"), "-out", str(d / f"{name}.pem"))
 
 
 def test_tls_with_a_client_certificate(tmp_path):
