@@ -255,11 +255,30 @@ pub fn router(ctx: ApiContext) -> Router {
         .with_state(api)
 }
 
+/// Checks the admin, runs the handler, and turns axum's plain-text rejections (bad JSON
+/// body, bad query or path) into the API's JSON errors (as 400).
 async fn require_admin(State(api): State<Api>, req: Request, next: Next) -> Response {
-    match authorize(&api, req.headers()).await {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+    if let Err(e) = authorize(&api, req.headers()).await {
+        return e.into_response();
     }
+    let resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status().is_client_error() && !is_json {
+        let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        return ApiError::bad_request(if text.is_empty() {
+            "bad request".to_owned()
+        } else {
+            text.into_owned()
+        })
+        .into_response();
+    }
+    resp
 }
 
 async fn authorize(api: &Api, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
