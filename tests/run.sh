@@ -3,8 +3,8 @@
 # it needs (idempotent: only what is missing), builds, and runs
 #   1. the Rust unit and property tests (cargo test),
 #   2. the end-to-end tests of the real binary against real peers (pytest): paho-mqtt,
-#      mosquitto_pub/mosquitto_sub, a Mosquitto broker, pymodbus devices over TCP and over
-#      socat pseudo-terminals, mbpoll.
+#      mosquitto_pub/mosquitto_sub, a Mosquitto broker, MQTT.js (npm `mqtt`) over
+#      WebSocket, curl, pymodbus devices over TCP and over socat pseudo-terminals, mbpoll.
 # Usage: tests/run.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +24,8 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v mbpoll >/dev/null 2>&1 || need+=(mbpoll)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if ! command -v cargo >/dev/null 2>&1; then
     # Debian 12 ships a current Rust as rustc-web/cargo-web; newer releases as rustc/cargo.
     if apt-cache show cargo-web >/dev/null 2>&1; then need+=(cargo-web rustc-web); else need+=(cargo rustc); fi
@@ -43,6 +45,12 @@ fi
 if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/requirements.txt; then
     echo "pip install failed" >&2
     exit 1
+fi
+
+# --- MQTT.js (pinned by tests/js/package-lock.json) -----------------------------------
+if [ ! -d tests/js/node_modules/mqtt ]; then
+    log "npm ci (MQTT.js)"
+    npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
 
 # --- Rust: build and unit/property tests ----------------------------------------------

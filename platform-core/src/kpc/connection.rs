@@ -120,19 +120,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
         }
         // Remaining length: at most 4 bytes of 7 bits each (§2.2.3).
         let mut i = 1;
+        let mut remaining = 0usize;
         loop {
             match b.get(i) {
                 None => return Peek::NeedMore,
-                Some(byte) if byte & 0x80 == 0 => break,
-                Some(_) if i == 4 => return Peek::NotConnect,
-                Some(_) => i += 1,
+                Some(byte) => {
+                    remaining |= usize::from(byte & 0x7f) << (7 * (i - 1));
+                    if byte & 0x80 == 0 {
+                        break;
+                    }
+                    if i == 4 {
+                        return Peek::NotConnect;
+                    }
+                    i += 1;
+                }
             }
         }
         i += 1;
+        // A whole frame too short for a protocol name and level: let the decoder report it.
+        let frame_end = i + remaining;
+        let complete = b.len() >= frame_end;
         let (Some(hi), Some(lo)) = (b.get(i), b.get(i + 1)) else {
-            return Peek::NeedMore;
+            return if complete { Peek::NotConnect } else { Peek::NeedMore };
         };
         let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        if i + 2 + len >= frame_end {
+            // The declared frame cannot hold the name and the level.
+            return Peek::NotConnect;
+        }
         match (b.get(i + 2..i + 2 + len), b.get(i + 2 + len)) {
             (Some(name), Some(level)) => Peek::Connect {
                 name: String::from_utf8_lossy(name).into_owned(),
