@@ -107,3 +107,7 @@ class RawClient:
 
     def close(self):
         self.sock.close()
+
+
+def subscribe(topic_filter: str, qos=0, pkid=1) -> bytes:
+    return packet(0x82, struct.pack("!H", pkid) + _str(topic_filter) + bytes([qos]))

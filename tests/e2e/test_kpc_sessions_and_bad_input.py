@@ -9,7 +9,7 @@ import time
 
 from conftest import Core, wait_for
 from kp_client import KpClient
-from mqtt_raw import RawClient, connect, publish, puback
+from mqtt_raw import RawClient, connect, publish, puback, subscribe
 
 AVN = "demo-v1"
 
@@ -168,3 +168,23 @@ def test_every_error_code_of_the_protocol(tmp_path):
     finally:
         c.close()
         core.stop()
+
+
+def test_a_subscriber_that_never_reads_does_not_stall_anyone(core):
+    slow, _ = raw_session(core, "never-reads")
+    slow.send(subscribe("kp1/#", qos=0))
+    assert slow.read()[0] == 9  # SUBACK; from now on it reads nothing
+    assert core.api("PATCH", "/api/v1/endpoints/ep-tok1/metadata", {"blob": "x" * 100_000})[0] == 204
+    fast = KpClient(core.port, core.USER, core.PASSWORD, client_id="fast")
+    try:
+        started = time.monotonic()
+        for i in range(1, 301):  # 300 replies of ~100 kB, each copied to the slow subscriber
+            outcome, body = fast.request(f"kp1/{AVN}/epmx/tok1/get/{i}", {"keys": ["blob"]})
+            assert outcome == "status" and len(body) > 100_000
+        elapsed = time.monotonic() - started
+        s = stats(core)
+        assert s["messagesDropped"] > 0, "the slow subscriber's copies were dropped, not waited for"
+        print(f"300 requests with a stalled subscriber: {elapsed:.1f} s")
+    finally:
+        fast.close()
+        slow.close()

@@ -34,12 +34,21 @@ pub struct Command {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CommandResult {
+    /// Sent back as a JSON number when it is one (11/CEP IDs are integers), else a string.
+    #[serde(serialize_with = "id_as_sent")]
     pub id: String,
     pub status_code: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason_phrase: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload: Option<Value>,
+}
+
+fn id_as_sent<S: serde::Serializer>(id: &str, s: S) -> Result<S::Ok, S::Error> {
+    match id.parse::<i64>() {
+        Ok(n) if n.to_string() == id => s.serialize_i64(n),
+        _ => s.serialize_str(id),
+    }
 }
 
 impl CommandResult {
@@ -206,6 +215,11 @@ mod tests {
             serde_json::to_value(&ok).unwrap(),
             json!({"id": "c2", "statusCode": 200, "payload": {"point": "sp", "value": 1}})
         );
+        // Integer IDs (11/CEP) go back as integers; look-alikes with leading zeros do not.
+        let n = CommandResult::error("42", 404, "no point");
+        assert_eq!(serde_json::to_value(&n).unwrap()["id"], json!(42));
+        let z = CommandResult::error("042", 404, "no point");
+        assert_eq!(serde_json::to_value(&z).unwrap()["id"], json!("042"));
     }
 
     #[test]

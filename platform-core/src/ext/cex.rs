@@ -38,6 +38,8 @@ pub enum CexRequest {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CommandResult {
+    /// An integer; a string of digits is accepted too (lenient with sloppy clients).
+    #[serde(deserialize_with = "lenient_id")]
     pub id: i64,
     /// Required by the schema; `null` is read as 200 (lenient with sloppy clients).
     pub status_code: Option<i64>,
@@ -45,6 +47,18 @@ pub struct CommandResult {
     pub reason_phrase: Option<String>,
     #[serde(default)]
     pub payload: Option<Value>,
+}
+
+fn lenient_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Number(n) => n
+            .as_i64()
+            .ok_or_else(|| serde::de::Error::custom("id must be an integer")),
+        Value::String(s) => s
+            .parse()
+            .map_err(|_| serde::de::Error::custom("id must be an integer")),
+        _ => Err(serde::de::Error::custom("id must be an integer")),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -67,7 +67,13 @@ enum ConnError {
     Eof,
     #[error("no packet within the keepalive window")]
     Idle,
+    #[error("the client has not read what we sent for {0:?}")]
+    WriteStalled(Duration),
 }
+
+/// A client that does not read for this long is disconnected (it would otherwise hold
+/// its connection task, and its queue, forever).
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the head of the buffer says about the first packet.
 enum Peek {
@@ -104,7 +110,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
         let mut out = BytesMut::new();
         p.write(&mut out, usize::MAX)
             .map_err(ConnError::Malformed)?;
-        self.io.write_all(&out).await?;
+        tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&out))
+            .await
+            .map_err(|_| ConnError::WriteStalled(WRITE_TIMEOUT))??;
         Ok(())
     }
 
@@ -141,7 +149,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
         let frame_end = i + remaining;
         let complete = b.len() >= frame_end;
         let (Some(hi), Some(lo)) = (b.get(i), b.get(i + 1)) else {
-            return if complete { Peek::NotConnect } else { Peek::NeedMore };
+            return if complete {
+                Peek::NotConnect
+            } else {
+                Peek::NeedMore
+            };
         };
         let len = usize::from(u16::from_be_bytes([*hi, *lo]));
         if i + 2 + len >= frame_end {
@@ -178,10 +190,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     match outcome {
         Ok(()) => log::debug!("mqtt {transport} {addr}: closed"),
         Err(ConnError::Eof) => log::debug!("mqtt {transport} {addr}: closed by peer"),
-        Err(ConnError::Idle) => log::info!(
-            "mqtt {transport} {addr}: closing connection: {}",
-            ConnError::Idle
-        ),
+        Err(e @ (ConnError::Idle | ConnError::WriteStalled(_))) => {
+            log::info!("mqtt {transport} {addr}: closing connection: {e}")
+        }
         Err(e @ ConnError::TooLarge(_)) => ctx.stats.report(Event::Oversized, || {
             format!("mqtt {transport} {addr}: closing connection: {e}")
         }),
@@ -271,6 +282,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let attached = ctx.hub.register(&client_id, identity.clone());
     let registration = attached.registration;
     let mut copies = attached.inbox;
+    let queued_bytes = attached.queued_bytes;
     let kill = attached.kill;
     if !client_id.is_empty() {
         // Takeover: give the old connection of this client ID a moment to park its session.
@@ -358,6 +370,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             }
             // A push for an endpoint this session used, or a copy of another session's reply.
             Some(msg) = copies.recv() => {
+                queued_bytes.fetch_sub(msg.payload.len(), std::sync::atomic::Ordering::Relaxed);
                 if let Some(out) = session.publish(msg.topic, msg.qos, msg.payload) {
                     conn.send(&out).await?;
                 }

@@ -16,7 +16,7 @@
 //! a session that does not keep up loses copies (counted, logged), never stalls others.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,8 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::mqtt::filter::matches;
 use crate::mqtt::session::Session;
 
-/// Capacity of each session's queue of copies and pushes.
+/// Capacity of each session's queue of copies and pushes, in messages …
 pub const OUTBOUND_CAPACITY: usize = 1024;
+/// … and in payload bytes (a message is always let in when the queue is empty).
+pub const OUTBOUND_MAX_BYTES: usize = 1 << 20;
 /// Most persistent sessions kept while their clients are away; the oldest go first.
 pub const MAX_PARKED_SESSIONS: usize = 10_000;
 
@@ -61,6 +63,8 @@ struct Entry {
     /// endpoint id → (app version, token) this session used for it.
     used: HashMap<String, (String, String)>,
     tx: mpsc::Sender<Outbound>,
+    /// Payload bytes waiting in `tx` (the connection subtracts what it takes).
+    queued_bytes: Arc<AtomicUsize>,
     kill: CancellationToken,
 }
 
@@ -83,6 +87,8 @@ pub struct Hub {
 pub struct Attached {
     pub registration: Registration,
     pub inbox: mpsc::Receiver<Outbound>,
+    /// Payload bytes waiting in `inbox`: subtract a message's payload length on receipt.
+    pub queued_bytes: Arc<AtomicUsize>,
     /// Fires when the session must end (credential/token state change, takeover).
     pub kill: CancellationToken,
 }
@@ -103,6 +109,7 @@ impl Hub {
         let (tx, inbox) = mpsc::channel(OUTBOUND_CAPACITY);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kill = CancellationToken::new();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mut st = self.lock();
         if !client_id.is_empty() {
             for e in st.live.values().filter(|e| e.client_id == client_id) {
@@ -118,6 +125,7 @@ impl Hub {
                 filters: Vec::new(),
                 used: HashMap::new(),
                 tx,
+                queued_bytes: queued_bytes.clone(),
                 kill: kill.clone(),
             },
         );
@@ -127,6 +135,7 @@ impl Hub {
                 id,
             },
             inbox,
+            queued_bytes,
             kill,
         }
     }
@@ -165,9 +174,16 @@ impl Hub {
 
     fn send(&self, e: &Entry, msg: Outbound) -> bool {
         let topic = msg.topic.clone();
-        match e.tx.try_send(msg) {
-            Ok(()) => true,
-            Err(_) => {
+        let len = msg.payload.len();
+        let queued = e.queued_bytes.load(Ordering::Relaxed);
+        let fits = queued == 0 || queued + len <= OUTBOUND_MAX_BYTES;
+        let sent = fits && e.tx.try_send(msg).is_ok();
+        if sent {
+            e.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        match sent {
+            true => true,
+            false => {
                 let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n.is_power_of_two() {
                     log::warn!("kpc: a slow session missed {topic} ({n} messages dropped so far)");
@@ -369,6 +385,22 @@ mod tests {
             hub.fan_out(u64::MAX, "t", &Bytes::new());
         }
         assert_eq!(hub.dropped(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_session_queue_is_bounded_by_bytes_too() {
+        let hub = Hub::new();
+        let mut s = attach(&hub, "s");
+        s.registration
+            .set_filters(vec![("#".into(), QoS::AtMostOnce)]);
+        let big = Bytes::from(vec![0u8; OUTBOUND_MAX_BYTES / 2 + 1]);
+        assert_eq!(hub.fan_out(u64::MAX, "t", &big), 1);
+        assert_eq!(hub.fan_out(u64::MAX, "t", &big), 0, "over the byte bound");
+        let got = s.inbox.try_recv().unwrap();
+        s.queued_bytes
+            .fetch_sub(got.payload.len(), Ordering::Relaxed);
+        assert_eq!(hub.fan_out(u64::MAX, "t", &big), 1, "room again once taken");
+        assert_eq!(hub.dropped(), 1);
     }
 
     #[tokio::test]

@@ -48,8 +48,10 @@ pub enum Action {
 
 /// Upper bound on our own unacknowledged QoS 1 publishes per session (in-flight window).
 pub const MAX_OUTGOING_INFLIGHT: usize = 100;
-/// Upper bound on QoS 1 publishes waiting for the window; beyond it the oldest is dropped.
+/// Upper bound on QoS 1 publishes waiting for the window, in messages and in payload
+/// bytes; beyond either the oldest is dropped.
 pub const MAX_QUEUED: usize = 1000;
+pub const MAX_QUEUED_BYTES: usize = 1 << 20;
 
 /// Session state of one connected client.
 #[derive(Debug)]
@@ -64,6 +66,8 @@ pub struct Session {
     incoming_qos2: HashSet<u16>,
     /// QoS 1 publishes waiting for room in the in-flight window.
     queued: VecDeque<Publish>,
+    /// Payload bytes in `queued`.
+    queued_bytes: usize,
     /// Publishes dropped because the queue was full.
     dropped: u64,
 }
@@ -82,6 +86,7 @@ impl Session {
             outgoing: BTreeMap::new(),
             incoming_qos2: HashSet::new(),
             queued: VecDeque::new(),
+            queued_bytes: 0,
             dropped: 0,
         }
     }
@@ -109,6 +114,7 @@ impl Session {
             let Some(mut p) = self.queued.pop_front() else {
                 break;
             };
+            self.queued_bytes -= p.payload.len();
             p.pkid = self.next_pkid();
             self.outgoing.insert(p.pkid, p.clone());
             out.push(Packet::Publish(p));
@@ -223,8 +229,14 @@ impl Session {
             self.outgoing.insert(p.pkid, p.clone());
             return Some(Packet::Publish(p));
         }
-        if self.queued.len() >= MAX_QUEUED {
-            self.queued.pop_front();
+        self.queued_bytes += p.payload.len();
+        self.queued.push_back(p);
+        while self.queued.len() > MAX_QUEUED
+            || (self.queued_bytes > MAX_QUEUED_BYTES && self.queued.len() > 1)
+        {
+            if let Some(old) = self.queued.pop_front() {
+                self.queued_bytes -= old.payload.len();
+            }
             self.dropped += 1;
             if self.dropped.is_power_of_two() {
                 log::warn!(
@@ -233,7 +245,6 @@ impl Session {
                 );
             }
         }
-        self.queued.push_back(p);
         None
     }
 
