@@ -228,3 +228,36 @@ fn the_shipped_default_config_is_valid() {
     let c = Config::from_toml(include_str!("../../../config/gateway.toml")).unwrap();
     assert!(c.upstream.is_some() && c.core.is_none() && c.devices.is_empty());
 }
+
+#[test]
+fn core_tls_websocket_and_epmx_keys_are_checked_with_their_paths() {
+    let errs = errors(
+        r#"
+[core]
+extension_timeout_ms = 0
+[core.tls]
+listen = "nowhere"
+cert_file = "/nonexistent/server.pem"
+key_file = "/nonexistent/server.key"
+[core.epmx]
+read_only_keys = ["fine", "not fine"]
+"#,
+    );
+    for want in [
+        "core.extension_timeout_ms: must be at least 1",
+        "core.tls.listen: \"nowhere\" is not an IP:port address",
+        "core.tls.cert_file: /nonexistent/server.pem is not a readable file",
+        "core.tls.key_file: /nonexistent/server.key is not a readable file",
+        "core.epmx.read_only_keys[1]: \"not fine\" must match ^[a-zA-Z0-9_]+$",
+    ] {
+        assert!(errs.iter().any(|e| e == want), "{want:?} not in {errs:#?}");
+    }
+    let ok = Config::from_toml("[core]\n[core.http]\n[core.epmx]\nhidden_keys = [\"secret\"]\n")
+        .unwrap();
+    let core = ok.core.unwrap();
+    let http = core.http.unwrap();
+    assert!(http.websocket && !http.websocket_allow_anonymous);
+    assert!(core.tls.is_none());
+    assert_eq!(core.epmx.hidden, vec!["secret".to_owned()]);
+    assert_eq!(core.extension_timeout, Duration::from_secs(10));
+}
