@@ -188,3 +188,36 @@ def test_a_subscriber_that_never_reads_does_not_stall_anyone(core):
     finally:
         fast.close()
         slow.close()
+
+
+def test_a_full_disk_is_a_500_logged_at_error_and_reads_go_on(tmp_path):
+    import os
+    import subprocess
+    import pytest
+    if os.geteuid() != 0:
+        pytest.fail("this test mounts a small tmpfs and needs root (CI runs as root)")
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=700k", "tmpfs", str(state)], check=True)
+    try:
+        core = Core(tmp_path)
+        c = KpClient(core.port, core.USER, core.PASSWORD, client_id="filler")
+        try:
+            batch = json.dumps([{"i": i, "text": "y" * 200} for i in range(80)])
+            outcome = None
+            for n in range(1, 400):
+                outcome, body = c.request(f"kp1/{AVN}/dcx/tok1/json/{n}", batch)
+                if outcome == "error":
+                    break
+            assert outcome == "error", "the disk never filled"
+            assert json.loads(body) == {"statusCode": 500, "reasonPhrase": "internal error"}
+            assert "ERROR" in core.proc.output() and "extension storage failure" in core.proc.output()
+            # Reads still work and the session lives on.
+            outcome, body = c.request(f"kp1/{AVN}/epmx/tok1/get/keys/999", b"")
+            assert outcome == "status"
+        finally:
+            c.close()
+        core.stop()
+        assert core.query("PRAGMA integrity_check") == [("ok",)]
+    finally:
+        subprocess.run(["umount", "-l", str(state)], check=False)

@@ -13,6 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use axum::serve::ListenerExt as _;
 use axum::Router as HttpRouter;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,12 @@ pub async fn serve(
         app = app.merge(r);
     }
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    // No Nagle: a response written in two parts must not wait for the client's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            log::debug!("kpc http: cannot set TCP_NODELAY: {e}");
+        }
+    });
     if let Err(e) = axum::serve(listener, service)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
