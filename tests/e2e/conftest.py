@@ -94,8 +94,9 @@ class Core:
     ADMIN_PASSWORD = "admin-password"
 
     def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600, extra_tokens=(),
-                 core_extra: str = "", extra: str = ""):
-        """`core_extra`: lines added to [core]; `extra`: whole sections added at the end."""
+                 core_extra: str = "", extra: str = "", mqtt_extra: str = ""):
+        """`core_extra`: lines added to [core]; `mqtt_extra`: to [core.mqtt]; `extra`: whole
+        sections added at the end."""
         self.port = free_port()
         self.http_port = free_port()
         self.state = tmp / "state"
@@ -114,6 +115,7 @@ log_level = "debug"
 [core.mqtt]
 listen = "127.0.0.1:{self.port}"
 allow_anonymous = {"true" if allow_anonymous else "false"}
+{mqtt_extra}
 [core.http]
 listen = "127.0.0.1:{self.http_port}"
 [core.epl]

@@ -221,3 +221,34 @@ def test_a_full_disk_is_a_500_logged_at_error_and_reads_go_on(tmp_path):
         assert core.query("PRAGMA integrity_check") == [("ok",)]
     finally:
         subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+def test_keepalive_and_the_connection_limit(tmp_path):
+    core = Core(tmp_path, mqtt_extra="max_connections = 3\n")
+    try:
+        # No packet for 1.5 × keepalive (1 s) closes the connection …
+        quiet = RawClient(core.port)
+        quiet.send(connect("quiet", core.USER, core.PASSWORD, keepalive=1))
+        assert quiet.read()[0] == 2
+        started = time.monotonic()
+        assert quiet.closed_by_server(timeout=5)
+        assert time.monotonic() - started < 4
+        # … while a client that pings stays.
+        pinger = RawClient(core.port)
+        pinger.send(connect("pinger", core.USER, core.PASSWORD, keepalive=1))
+        assert pinger.read()[0] == 2
+        for _ in range(4):
+            time.sleep(0.5)
+            pinger.send(bytes([0xC0, 0]))  # PINGREQ
+            assert pinger.read()[0] == 13  # PINGRESP
+        # The limit: 3 connections; a 4th is closed before CONNECT is read, and counted.
+        others = [raw_session(core, f"c{i}")[0] for i in range(2)]
+        extra = RawClient(core.port)
+        assert extra.closed_by_server()
+        assert stats(core)["connectionLimitRefusals"] == 1
+        others[0].close()
+        wait_for("a free slot", lambda: (c := RawClient(core.port)) and not c.closed_by_server(timeout=0.5) and c)
+        pinger.close()
+        others[1].close()
+    finally:
+        core.stop()
