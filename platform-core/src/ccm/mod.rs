@@ -271,7 +271,7 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
-/// The SHA-256 fingerprint (lower-case hex) of a DER certificate.
+/// The SHA-256 fingerprint (lower-case hex) of a DER certificate (or of any bytes).
 pub fn fingerprint_der(der: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, der)
         .as_ref()

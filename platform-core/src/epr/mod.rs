@@ -270,19 +270,7 @@ pub fn write_metadata(
     values: &Map<String, Value>,
     replace_all: bool,
 ) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    if replace_all {
-        tx.execute("DELETE FROM metadata WHERE endpoint_id = ?1", [endpoint_id])?;
-    }
-    for (k, v) in values {
-        tx.execute(
-            "INSERT INTO metadata(endpoint_id, key, value) VALUES (?1, ?2, ?3)
-             ON CONFLICT(endpoint_id, key) DO UPDATE SET value = excluded.value",
-            params![endpoint_id, k, v.to_string()],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
+    write_metadata_keeping(conn, endpoint_id, values, replace_all, &[])
 }
 
 /// Deletes the given keys; absent keys are ignored.

@@ -122,13 +122,9 @@ pub fn parse(resource: &str, payload: &[u8]) -> Result<CmxRequest, Kp1Error> {
 
 /// The ID of a configuration body.
 pub fn config_id_of(body: &Value) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, body.to_string().as_bytes());
-    digest
-        .as_ref()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    let mut hex = crate::ccm::fingerprint_der(body.to_string().as_bytes());
+    hex.truncate(32);
+    hex
 }
 
 /// Sets a configuration; returns its ID and whether it changed.
