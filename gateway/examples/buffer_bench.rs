@@ -110,6 +110,7 @@ async fn main() {
             tls: None,
             epmx: Default::default(),
             extension_timeout: Duration::from_secs(10),
+            extensions: Vec::new(),
             api: None,
             epl: Default::default(),
             max_payload_bytes: 1 << 20,

@@ -58,6 +58,8 @@ pub struct CoreConfig {
     pub epmx: crate::ext::EpmxPolicy,
     /// Deadline of one extension call (over it: 504).
     pub extension_timeout: Duration,
+    /// Extension instances besides the default `dcx`, `epmx`, `cmx`, `cex`.
+    pub extensions: Vec<(String, crate::ext::ExtensionKind)>,
     /// The REST API's admin; `None`: no REST API.
     pub api: Option<crate::api::AdminAuth>,
     /// Endpoint lifecycle (connectivity) settings.

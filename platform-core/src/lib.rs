@@ -104,8 +104,13 @@ impl Core {
                 epmx.read_only.push(k.clone());
             }
         }
-        let services =
-            ext::Services::new(store.clone(), hub.clone(), epmx, config.extension_timeout);
+        let services = ext::Services::new(
+            store.clone(),
+            hub.clone(),
+            epmx,
+            config.extension_timeout,
+            &config.extensions,
+        );
         let epl = epl::Epl::new(store.clone(), bus.clone(), config.epl.clone());
         let router =
             kpc::Router::new(services.clone(), config.max_payload_bytes).with_epl(epl.clone());

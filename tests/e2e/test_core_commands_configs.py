@@ -178,3 +178,32 @@ def test_config_and_commands_over_the_http_binding(core):
                                  json.dumps({"id": cmd["id"], "statusCode": 200}).encode())
     assert code == 200
     assert core.api("GET", f"/api/v1/endpoints/ep-tok3/commands/reboot/{cmd['id']}")[1]["status"] == "EXECUTED"
+
+
+def test_configured_extension_instances_keep_their_data_apart(tmp_path):
+    from conftest import Core
+    extra = ('[[core.extensions]]\ninstance = "cmx_ota"\nkind = "cmx"\n'
+             '[[core.extensions]]\ninstance = "dcx_fast"\nkind = "dcx"\n')
+    core = Core(tmp_path, extra=extra)
+    c = client_for(core, "tok1")
+    try:
+        assert c.request(f"kp1/{AVN}/dcx_fast/tok1/json/5", [{"fast": 1}]) == ("status", b"")
+        assert {"fast": 1} in [json.loads(s) for (s,) in core.query(
+            "SELECT sample FROM data_samples WHERE endpoint_id = 'ep-tok1'")]
+        code, put = core.api("PUT", "/api/v1/endpoints/ep-tok1/config?instance=cmx_ota", {"fw": "2.0"})
+        assert code == 200
+        topic, payload = c.wait_message(f"kp1/{AVN}/cmx_ota/tok1/config/json/status")
+        assert json.loads(payload) == {"configId": put["configId"], "config": {"fw": "2.0"}}
+        # The default instance has no configuration; the other one has it.
+        assert json.loads(c.request(f"kp1/{AVN}/cmx/tok1/config/json/6", b"")[1]) == {"configId": "", "config": None}
+        assert json.loads(c.request(f"kp1/{AVN}/cmx_ota/tok1/config/json/7", b"")[1])["config"] == {"fw": "2.0"}
+        assert core.api("GET", "/api/v1/endpoints/ep-tok1/config")[1]["config"] is None
+        assert core.api("GET", "/api/v1/endpoints/ep-tok1/config?instance=cmx_ota")[1]["config"] == {"fw": "2.0"}
+        code, err = core.api("GET", "/api/v1/endpoints/ep-tok1/config?instance=dcx_fast")
+        assert code == 404 and "no cmx instance" in err["error"]
+        assert core.api("POST", "/api/v1/endpoints/ep-tok1/commands/x?instance=nope", {})[0] == 404
+        outcome, body = c.request(f"kp1/{AVN}/cex_other/tok1/command/x/8", b"")
+        assert outcome == "error" and json.loads(body)["statusCode"] == 404
+    finally:
+        c.close()
+        core.stop()

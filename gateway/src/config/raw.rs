@@ -185,6 +185,9 @@ pub struct RawCore {
     pub max_payload_bytes: usize,
     #[serde(default = "defaults::extension_timeout_ms")]
     pub extension_timeout_ms: u64,
+    /// Extension instances besides the default `dcx`, `epmx`, `cmx`, `cex`.
+    #[serde(default)]
+    pub extensions: Vec<RawCoreExtension>,
     #[serde(default)]
     pub applications: Vec<platform_core::epr::ApplicationSpec>,
     #[serde(default)]
@@ -280,6 +283,15 @@ pub struct RawCoreTls {
     pub client_ca_file: Option<String>,
     #[serde(default)]
     pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreExtension {
+    /// Instance name, the topic level after the app version (e.g. `cmx_ota`).
+    pub instance: String,
+    /// `dcx`, `epmx`, `cmx` or `cex`.
+    pub kind: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

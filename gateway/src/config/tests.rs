@@ -241,6 +241,12 @@ cert_file = "/nonexistent/server.pem"
 key_file = "/nonexistent/server.key"
 [core.epmx]
 read_only_keys = ["fine", "not fine"]
+[[core.extensions]]
+instance = "cmx"
+kind = "cex"
+[[core.extensions]]
+instance = "Bad"
+kind = "nope"
 "#,
     );
     for want in [
@@ -249,15 +255,25 @@ read_only_keys = ["fine", "not fine"]
         "core.tls.cert_file: /nonexistent/server.pem is not a readable file",
         "core.tls.key_file: /nonexistent/server.key is not a readable file",
         "core.epmx.read_only_keys[1]: \"not fine\" must match ^[a-zA-Z0-9_]+$",
+        "core.extensions[0].instance: \"cmx\" is already an instance",
+        "core.extensions[1].kind: \"nope\" is not one of dcx, epmx, cmx, cex",
+        "core.extensions[1].instance: \"Bad\" must match ^[a-z0-9_-]+$",
     ] {
         assert!(errs.iter().any(|e| e == want), "{want:?} not in {errs:#?}");
     }
-    let ok = Config::from_toml("[core]\n[core.http]\n[core.epmx]\nhidden_keys = [\"secret\"]\n")
-        .unwrap();
+    let ok = Config::from_toml(
+        "[core]\n[core.http]\n[core.epmx]\nhidden_keys = [\"secret\"]\n\
+         [[core.extensions]]\ninstance = \"cmx_ota\"\nkind = \"cmx\"\n",
+    )
+    .unwrap();
     let core = ok.core.unwrap();
     let http = core.http.unwrap();
     assert!(http.websocket && !http.websocket_allow_anonymous);
     assert!(core.tls.is_none());
     assert_eq!(core.epmx.hidden, vec!["secret".to_owned()]);
     assert_eq!(core.extension_timeout, Duration::from_secs(10));
+    assert_eq!(
+        core.extensions,
+        vec![("cmx_ota".to_owned(), platform_core::ext::ExtensionKind::Cmx)]
+    );
 }

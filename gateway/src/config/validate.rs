@@ -384,6 +384,32 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
     if c.extension_timeout_ms == 0 {
         e.add("core.extension_timeout_ms", "must be at least 1");
     }
+    let mut extensions = Vec::new();
+    for (i, x) in c.extensions.iter().enumerate() {
+        let kind = platform_core::ext::ExtensionKind::parse(&x.kind);
+        if kind.is_none() {
+            e.add(
+                format!("core.extensions[{i}].kind"),
+                format!("{:?} is not one of dcx, epmx, cmx, cex", x.kind),
+            );
+        }
+        if !platform_core::ext::is_valid_instance_name(&x.instance) {
+            e.add(
+                format!("core.extensions[{i}].instance"),
+                format!("{:?} must match ^[a-z0-9_-]+$", x.instance),
+            );
+        } else if platform_core::ext::ExtensionKind::for_default_instance(&x.instance).is_some()
+            || c.extensions[..i].iter().any(|o| o.instance == x.instance)
+        {
+            e.add(
+                format!("core.extensions[{i}].instance"),
+                format!("{:?} is already an instance", x.instance),
+            );
+        }
+        if let Some(k) = kind {
+            extensions.push((x.instance.clone(), k));
+        }
+    }
     for (key, v) in [
         ("connected_key", &c.epl.connected_key),
         ("connectivity_ts_key", &c.epl.connectivity_ts_key),
@@ -504,6 +530,7 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
             hidden: c.epmx.hidden_keys.clone(),
         },
         extension_timeout: Duration::from_millis(c.extension_timeout_ms),
+        extensions,
         api: c.api.as_ref().map(|a| platform_core::api::AdminAuth {
             username: a.admin_username.clone(),
             password_hash: a.admin_password_hash.clone(),

@@ -19,6 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{endpoint_app_version, rfc3339, storage, Api, ApiError};
 use crate::ext::cex::{self, is_valid_command_type, Command};
 use crate::ext::cmx::{self, is_valid_config_name};
+use crate::ext::ExtensionKind;
 use crate::store::now_ms;
 
 /// Time to live of a command when the request does not say.
@@ -35,12 +36,37 @@ pub(super) struct CommandQuery {
     await_timeout: Option<u64>,
     #[serde(default)]
     command_ttl: Option<u64>,
+    /// The CEX instance (default `cex`).
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+/// `?instance=`: which CMX or CEX instance (default: the kind's default instance).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InstanceQuery {
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+/// Resolves `?instance=` to a configured instance of `kind`.
+fn instance_of(api: &Api, given: Option<String>, kind: ExtensionKind) -> Result<String, ApiError> {
+    let name = given.unwrap_or_else(|| kind.default_instance().to_owned());
+    if api.services.kind_of(&name) == Some(kind) {
+        Ok(name)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no {} instance {name:?} is configured",
+            kind.default_instance()
+        )))
+    }
 }
 
 fn command_json(c: &Command) -> Value {
     json!({
         "id": c.id,
         "endpointId": c.endpoint_id,
+        "instance": c.instance,
         "commandType": c.command_type,
         "payload": c.payload,
         "status": c.status,
@@ -71,6 +97,7 @@ pub(super) async fn send_command(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     endpoint_app_version(&api, &id).await?;
+    let instance = instance_of(&api, q.instance, ExtensionKind::Cex)?;
     if !is_valid_command_type(&command_type) {
         return Err(ApiError::bad_request(format!(
             "invalid command type {command_type:?}: must match ^[a-zA-Z0-9._-]+$"
@@ -98,7 +125,7 @@ pub(super) async fn send_command(
     let mut results = api.services.subscribe_results();
     let cmd_id = api
         .services
-        .send_command(&id, &command_type, payload, ttl as i64)
+        .send_command(&id, &instance, &command_type, payload, ttl as i64)
         .await
         .map_err(storage)?;
     if wait > 0 {
@@ -138,8 +165,10 @@ pub(super) async fn send_command(
 pub(super) async fn get_command(
     State(api): State<Api>,
     Path((id, command_type, command_id)): Path<(String, String, String)>,
+    Query(q): Query<InstanceQuery>,
 ) -> Result<Json<Value>, ApiError> {
     endpoint_app_version(&api, &id).await?;
+    let instance = instance_of(&api, q.instance, ExtensionKind::Cex)?;
     let not_found = || {
         ApiError::not_found(format!(
             "no command {command_id:?} of type {command_type:?} for this endpoint"
@@ -147,17 +176,28 @@ pub(super) async fn get_command(
     };
     let n: i64 = command_id.parse().map_err(|_| not_found())?;
     let cmd = load_command(&api, &id, n).await?.ok_or_else(not_found)?;
-    if cmd.command_type != command_type {
+    if cmd.command_type != command_type || cmd.instance != instance {
         return Err(not_found());
     }
     Ok(Json(command_json(&cmd)))
 }
 
-async fn get_config(api: Api, id: String, name: String) -> Result<Json<Value>, ApiError> {
+async fn get_config(
+    api: Api,
+    id: String,
+    name: String,
+    q: InstanceQuery,
+) -> Result<Json<Value>, ApiError> {
     endpoint_app_version(&api, &id).await?;
+    let inst = instance_of(&api, q.instance, ExtensionKind::Cmx)?;
     let (current, applied) = api
         .store
-        .call(move |c| Ok((cmx::current(c, &id, &name)?, cmx::applied(c, &id, &name)?)))
+        .call(move |c| {
+            Ok((
+                cmx::current(c, &id, &inst, &name)?,
+                cmx::applied(c, &id, &inst, &name)?,
+            ))
+        })
         .await
         .map_err(storage)?;
     let (config_id, config) = current.unwrap_or((String::new(), Value::Null));
@@ -177,12 +217,14 @@ async fn put_config(
     api: Api,
     id: String,
     name: String,
+    q: InstanceQuery,
     body: Value,
 ) -> Result<Json<Value>, ApiError> {
     endpoint_app_version(&api, &id).await?;
+    let inst = instance_of(&api, q.instance, ExtensionKind::Cmx)?;
     let (config_id, changed) = api
         .services
-        .put_config(&id, &name, body)
+        .put_config(&id, &inst, &name, body)
         .await
         .map_err(storage)?;
     Ok(Json(json!({"configId": config_id, "changed": changed})))
@@ -201,33 +243,37 @@ fn config_name(name: &str) -> Result<String, ApiError> {
 pub(super) async fn get_default_config(
     State(api): State<Api>,
     Path(id): Path<String>,
+    Query(q): Query<InstanceQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    get_config(api, id, String::new()).await
+    get_config(api, id, String::new(), q).await
 }
 
 pub(super) async fn put_default_config(
     State(api): State<Api>,
     Path(id): Path<String>,
+    Query(q): Query<InstanceQuery>,
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    put_config(api, id, String::new(), body).await
+    put_config(api, id, String::new(), q, body).await
 }
 
 pub(super) async fn get_named_config(
     State(api): State<Api>,
     Path((id, name)): Path<(String, String)>,
+    Query(q): Query<InstanceQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let name = config_name(&name)?;
-    get_config(api, id, name).await
+    get_config(api, id, name, q).await
 }
 
 pub(super) async fn put_named_config(
     State(api): State<Api>,
     Path((id, name)): Path<(String, String)>,
+    Query(q): Query<InstanceQuery>,
     Json(body): Json<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let name = config_name(&name)?;
-    put_config(api, id, name, body).await
+    put_config(api, id, name, q, body).await
 }
 
 pub(super) async fn kpc_stats(State(api): State<Api>) -> Json<Value> {

@@ -131,6 +131,8 @@ pub fn parse(resource: &str, payload: &[u8]) -> Result<CexRequest, Kp1Error> {
 pub struct Command {
     pub id: i64,
     pub endpoint_id: String,
+    /// The CEX instance (`cex` unless more are configured).
+    pub instance: String,
     pub command_type: String,
     pub payload: Value,
     pub created_ms: i64,
@@ -169,20 +171,22 @@ pub struct ResultView {
 pub fn create(
     conn: &Connection,
     endpoint_id: &str,
+    instance: &str,
     command_type: &str,
     payload: &Value,
     now: i64,
     ttl_ms: i64,
 ) -> Result<i64, StoreError> {
     conn.execute(
-        "INSERT INTO commands(endpoint_id, type, payload, created_ms, expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO commands(endpoint_id, instance, type, payload, created_ms, expires_ms)
+         VALUES (?1, ?6, ?2, ?3, ?4, ?5)",
         params![
             endpoint_id,
             command_type,
             payload.to_string(),
             now,
-            now.saturating_add(ttl_ms)
+            now.saturating_add(ttl_ms),
+            instance
         ],
     )?;
     Ok(conn.last_insert_rowid())
@@ -204,15 +208,17 @@ pub fn mark_delivered(conn: &Connection, ids: &[i64], now: i64) -> Result<(), St
 pub fn take_pending(
     conn: &Connection,
     endpoint_id: &str,
+    instance: &str,
     command_type: &str,
     now: i64,
 ) -> Result<Vec<(i64, Value)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT id, payload FROM commands
-         WHERE endpoint_id = ?1 AND type = ?2 AND result_ms IS NULL AND expires_ms > ?3
+         WHERE endpoint_id = ?1 AND instance = ?4 AND type = ?2 AND result_ms IS NULL
+               AND expires_ms > ?3
          ORDER BY id",
     )?;
-    let rows = stmt.query_map(params![endpoint_id, command_type, now], |r| {
+    let rows = stmt.query_map(params![endpoint_id, command_type, now, instance], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
     })?;
     let mut out = Vec::new();
@@ -238,6 +244,7 @@ pub fn commands_payload(cmds: &[(i64, Value)]) -> Vec<u8> {
 pub fn store_results(
     conn: &mut Connection,
     endpoint_id: &str,
+    instance: &str,
     command_type: &str,
     results: &[CommandResult],
     now: i64,
@@ -248,7 +255,8 @@ pub fn store_results(
         let n = tx.execute(
             "UPDATE commands SET result_ms = ?4, result_status = ?5, result_reason = ?6,
                     result_payload = ?7, delivered_ms = coalesce(delivered_ms, ?4)
-             WHERE id = ?1 AND endpoint_id = ?2 AND type = ?3 AND result_ms IS NULL",
+             WHERE id = ?1 AND endpoint_id = ?2 AND type = ?3 AND instance = ?8
+                   AND result_ms IS NULL",
             params![
                 r.id,
                 endpoint_id,
@@ -257,6 +265,7 @@ pub fn store_results(
                 r.status_code.unwrap_or(200),
                 r.reason_phrase,
                 r.payload.as_ref().map(Value::to_string),
+                instance,
             ],
         )?;
         if n == 1 {
@@ -282,7 +291,7 @@ pub fn get(
     let row = conn
         .query_row(
             "SELECT type, payload, created_ms, expires_ms, delivered_ms, result_ms, result_status,
-                    result_reason, result_payload
+                    result_reason, result_payload, instance
              FROM commands WHERE id = ?1 AND endpoint_id = ?2",
             params![id, endpoint_id],
             |r| {
@@ -296,11 +305,23 @@ pub fn get(
                     r.get::<_, Option<i64>>(6)?,
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, Option<String>>(8)?,
+                    r.get::<_, String>(9)?,
                 ))
             },
         )
         .optional()?;
-    let Some((ty, payload, created, expires, delivered, result_ms, status, reason, rpayload)) = row
+    let Some((
+        ty,
+        payload,
+        created,
+        expires,
+        delivered,
+        result_ms,
+        status,
+        reason,
+        rpayload,
+        instance,
+    )) = row
     else {
         return Ok(None);
     };
@@ -323,6 +344,7 @@ pub fn get(
     Ok(Some(Command {
         id,
         endpoint_id: endpoint_id.to_owned(),
+        instance,
         command_type: ty,
         payload: parse(&payload),
         created_ms: created,
@@ -395,13 +417,16 @@ mod tests {
         )
         .unwrap();
         let p = serde_json::json!({"delay": 1});
-        let a = create(&c, "ep", "reboot", &p, 1000, 500).unwrap();
-        let b = create(&c, "ep", "reboot", &p, 1000, 5000).unwrap();
+        let a = create(&c, "ep", "cex", "reboot", &p, 1000, 500).unwrap();
+        let b = create(&c, "ep", "cex", "reboot", &p, 1000, 5000).unwrap();
         assert_eq!(
             get(&c, "ep", a, 1000).unwrap().unwrap().status,
             CommandStatus::Pending
         );
-        assert_eq!(take_pending(&c, "ep", "reboot", 1200).unwrap().len(), 2);
+        assert_eq!(
+            take_pending(&c, "ep", "cex", "reboot", 1200).unwrap().len(),
+            2
+        );
         assert_eq!(
             get(&c, "ep", a, 1200).unwrap().unwrap().status,
             CommandStatus::Delivered
@@ -411,8 +436,8 @@ mod tests {
             CommandStatus::Expired
         );
         assert_eq!(
-            take_pending(&c, "ep", "reboot", 1600).unwrap(),
-            vec![(b, p)]
+            take_pending(&c, "ep", "cex", "reboot", 1600).unwrap(),
+            vec![(b, p.clone())]
         );
         let r = CommandResult {
             id: b,
@@ -421,11 +446,19 @@ mod tests {
             payload: Some(serde_json::json!("done")),
         };
         assert_eq!(
-            store_results(&mut c, "ep", "reboot", std::slice::from_ref(&r), 1700).unwrap(),
+            store_results(
+                &mut c,
+                "ep",
+                "cex",
+                "reboot",
+                std::slice::from_ref(&r),
+                1700
+            )
+            .unwrap(),
             vec![b]
         );
         assert_eq!(
-            store_results(&mut c, "ep", "reboot", &[r], 1800).unwrap(),
+            store_results(&mut c, "ep", "cex", "reboot", &[r], 1800).unwrap(),
             Vec::<i64>::new()
         );
         let cmd = get(&c, "ep", b, 1900).unwrap().unwrap();
@@ -435,6 +468,19 @@ mod tests {
             1700,
             "the first result wins"
         );
-        assert!(take_pending(&c, "ep", "reboot", 1900).unwrap().is_empty());
+        assert!(take_pending(&c, "ep", "cex", "reboot", 1900)
+            .unwrap()
+            .is_empty());
+        // Instances keep their commands apart.
+        create(&c, "ep", "cex_ota", "reboot", &p, 2000, 5000).unwrap();
+        assert!(take_pending(&c, "ep", "cex", "reboot", 2100)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            take_pending(&c, "ep", "cex_ota", "reboot", 2100)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -131,20 +131,22 @@ pub fn config_id_of(body: &Value) -> String {
 pub fn put(
     conn: &Connection,
     endpoint_id: &str,
+    instance: &str,
     name: &str,
     body: &Value,
     now: i64,
 ) -> Result<(String, bool), StoreError> {
     let id = config_id_of(body);
-    let current = current(conn, endpoint_id, name)?;
+    let current = current(conn, endpoint_id, instance, name)?;
     if current.as_ref().is_some_and(|(cid, _)| *cid == id) {
         return Ok((id, false));
     }
     conn.execute(
-        "INSERT INTO configs(endpoint_id, name, config_id, body, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT(endpoint_id, name) DO UPDATE SET config_id = excluded.config_id,
+        "INSERT INTO configs(endpoint_id, instance, name, config_id, body, updated_ms)
+         VALUES (?1, ?6, ?2, ?3, ?4, ?5)
+         ON CONFLICT(endpoint_id, instance, name) DO UPDATE SET config_id = excluded.config_id,
              body = excluded.body, updated_ms = excluded.updated_ms",
-        params![endpoint_id, name, id, body.to_string(), now],
+        params![endpoint_id, name, id, body.to_string(), now, instance],
     )?;
     Ok((id, true))
 }
@@ -153,12 +155,13 @@ pub fn put(
 pub fn current(
     conn: &Connection,
     endpoint_id: &str,
+    instance: &str,
     name: &str,
 ) -> Result<Option<(String, Value)>, StoreError> {
     let row: Option<(String, String)> = conn
         .query_row(
-            "SELECT config_id, body FROM configs WHERE endpoint_id = ?1 AND name = ?2",
-            params![endpoint_id, name],
+            "SELECT config_id, body FROM configs WHERE endpoint_id = ?1 AND instance = ?3 AND name = ?2",
+            params![endpoint_id, name, instance],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
@@ -177,9 +180,11 @@ pub fn response(current: Option<(String, Value)>, have: Option<&str>) -> Value {
 }
 
 /// Records what the endpoint reported on `/applied`.
+#[allow(clippy::too_many_arguments)]
 pub fn record_applied(
     conn: &Connection,
     endpoint_id: &str,
+    instance: &str,
     name: &str,
     config_id: &str,
     status_code: i64,
@@ -187,12 +192,12 @@ pub fn record_applied(
     now: i64,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO configs_applied(endpoint_id, name, config_id, status_code, reason_phrase, applied_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(endpoint_id, name) DO UPDATE SET config_id = excluded.config_id,
+        "INSERT INTO configs_applied(endpoint_id, instance, name, config_id, status_code, reason_phrase, applied_ms)
+         VALUES (?1, ?7, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(endpoint_id, instance, name) DO UPDATE SET config_id = excluded.config_id,
              status_code = excluded.status_code, reason_phrase = excluded.reason_phrase,
              applied_ms = excluded.applied_ms",
-        params![endpoint_id, name, config_id, status_code, reason, now],
+        params![endpoint_id, name, config_id, status_code, reason, now, instance],
     )?;
     Ok(())
 }
@@ -212,13 +217,14 @@ pub struct Applied {
 pub fn applied(
     conn: &Connection,
     endpoint_id: &str,
+    instance: &str,
     name: &str,
 ) -> Result<Option<Applied>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT config_id, status_code, reason_phrase, applied_ms FROM configs_applied
-             WHERE endpoint_id = ?1 AND name = ?2",
-            params![endpoint_id, name],
+             WHERE endpoint_id = ?1 AND instance = ?3 AND name = ?2",
+            params![endpoint_id, name, instance],
             |r| {
                 Ok(Applied {
                     config_id: r.get(0)?,

@@ -10,6 +10,8 @@ pub mod cmx;
 pub mod dcx;
 pub mod epmx;
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -53,16 +55,39 @@ pub enum ExtensionKind {
 }
 
 impl ExtensionKind {
-    /// The kind served by a default instance name (`dcx`, `epmx`).
+    /// Every kind, with its default instance name.
+    pub const ALL: [(Self, &'static str); 4] = [
+        (Self::Dcx, "dcx"),
+        (Self::Epmx, "epmx"),
+        (Self::Cmx, "cmx"),
+        (Self::Cex, "cex"),
+    ];
+
+    /// The kind served by a default instance name (`dcx`, `epmx`, `cmx`, `cex`).
     pub fn for_default_instance(instance: &str) -> Option<Self> {
-        match instance {
-            "dcx" => Some(Self::Dcx),
-            "epmx" => Some(Self::Epmx),
-            "cmx" => Some(Self::Cmx),
-            "cex" => Some(Self::Cex),
-            _ => None,
-        }
+        Self::ALL
+            .iter()
+            .find(|(_, name)| *name == instance)
+            .map(|(k, _)| *k)
     }
+
+    /// The kind named by its default instance name, for config files.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::for_default_instance(s)
+    }
+
+    /// This kind's default instance name.
+    pub fn default_instance(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or("", |(_, n)| n)
+    }
+}
+
+/// Is `s` a valid extension instance name (`^[a-z0-9_-]+$`, one topic level)?
+pub fn is_valid_instance_name(s: &str) -> bool {
+    crate::kp1::is_valid_application_name(s)
 }
 
 fn storage(e: StoreError) -> Kp1Error {
@@ -75,6 +100,8 @@ fn storage(e: StoreError) -> Kp1Error {
 pub struct Services {
     pub store: StoreHandle,
     pub hub: Hub,
+    /// Instance name → kind: the default instances plus the configured ones.
+    instances: Arc<HashMap<String, ExtensionKind>>,
     epmx: EpmxPolicy,
     timeout: Duration,
     /// IDs of commands that just got their result (REST API waiters listen).
@@ -82,14 +109,32 @@ pub struct Services {
 }
 
 impl Services {
-    pub fn new(store: StoreHandle, hub: Hub, epmx: EpmxPolicy, timeout: Duration) -> Self {
+    /// `extra`: more instances (name, kind) besides the default `dcx`, `epmx`, `cmx`, `cex`.
+    pub fn new(
+        store: StoreHandle,
+        hub: Hub,
+        epmx: EpmxPolicy,
+        timeout: Duration,
+        extra: &[(String, ExtensionKind)],
+    ) -> Self {
+        let mut instances: HashMap<String, ExtensionKind> = ExtensionKind::ALL
+            .iter()
+            .map(|(k, n)| ((*n).to_owned(), *k))
+            .collect();
+        instances.extend(extra.iter().cloned());
         Self {
             store,
             hub,
+            instances: Arc::new(instances),
             epmx,
             timeout,
             results: broadcast::channel(1024).0,
         }
+    }
+
+    /// The kind an instance name is served by, if it is one of ours.
+    pub fn kind_of(&self, instance: &str) -> Option<ExtensionKind> {
+        self.instances.get(instance).copied()
     }
 
     /// Listens for command results (command IDs).
@@ -100,14 +145,14 @@ impl Services {
     /// Runs one request with the deadline; `Ok(payload)` is the success payload.
     pub async fn handle(
         &self,
+        instance: &str,
         kind: ExtensionKind,
         endpoint_id: String,
         resource: &str,
         payload: &[u8],
     ) -> Result<Vec<u8>, Kp1Error> {
-        match tokio::time::timeout(self.timeout, self.run(kind, endpoint_id, resource, payload))
-            .await
-        {
+        let work = self.run(instance, kind, endpoint_id, resource, payload);
+        match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
             Err(_) => {
                 log::warn!(
@@ -124,12 +169,14 @@ impl Services {
 
     async fn run(
         &self,
+        instance: &str,
         kind: ExtensionKind,
         endpoint_id: String,
         resource: &str,
         payload: &[u8],
     ) -> Result<Vec<u8>, Kp1Error> {
         let store = &self.store;
+        let inst = instance.to_owned();
         match kind {
             ExtensionKind::Dcx => {
                 let now = now_ms();
@@ -159,7 +206,7 @@ impl Services {
                     name, config_id, ..
                 } => {
                     let current = store
-                        .call(move |c| cmx::current(c, &endpoint_id, &name))
+                        .call(move |c| cmx::current(c, &endpoint_id, &inst, &name))
                         .await
                         .map_err(storage)?;
                     Ok(cmx::response(current, config_id.as_deref())
@@ -183,6 +230,7 @@ impl Services {
                             cmx::record_applied(
                                 c,
                                 &endpoint_id,
+                                &inst,
                                 &name,
                                 &config_id,
                                 status_code,
@@ -198,7 +246,9 @@ impl Services {
             ExtensionKind::Cex => match cex::parse(resource, payload)? {
                 CexRequest::Commands { command_type, .. } => {
                     let pending = store
-                        .call(move |c| cex::take_pending(c, &endpoint_id, &command_type, now_ms()))
+                        .call(move |c| {
+                            cex::take_pending(c, &endpoint_id, &inst, &command_type, now_ms())
+                        })
                         .await
                         .map_err(storage)?;
                     Ok(cex::commands_payload(&pending))
@@ -209,7 +259,14 @@ impl Services {
                 } => {
                     let closed = store
                         .call(move |c| {
-                            cex::store_results(c, &endpoint_id, &command_type, &results, now_ms())
+                            cex::store_results(
+                                c,
+                                &endpoint_id,
+                                &inst,
+                                &command_type,
+                                &results,
+                                now_ms(),
+                            )
                         })
                         .await
                         .map_err(storage)?;
@@ -286,10 +343,12 @@ impl Services {
     pub async fn send_command(
         &self,
         endpoint_id: &str,
+        instance: &str,
         command_type: &str,
         payload: Value,
         ttl_ms: i64,
     ) -> Result<i64, StoreError> {
+        let inst = instance.to_owned();
         let (ep, ty, body) = (
             endpoint_id.to_owned(),
             command_type.to_owned(),
@@ -298,7 +357,7 @@ impl Services {
         let (id, tokens) = self
             .store
             .call(move |c| {
-                let id = cex::create(c, &ep, &ty, &body, now_ms(), ttl_ms)?;
+                let id = cex::create(c, &ep, &inst, &ty, &body, now_ms(), ttl_ms)?;
                 Ok((id, epr::push_tokens(c, &ep)?))
             })
             .await?;
@@ -306,7 +365,7 @@ impl Services {
         let reached = self.hub.push(
             endpoint_id,
             &tokens,
-            |avn, token| format!("kp1/{avn}/cex/{token}/command/{command_type}/status"),
+            |avn, token| format!("kp1/{avn}/{instance}/{token}/command/{command_type}/status"),
             &push,
         );
         log::debug!(
@@ -325,14 +384,16 @@ impl Services {
     pub async fn put_config(
         &self,
         endpoint_id: &str,
+        instance: &str,
         name: &str,
         body: Value,
     ) -> Result<(String, bool), StoreError> {
         let (ep, n, b) = (endpoint_id.to_owned(), name.to_owned(), body.clone());
+        let inst = instance.to_owned();
         let (config_id, changed, tokens) = self
             .store
             .call(move |c| {
-                let (id, changed) = cmx::put(c, &ep, &n, &b, now_ms())?;
+                let (id, changed) = cmx::put(c, &ep, &inst, &n, &b, now_ms())?;
                 Ok((id, changed, epr::push_tokens(c, &ep)?))
             })
             .await?;
@@ -347,7 +408,7 @@ impl Services {
             let reached = self.hub.push(
                 endpoint_id,
                 &tokens,
-                |avn, token| format!("kp1/{avn}/cmx/{token}/config/json{suffix}/status"),
+                |avn, token| format!("kp1/{avn}/{instance}/{token}/config/json{suffix}/status"),
                 &push,
             );
             log::debug!(

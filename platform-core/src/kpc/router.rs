@@ -6,7 +6,7 @@
 use super::hub::SessionId;
 use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
-use crate::ext::{ExtensionKind, Services};
+use crate::ext::Services;
 use crate::kp1::{Direction, Kp1Error, Kp1Topic};
 use crate::store::StoreHandle;
 
@@ -130,7 +130,7 @@ impl Router {
                 t.app_version.as_str()
             )));
         }
-        let kind = ExtensionKind::for_default_instance(t.extension.as_str()).ok_or_else(|| {
+        let kind = self.services.kind_of(t.extension.as_str()).ok_or_else(|| {
             Kp1Error::not_found(format!(
                 "unknown extension instance {:?}",
                 t.extension.as_str()
@@ -165,7 +165,13 @@ impl Router {
             }
         };
         self.services
-            .handle(kind, endpoint_id, &t.resource, payload)
+            .handle(
+                t.extension.as_str(),
+                kind,
+                endpoint_id,
+                &t.resource,
+                payload,
+            )
             .await
     }
 }

@@ -102,6 +102,7 @@ ALTER TABLE tokens ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE commands (
     id             INTEGER PRIMARY KEY AUTOINCREMENT,
     endpoint_id    TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    instance       TEXT NOT NULL,
     type           TEXT NOT NULL,
     payload        TEXT NOT NULL,
     created_ms     INTEGER NOT NULL,
@@ -112,23 +113,25 @@ CREATE TABLE commands (
     result_reason  TEXT,
     result_payload TEXT
 );
-CREATE INDEX commands_pending ON commands(endpoint_id, type, result_ms);
+CREATE INDEX commands_pending ON commands(endpoint_id, instance, type, result_ms);
 CREATE TABLE configs (
     endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    instance    TEXT NOT NULL,
     name        TEXT NOT NULL,
     config_id   TEXT NOT NULL,
     body        TEXT NOT NULL,
     updated_ms  INTEGER NOT NULL,
-    PRIMARY KEY (endpoint_id, name)
+    PRIMARY KEY (endpoint_id, instance, name)
 );
 CREATE TABLE configs_applied (
     endpoint_id   TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    instance      TEXT NOT NULL,
     name          TEXT NOT NULL,
     config_id     TEXT NOT NULL,
     status_code   INTEGER NOT NULL,
     reason_phrase TEXT,
     applied_ms    INTEGER NOT NULL,
-    PRIMARY KEY (endpoint_id, name)
+    PRIMARY KEY (endpoint_id, instance, name)
 );
 "#,
 ];
