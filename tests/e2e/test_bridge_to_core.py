@@ -87,3 +87,51 @@ def test_a_4xx_answer_parks_the_batch_in_the_dead_letter_table(tmp_path, core):
     statuses = {(row[2], row[5]) for row in dead}  # (token, status)
     assert statuses == {("not-provisioned", 401)}
     assert "parked in the dead-letter table" in gw.output()
+
+
+def test_a_command_queued_while_the_gateway_was_away_runs_when_it_connects(tmp_path, core):
+    """The gateway (bridge) to a separate core: a Modbus write command created over the
+    core's REST API before the gateway connects is fetched by its observe request on
+    connect, written to the pymodbus device, and its result reaches the REST caller."""
+    from pymodbus.client import ModbusTcpClient
+    from conftest import free_port, start_modbus_device
+
+    mport = free_port()
+    device = start_modbus_device(tmp_path, {"transport": "tcp", "port": mport, "slaves": {"1": {"hr": [0]}}})
+    code, cmd = core.api("POST", "/api/v1/endpoints/ep-tok2/commands/write?commandTtl=60000",
+                         {"point": "level", "value": 321})
+    assert code == 202 and cmd["status"] == "PENDING"
+    modbus_device = f"""
+[[modbus.buses]]
+name = "plant"
+kind = "tcp"
+address = "127.0.0.1:{mport}"
+[[devices]]
+name = "tank"
+token = "tok2"
+app_version = "demo-v1"
+poll_interval_ms = 500
+[devices.modbus]
+bus = "plant"
+[[devices.points]]
+name = "level"
+address = 0
+type = "u16"
+writable = true
+"""
+    gw = Proc("gateway", [str(BIN), "-c", bridge_config(tmp_path, core, modbus_device)], tmp_path / "gw.log")
+    mb = ModbusTcpClient("127.0.0.1", port=mport)
+    try:
+        done = wait_for("the command's result", lambda: (c := core.api(
+            "GET", f"/api/v1/endpoints/ep-tok2/commands/write/{cmd['id']}")[1])["status"] == "EXECUTED" and c)
+        assert done["result"]["statusCode"] == 200 and done["result"]["payload"] == {"point": "level", "value": 321}
+        assert mb.connect() and mb.read_holding_registers(0, count=1, device_id=1).registers == [321]
+        # And one pushed while it is connected, answered within the HTTP call.
+        code, live = core.api("POST", "/api/v1/endpoints/ep-tok2/commands/write?awaitTimeout=10000",
+                              {"point": "level", "value": 7})
+        assert code == 200 and live["result"]["statusCode"] == 200
+        assert mb.read_holding_registers(0, count=1, device_id=1).registers == [7]
+    finally:
+        mb.close()
+        assert gw.stop() == 0, gw.output()
+        device.stop()
