@@ -215,15 +215,19 @@ fn run(cli: Cli) -> ExitCode {
     }
 }
 
-/// The demo's core wants 127.0.0.1:1883; if a broker already has it, take a free port.
+/// The demo's core wants 127.0.0.1:1883 and :8080; if either is taken, take a free port.
 fn demo_port_fallback(config: &mut Config) {
-    if let Some(core) = &mut config.core {
-        if std::net::TcpListener::bind(core.mqtt.listen).is_err() {
-            log::warn!(
-                "{} is taken (another MQTT broker?); the demo core takes a free port instead",
-                core.mqtt.listen
-            );
-            core.mqtt.listen.set_port(0);
+    let Some(core) = &mut config.core else {
+        return;
+    };
+    let mut listens = vec![&mut core.mqtt.listen];
+    if let Some(http) = &mut core.http {
+        listens.push(&mut http.listen);
+    }
+    for listen in listens {
+        if std::net::TcpListener::bind(*listen).is_err() {
+            log::warn!("{listen} is taken; the demo core takes a free port instead (logged below)");
+            listen.set_port(0);
         }
     }
 }
