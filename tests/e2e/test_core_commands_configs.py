@@ -207,3 +207,19 @@ def test_configured_extension_instances_keep_their_data_apart(tmp_path):
     finally:
         c.close()
         core.stop()
+
+
+def test_an_anonymous_client_sees_pushes_of_its_own_tokens_only(anonymous_core):
+    core = anonymous_core
+    snoop = KpClient(core.port, client_id="anon-snoop")
+    try:
+        snoop.subscribe("kp1/#")
+        assert snoop.request(f"kp1/{AVN}/dcx/tok1/json/1", [{"t": 1}]) == ("status", b"")
+        code, other = core.api("POST", "/api/v1/endpoints/ep-tok2/commands/secret", {"pin": 1234})
+        code, own = core.api("POST", "/api/v1/endpoints/ep-tok1/commands/blink", None)
+        topic, payload = snoop.wait_message(f"kp1/{AVN}/cex/tok1/command/blink/status")
+        assert json.loads(payload) == [{"id": own["id"], "payload": None}]
+        time.sleep(0.5)
+        assert not [t for t, _ in snoop.seen if "/tok2/" in t], "another endpoint's command leaked"
+    finally:
+        snoop.close()

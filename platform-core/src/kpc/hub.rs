@@ -68,6 +68,20 @@ struct Entry {
     kill: CancellationToken,
 }
 
+impl Entry {
+    /// May this session receive a copy of a message on `topic` it subscribed to?
+    /// Authenticated sessions may watch any endpoint (Kaa's tutorials watch replies with
+    /// `mosquitto_sub`); an anonymous session proves nothing but the tokens it used, so it
+    /// sees only topics of those tokens.
+    fn may_watch(&self, topic: &str) -> bool {
+        if self.identity != Identity::Anonymous {
+            return true;
+        }
+        let token = topic.split('/').nth(3);
+        token.is_some_and(|t| self.used.values().any(|(_, used)| used == t))
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     live: HashMap<SessionId, Entry>,
@@ -205,6 +219,9 @@ impl Hub {
             let Some(qos) = granted(&e.filters, topic) else {
                 continue;
             };
+            if !e.may_watch(topic) {
+                continue;
+            }
             let msg = Outbound {
                 topic: topic.to_owned(),
                 qos,
@@ -240,6 +257,9 @@ impl Hub {
             } else {
                 tokens.iter().find_map(|(avn, token)| {
                     let topic = topic_for(avn, token);
+                    if !e.may_watch(&topic) {
+                        return None;
+                    }
                     granted(&e.filters, &topic).map(|qos| Outbound {
                         topic,
                         qos,
@@ -351,7 +371,7 @@ mod tests {
     use super::*;
 
     fn attach(hub: &Hub, client: &str) -> Attached {
-        hub.register(client, Identity::Anonymous)
+        hub.register(client, Identity::Basic(client.to_owned()))
     }
 
     #[tokio::test]
@@ -373,6 +393,40 @@ mod tests {
         assert_eq!(b.inbox.try_recv().unwrap().qos, QoS::AtMostOnce);
         assert!(a.inbox.try_recv().is_err());
         assert!(c.inbox.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn anonymous_sessions_watch_only_the_tokens_they_used() {
+        let hub = Hub::new();
+        let mut anon = hub.register("anon", Identity::Anonymous);
+        let mut user = hub.register("user", Identity::Basic("u".into()));
+        for a in [&anon, &user] {
+            a.registration
+                .set_filters(vec![("kp1/#".into(), QoS::AtMostOnce)]);
+        }
+        hub.record_use(anon.registration.id, "ep-a", "v", "tok-a");
+        let b = Bytes::new();
+        assert_eq!(
+            hub.fan_out(u64::MAX, "kp1/v/cex/tok-b/command/x/status", &b),
+            1
+        );
+        assert!(anon.inbox.try_recv().is_err(), "not its token");
+        assert!(user.inbox.try_recv().is_ok());
+        assert_eq!(
+            hub.fan_out(u64::MAX, "kp1/v/cex/tok-a/command/x/status", &b),
+            2
+        );
+        let tokens = vec![("v".to_owned(), "tok-b".to_owned())];
+        let n = hub.push(
+            "ep-b",
+            &tokens,
+            |a, t| format!("kp1/{a}/cmx/{t}/config/json/status"),
+            &b,
+        );
+        assert_eq!(
+            n, 1,
+            "only the authenticated watcher gets another endpoint's push"
+        );
     }
 
     #[tokio::test]
