@@ -33,6 +33,8 @@ pub struct HttpListener {
     pub websocket: bool,
     /// Token-only WebSocket MQTT clients (no user name/password).
     pub websocket_allow_anonymous: bool,
+    /// Certificate and key for HTTPS (and WSS); `None`: plain HTTP.
+    pub tls: Option<crate::kpc::tls::TlsFiles>,
 }
 
 /// The MQTT/TLS listener.

@@ -138,6 +138,12 @@ impl Core {
         };
         let mut tasks = Vec::new();
         let mut http_addr = None;
+        let https = config
+            .http
+            .as_ref()
+            .and_then(|h| h.tls.as_ref())
+            .map(kpc::tls::https_acceptor)
+            .transpose()?;
         if let Some(http) = &config.http {
             let (listener, addr) =
                 kpc::http::bind(http.listen)
@@ -164,15 +170,18 @@ impl Core {
                     shutdown.clone(),
                 ));
             }
+            let secure = https.is_some();
             tasks.push(tokio::spawn(kpc::http::serve(
                 listener,
+                https.map(|a| (a, stats.clone())),
                 router.clone(),
                 extra,
                 config.max_payload_bytes,
                 shutdown.clone(),
             )));
             log::info!(
-                "platform core: HTTP listening on {addr} (1/KP binding{}{})",
+                "platform core: {} listening on {addr} (1/KP binding{}{})",
+                if secure { "HTTPS" } else { "HTTP" },
                 if config.api.is_some() {
                     ", REST API"
                 } else {

@@ -94,9 +94,12 @@ class Core:
     ADMIN_PASSWORD = "admin-password"
 
     def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600, extra_tokens=(),
-                 core_extra: str = "", extra: str = "", mqtt_extra: str = ""):
-        """`core_extra`: lines added to [core]; `mqtt_extra`: to [core.mqtt]; `extra`: whole
+                 core_extra: str = "", extra: str = "", mqtt_extra: str = "", http_extra: str = "",
+                 cacert: Path = None):
+        """`core_extra`: lines added to [core]; `mqtt_extra`: to [core.mqtt]; `http_extra`:
+        to [core.http] (with `cacert`, the API is called over HTTPS); `extra`: whole
         sections added at the end."""
+        self.cacert = cacert
         self.port = free_port()
         self.http_port = free_port()
         self.state = tmp / "state"
@@ -118,6 +121,7 @@ allow_anonymous = {"true" if allow_anonymous else "false"}
 {mqtt_extra}
 [core.http]
 listen = "127.0.0.1:{self.http_port}"
+{http_extra}
 [core.epl]
 idle_timeout_secs = {idle_timeout_secs}
 [core.api]
@@ -149,7 +153,10 @@ password_hash = "{hash_password(self.PASSWORD)}"
         """A REST API call with curl: (status code, parsed JSON or None)."""
         import json
 
-        args = ["curl", "-s", "-X", method, "-w", "\n%{http_code}", f"http://127.0.0.1:{self.http_port}{path}"]
+        scheme = "https" if self.cacert else "http"
+        args = ["curl", "-s", "-X", method, "-w", "\n%{http_code}", f"{scheme}://127.0.0.1:{self.http_port}{path}"]
+        if self.cacert:
+            args += ["--cacert", str(self.cacert)]
         if auth:
             args += ["-u", f"{auth[0]}:{auth[1]}"]
         if body is not None:

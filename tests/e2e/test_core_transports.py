@@ -146,3 +146,29 @@ def test_mqtt_js_over_websocket_sends_data_and_answers_a_pushed_command(core):
             node.kill()
     samples = core.query("SELECT sample FROM data_samples WHERE endpoint_id = 'ep-tok3'")
     assert [json.loads(s[0]) for s in samples] == [{"temperature": 21.5, "humidity": 40}]
+
+
+def test_https_rest_api_and_mqtt_over_secure_websocket(tmp_path):
+    make_pki(tmp_path)
+    http_extra = f'cert_file = "{tmp_path / "server.pem"}"\nkey_file = "{tmp_path / "server.key"}"\n'
+    core = Core(tmp_path, http_extra=http_extra, cacert=tmp_path / "ca.pem")
+    try:
+        code, eps = core.api("GET", "/api/v1/endpoints")
+        assert code == 200 and len(eps) == 3
+        plain = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                                f"http://127.0.0.1:{core.http_port}/api/v1/endpoints"], capture_output=True, text=True)
+        assert plain.stdout in ("000", "400"), "plain HTTP is not served on the HTTPS port"
+        c = KpClient(core.http_port, core.USER, core.PASSWORD, client_id="wss", transport="websockets",
+                     tls=tls_opts(tmp_path))
+        try:
+            assert c.connack == "Success"
+            assert c.request(f"kp1/{AVN}/dcx/tok1/json/1", [{"secure": 1}]) == ("status", b"")
+        finally:
+            c.close()
+        # The 1/KP HTTP binding over HTTPS too.
+        out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", "--cacert", str(tmp_path / "ca.pem"), "-X", "POST",
+                              "--data-binary", '[{"x":1}]', f"https://127.0.0.1:{core.http_port}/kp1/{AVN}/dcx/tok2/json"],
+                             capture_output=True, text=True)
+        assert out.stdout.rpartition("\n")[2] == "200"
+    finally:
+        core.stop()

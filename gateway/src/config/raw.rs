@@ -271,6 +271,9 @@ pub struct RawCoreHttp {
     pub websocket: bool,
     #[serde(default)]
     pub websocket_allow_anonymous: bool,
+    /// HTTPS (and WSS) with this certificate chain and key; both or neither.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

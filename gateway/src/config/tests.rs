@@ -239,6 +239,8 @@ extension_timeout_ms = 0
 listen = "nowhere"
 cert_file = "/nonexistent/server.pem"
 key_file = "/nonexistent/server.key"
+[core.http]
+cert_file = "/nonexistent/https.pem"
 [core.epmx]
 read_only_keys = ["fine", "not fine"]
 [[core.extensions]]
@@ -256,6 +258,7 @@ kind = "nope"
         "core.tls.key_file: /nonexistent/server.key is not a readable file",
         "core.epmx.read_only_keys[1]: \"not fine\" must match ^[a-zA-Z0-9_]+$",
         "core.extensions[0].instance: \"cmx\" is already an instance",
+        "core.http: cert_file and key_file go together (both for HTTPS, neither for HTTP)",
         "core.extensions[1].kind: \"nope\" is not one of dcx, epmx, cmx, cex",
         "core.extensions[1].instance: \"Bad\" must match ^[a-z0-9_-]+$",
     ] {

@@ -335,7 +335,32 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
         }),
         websocket: h.websocket,
         websocket_allow_anonymous: h.websocket_allow_anonymous,
+        tls: match (&h.cert_file, &h.key_file) {
+            (Some(cert), Some(key)) => Some(platform_core::kpc::tls::TlsFiles {
+                cert_file: resolve(state_dir, cert),
+                key_file: resolve(state_dir, key),
+                client_ca_file: None,
+            }),
+            (None, None) => None,
+            _ => {
+                e.add(
+                    "core.http",
+                    "cert_file and key_file go together (both for HTTPS, neither for HTTP)",
+                );
+                None
+            }
+        },
     });
+    if let Some(f) = http.as_ref().and_then(|h| h.tls.as_ref()) {
+        for (key, p) in [("cert_file", &f.cert_file), ("key_file", &f.key_file)] {
+            if !p.is_file() {
+                e.add(
+                    format!("core.http.{key}"),
+                    format!("{} is not a readable file", p.display()),
+                );
+            }
+        }
+    }
     let tls = c.tls.as_ref().map(|t| TlsListener {
         listen: SocketAddr::from_str(&t.listen).unwrap_or_else(|_| {
             e.add(

@@ -16,9 +16,12 @@ use axum::routing::post;
 use axum::serve::ListenerExt as _;
 use axum::Router as HttpRouter;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::https::HttpsListener;
 use super::router::Router;
+use super::stats::Stats;
 use crate::kp1::Kp1Error;
 
 #[derive(Clone)]
@@ -78,9 +81,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 }
 
 /// Serves HTTP (the 1/KP binding, plus `extra` routes: the REST API, `/ws`) until
-/// `shutdown`.
+/// `shutdown`; HTTPS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<(TlsAcceptor, Stats)>,
     router: Router,
     extra: Vec<HttpRouter>,
     max_payload_bytes: usize,
@@ -91,16 +95,33 @@ pub async fn serve(
         app = app.merge(r);
     }
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    // No Nagle: a response written in two parts must not wait for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            log::debug!("kpc http: cannot set TCP_NODELAY: {e}");
+    let stop = shutdown.clone();
+    let result = match tls {
+        None => {
+            // No Nagle: a response written in two parts must not wait for a delayed ACK.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    log::debug!("kpc http: cannot set TCP_NODELAY: {e}");
+                }
+            });
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
         }
-    });
-    if let Err(e) = axum::serve(listener, service)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
+        Some((acceptor, stats)) => {
+            let listener = match HttpsListener::new(listener, acceptor, stats, shutdown.clone()) {
+                Ok(l) => l.tap_io(|_| {}),
+                Err(e) => {
+                    log::error!("kpc https: {e}");
+                    return;
+                }
+            };
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
+    };
+    if let Err(e) = result {
         log::error!("kpc http: {e}");
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod connection;
 pub mod http;
+pub mod https;
 pub mod hub;
 pub mod listener;
 pub mod router;

@@ -61,12 +61,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-/// Builds the acceptor from the files (read once, at start).
+/// Builds the MQTT/TLS acceptor from the files (read once, at start): client
+/// certificates optional, judged by CCM.
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = certs(&files.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key_file)
-        .map_err(|e| file_err(&files.key_file, format!("no usable private key: {e}")))?;
+    let (chain, key) = chain_and_key(files)?;
     let verifier: Arc<dyn ClientCertVerifier> = match &files.client_ca_file {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
@@ -86,6 +85,28 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn chain_and_key(
+    files: &TlsFiles,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let chain = certs(&files.cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key_file)
+        .map_err(|e| file_err(&files.key_file, format!("no usable private key: {e}")))?;
+    Ok((chain, key))
+}
+
+/// Builds an HTTPS acceptor (no client certificates: browsers must not be asked for one;
+/// `client_ca_file` is ignored) from the files, read once at start.
+pub fn https_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (chain, key) = chain_and_key(files)?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
