@@ -79,6 +79,27 @@ class Proc:
         return self.popen.returncode
 
 
+def rest_call(port: int, method: str, path: str, body=None, auth=("admin", "admin-password"), raw: bytes = None,
+              cacert: Path = None):
+    """A call to the core's REST API with curl: (status code, parsed JSON or None).
+    Over HTTPS when `cacert` (the CA of the server certificate) is given."""
+    import json
+
+    scheme = "https" if cacert else "http"
+    args = ["curl", "-s", "-X", method, "-w", "\n%{http_code}", f"{scheme}://127.0.0.1:{port}{path}"]
+    if cacert:
+        args += ["--cacert", str(cacert)]
+    if auth:
+        args += ["-u", f"{auth[0]}:{auth[1]}"]
+    if body is not None:
+        raw = json.dumps(body).encode()
+    if raw is not None:
+        args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+    out = subprocess.run(args, input=raw, capture_output=True, timeout=60)
+    text, _, code = out.stdout.decode().rpartition("\n")
+    return int(code), (json.loads(text) if text else None)
+
+
 def hash_password(password: str) -> str:
     out = subprocess.run([str(BIN), "hash-password"], input=password + "\n", capture_output=True, text=True, check=True)
     return out.stdout.strip()
@@ -151,21 +172,7 @@ password_hash = "{hash_password(self.PASSWORD)}"
 
     def api(self, method: str, path: str, body=None, auth=("admin", "admin-password"), raw: bytes = None):
         """A REST API call with curl: (status code, parsed JSON or None)."""
-        import json
-
-        scheme = "https" if self.cacert else "http"
-        args = ["curl", "-s", "-X", method, "-w", "\n%{http_code}", f"{scheme}://127.0.0.1:{self.http_port}{path}"]
-        if self.cacert:
-            args += ["--cacert", str(self.cacert)]
-        if auth:
-            args += ["-u", f"{auth[0]}:{auth[1]}"]
-        if body is not None:
-            raw = json.dumps(body).encode()
-        if raw is not None:
-            args += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
-        out = subprocess.run(args, input=raw, capture_output=True, timeout=60)
-        text, _, code = out.stdout.decode().rpartition("\n")
-        return int(code), (json.loads(text) if text else None)
+        return rest_call(self.http_port, method, path, body, auth, raw, self.cacert)
 
     def stop(self):
         code = self.proc.stop()

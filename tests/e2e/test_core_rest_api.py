@@ -12,14 +12,7 @@ AVN = "demo-v1"
 
 
 def api(core, method, path, body=None, auth=("admin", "admin-password")):
-    args = ["curl", "-s", "-X", method, "-w", "\n%{http_code}", f"http://127.0.0.1:{core.http_port}{path}"]
-    if auth:
-        args += ["-u", f"{auth[0]}:{auth[1]}"]
-    if body is not None:
-        args += ["-H", "Content-Type: application/json", "--data-binary", json.dumps(body)]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=20)
-    text, _, code = out.stdout.rpartition("\n")
-    return int(code), (json.loads(text) if text else None)
+    return core.api(method, path, body, auth=auth)
 
 
 PATH_VALUES = {

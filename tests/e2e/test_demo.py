@@ -3,7 +3,7 @@ in-process core, whose REST API (admin / demo) shows the endpoints and their dat
 
 import re
 
-from conftest import BIN, Proc, wait_for
+from conftest import BIN, Proc, rest_call, wait_for
 
 
 def test_the_demo_stores_data_the_rest_api_shows(tmp_path):
@@ -34,13 +34,4 @@ def test_the_demo_stores_data_the_rest_api_shows(tmp_path):
 
 
 def _api(port, password="demo"):
-    import json
-    import subprocess
-
-    def call(path):
-        out = subprocess.run(["curl", "-s", "-u", f"admin:{password}", "-w", "\n%{http_code}",
-                              f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=20)
-        text, _, code = out.stdout.rpartition("\n")
-        return int(code), (json.loads(text) if text else None)
-
-    return call
+    return lambda path: rest_call(port, "GET", path, auth=("admin", password))

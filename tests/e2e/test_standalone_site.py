@@ -3,11 +3,12 @@ API drives everything a Kaa server would: a command becomes a Modbus write on a 
 pymodbus device and its result comes back in the HTTP answer; a configuration pushed to
 the gateway's own endpoint replaces its field side."""
 
+import functools
 import json
 
 from pymodbus.client import ModbusTcpClient
 
-from conftest import Gateway, free_port, hash_password, start_modbus_device, wait_for
+from conftest import Gateway, free_port, hash_password, rest_call, start_modbus_device, wait_for
 
 AVN = "site-v1"
 
@@ -50,11 +51,10 @@ writable = true
 
 
 def test_rest_commands_become_modbus_writes_and_remote_config_applies(tmp_path):
-    from conftest import Core  # for its curl helper only
     mport, core_port, http_port = free_port(), free_port(), free_port()
     device = start_modbus_device(tmp_path, {"transport": "tcp", "port": mport, "slaves": {"1": {"hr": [7, 0]}}})
     gw = Gateway(tmp_path, config(tmp_path, mport, core_port, http_port))
-    api = Core.api.__get__(type("C", (), {"http_port": http_port})())
+    api = functools.partial(rest_call, http_port)
     mb = ModbusTcpClient("127.0.0.1", port=mport)
     try:
         def endpoint_of(token):
