@@ -1,8 +1,6 @@
 """The core's REST API with curl: endpoints, metadata, time series; every route of the
 OpenAPI document answers; admin authentication; JSON errors."""
 
-import json
-import subprocess
 from pathlib import Path
 
 from kp_client import KpClient

@@ -158,7 +158,7 @@ def test_every_error_code_of_the_protocol(tmp_path):
         assert code(f"kp1/{AVN}/epmx/tok1/update/keys/4", {"connected": 1}) == 403
         core.api("PUT", "/api/v1/endpoints/ep-tok3/tokens/tok3/state", {"state": "REVOKED"})
         assert code(f"kp1/{AVN}/dcx/tok3/json/5", b"[]") == 401
-        assert code(f"kp1/nope-v1/dcx/tok1/json/6", b"[]") == 404
+        assert code("kp1/nope-v1/dcx/tok1/json/6", b"[]") == 404
         assert code(f"kp1/{AVN}/nope/tok1/json/7", b"[]") == 404
         assert code(f"kp1/{AVN}/dcx/tok1/json/8", b"[" + b"1," * 60_000 + b"1]") == 413
         # A batch too big to store within the 1 ms extension deadline.

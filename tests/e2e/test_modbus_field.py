@@ -1,7 +1,6 @@
 """The field side against real Modbus devices (pymodbus over TCP, RTU over TCP, and RTU
 on a socat pseudo-terminal pair), cross-checked with mbpoll, plus a serial NMEA sensor."""
 
-import json
 import re
 import subprocess
 import time

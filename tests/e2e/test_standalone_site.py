@@ -4,7 +4,6 @@ pymodbus device and its result comes back in the HTTP answer; a configuration pu
 the gateway's own endpoint replaces its field side."""
 
 import functools
-import json
 
 from pymodbus.client import ModbusTcpClient
 
