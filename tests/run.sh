@@ -59,6 +59,10 @@ cargo build --workspace --locked --all-targets
 log "cargo test (unit and property tests)"
 cargo test --workspace --locked
 
+# --- Python test code: no unused names, no undefined ones -------------------------------
+log "pyflakes (test and benchmark scripts)"
+"$VENV/bin/python" -m pyflakes tests/e2e tests/bench
+
 # --- end-to-end tests against the real binary -----------------------------------------
 log "end-to-end tests (pytest)"
 export KP_GATEWAY_BIN="$PWD/target/debug/kp-gateway"
