@@ -411,7 +411,7 @@ fn core(c: RawCore, state_dir: &Path, e: &mut Errors) -> CoreConfig {
     }
     let mut extensions = Vec::new();
     for (i, x) in c.extensions.iter().enumerate() {
-        let kind = platform_core::ext::ExtensionKind::parse(&x.kind);
+        let kind = platform_core::ext::ExtensionKind::for_default_instance(&x.kind);
         if kind.is_none() {
             e.add(
                 format!("core.extensions[{i}].kind"),

@@ -71,11 +71,6 @@ impl ExtensionKind {
             .map(|(k, _)| *k)
     }
 
-    /// The kind named by its default instance name, for config files.
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::for_default_instance(s)
-    }
-
     /// This kind's default instance name.
     pub fn default_instance(self) -> &'static str {
         Self::ALL

@@ -187,24 +187,25 @@ impl Hub {
     }
 
     fn send(&self, e: &Entry, msg: Outbound) -> bool {
-        let topic = msg.topic.clone();
         let len = msg.payload.len();
         let queued = e.queued_bytes.load(Ordering::Relaxed);
-        let fits = queued == 0 || queued + len <= OUTBOUND_MAX_BYTES;
-        let sent = fits && e.tx.try_send(msg).is_ok();
-        if sent {
+        let refused = if queued == 0 || queued + len <= OUTBOUND_MAX_BYTES {
+            e.tx.try_send(msg).err().map(|err| err.into_inner())
+        } else {
+            Some(msg)
+        };
+        let Some(msg) = refused else {
             e.queued_bytes.fetch_add(len, Ordering::Relaxed);
+            return true;
+        };
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            log::warn!(
+                "kpc: a slow session missed {} ({n} messages dropped so far)",
+                msg.topic
+            );
         }
-        match sent {
-            true => true,
-            false => {
-                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    log::warn!("kpc: a slow session missed {topic} ({n} messages dropped so far)");
-                }
-                false
-            }
-        }
+        false
     }
 
     /// Sends a copy of `topic`/`payload` to every session but `except` whose filters match.
@@ -276,6 +277,28 @@ impl Hub {
         sent
     }
 
+    /// Records that `session` used `token` (of `app_version`) for `endpoint_id`.
+    pub fn record_use(
+        &self,
+        session: SessionId,
+        endpoint_id: &str,
+        app_version: &str,
+        token: &str,
+    ) {
+        if let Some(e) = self.lock().live.get_mut(&session) {
+            let fresh = e
+                .used
+                .get(endpoint_id)
+                .is_none_or(|(a, t)| a != app_version || t != token);
+            if fresh {
+                e.used.insert(
+                    endpoint_id.to_owned(),
+                    (app_version.to_owned(), token.to_owned()),
+                );
+            }
+        }
+    }
+
     /// Ends every live session that used `token`. Returns how many.
     pub fn cut_token(&self, token: &str) -> usize {
         self.cut(|e| e.used.values().any(|(_, t)| t == token))
@@ -339,30 +362,6 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.lock().live.remove(&self.id);
-    }
-}
-
-impl Hub {
-    /// Records that `session` used `token` (of `app_version`) for `endpoint_id`.
-    pub fn record_use(
-        &self,
-        session: SessionId,
-        endpoint_id: &str,
-        app_version: &str,
-        token: &str,
-    ) {
-        if let Some(e) = self.lock().live.get_mut(&session) {
-            let fresh = e
-                .used
-                .get(endpoint_id)
-                .is_none_or(|(a, t)| a != app_version || t != token);
-            if fresh {
-                e.used.insert(
-                    endpoint_id.to_owned(),
-                    (app_version.to_owned(), token.to_owned()),
-                );
-            }
-        }
     }
 }
 
