@@ -4,33 +4,35 @@
 //! Usage: `cargo run --release -p kp-gateway --example buffer_bench -- [backlog] [secs]`
 //! (default 1 000 000 samples, 5 s per append run). Prints samples/s and the process RSS.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use kp_gateway::buffer::{BufferHandle, EndpointKey, NewSample};
-use kp_gateway::config::{Synchronous, Upstream};
-use kp_gateway::downlink::Downlink;
+use kp_gateway::buffer::BufferHandle;
+use kp_gateway::config::Synchronous;
+use kp_gateway::endpoint::Endpoint;
+use kp_gateway::sample::Sample;
 use kp_gateway::self_report::rss_bytes;
-use kp_gateway::upstream::UpstreamSession;
+use kp_gateway::upstream::{ClientState, Upstream, UpstreamSession};
 use platform_core::config::MqttListener;
 use platform_core::kp1::{AppVersionName, EndpointToken};
+use platform_core::secret::Secret;
 use platform_core::{ccm, epr, Core, CoreConfig};
 use tokio_util::sync::CancellationToken;
 
 const DEVICES: usize = 10;
 
-fn key(i: usize) -> EndpointKey {
-    EndpointKey {
+fn key(i: usize) -> Endpoint {
+    Endpoint {
         app_version: AppVersionName::new("bench-v1").expect("valid"),
         token: EndpointToken::new(&format!("dev{i}")).expect("valid"),
     }
 }
 
-fn cycle(n: u64) -> Vec<NewSample> {
+fn cycle(n: u64) -> Vec<Sample> {
     let ts = 1_700_000_000_000 + n as i64 * 1000;
     (0..DEVICES)
-        .map(|i| NewSample {
+        .map(|i| Sample {
             endpoint: key(i),
             ts_ms: ts,
             payload: format!(
@@ -136,27 +138,16 @@ async fn main() {
     .await
     .expect("core");
     let upstream = Upstream {
-        host: "127.0.0.1".into(),
-        port: core.mqtt_addr.port(),
         client_id: "bench".into(),
         username: Some("bench".into()),
-        password: Some("bench".into()),
-        keepalive: Duration::from_secs(30),
-        response_timeout: Duration::from_secs(30),
+        password: Some(Secret::new("bench")),
         batch_max_samples: 500,
-        batch_max_bytes: 64 * 1024,
-        max_inflight_batches: 16,
-        live_window: Duration::from_secs(60),
         reconnect_max: Duration::from_secs(1),
-        tls: None,
+        ..Upstream::new("127.0.0.1", core.mqtt_addr.port())
     };
     let endpoints = (0..DEVICES).map(key).collect();
-    let session = UpstreamSession::new(
-        upstream,
-        buffer.clone(),
-        endpoints,
-        Downlink::new(HashMap::new()),
-    );
+    let state = ClientState::new(endpoints, BTreeMap::new(), upstream.reconnect_max);
+    let session = UpstreamSession::new(upstream, buffer.clone(), state, HashMap::new());
     let drain = Instant::now();
     let task = tokio::spawn(session.run(stop.clone()));
     let mut peak_rss = 0u64;

@@ -7,8 +7,10 @@
 pub mod buffer;
 pub mod config;
 pub mod downlink;
+pub mod endpoint;
 pub mod modbus;
 pub mod remote_config;
+pub mod sample;
 pub mod self_report;
 pub mod source;
 pub mod supervisor;

@@ -61,6 +61,35 @@ pub fn validate(base_toml: &str, remote: &RemoteConfig) -> Result<Config, Config
     Config::with_remote_field_side(base_toml, &remote.config)
 }
 
+/// Why a pushed configuration was not applied, as reported on `/applied/json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub config_id: String,
+    /// 400: invalid; 500: valid but could not be saved.
+    pub status: u16,
+    pub reason: String,
+}
+
+/// Validates `remote` and saves it (blocking: file I/O and fsync; run it off the
+/// runtime). `Ok`: the configuration to apply; `Err`: the refusal to report.
+pub fn judge(base_toml: &str, state_dir: &Path, remote: &RemoteConfig) -> Result<Config, Verdict> {
+    let refuse = |status, reason: String| Verdict {
+        config_id: remote.config_id.clone(),
+        status,
+        reason,
+    };
+    let config = validate(base_toml, remote).map_err(|e| refuse(400, e.0.join("; ")))?;
+    save(state_dir, remote).map_err(|e| {
+        log::error!(
+            "cannot save remote configuration {:?} in {}: {e}",
+            remote.config_id,
+            state_dir.display()
+        );
+        refuse(500, "cannot save the configuration".into())
+    })?;
+    Ok(config)
+}
+
 fn saved_path(state_dir: &Path) -> PathBuf {
     state_dir.join(SAVED_FILE)
 }

@@ -9,9 +9,11 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::{BufferHandle, EndpointKey, NewSample};
+use crate::buffer::BufferHandle;
 use crate::config::OwnEndpoint;
-use crate::source::health::HealthRegistry;
+use crate::endpoint::Endpoint;
+use crate::sample::Sample;
+use crate::source::health::{HealthRegistry, HealthState};
 
 /// Kernel clock ticks per second for /proc CPU times (USER_HZ, 100 on Linux everywhere).
 const USER_HZ: f64 = 100.0;
@@ -35,8 +37,8 @@ pub fn cpu_seconds() -> Option<f64> {
     Some((utime + stime) / USER_HZ)
 }
 
-/// Builds one health sample (pure apart from reading /proc).
-pub fn health_sample(
+/// The values of one health sample (pure apart from reading /proc).
+pub fn health_values(
     stats: &crate::buffer::BufferStats,
     connected: bool,
     devices: &HealthRegistry,
@@ -44,9 +46,8 @@ pub fn health_sample(
     cpu_percent: Option<f64>,
 ) -> Map<String, Value> {
     let snapshot = devices.snapshot();
-    let failing = snapshot.values().filter(|h| h.state == "failing").count();
+    let count = |state| snapshot.values().filter(|h| h.state == state).count();
     let mut m = Map::new();
-    m.insert("timestamp".into(), now_ms.into());
     m.insert("buffer_pending".into(), stats.pending.into());
     m.insert("buffer_bytes".into(), stats.bytes.into());
     m.insert(
@@ -59,11 +60,8 @@ pub fn health_sample(
     m.insert("buffer_dropped".into(), stats.dropped_total().into());
     m.insert("dead_letters".into(), stats.dead_letters.into());
     m.insert("upstream_connected".into(), connected.into());
-    m.insert(
-        "devices_ok".into(),
-        snapshot.values().filter(|h| h.state == "ok").count().into(),
-    );
-    m.insert("devices_failing".into(), failing.into());
+    m.insert("devices_ok".into(), count(HealthState::Ok).into());
+    m.insert("devices_failing".into(), count(HealthState::Failing).into());
     if let Some(rss) = rss_bytes() {
         m.insert("rss_bytes".into(), rss.into());
     }
@@ -82,10 +80,7 @@ pub async fn run(
     connected: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
-    let key = EndpointKey {
-        app_version: own.app_version.clone(),
-        token: own.token.clone(),
-    };
+    let key = Endpoint::new(own.app_version.clone(), own.token.clone());
     let mut tick = tokio::time::interval(own.interval);
     let mut last_cpu: Option<(Instant, f64)> = cpu_seconds().map(|c| (Instant::now(), c));
     loop {
@@ -109,18 +104,14 @@ pub async fn run(
             }
         };
         let ts = crate::now_ms();
-        let sample = health_sample(
+        let values = health_values(
             &stats,
             connected.load(Ordering::Relaxed),
             &devices,
             ts,
             cpu_percent,
         );
-        let sample = NewSample {
-            endpoint: key.clone(),
-            ts_ms: ts,
-            payload: Value::Object(sample).to_string(),
-        };
+        let sample = Sample::builder(key.clone(), ts).values(values).build();
         if let Err(e) = buffer.append(vec![sample]).await {
             log::warn!("health report not stored: {e}");
         }
@@ -141,14 +132,14 @@ mod tests {
     #[test]
     fn the_health_sample_has_the_documented_fields() {
         let devices = HealthRegistry::default();
-        devices.update("a", |h| h.state = "ok");
-        devices.update("b", |h| h.state = "failing");
+        devices.update("a", |h| h.state = HealthState::Ok);
+        devices.update("b", |h| h.state = HealthState::Failing);
         let stats = crate::buffer::BufferStats {
             pending: 5,
             oldest_ts_ms: Some(1_000),
             ..Default::default()
         };
-        let m = health_sample(&stats, true, &devices, 11_000, Some(12.34));
+        let m = health_values(&stats, true, &devices, 11_000, Some(12.34));
         assert_eq!(m["buffer_pending"], 5);
         assert_eq!(m["buffer_oldest_age_s"], 10.0);
         assert_eq!(m["upstream_connected"], true);

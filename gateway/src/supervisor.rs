@@ -8,25 +8,27 @@
 //! durable before its task ends), then the upstream (DISCONNECT; unconfirmed batches stay
 //! buffered), then the core, then the buffer thread. Nothing taken is lost.
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use platform_core::epr::EndpointSpec;
+use platform_core::secret::Secret;
 use platform_core::Core;
 use rand::distributions::{Alphanumeric, DistString};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::{BufferHandle, EndpointKey};
-use crate::config::{Config, DeviceSource, Upstream};
-use crate::downlink::{CommandTarget, Downlink};
-use crate::remote_config::{self, RemoteConfig};
+use crate::buffer::BufferHandle;
+use crate::config::{Config, DeviceSource};
+use crate::downlink::{CommandTarget, CommandTargets};
+use crate::endpoint::Endpoint;
+use crate::remote_config::{self, RemoteConfig, Verdict};
 use crate::self_report;
-use crate::source::{self, health::HealthRegistry, modbus::BusActor, modbus::BusHandle};
-use crate::upstream::{RemoteConfigLink, UpstreamSession};
+use crate::source::health::{HealthRegistry, HealthState};
+use crate::source::{self, modbus::BusActor, modbus::BusHandle};
+use crate::upstream::{ClientState, ConfigLink, OwnConfig, Upstream, UpstreamSession};
 
 /// User name of the gateway's own credential in the in-process core (standalone site).
 pub const INTERNAL_USER: &str = "kp-gateway-internal";
@@ -43,10 +45,9 @@ pub struct RunOptions {
 
 /// What a generation's session needs for remote configuration.
 struct RemoteSetup {
-    base_toml: String,
     current_id: Option<String>,
     announce: Option<String>,
-    reload: mpsc::Sender<(RemoteConfig, Config)>,
+    link: ConfigLink,
 }
 
 /// The running field side and upstream session of one configuration.
@@ -154,36 +155,70 @@ pub async fn run(
         if let (Some(core), None) = (&core, &config.upstream) {
             provision_in_core(core, &config).await?;
         }
-        let (reload_tx, mut reload_rx) = mpsc::channel::<(RemoteConfig, Config)>(1);
+        // Pushed configurations come from the session and are judged here, off the MQTT
+        // task (validation and an fsync'ed save); refusals go back to be reported.
+        let (pushed_tx, mut pushed_rx) = mpsc::channel::<RemoteConfig>(1);
+        let (verdict_tx, verdict_rx) = mpsc::channel::<Verdict>(4);
         let generation = start_generation(
             &config,
             &buffer,
             &health,
             upstream.clone(),
-            opts.config_text.clone().map(|base_toml| RemoteSetup {
-                base_toml,
+            opts.config_text.as_ref().map(|_| RemoteSetup {
                 current_id: remote_id.clone(),
                 announce: announce.take(),
-                reload: reload_tx,
+                link: ConfigLink {
+                    pushed: pushed_tx,
+                    verdicts: verdict_rx,
+                },
             }),
         );
-        let status = status_loop(&buffer, core.as_ref(), &health, opts.status_every);
-        tokio::select! {
-            _ = shutdown.cancelled() => {
+        let mut status = std::pin::pin!(status_loop(
+            &buffer,
+            core.as_ref(),
+            &health,
+            opts.status_every
+        ));
+        let applied = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                Some(remote) = pushed_rx.recv() => {
+                    let base = opts.config_text.clone().unwrap_or_default();
+                    let dir = config.state_dir.clone();
+                    let judged = tokio::task::spawn_blocking(move || {
+                        let verdict = remote_config::judge(&base, &dir, &remote);
+                        (remote, verdict)
+                    })
+                    .await;
+                    match judged {
+                        Ok((remote, Ok(new_config))) => break Some((remote, new_config)),
+                        Ok((_, Err(verdict))) => {
+                            let _ = verdict_tx.send(verdict).await;
+                        }
+                        Err(e) => log::error!("remote configuration check failed: {e}"),
+                    }
+                }
+                _ = &mut status => {}
+            }
+        };
+        match applied {
+            None => {
                 crate::systemd::notify("STOPPING=1");
                 log::info!("shutting down: stopping devices, then the upstream session");
                 buffer.stop_blocking();
                 generation.stop().await;
                 break;
             }
-            Some((remote, new_config)) = reload_rx.recv() => {
-                log::info!("applying remote configuration {:?}: restarting the field side", remote.config_id);
+            Some((remote, new_config)) => {
+                log::info!(
+                    "applying remote configuration {:?}: restarting the field side",
+                    remote.config_id
+                );
                 generation.stop().await;
                 config = with_field_side(&config, new_config);
                 remote_id = Some(remote.config_id.clone());
                 announce = Some(remote.config_id);
             }
-            _ = status => {}
         }
     }
     if let Some(core) = core {
@@ -254,12 +289,12 @@ fn start_generation(
             DeviceSource::Modbus(_) => {} // polled by its bus task
         }
     }
-    let mut endpoints: Vec<EndpointKey> = config.devices.iter().map(source::endpoint_of).collect();
-    let own_key = config.own_endpoint.as_ref().map(|own| EndpointKey {
-        app_version: own.app_version.clone(),
-        token: own.token.clone(),
-    });
-    endpoints.extend(own_key.clone());
+    let mut endpoints: Vec<Endpoint> = config.devices.iter().map(source::endpoint_of).collect();
+    let own = config
+        .own_endpoint
+        .as_ref()
+        .map(|own| Endpoint::new(own.app_version.clone(), own.token.clone()));
+    endpoints.extend(own.clone());
     let targets = command_targets(config, &bus_handles);
     let upstream = upstream.map(|u| {
         let metadata = config
@@ -267,18 +302,24 @@ fn start_generation(
             .iter()
             .map(|d| (source::endpoint_of(d), d.metadata.clone()))
             .collect();
-        let mut session =
-            UpstreamSession::new(u, buffer.clone(), endpoints, Downlink::new(targets))
-                .with_metadata(metadata);
-        if let (Some(endpoint), Some(r)) = (own_key, remote) {
-            session = session.with_remote_config(RemoteConfigLink {
+        let devices = targets
+            .iter()
+            .map(|(ep, t)| (ep.clone(), t.device.clone()))
+            .collect();
+        let mut state =
+            ClientState::new(endpoints, devices, u.reconnect_max).with_metadata(metadata);
+        let mut link = None;
+        if let (Some(endpoint), Some(r)) = (own, remote) {
+            state = state.with_own_config(OwnConfig {
                 endpoint,
-                base_toml: r.base_toml,
-                state_dir: config.state_dir.clone(),
                 current_id: r.current_id,
                 announce: r.announce,
-                reload: r.reload,
             });
+            link = Some(r.link);
+        }
+        let mut session = UpstreamSession::new(u, buffer.clone(), state, targets);
+        if let Some(link) = link {
+            session = session.with_config_link(link);
         }
         if let Some(own) = config.own_endpoint.clone() {
             let connected = session.connected_flag();
@@ -301,10 +342,7 @@ fn start_generation(
 }
 
 /// Device endpoints with writable points, and the bus that writes them.
-fn command_targets(
-    config: &Config,
-    buses: &[(String, BusHandle)],
-) -> HashMap<EndpointKey, CommandTarget> {
+fn command_targets(config: &Config, buses: &[(String, BusHandle)]) -> CommandTargets {
     config
         .devices
         .iter()
@@ -347,19 +385,9 @@ async fn internal_upstream(core: &Core) -> anyhow::Result<Upstream> {
         addr.ip().to_string()
     };
     Ok(Upstream {
-        host,
-        port: addr.port(),
-        client_id: "kp-gateway".into(),
         username: Some(INTERNAL_USER.into()),
-        password: Some(password),
-        keepalive: Duration::from_secs(30),
-        response_timeout: Duration::from_secs(30),
-        batch_max_samples: 100,
-        batch_max_bytes: 64 * 1024,
-        max_inflight_batches: 16,
-        live_window: Duration::from_secs(60),
-        reconnect_max: Duration::from_secs(5),
-        tls: None,
+        password: Some(Secret::new(password)),
+        ..Upstream::new(host, addr.port())
     })
 }
 
@@ -428,10 +456,10 @@ async fn status_loop(
             b.dead_letters
         );
         for (name, h) in health.snapshot() {
-            if h.state != "ok" || h.bad_lines > 0 {
+            if h.state != HealthState::Ok || h.bad_lines > 0 {
                 log::info!(
                     "status: device {name} {} ({} polls, {} failures, {} exceptions, {} bad lines; last error: {})",
-                    h.state,
+                    h.state.as_str(),
                     h.polls,
                     h.failures,
                     h.exceptions,

@@ -15,6 +15,7 @@ pub mod ext;
 pub mod kp1;
 pub mod kpc;
 pub mod mqtt;
+pub mod secret;
 pub mod store;
 pub mod tsdb;
 

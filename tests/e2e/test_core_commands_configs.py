@@ -73,9 +73,8 @@ def test_no_result_in_time_is_202_and_the_command_waits_for_its_endpoint(core):
 def test_a_command_past_its_ttl_expires(core):
     code, cmd = core.api("POST", "/api/v1/endpoints/ep-tok3/commands/ping?commandTtl=200", None)
     assert code == 202
-    time.sleep(0.4)
-    code, got = core.api("GET", f"/api/v1/endpoints/ep-tok3/commands/ping/{cmd['id']}")
-    assert got["status"] == "EXPIRED"
+    wait_for("the command to expire",
+             lambda: core.api("GET", f"/api/v1/endpoints/ep-tok3/commands/ping/{cmd['id']}")[1]["status"] == "EXPIRED")
     code, body = subprocess_post(core, f"kp1/{AVN}/cex/tok3/command/ping", b"")
     assert (code, body) == (200, "[]")
 
@@ -219,7 +218,9 @@ def test_an_anonymous_client_sees_pushes_of_its_own_tokens_only(anonymous_core):
         code, own = core.api("POST", "/api/v1/endpoints/ep-tok1/commands/blink", None)
         topic, payload = snoop.wait_message(f"kp1/{AVN}/cex/tok1/command/blink/status")
         assert json.loads(payload) == [{"id": own["id"], "payload": None}]
-        time.sleep(0.5)
+        # The tok2 command was sent before the tok1 one: had it leaked, it would have come
+        # first. A round trip on the same connection makes sure nothing is still on its way.
+        assert snoop.request(f"kp1/{AVN}/dcx/tok1/json/2", [{"t": 2}]) == ("status", b"")
         assert not [t for t, _ in snoop.seen if "/tok2/" in t], "another endpoint's command leaked"
     finally:
         snoop.close()

@@ -42,17 +42,15 @@ def test_a_persistent_session_gets_unacknowledged_pushes_again_with_dup(core):
         assert again["dup"] and again["pkid"] == push["pkid"] and again["payload"] == push["payload"]
         assert json.loads(again["payload"]) == [{"id": cmd["id"], "payload": {"n": 1}}]
         c.send(puback(again["pkid"]))
-        time.sleep(0.2)
+        c.send(bytes([0xC0, 0]))  # PINGREQ: answered after the PUBACK was processed
+        assert c.read()[0] == 13
     finally:
         c.close()
     c, ack = raw_session(core, "persist", clean=False)
     try:
         assert ack == bytes([1, 0])
-        try:
-            extra = c.read_publish(timeout=1)
-        except TimeoutError:
-            extra = None
-        assert extra is None, "an acknowledged push is not sent again"
+        # Resends go out right after CONNACK, before later packets are answered: the
+        # next packet after a PINGREQ must be its PINGRESP, not a resent PUBLISH.
         c.send(bytes([0xC0, 0]))  # PINGREQ: the session is alive, not closed
         assert c.read()[0] == 13
     finally:
@@ -224,32 +222,56 @@ def test_a_full_disk_is_a_500_logged_at_error_and_reads_go_on(tmp_path):
         subprocess.run(["umount", "-l", str(state)], check=False)
 
 
-def test_keepalive_and_the_connection_limit(tmp_path):
-    core = Core(tmp_path, mqtt_extra="max_connections = 3\n")
+def test_keepalive_closes_a_silent_client_and_keeps_one_that_pings(tmp_path):
+    core = Core(tmp_path)
     try:
-        # No packet for 1.5 × keepalive (1 s) closes the connection …
+        # No packet for 1.5 × keepalive (1 s) closes the connection: not before 1 s
+        # (the server waits at least the keepalive), and it does close (no upper bound
+        # tighter than the read timeout: a loaded machine may be slow to schedule).
         quiet = RawClient(core.port)
         quiet.send(connect("quiet", core.USER, core.PASSWORD, keepalive=1))
         assert quiet.read()[0] == 2
         started = time.monotonic()
-        assert quiet.closed_by_server(timeout=5)
-        assert time.monotonic() - started < 4
-        # … while a client that pings stays.
+        assert quiet.closed_by_server(timeout=30)
+        assert time.monotonic() - started >= 1.0
+        # A client that pings every 0.3 s (well inside 1.5 s) stays connected for 4 s,
+        # more than twice what a silent one survives.
         pinger = RawClient(core.port)
         pinger.send(connect("pinger", core.USER, core.PASSWORD, keepalive=1))
         assert pinger.read()[0] == 2
-        for _ in range(4):
-            time.sleep(0.5)
+        until = time.monotonic() + 4
+        while time.monotonic() < until:
+            time.sleep(0.3)
             pinger.send(bytes([0xC0, 0]))  # PINGREQ
             assert pinger.read()[0] == 13  # PINGRESP
-        # The limit: 3 connections; a 4th is closed before CONNECT is read, and counted.
-        others = [raw_session(core, f"c{i}")[0] for i in range(2)]
-        extra = RawClient(core.port)
-        assert extra.closed_by_server()
-        assert stats(core)["connectionLimitRefusals"] == 1
-        others[0].close()
-        wait_for("a free slot", lambda: (c := RawClient(core.port)) and not c.closed_by_server(timeout=0.5) and c)
         pinger.close()
-        others[1].close()
+    finally:
+        core.stop()
+
+
+def test_the_connection_limit_refuses_and_counts_the_extra_connection(tmp_path):
+    # Every client keeps the default 60 s keepalive: nothing here depends on how long a
+    # CONNECT (an Argon2 check) takes on this machine.
+    core = Core(tmp_path, mqtt_extra="max_connections = 3\n")
+    try:
+        clients = [raw_session(core, f"c{i}")[0] for i in range(3)]
+        extra = RawClient(core.port)
+        assert extra.closed_by_server(timeout=30)
+        assert stats(core)["connectionLimitRefusals"] == 1
+        clients[0].close()
+
+        def a_new_client_is_accepted():
+            c = RawClient(core.port)
+            try:
+                c.send(connect("again", core.USER, core.PASSWORD))
+                return c.read(timeout=30)[0] == 2 and c
+            except (OSError, ConnectionError):
+                c.close()
+                return False
+
+        again = wait_for("a free slot", a_new_client_is_accepted)
+        again.close()
+        for c in clients[1:]:
+            c.close()
     finally:
         core.stop()

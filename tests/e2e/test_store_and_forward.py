@@ -70,9 +70,9 @@ def pending_keys(db: Path):
         return [(t, json.loads(p)["timestamp"]) for t, p in c.execute("SELECT token, payload FROM samples")]
 
 
-def query(db: Path, sql: str):
+def query(db: Path, sql: str, params=()):
     with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as c:
-        return c.execute(sql).fetchall()
+        return c.execute(sql, params).fetchall()
 
 
 def test_nothing_is_lost_across_a_broker_outage_and_kill_9(tmp_path):
@@ -134,8 +134,24 @@ def test_a_full_buffer_follows_its_policy(tmp_path, policy):
             return total > max_bytes - 500
         wait_for("the buffer to fill", full, timeout=60)
         newest_before = query(db, "SELECT max(ts_ms) FROM samples")[0][0]
-        import time
-        time.sleep(2)
+
+        def newest():
+            return query(db, "SELECT max(ts_ms) FROM samples")[0][0]
+
+        def dropped(reason):
+            rows = query(db, "SELECT coalesce(sum(count), 0) FROM drops WHERE reason = ?", (reason,))
+            return rows[0][0]
+
+        # Wait for the sources to have run on (not for a fixed time): drop_oldest takes
+        # new samples in, drop_newest refuses them (counted), block keeps them waiting.
+        if policy == "drop_oldest":
+            wait_for("newer samples taken in", lambda: newest() > newest_before + 1000, timeout=60)
+        elif policy == "drop_newest":
+            wait_for("new samples refused", lambda: dropped("refused_full") >= 20, timeout=60)
+        else:
+            wait_for("sources waiting", lambda: "buffer full (policy block)" in gw.proc.output(), timeout=60)
+            import time
+            time.sleep(2)  # an absence check: no sample may get in while they wait
         total = query(db, "SELECT coalesce(sum(length(payload)), 0) FROM samples")[0][0]
         assert total <= max_bytes
         drops = dict(query(db, "SELECT reason, sum(count) FROM drops GROUP BY reason"))

@@ -36,7 +36,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform_core::kp1::{AppVersionName, EndpointToken};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -44,13 +43,8 @@ use store::Owner;
 pub use store::APPLICATION_ID;
 
 use crate::config::Synchronous;
-
-/// The 1/KP endpoint a sample belongs to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EndpointKey {
-    pub app_version: AppVersionName,
-    pub token: EndpointToken,
-}
+use crate::endpoint::Endpoint;
+use crate::sample::Sample;
 
 /// Which part of an endpoint's pending samples a batch comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -64,16 +58,8 @@ pub enum Lane {
 /// Identifies a leased batch: at most one per endpoint and lane.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchKey {
-    pub endpoint: EndpointKey,
+    pub endpoint: Endpoint,
     pub lane: Lane,
-}
-
-/// A sample to buffer: its endpoint, time and the 2/DCP JSON object text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewSample {
-    pub endpoint: EndpointKey,
-    pub ts_ms: i64,
-    pub payload: String,
 }
 
 /// Samples of one endpoint leased for one upstream request.
@@ -81,8 +67,8 @@ pub struct NewSample {
 pub struct Batch {
     pub key: BatchKey,
     pub seqs: Vec<i64>,
-    /// The 2/DCP payload: a JSON array of the samples, oldest first.
-    pub payload: String,
+    /// Each sample's JSON object text, oldest first (in step with `seqs`).
+    pub samples: Vec<String>,
 }
 
 /// What to do when an append does not fit in `max_bytes`.
@@ -189,7 +175,7 @@ pub struct Appended {
 
 enum Command {
     Append(
-        Vec<NewSample>,
+        Vec<Sample>,
         oneshot::Sender<Result<Appended, AppendRefusal>>,
     ),
     Lease {
@@ -206,14 +192,14 @@ enum Command {
         reply: oneshot::Sender<Result<usize, BufferError>>,
     },
     Stats(oneshot::Sender<Result<BufferStats, BufferError>>),
-    RecordDrop(Vec<NewSample>, &'static str),
+    RecordDrop(Vec<Sample>, &'static str),
 }
 
 /// Why an append was not stored.
 #[derive(Debug)]
 pub(super) enum AppendRefusal {
     /// Policy `block` and no room: try again later.
-    Full(Vec<NewSample>),
+    Full(Vec<Sample>),
     Error(BufferError),
 }
 
@@ -278,7 +264,7 @@ impl BufferHandle {
     /// Durably appends samples (one transaction). Returns after the commit. Under policy
     /// `block` it waits for room; when the gateway stops meanwhile the samples are
     /// counted as dropped and [`BufferError::FullAtShutdown`] is returned.
-    pub async fn append(&self, samples: Vec<NewSample>) -> Result<Appended, BufferError> {
+    pub async fn append(&self, samples: Vec<Sample>) -> Result<Appended, BufferError> {
         let mut samples = samples;
         let mut waited = false;
         loop {

@@ -60,7 +60,7 @@ pub(super) struct Owner {
     unsaved_drops: BTreeMap<(String, String, &'static str), u64>,
     /// Endpoints that have (or recently had) pending samples, kept in memory so leasing
     /// needs no scan of the table.
-    endpoints: std::collections::BTreeSet<EndpointKey>,
+    endpoints: std::collections::BTreeSet<Endpoint>,
     /// Number of rows in `samples`.
     count: u64,
     /// `PRAGMA data_version` when `bytes` was last computed: it changes when another
@@ -112,8 +112,8 @@ fn is_disk_full(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull)
 }
 
-fn key_of(avn: &str, token: &str) -> Option<EndpointKey> {
-    Some(EndpointKey {
+fn key_of(avn: &str, token: &str) -> Option<Endpoint> {
+    Some(Endpoint {
         app_version: AppVersionName::new(avn).ok()?,
         token: EndpointToken::new(token).ok()?,
     })
@@ -298,10 +298,7 @@ impl Owner {
         Ok(rows.len())
     }
 
-    pub(super) fn append(
-        &mut self,
-        mut samples: Vec<NewSample>,
-    ) -> Result<Appended, AppendRefusal> {
+    pub(super) fn append(&mut self, mut samples: Vec<Sample>) -> Result<Appended, AppendRefusal> {
         let mut out = Appended::default();
         out.dropped_old += self.expire(crate::now_ms()).map_err(AppendRefusal::Error)?;
         let incoming: u64 = samples.iter().map(|s| s.payload.len() as u64).sum();
@@ -363,7 +360,7 @@ impl Owner {
         }
     }
 
-    fn insert(&mut self, samples: &[NewSample]) -> rusqlite::Result<usize> {
+    fn insert(&mut self, samples: &[Sample]) -> rusqlite::Result<usize> {
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
@@ -421,7 +418,7 @@ impl Owner {
         now_ms: i64,
     ) -> Result<Vec<Batch>, BufferError> {
         let skip: HashSet<&BatchKey> = skip.iter().collect();
-        let endpoints: Vec<EndpointKey> = self.endpoints.iter().cloned().collect();
+        let endpoints: Vec<Endpoint> = self.endpoints.iter().cloned().collect();
         let mut batches = Vec::new();
         if endpoints.is_empty() {
             return Ok(batches);
@@ -466,18 +463,9 @@ impl Owner {
                     }
                     continue;
                 }
-                let mut payload = String::from("[");
-                let mut seqs = Vec::with_capacity(rows.len());
-                for (seq, p) in rows {
-                    if !seqs.is_empty() {
-                        payload.push(',');
-                    }
-                    payload.push_str(&p);
-                    seqs.push(seq);
-                }
-                payload.push(']');
+                let (seqs, samples): (Vec<i64>, Vec<String>) = rows.into_iter().unzip();
                 self.leased.insert(key.clone(), seqs.clone());
-                batches.push(Batch { key, seqs, payload });
+                batches.push(Batch { key, seqs, samples });
             }
         }
         Ok(batches)
@@ -486,7 +474,7 @@ impl Owner {
     /// Rows for one lane, oldest first, within the count and byte limits (at least one).
     fn pick(
         &self,
-        ep: &EndpointKey,
+        ep: &Endpoint,
         lane: Lane,
         live_from: i64,
         taken: &HashSet<i64>,

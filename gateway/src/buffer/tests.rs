@@ -1,8 +1,14 @@
 use super::*;
+use platform_core::kp1::{AppVersionName, EndpointToken};
+
+/// The batch's samples as the JSON array the upstream sends.
+fn body(b: &Batch) -> String {
+    format!("[{}]", b.samples.join(","))
+}
 use rusqlite::Connection;
 
-fn key(token: &str) -> EndpointKey {
-    EndpointKey {
+fn key(token: &str) -> Endpoint {
+    Endpoint {
         app_version: AppVersionName::new("app-v1").unwrap(),
         token: EndpointToken::new(token).unwrap(),
     }
@@ -15,8 +21,8 @@ fn bk(token: &str, lane: Lane) -> BatchKey {
     }
 }
 
-fn sample(token: &str, n: i64) -> NewSample {
-    NewSample {
+fn sample(token: &str, n: i64) -> Sample {
+    Sample {
         endpoint: key(token),
         ts_ms: crate::now_ms(),
         payload: format!("{{\"n\":{n}}}"),
@@ -53,14 +59,14 @@ async fn leased_batches_are_oldest_first_per_endpoint_and_deleted_on_ack() {
     let batches = b.lease(limits(3), vec![]).await.unwrap();
     assert_eq!(batches.len(), 2);
     assert_eq!(batches[0].key, bk("a", Lane::Backlog));
-    assert_eq!(batches[0].payload, r#"[{"n":1},{"n":2},{"n":3}]"#);
-    assert_eq!(batches[1].payload, r#"[{"n":9}]"#);
+    assert_eq!(body(&batches[0]), r#"[{"n":1},{"n":2},{"n":3}]"#);
+    assert_eq!(body(&batches[1]), r#"[{"n":9}]"#);
     // A (endpoint, lane) with a leased batch gets no second one.
     assert!(b.lease(limits(3), vec![]).await.unwrap().is_empty());
     assert_eq!(b.ack(bk("a", Lane::Backlog)).await.unwrap(), 3);
     let next = b.lease(limits(3), vec![]).await.unwrap();
     assert_eq!(next.len(), 1);
-    assert_eq!(next[0].payload, r#"[{"n":4},{"n":5}]"#);
+    assert_eq!(body(&next[0]), r#"[{"n":4},{"n":5}]"#);
     let s = b.stats().await.unwrap();
     assert_eq!((s.pending, s.leased, s.dead_letters), (3, 3, 0));
     assert_eq!(s.bytes, 3 * 7);
@@ -103,8 +109,8 @@ async fn a_backlog_older_than_the_live_window_opens_a_live_lane() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(&dir);
     let old = crate::now_ms() - 3_600_000;
-    let backlog: Vec<NewSample> = (0..10)
-        .map(|n| NewSample {
+    let backlog: Vec<Sample> = (0..10)
+        .map(|n| Sample {
             ts_ms: old + n,
             ..sample("a", n)
         })
@@ -114,15 +120,12 @@ async fn a_backlog_older_than_the_live_window_opens_a_live_lane() {
         .await
         .unwrap();
     let got = b.lease(limits(3), vec![]).await.unwrap();
-    let lanes: Vec<(Lane, &str)> = got
-        .iter()
-        .map(|b| (b.key.lane, b.payload.as_str()))
-        .collect();
+    let lanes: Vec<(Lane, String)> = got.iter().map(|b| (b.key.lane, body(b))).collect();
     assert_eq!(
         lanes,
         vec![
-            (Lane::Backlog, r#"[{"n":0},{"n":1},{"n":2}]"#),
-            (Lane::Live, r#"[{"n":100},{"n":101}]"#)
+            (Lane::Backlog, r#"[{"n":0},{"n":1},{"n":2}]"#.to_owned()),
+            (Lane::Live, r#"[{"n":100},{"n":101}]"#.to_owned())
         ]
     );
 }
@@ -180,7 +183,7 @@ async fn a_parked_batch_moves_to_dead_letters_and_can_be_retried_or_purged() {
     assert_eq!(dead_letter::retry(&path, &[dead[0].seq]).unwrap(), 1);
     assert_eq!(dead_letter::purge(&path, &[]).unwrap(), 1);
     let again = b.lease(limits(10), vec![]).await.unwrap();
-    assert_eq!(again[0].payload, r#"[{"n":1}]"#);
+    assert_eq!(body(&again[0]), r#"[{"n":1}]"#);
     assert_eq!(b.stats().await.unwrap().dead_letters, 0);
 }
 
@@ -200,7 +203,7 @@ async fn leased_rows_are_pending_again_after_a_restart() {
     let b = open(&dir);
     let again = b.lease(limits(10), vec![]).await.unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].payload, r#"[{"n":1}]"#);
+    assert_eq!(body(&again[0]), r#"[{"n":1}]"#);
     assert_eq!(b.stats().await.unwrap().bytes, 7);
 }
 
@@ -220,7 +223,7 @@ async fn drop_oldest_keeps_the_newest_and_counts_the_drops() {
         b.append(vec![sample("a", n)]).await.unwrap();
     }
     let got = b.lease(limits(10), vec![]).await.unwrap();
-    assert_eq!(got[0].payload, r#"[{"n":3},{"n":4},{"n":5}]"#);
+    assert_eq!(body(&got[0]), r#"[{"n":3},{"n":4},{"n":5}]"#);
     let s = b.stats().await.unwrap();
     assert_eq!(s.drops[&("app-v1".into(), "a".into())]["buffer_full"], 2);
     assert_eq!(s.dropped_total(), 2);
@@ -234,11 +237,11 @@ async fn drop_oldest_never_drops_a_leased_sample() {
         .await
         .unwrap();
     let leased = b.lease(limits(2), vec![]).await.unwrap();
-    assert_eq!(leased[0].payload, r#"[{"n":1},{"n":2}]"#);
+    assert_eq!(body(&leased[0]), r#"[{"n":1},{"n":2}]"#);
     b.append(vec![sample("a", 4)]).await.unwrap(); // drops n=3, not the leased 1 and 2
     assert_eq!(b.ack(bk("a", Lane::Backlog)).await.unwrap(), 2);
     let rest = b.lease(limits(10), vec![]).await.unwrap();
-    assert_eq!(rest[0].payload, r#"[{"n":4}]"#);
+    assert_eq!(body(&rest[0]), r#"[{"n":4}]"#);
 }
 
 #[tokio::test]
@@ -251,7 +254,7 @@ async fn drop_newest_refuses_what_does_not_fit() {
         .unwrap();
     assert_eq!((a.stored, a.refused), (3, 2));
     let got = b.lease(limits(10), vec![]).await.unwrap();
-    assert_eq!(got[0].payload, r#"[{"n":1},{"n":2},{"n":3}]"#);
+    assert_eq!(body(&got[0]), r#"[{"n":1},{"n":2},{"n":3}]"#);
     assert_eq!(
         b.stats().await.unwrap().drops[&("app-v1".into(), "a".into())]["refused_full"],
         2
@@ -309,7 +312,7 @@ async fn expired_samples_are_dropped_and_counted() {
             ..Bounds::default()
         },
     );
-    let old = NewSample {
+    let old = Sample {
         ts_ms: crate::now_ms() - 120_000,
         ..sample("a", 1)
     };

@@ -18,6 +18,7 @@ use crate::modbus::codec::PointCodec;
 use crate::modbus::planner::{Limits, ReadRequest};
 use crate::source::line_format::LineFormat;
 use crate::source::simulated::Waveform;
+pub use crate::upstream::{Tls, Upstream};
 
 /// Every problem found in a configuration, one per line as `path: message`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,56 +80,12 @@ pub enum Parity {
     Odd,
 }
 
-/// The upstream MQTT server speaking 1/KP (a Kaa cloud, or a core elsewhere).
-#[derive(Clone)]
-pub struct Upstream {
-    pub host: String,
-    pub port: u16,
-    pub client_id: String,
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub keepalive: Duration,
-    pub response_timeout: Duration,
-    pub batch_max_samples: usize,
-    pub batch_max_bytes: usize,
-    pub max_inflight_batches: usize,
-    pub live_window: Duration,
-    pub reconnect_max: Duration,
-    pub tls: Option<Tls>,
-}
-
-/// TLS settings of the upstream connection (files are read at start).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Tls {
-    pub ca_file: PathBuf,
-    pub client_cert_file: Option<PathBuf>,
-    pub client_key_file: Option<PathBuf>,
-}
-
 /// The gateway as an endpoint of its own.
 #[derive(Debug, Clone)]
 pub struct OwnEndpoint {
     pub token: EndpointToken,
     pub app_version: AppVersionName,
     pub interval: Duration,
-}
-
-impl std::fmt::Debug for Upstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("keepalive", &self.keepalive)
-            .field("response_timeout", &self.response_timeout)
-            .field("batch_max_samples", &self.batch_max_samples)
-            .field("batch_max_bytes", &self.batch_max_bytes)
-            .field("max_inflight_batches", &self.max_inflight_batches)
-            .field("tls", &self.tls)
-            .finish()
-    }
 }
 
 /// SQLite `synchronous` setting of the buffer (durability vs. SD-card wear and speed).

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use platform_core::secret::Secret;
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,7 +88,7 @@ impl Default for RawGateway {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub host: String,
@@ -96,7 +97,7 @@ pub struct RawUpstream {
     #[serde(default = "defaults::client_id")]
     pub client_id: String,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     #[serde(default = "defaults::keepalive_secs")]
     pub keepalive_secs: u64,
     #[serde(default = "defaults::response_timeout_secs")]
@@ -122,19 +123,6 @@ pub struct RawTls {
     pub ca_file: String,
     pub client_cert_file: Option<String>,
     pub client_key_file: Option<String>,
-}
-
-impl std::fmt::Debug for RawUpstream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawUpstream")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -407,6 +395,8 @@ pub struct RawPoint {
 
 /// Defaults, in one place (documented in `config/README.md`).
 pub mod defaults {
+    use crate::upstream::defaults as up;
+
     pub fn state_dir() -> String {
         "/var/lib/kp-gateway".into()
     }
@@ -414,37 +404,37 @@ pub mod defaults {
         "info".into()
     }
     pub fn mqtt_port() -> u16 {
-        1883
+        up::PORT
     }
     pub fn client_id() -> String {
-        "kp-gateway".into()
+        up::CLIENT_ID.into()
     }
     pub fn keepalive_secs() -> u64 {
-        30
+        up::KEEPALIVE.as_secs()
     }
     pub fn response_timeout_secs() -> u64 {
-        30
+        up::RESPONSE_TIMEOUT.as_secs()
     }
     pub fn batch_max_samples() -> usize {
-        100
+        up::BATCH_MAX_SAMPLES
     }
     pub fn reconnect_max_secs() -> u64 {
-        30
+        up::RECONNECT_MAX.as_secs()
     }
     pub fn batch_max_bytes() -> usize {
-        64 * 1024
+        up::BATCH_MAX_BYTES
     }
     pub fn max_inflight_batches() -> usize {
-        16
+        up::MAX_INFLIGHT_BATCHES
     }
     pub fn live_window_secs() -> u64 {
-        60
+        up::LIVE_WINDOW.as_secs()
     }
     pub fn buffer_max_bytes() -> u64 {
-        256 * 1024 * 1024
+        crate::buffer::Bounds::default().max_bytes
     }
     pub fn buffer_max_age_secs() -> u64 {
-        30 * 24 * 3600
+        crate::buffer::Bounds::default().max_age.as_secs()
     }
     pub fn when_full() -> String {
         "drop_oldest".into()

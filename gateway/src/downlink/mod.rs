@@ -15,8 +15,8 @@ use std::collections::{HashMap, VecDeque};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::buffer::EndpointKey;
-use crate::source::modbus::{BusHandle, WriteOutcome};
+use crate::endpoint::Endpoint;
+use crate::source::modbus::{BusHandle, WriteError, WriteOutcome};
 
 /// The only command type field devices understand.
 pub const WRITE: &str = "write";
@@ -61,13 +61,30 @@ impl CommandResult {
         }
     }
 
-    pub fn from_outcome(id: &str, o: WriteOutcome) -> Self {
-        Self {
-            id: id.to_owned(),
-            status_code: o.status,
-            reason_phrase: o.reason,
-            payload: o.payload,
+    /// The 11/CEP result of a write: 200 with the value the point holds, or the status
+    /// code that says why not.
+    pub fn of_write(id: &str, point: &str, outcome: WriteOutcome) -> Self {
+        match outcome {
+            Ok(value) => Self {
+                id: id.to_owned(),
+                status_code: 200,
+                reason_phrase: None,
+                payload: Some(serde_json::json!({"point": point, "value": value})),
+            },
+            Err(e) => Self::error(id, write_status(&e), e.to_string()),
         }
+    }
+}
+
+/// The 11/CEP status code of a failed write.
+fn write_status(e: &WriteError) -> u16 {
+    match e {
+        WriteError::NoDevice { .. } | WriteError::NoPoint { .. } => 404,
+        WriteError::NotWritable(_) => 403,
+        WriteError::BadValue { .. } => 400,
+        WriteError::Refused(_) | WriteError::Transport(_) => 502,
+        WriteError::NoAnswer(_) => 504,
+        WriteError::BusNotRunning(_) => 503,
     }
 }
 
@@ -114,36 +131,23 @@ pub struct CommandTarget {
     pub bus: BusHandle,
 }
 
-/// Command targets and remembered results.
+/// Where each endpoint that takes commands sends them.
+pub type CommandTargets = HashMap<Endpoint, CommandTarget>;
+
+/// The last results of each endpoint's commands (pure), so that a command delivered
+/// twice runs once.
 #[derive(Debug, Default)]
-pub struct Downlink {
-    targets: HashMap<EndpointKey, CommandTarget>,
-    recent: HashMap<EndpointKey, VecDeque<CommandResult>>,
+pub struct CommandLog {
+    recent: HashMap<Endpoint, VecDeque<CommandResult>>,
 }
 
-impl Downlink {
-    pub fn new(targets: HashMap<EndpointKey, CommandTarget>) -> Self {
-        Self {
-            targets,
-            recent: HashMap::new(),
-        }
-    }
-
-    /// Endpoints that take commands.
-    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointKey> {
-        self.targets.keys()
-    }
-
-    pub fn target(&self, ep: &EndpointKey) -> Option<&CommandTarget> {
-        self.targets.get(ep)
-    }
-
+impl CommandLog {
     /// The remembered result of command `id`, if it already ran.
-    pub fn remembered(&self, ep: &EndpointKey, id: &str) -> Option<&CommandResult> {
+    pub fn remembered(&self, ep: &Endpoint, id: &str) -> Option<&CommandResult> {
         self.recent.get(ep)?.iter().find(|r| r.id == id)
     }
 
-    pub fn remember(&mut self, ep: &EndpointKey, result: CommandResult) {
+    pub fn remember(&mut self, ep: &Endpoint, result: CommandResult) {
         let q = self.recent.entry(ep.clone()).or_default();
         if q.len() == REMEMBERED_RESULTS {
             q.pop_front();
@@ -162,10 +166,10 @@ pub async fn execute(target: CommandTarget, kind: &str, cmd: Command) -> Command
         );
     }
     match parse_write(&cmd.payload) {
-        Ok((point, value)) => CommandResult::from_outcome(
-            &cmd.id,
-            target.bus.write(&target.device, &point, value).await,
-        ),
+        Ok((point, value)) => {
+            let outcome = target.bus.write(&target.device, &point, value).await;
+            CommandResult::of_write(&cmd.id, &point, outcome)
+        }
         Err(reason) => CommandResult::error(&cmd.id, 400, reason),
     }
 }
@@ -223,12 +227,36 @@ mod tests {
     }
 
     #[test]
+    fn write_outcomes_map_to_11_cep_status_codes() {
+        let r = CommandResult::of_write("1", "sp", Ok(json!(21.5)));
+        assert_eq!(r.status_code, 200);
+        assert_eq!(r.payload, Some(json!({"point": "sp", "value": 21.5})));
+        let code = |e| CommandResult::of_write("1", "sp", Err(e)).status_code;
+        assert_eq!(code(WriteError::NotWritable("sp".into())), 403);
+        assert_eq!(
+            code(WriteError::NoPoint {
+                device: "d".into(),
+                point: "sp".into()
+            }),
+            404
+        );
+        assert_eq!(code(WriteError::Refused("exception".into())), 502);
+        assert_eq!(
+            code(WriteError::NoAnswer(
+                crate::source::modbus::BusError::Timeout(std::time::Duration::from_secs(1))
+            )),
+            504
+        );
+        assert_eq!(code(WriteError::BusNotRunning("stopped")), 503);
+    }
+
+    #[test]
     fn remembered_results_are_bounded() {
-        let mut d = Downlink::default();
-        let ep = EndpointKey {
-            app_version: platform_core::kp1::AppVersionName::new("v").unwrap(),
-            token: platform_core::kp1::EndpointToken::new("t").unwrap(),
-        };
+        let mut d = CommandLog::default();
+        let ep = Endpoint::new(
+            platform_core::kp1::AppVersionName::new("v").unwrap(),
+            platform_core::kp1::EndpointToken::new("t").unwrap(),
+        );
         for i in 0..REMEMBERED_RESULTS + 1 {
             d.remember(&ep, CommandResult::error(&i.to_string(), 500, "x"));
         }

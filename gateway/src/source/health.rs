@@ -6,11 +6,33 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+/// Where a device stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthState {
+    /// Not polled yet.
+    #[default]
+    Unknown,
+    /// The last poll produced a sample.
+    Ok,
+    /// Not answering: backing off, probed now and then.
+    Failing,
+}
+
+impl HealthState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Ok => "ok",
+            Self::Failing => "failing",
+        }
+    }
+}
+
 /// What is known of one device's recent polls.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct DeviceHealth {
-    /// `ok`, `failing` (backing off, probed), or `unknown` (not polled yet).
-    pub state: &'static str,
+    pub state: HealthState,
     pub polls: u64,
     /// Polls that produced no sample (timeout, transport error, every point bad).
     pub failures: u64,
@@ -35,13 +57,7 @@ impl HealthRegistry {
     /// Applies `f` to a device's entry (created on first use).
     pub fn update(&self, device: &str, f: impl FnOnce(&mut DeviceHealth)) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map
-            .entry(device.to_owned())
-            .or_insert_with(|| DeviceHealth {
-                state: "unknown",
-                ..DeviceHealth::default()
-            });
-        f(entry);
+        f(map.entry(device.to_owned()).or_default());
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, DeviceHealth> {

@@ -11,10 +11,11 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use super::health::HealthRegistry;
+use super::health::{HealthRegistry, HealthState};
 use super::line_format::{parse_line, LineFormat};
-use crate::buffer::{BufferHandle, NewSample};
+use crate::buffer::BufferHandle;
 use crate::config::{Device, DeviceSource};
+use crate::sample::Sample;
 
 /// Longest accepted line; longer input is discarded as bad.
 pub const MAX_LINE: usize = 4096;
@@ -51,7 +52,7 @@ pub async fn run(
                     );
                     open_failing = true;
                     health.update(&device.name, |h| {
-                        h.state = "failing";
+                        h.state = HealthState::Failing;
                         h.last_error = Some(format!("cannot open {}: {e}", cfg.serial.path));
                     });
                 }
@@ -78,7 +79,7 @@ pub async fn run(
                         cfg.serial.path
                     );
                     health.update(&device.name, |h| {
-                        h.state = "failing";
+                        h.state = HealthState::Failing;
                         h.last_error = Some("port closed or failed".into());
                     });
                     tokio::select! {
@@ -88,19 +89,11 @@ pub async fn run(
                 }
             };
             match accept(&cfg.format, &line) {
-                Ok(Some(mut fields)) => {
+                Ok(Some(fields)) => {
                     let ts = crate::now_ms();
-                    if let Some(t) = fields.remove("timestamp") {
-                        fields.insert("sensor_timestamp".into(), t);
-                    }
-                    fields.insert("timestamp".into(), ts.into());
-                    let sample = NewSample {
-                        endpoint: key.clone(),
-                        ts_ms: ts,
-                        payload: Value::Object(fields).to_string(),
-                    };
+                    let sample = Sample::builder(key.clone(), ts).values(fields).build();
                     health.update(&device.name, |h| {
-                        h.state = "ok";
+                        h.state = HealthState::Ok;
                         h.polls += 1;
                         h.last_success_ms = Some(ts);
                     });

@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use platform_core::kp1::{RequestId, MAX_REQUEST_ID};
+use platform_core::kp1::RequestId;
 
-use crate::buffer::{BatchKey, EndpointKey, Lane};
+use crate::buffer::{BatchKey, Lane};
+use crate::endpoint::Endpoint;
 
 /// First retry delay after a failure.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -35,8 +36,8 @@ struct Backoff {
 #[derive(Debug)]
 pub struct InFlight {
     outstanding: HashMap<BatchKey, Outstanding>,
-    last_id: HashMap<EndpointKey, u32>,
-    backoff: HashMap<EndpointKey, Backoff>,
+    last_id: HashMap<Endpoint, RequestId>,
+    backoff: HashMap<Endpoint, Backoff>,
     backoff_max: Duration,
 }
 
@@ -52,13 +53,11 @@ impl InFlight {
 
     /// Registers a request for `key` and returns its ID.
     pub fn start(&mut self, key: &BatchKey, now: Instant) -> RequestId {
-        let last = self.last_id.entry(key.endpoint.clone()).or_insert(0);
-        *last = if *last >= MAX_REQUEST_ID {
-            1
-        } else {
-            *last + 1
+        let request_id = match self.last_id.get(&key.endpoint) {
+            Some(last) => last.next(),
+            None => RequestId::FIRST,
         };
-        let request_id = RequestId::new(*last).unwrap_or_else(|| unreachable!("id kept in range"));
+        self.last_id.insert(key.endpoint.clone(), request_id);
         self.outstanding.insert(
             key.clone(),
             Outstanding {
@@ -71,7 +70,7 @@ impl InFlight {
 
     /// A response arrived for `ep`: the batch it answers (removed from the outstanding
     /// set), or `None` for a stale or unknown ID.
-    pub fn resolve(&mut self, ep: &EndpointKey, id: RequestId) -> Option<BatchKey> {
+    pub fn resolve(&mut self, ep: &Endpoint, id: RequestId) -> Option<BatchKey> {
         let key = self
             .outstanding
             .iter()
@@ -125,7 +124,7 @@ impl InFlight {
     }
 
     /// Records a failure of `ep`; `jitter` in [0, 1) spreads retries. Returns the delay.
-    pub fn fail(&mut self, ep: &EndpointKey, now: Instant, jitter: f64) -> Duration {
+    pub fn fail(&mut self, ep: &Endpoint, now: Instant, jitter: f64) -> Duration {
         let b = self.backoff.entry(ep.clone()).or_insert(Backoff {
             failures: 0,
             until: now,
@@ -140,7 +139,7 @@ impl InFlight {
     }
 
     /// Records a success of `ep`: its backoff starts over.
-    pub fn succeed(&mut self, ep: &EndpointKey) {
+    pub fn succeed(&mut self, ep: &Endpoint) {
         self.backoff.remove(ep);
     }
 
@@ -152,10 +151,11 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use platform_core::kp1::{AppVersionName, EndpointToken};
 
-    fn ep(t: &str) -> EndpointKey {
-        EndpointKey {
+    use platform_core::kp1::{AppVersionName, EndpointToken, MAX_REQUEST_ID};
+
+    fn ep(t: &str) -> Endpoint {
+        Endpoint {
             app_version: AppVersionName::new("v1").unwrap(),
             token: EndpointToken::new(t).unwrap(),
         }
@@ -200,7 +200,8 @@ mod tests {
     #[test]
     fn ids_wrap_within_the_avn_int_range() {
         let mut f = InFlight::new(Duration::from_secs(30));
-        f.last_id.insert(ep("a"), MAX_REQUEST_ID - 1);
+        f.last_id
+            .insert(ep("a"), RequestId::new(MAX_REQUEST_ID - 1).unwrap());
         assert_eq!(f.start(&bk("a"), Instant::now()).get(), MAX_REQUEST_ID);
         assert_eq!(f.start(&bk("a"), Instant::now()).get(), 1);
     }

@@ -118,8 +118,21 @@ impl fmt::Debug for EndpointToken {
 pub struct RequestId(u32);
 
 impl RequestId {
+    /// The first ID a client uses.
+    pub const FIRST: Self = Self(1);
+
     pub fn new(id: u32) -> Option<Self> {
         (1..=MAX_REQUEST_ID).contains(&id).then_some(Self(id))
+    }
+
+    /// The ID after this one; after `2^31-1` comes `1` again.
+    #[must_use]
+    pub fn next(self) -> Self {
+        if self.0 >= MAX_REQUEST_ID {
+            Self::FIRST
+        } else {
+            Self(self.0 + 1)
+        }
     }
     pub fn get(self) -> u32 {
         self.0

@@ -173,3 +173,10 @@ proptest! {
         let _ = Kp1Topic::parse(&s);
     }
 }
+
+#[test]
+fn request_ids_count_up_and_wrap_around_to_one() {
+    assert_eq!(RequestId::FIRST.next().get(), 2);
+    let last = RequestId::new(MAX_REQUEST_ID).unwrap();
+    assert_eq!(last.next(), RequestId::FIRST);
+}

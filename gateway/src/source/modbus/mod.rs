@@ -20,19 +20,21 @@ pub mod transport;
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tokio_modbus::client::{Client, Context, Reader, Writer};
 use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 
-use super::health::HealthRegistry;
-use crate::buffer::{BufferHandle, EndpointKey, NewSample};
+use super::health::{HealthRegistry, HealthState};
+use crate::buffer::BufferHandle;
 use crate::config::{Bus, BusTransport, Device, DeviceSource, ModbusDevice, ModbusPoint};
+use crate::endpoint::Endpoint;
 use crate::modbus::codec::{decode_bits, decode_words, encode, WriteData};
 use crate::modbus::planner::ReadRequest;
 use crate::modbus::types::RegisterTable;
+use crate::sample::Sample;
 use schedule::Schedule;
 
 /// Why a request produced no answer.
@@ -44,23 +46,34 @@ pub enum BusError {
     Transport(String),
 }
 
-/// Outcome of a write command, shaped like an 11/CEP result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WriteOutcome {
-    pub status: u16,
-    pub reason: Option<String>,
-    pub payload: Option<Value>,
+/// Why a write did not happen (or did not stick).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("no device {device:?} on bus {bus}")]
+    NoDevice { device: String, bus: String },
+    #[error("device {device:?} has no point {point:?}")]
+    NoPoint { device: String, point: String },
+    #[error("point {0:?} is not writable")]
+    NotWritable(String),
+    #[error("cannot write {value} to {point:?}: {reason}")]
+    BadValue {
+        point: String,
+        value: String,
+        reason: String,
+    },
+    /// The device answered, but not with success (an exception, a read-back mismatch).
+    #[error("{0}")]
+    Refused(String),
+    #[error("device did not answer: {0}")]
+    NoAnswer(BusError),
+    #[error("{0}")]
+    Transport(BusError),
+    #[error("{0}")]
+    BusNotRunning(&'static str),
 }
 
-impl WriteOutcome {
-    fn err(status: u16, reason: impl Into<String>) -> Self {
-        Self {
-            status,
-            reason: Some(reason.into()),
-            payload: None,
-        }
-    }
-}
+/// Outcome of a write: the value the point now holds (read back when configured).
+pub type WriteOutcome = Result<Value, WriteError>;
 
 struct WriteJob {
     device: String,
@@ -92,10 +105,11 @@ impl BusHandle {
             reply,
         };
         if self.tx.send(job).await.is_err() {
-            return WriteOutcome::err(503, "the bus is not running");
+            return Err(WriteError::BusNotRunning("the bus is not running"));
         }
-        rx.await
-            .unwrap_or_else(|_| WriteOutcome::err(503, "the bus stopped before the write"))
+        rx.await.unwrap_or(Err(WriteError::BusNotRunning(
+            "the bus stopped before the write",
+        )))
     }
 }
 
@@ -113,7 +127,7 @@ enum Answer {
 
 struct SlaveState {
     name: String,
-    endpoint: EndpointKey,
+    endpoint: Endpoint,
     dev: ModbusDevice,
     schedule: Schedule,
     /// Last reported value per point (deadband / report-on-change).
@@ -156,7 +170,7 @@ impl BusActor {
             .filter_map(|d| match &d.source {
                 DeviceSource::Modbus(m) if m.bus == bus.name => Some(SlaveState {
                     name: d.name.clone(),
-                    endpoint: EndpointKey {
+                    endpoint: Endpoint {
                         app_version: d.app_version.clone(),
                         token: d.token.clone(),
                     },
@@ -341,7 +355,7 @@ impl BusActor {
         let plan: Vec<ReadRequest> = self.slaves[i].dev.plan.clone();
         let n = self.slaves[i].dev.points.len();
         let mut values: Vec<Option<Value>> = vec![None; n];
-        let mut bad: Map<String, Value> = Map::new();
+        let mut bad: Vec<(String, String)> = Vec::new();
         let mut exceptions = 0u64;
         let mut failure: Option<BusError> = None;
         for req in &plan {
@@ -355,7 +369,7 @@ impl BusActor {
                         match decode_member(p, &answer, usize::from(*off)) {
                             Ok(v) => values[*idx] = Some(v),
                             Err(reason) => {
-                                bad.insert(p.name.clone(), reason.into());
+                                bad.push((p.name.clone(), reason.to_string()));
                             }
                         }
                     }
@@ -364,7 +378,7 @@ impl BusActor {
                     exceptions += 1;
                     for (idx, _) in &req.members {
                         let name = self.slaves[i].dev.points[*idx].name.clone();
-                        bad.insert(name, format!("modbus exception: {code}").into());
+                        bad.push((name, format!("modbus exception: {code}")));
                     }
                 }
                 Err(e) => {
@@ -377,10 +391,8 @@ impl BusActor {
         let name = self.slaves[i].name.clone();
         if failure.is_none() && values.iter().all(Option::is_none) {
             let first = bad
-                .values()
-                .next()
-                .and_then(Value::as_str)
-                .unwrap_or("no points")
+                .first()
+                .map_or("no points", |(_, reason)| reason.as_str())
                 .to_owned();
             failure = Some(BusError::Transport(format!(
                 "every point failed; first: {first}"
@@ -395,7 +407,7 @@ impl BusActor {
                 log::debug!("modbus {name}: probe {failures} failed: {err}; next in {delay:?}");
             }
             self.health.update(&name, |h| {
-                h.state = "failing";
+                h.state = HealthState::Failing;
                 h.polls += 1;
                 h.failures += 1;
                 h.exceptions += exceptions;
@@ -411,22 +423,21 @@ impl BusActor {
         let latency = now.duration_since(started);
         let ts = crate::now_ms();
         let slave = &mut self.slaves[i];
-        let mut sample = Map::new();
-        sample.insert("timestamp".into(), ts.into());
+        let mut sample = Sample::builder(slave.endpoint.clone(), ts);
         for (idx, v) in values.into_iter().enumerate() {
             let Some(v) = v else { continue };
             let p = &slave.dev.points[idx];
             if should_report(p.deadband, slave.last_reported[idx].as_ref(), &v) {
                 slave.last_reported[idx] = Some(v.clone());
-                sample.insert(p.name.clone(), v);
+                sample = sample.value(p.name.clone(), v);
             }
         }
         let has_bad = !bad.is_empty();
-        if has_bad {
-            sample.insert("bad".into(), Value::Object(bad));
+        for (point, reason) in bad {
+            sample = sample.bad(point, reason);
         }
         self.health.update(&name, |h| {
-            h.state = "ok";
+            h.state = HealthState::Ok;
             h.polls += 1;
             h.exceptions += exceptions;
             h.consecutive_failures = 0;
@@ -436,37 +447,39 @@ impl BusActor {
                 h.last_error = None;
             }
         });
-        if sample.len() == 1 {
+        if sample.is_empty() {
             return; // nothing changed beyond the deadbands
         }
-        let sample = NewSample {
-            endpoint: slave.endpoint.clone(),
-            ts_ms: ts,
-            payload: Value::Object(sample).to_string(),
-        };
-        if let Err(e) = self.buffer.append(vec![sample]).await {
+        if let Err(e) = self.buffer.append(vec![sample.build()]).await {
             log::error!("modbus {name}: sample lost, buffer refused it: {e}");
         }
     }
 
     async fn write(&mut self, device: &str, point: &str, value: &Value) -> WriteOutcome {
         let Some(slave) = self.slaves.iter().find(|s| s.name == device) else {
-            return WriteOutcome::err(
-                404,
-                format!("no device {device:?} on bus {}", self.bus.name),
-            );
+            return Err(WriteError::NoDevice {
+                device: device.to_owned(),
+                bus: self.bus.name.clone(),
+            });
         };
         let Some(p) = slave.dev.points.iter().find(|p| p.name == point).cloned() else {
-            return WriteOutcome::err(404, format!("device {device:?} has no point {point:?}"));
+            return Err(WriteError::NoPoint {
+                device: device.to_owned(),
+                point: point.to_owned(),
+            });
         };
         if !p.writable {
-            return WriteOutcome::err(403, format!("point {point:?} is not writable"));
+            return Err(WriteError::NotWritable(point.to_owned()));
         }
         let unit = slave.dev.unit_id;
         let data = match encode(&p.codec, value) {
             Ok(d) => d,
             Err(e) => {
-                return WriteOutcome::err(400, format!("cannot write {value} to {point:?}: {e}"))
+                return Err(WriteError::BadValue {
+                    point: point.to_owned(),
+                    value: value.to_string(),
+                    reason: e.to_string(),
+                })
             }
         };
         let op = match data {
@@ -480,13 +493,14 @@ impl BusActor {
                 {
                     Ok(Ok(Answer::Words(w))) if w.len() == 1 => w[0],
                     Ok(Ok(_)) => {
-                        return WriteOutcome::err(
-                            502,
-                            "malformed answer to the read before the bit write",
-                        )
+                        return Err(WriteError::Refused(
+                            "malformed answer to the read before the bit write".into(),
+                        ))
                     }
                     Ok(Err(code)) => {
-                        return WriteOutcome::err(502, format!("device answered exception: {code}"))
+                        return Err(WriteError::Refused(format!(
+                            "device answered exception: {code}"
+                        )))
                     }
                     Err(e) => return bus_failure(e),
                 };
@@ -501,17 +515,15 @@ impl BusActor {
         match self.request(unit, &op).await {
             Ok(Ok(_)) => {}
             Ok(Err(code)) => {
-                return WriteOutcome::err(502, format!("device answered exception: {code}"))
+                return Err(WriteError::Refused(format!(
+                    "device answered exception: {code}"
+                )))
             }
             Err(e) => return bus_failure(e),
         }
         log::info!("modbus {device}: wrote {value} to {point}");
         if !p.readback {
-            return WriteOutcome {
-                status: 200,
-                reason: None,
-                payload: Some(json!({"point": point, "value": value})),
-            };
+            return Ok(value.clone());
         }
         let width = p.codec.data_type.width();
         let read = match self
@@ -520,33 +532,34 @@ impl BusActor {
         {
             Ok(Ok(a)) => a,
             Ok(Err(code)) => {
-                return WriteOutcome::err(502, format!("read-back answered exception: {code}"))
+                return Err(WriteError::Refused(format!(
+                    "read-back answered exception: {code}"
+                )))
             }
             Err(e) => return bus_failure(e),
         };
         let got = match decode_member(&p, &read, 0) {
             Ok(v) => v,
-            Err(e) => return WriteOutcome::err(502, format!("read-back value unreadable: {e}")),
+            Err(e) => {
+                return Err(WriteError::Refused(format!(
+                    "read-back value unreadable: {e}"
+                )))
+            }
         };
         // Compare in the device's own encoding, so float rounding in scale is not a mismatch.
         if encode(&p.codec, &got).ok() != encode(&p.codec, value).ok() {
-            return WriteOutcome::err(
-                502,
-                format!("read-back mismatch: wrote {value}, device holds {got}"),
-            );
+            return Err(WriteError::Refused(format!(
+                "read-back mismatch: wrote {value}, device holds {got}"
+            )));
         }
-        WriteOutcome {
-            status: 200,
-            reason: None,
-            payload: Some(json!({"point": point, "value": got})),
-        }
+        Ok(got)
     }
 }
 
 fn bus_failure(e: BusError) -> WriteOutcome {
     match e {
-        BusError::Timeout(_) => WriteOutcome::err(504, format!("device did not answer: {e}")),
-        BusError::Transport(_) => WriteOutcome::err(502, e.to_string()),
+        BusError::Timeout(_) => Err(WriteError::NoAnswer(e)),
+        BusError::Transport(_) => Err(WriteError::Transport(e)),
     }
 }
 
@@ -587,6 +600,7 @@ fn should_report(deadband: Option<f64>, last: Option<&Value>, v: &Value) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn deadband_reports_only_real_moves() {
