@@ -66,7 +66,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => match Config::load(&file) {
-            Ok(_) => {
+            Ok(config) => {
+                for w in config.warnings() {
+                    println!("{}: warning: {w}", file.display());
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -168,6 +171,9 @@ fn run(cli: Cli) -> ExitCode {
         rebase_state_dir(&mut config, dir);
     }
     init_logging(config.log_level);
+    for w in config.warnings() {
+        log::warn!("configuration: {w}");
+    }
     if cli.demo {
         demo_port_fallback(&mut config);
     }

@@ -5,7 +5,6 @@ mosquitto_sub watcher, and curl on the HTTP binding."""
 import json
 import subprocess
 import threading
-import time
 
 from conftest import wait_for
 from kp_client import KpClient

@@ -112,6 +112,14 @@ pub struct LeaseLimits {
 /// Why samples were dropped.
 pub const DROP_REASONS: [&str; 4] = ["buffer_full", "refused_full", "expired", "disk_full"];
 
+/// Bytes free for an unprivileged writer on the filesystem holding `path` (or its nearest
+/// existing ancestor); `None` when it cannot be told.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let dir = path.ancestors().find(|p| p.exists())?;
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Counters for status pages, logs and the gateway's own health samples.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BufferStats {

@@ -20,10 +20,7 @@ use crate::source::line_format::LineFormat;
 use crate::source::simulated::Waveform;
 pub use crate::upstream::{Tls, Upstream};
 
-/// Every problem found in a configuration, one per line as `path: message`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid configuration:\n  {}", .0.join("\n  "))]
-pub struct ConfigErrors(pub Vec<String>);
+pub use platform_core::config::ConfigErrors;
 
 /// The validated, runtime configuration.
 #[derive(Debug, Clone)]
@@ -236,6 +233,23 @@ impl Config {
                 .unwrap_or_else(|| "file".into());
             ConfigErrors(vec![format!("{place}: {msg}")])
         })
+    }
+
+    /// What is valid but unwise on this machine: worth a warning, not a refusal.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(free) = crate::buffer::free_space(&self.buffer.path) {
+            if self.buffer.bounds.max_bytes > free {
+                w.push(format!(
+                    "buffer.max_bytes: {} is more than the {} bytes free where the buffer lives ({}); \
+                     the disk fills before the buffer's own bound applies",
+                    self.buffer.bounds.max_bytes,
+                    free,
+                    self.buffer.path.display()
+                ));
+            }
+        }
+        w
     }
 
     /// Reads, parses and validates a file.

@@ -280,3 +280,49 @@ kind = "nope"
         vec![("cmx_ota".to_owned(), platform_core::ext::ExtensionKind::Cmx)]
     );
 }
+
+#[test]
+fn core_listeners_on_the_same_port_and_address_clash() {
+    let text = r#"
+[core]
+[core.mqtt]
+listen = "0.0.0.0:1883"
+[core.http]
+listen = "127.0.0.1:1883"
+"#;
+    let e = errors(text);
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("core.http.listen:") && l.contains("core.mqtt.listen")),
+        "{e:?}"
+    );
+    // Port 0 (any free port) never clashes, nor do different ports.
+    let ok =
+        "[core]\n[core.mqtt]\nlisten = \"127.0.0.1:0\"\n[core.http]\nlisten = \"127.0.0.1:0\"\n";
+    assert!(Config::from_toml(ok).is_ok());
+}
+
+#[test]
+fn a_buffer_bound_larger_than_the_free_disk_is_a_warning_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().display().to_string().replace('\\', "/");
+    let text = format!(
+        "[gateway]\nstate_dir = \"{state}\"\n[upstream]\nhost = \"h\"\n[buffer]\nmax_bytes = {}\n",
+        u64::MAX / 2
+    );
+    let c = Config::from_toml(&text).expect("valid");
+    let w = c.warnings();
+    assert!(
+        w.iter().any(|l| l.starts_with("buffer.max_bytes:")),
+        "{w:?}"
+    );
+    assert!(a_small_buffer_has_no_warning(&state));
+}
+
+fn a_small_buffer_has_no_warning(state: &str) -> bool {
+    let text = format!("[gateway]\nstate_dir = \"{state}\"\n[upstream]\nhost = \"h\"\n");
+    Config::from_toml(&text)
+        .expect("valid")
+        .warnings()
+        .is_empty()
+}

@@ -3,4 +3,5 @@
 
 pub mod codec;
 pub mod planner;
+pub mod rtu;
 pub mod types;

@@ -1,0 +1,147 @@
+//! The core's configuration: the `[core]` section as written ([`raw`]), its defaults, its
+//! validation ([`validate`]) and the runtime [`CoreConfig`] the core starts from.
+//!
+//! The core owns its invariants: whoever embeds it (the gateway) parses its own file,
+//! hands the `[core]` table to [`validate::validate`] and gets every problem back as
+//! `core.<path>: <message>` in the same [`Problems`] list as its own.
+
+pub mod raw;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::ccm::BasicCredentialSpec;
+use crate::epr::{ApplicationSpec, EndpointSpec};
+
+/// Default largest MQTT packet accepted by KPC.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024;
+/// Default largest 1/KP payload an extension accepts (over it: 413).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 128 * 1024;
+
+/// Every problem found in a configuration, one per line as `path: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Collects `path: message` problems while a configuration is checked, so that every
+/// one is reported at once.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    pub fn add(&mut self, path: impl AsRef<str>, msg: impl AsRef<str>) {
+        self.0.push(format!("{}: {}", path.as_ref(), msg.as_ref()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// How many problems so far (to tell whether a part added any).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `Ok(value)` when nothing was found, else every problem.
+    pub fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigErrors(self.0))
+        }
+    }
+}
+
+/// A file name from the configuration: absolute as given, relative to `state_dir` else.
+pub fn resolve(state_dir: &Path, file: &str) -> PathBuf {
+    let p = Path::new(file);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        state_dir.join(p)
+    }
+}
+
+/// Reports listeners that would bind the same port on overlapping addresses (the same
+/// IP, or one of them on the unspecified address). Port 0 (any free port) never clashes.
+pub fn check_listen_clashes(listeners: &[(&str, SocketAddr)], e: &mut Problems) {
+    for (i, (path, a)) in listeners.iter().enumerate() {
+        for (other, b) in &listeners[..i] {
+            let overlap = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+            if a.port() != 0 && a.port() == b.port() && overlap {
+                e.add(path, format!("{a} clashes with {other} ({b})"));
+            }
+        }
+    }
+}
+
+impl CoreConfig {
+    /// Every address the core listens on, with its config path.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut v = vec![("core.mqtt.listen", self.mqtt.listen)];
+        v.extend(self.tls.as_ref().map(|t| ("core.tls.listen", t.listen)));
+        v.extend(self.http.as_ref().map(|h| ("core.http.listen", h.listen)));
+        v
+    }
+}
+
+/// The MQTT/TCP listener.
+#[derive(Debug, Clone)]
+pub struct MqttListener {
+    pub listen: SocketAddr,
+    pub max_packet_size: usize,
+    pub max_connections: usize,
+    pub connect_timeout: Duration,
+    /// Accept CONNECT without user name and password (token-only clients, like KaaIoT's
+    /// example clients); a token used in a topic must still exist and be active.
+    pub allow_anonymous: bool,
+}
+
+/// The HTTP listener (1/KP binding, REST API, MQTT over WebSocket on `/ws`).
+#[derive(Debug, Clone)]
+pub struct HttpListener {
+    pub listen: SocketAddr,
+    /// Serve MQTT over WebSocket on `/ws` (with the MQTT listener's limits).
+    pub websocket: bool,
+    /// Token-only WebSocket MQTT clients (no user name/password).
+    pub websocket_allow_anonymous: bool,
+    /// Certificate and key for HTTPS (and WSS); `None`: plain HTTP.
+    pub tls: Option<crate::kpc::tls::TlsFiles>,
+}
+
+/// The MQTT/TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub files: crate::kpc::tls::TlsFiles,
+    /// Token-only clients without user name/password or client certificate.
+    pub allow_anonymous: bool,
+}
+
+/// Everything the core needs to start.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// SQLite file for the registry, credentials and time series.
+    pub database: PathBuf,
+    pub mqtt: MqttListener,
+    /// `None`: no HTTP listener.
+    pub http: Option<HttpListener>,
+    /// `None`: no MQTT/TLS listener.
+    pub tls: Option<TlsListener>,
+    /// Per-key metadata restrictions for endpoints (EPMX).
+    pub epmx: crate::ext::EpmxPolicy,
+    /// Deadline of one extension call (over it: 504).
+    pub extension_timeout: Duration,
+    /// Extension instances besides the default `dcx`, `epmx`, `cmx`, `cex`.
+    pub extensions: Vec<(String, crate::ext::ExtensionKind)>,
+    /// The REST API's admin; `None`: no REST API.
+    pub api: Option<crate::api::AdminAuth>,
+    /// Endpoint lifecycle (connectivity) settings.
+    pub epl: crate::epl::EplConfig,
+    pub max_payload_bytes: usize,
+    pub applications: Vec<ApplicationSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+    pub credentials: Vec<BasicCredentialSpec>,
+}
