@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kp_gateway::buffer::BufferHandle;
-use kp_gateway::config::Synchronous;
+use kp_gateway::buffer::Synchronous;
 use kp_gateway::endpoint::Endpoint;
 use kp_gateway::sample::Sample;
 use kp_gateway::self_report::rss_bytes;

@@ -13,61 +13,15 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-
 use crate::config::{Config, ConfigErrors};
+pub use crate::upstream::cmp::{RemoteConfig, Verdict};
 
 /// File in the state directory holding the last applied remote configuration.
 pub const SAVED_FILE: &str = "remote-config.json";
 
-/// A configuration pushed by the platform.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RemoteConfig {
-    pub config_id: String,
-    pub config: Value,
-}
-
-/// Parses a 7/CMP config response/push. `Ok(None)`: no configuration, or unchanged (`{}`).
-pub fn parse_push(payload: &[u8]) -> Result<Option<RemoteConfig>, String> {
-    let v: Value =
-        serde_json::from_slice(payload).map_err(|e| format!("config push is not JSON: {e}"))?;
-    let Value::Object(obj) = v else {
-        return Err("config push must be an object {\"configId\", \"config\"}".into());
-    };
-    let config = match obj.get("config") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(c) => c.clone(),
-    };
-    let config_id = match obj.get("configId") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err("config push without a configId".into()),
-    };
-    Ok(Some(RemoteConfig { config_id, config }))
-}
-
-/// The `/applied/json` payload.
-pub fn applied_payload(config_id: &str, status: u16, reason: Option<&str>) -> String {
-    let mut v = serde_json::json!({"configId": config_id, "statusCode": status});
-    if let Some(r) = reason {
-        v["reasonPhrase"] = Value::String(r.to_owned());
-    }
-    v.to_string()
-}
-
 /// Validates a remote configuration against the local file's text.
 pub fn validate(base_toml: &str, remote: &RemoteConfig) -> Result<Config, ConfigErrors> {
     Config::with_remote_field_side(base_toml, &remote.config)
-}
-
-/// Why a pushed configuration was not applied, as reported on `/applied/json`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    pub config_id: String,
-    /// 400: invalid; 500: valid but could not be saved.
-    pub status: u16,
-    pub reason: String,
 }
 
 /// Validates `remote` and saves it (blocking: file I/O and fsync; run it off the
@@ -135,21 +89,6 @@ app_version = "gw-v1"
 "#;
 
     #[test]
-    fn pushes_parse_and_empty_means_unchanged() {
-        let r = parse_push(br#"{"configId":"c7","config":{"devices":[]}}"#)
-            .unwrap()
-            .unwrap();
-        assert_eq!(r.config_id, "c7");
-        assert_eq!(parse_push(b"{}").unwrap(), None);
-        assert_eq!(
-            parse_push(br#"{"configId":"","config":null}"#).unwrap(),
-            None
-        );
-        assert!(parse_push(br#"{"config":{}}"#).is_err());
-        assert!(parse_push(b"[]").is_err());
-    }
-
-    #[test]
     fn a_valid_field_side_replaces_the_local_one() {
         let remote = RemoteConfig {
             config_id: "c1".into(),
@@ -207,18 +146,5 @@ app_version = "gw-v1"
         };
         save(dir.path(), &r).unwrap();
         assert_eq!(load(dir.path()), Some(r));
-    }
-
-    #[test]
-    fn applied_payloads_follow_7_cmp() {
-        assert_eq!(
-            applied_payload("c1", 200, None),
-            r#"{"configId":"c1","statusCode":200}"#
-        );
-        let v: Value = serde_json::from_str(&applied_payload("c2", 400, Some("x: bad"))).unwrap();
-        assert_eq!(
-            v,
-            json!({"configId": "c2", "statusCode": 400, "reasonPhrase": "x: bad"})
-        );
     }
 }

@@ -10,10 +10,12 @@ use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::BufferHandle;
-use crate::config::OwnEndpoint;
+use std::time::Duration;
+
 use crate::endpoint::Endpoint;
 use crate::sample::Sample;
 use crate::source::health::{HealthRegistry, HealthState};
+use platform_core::kp1::{AppVersionName, EndpointToken};
 
 /// Kernel clock ticks per second for /proc CPU times (USER_HZ, 100 on Linux everywhere).
 const USER_HZ: f64 = 100.0;
@@ -116,6 +118,14 @@ pub async fn run(
             log::warn!("health report not stored: {e}");
         }
     }
+}
+
+/// The gateway as an endpoint of its own.
+#[derive(Debug, Clone)]
+pub struct OwnEndpoint {
+    pub token: EndpointToken,
+    pub app_version: AppVersionName,
+    pub interval: Duration,
 }
 
 #[cfg(test)]

@@ -21,12 +21,13 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::BufferHandle;
-use crate::config::{Config, DeviceSource};
+use crate::config::Config;
 use crate::downlink::{CommandTarget, CommandTargets};
 use crate::endpoint::Endpoint;
 use crate::remote_config::{self, RemoteConfig, Verdict};
 use crate::self_report;
 use crate::source::health::{HealthRegistry, HealthState};
+use crate::source::DeviceSource;
 use crate::source::{self, modbus::BusActor, modbus::BusHandle};
 use crate::upstream::{ClientState, ConfigLink, OwnConfig, Upstream, UpstreamSession};
 

@@ -9,8 +9,8 @@ use std::path::Path;
 use rusqlite::params_from_iter;
 
 use super::store::open_db;
+use super::Synchronous;
 use super::{BufferError, DeadLetter};
-use crate::config::Synchronous;
 
 fn selection(seqs: &[i64]) -> String {
     if seqs.is_empty() {

@@ -42,7 +42,6 @@ use tokio_util::sync::CancellationToken;
 use store::Owner;
 pub use store::APPLICATION_ID;
 
-use crate::config::Synchronous;
 use crate::endpoint::Endpoint;
 use crate::sample::Sample;
 
@@ -358,6 +357,23 @@ impl BufferHandle {
     pub async fn stats(&self) -> Result<BufferStats, BufferError> {
         self.ask(Command::Stats).await?
     }
+}
+
+/// SQLite `synchronous` setting of the buffer (durability vs. SD-card wear and speed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync on every commit: an acknowledged sample survives power loss (default).
+    Full,
+    /// WAL checkpoints fsync; the last commits may be lost on power loss (not on a crash).
+    Normal,
+}
+
+/// The store-and-forward buffer.
+#[derive(Debug, Clone)]
+pub struct Buffer {
+    pub path: PathBuf,
+    pub synchronous: Synchronous,
+    pub bounds: Bounds,
 }
 
 #[cfg(test)]

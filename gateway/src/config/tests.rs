@@ -1,5 +1,10 @@
 use super::*;
+use std::time::Duration;
+
+use crate::buffer::Synchronous;
 use crate::modbus::types::{ByteOrder, DataType, RegisterTable};
+use crate::source::modbus::ModbusPoint;
+use crate::source::DeviceSource;
 
 const MINIMAL_BRIDGE: &str = r#"
 [upstream]

@@ -12,6 +12,7 @@
 pub mod health;
 pub mod line_format;
 pub mod modbus;
+pub mod serial;
 pub mod serial_line;
 pub mod simulated;
 
@@ -19,9 +20,15 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffer::BufferHandle;
-use crate::config::{Device, DeviceSource};
+use std::time::Duration;
+
+use platform_core::kp1::{AppVersionName, EndpointToken};
+
 use crate::endpoint::Endpoint;
 use crate::sample::Sample;
+use modbus::ModbusDevice;
+use serial_line::SerialLineDevice;
+use simulated::SimulatedDevice;
 
 /// One cycle's values, in point order.
 pub type Values = Vec<(String, f64)>;
@@ -61,4 +68,23 @@ pub async fn run_simulated(device: Device, buffer: BufferHandle, shutdown: Cance
             );
         }
     }
+}
+
+/// One field device: one 1/KP endpoint.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub name: String,
+    pub token: EndpointToken,
+    pub app_version: AppVersionName,
+    pub poll_interval: Duration,
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub source: DeviceSource,
+}
+
+/// Where a device's values come from.
+#[derive(Debug, Clone)]
+pub enum DeviceSource {
+    Modbus(ModbusDevice),
+    Simulated(SimulatedDevice),
+    SerialLine(SerialLineDevice),
 }

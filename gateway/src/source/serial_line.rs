@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::health::{HealthRegistry, HealthState};
 use super::line_format::{parse_line, LineFormat};
+use super::serial::SerialSettings;
+use super::{Device, DeviceSource};
 use crate::buffer::BufferHandle;
-use crate::config::{Device, DeviceSource};
 use crate::sample::Sample;
 
 /// Longest accepted line; longer input is discarded as bad.
@@ -37,7 +38,7 @@ pub async fn run(
     let mut last_bad_log: Option<Instant> = None;
     let mut bad_since_log = 0u64;
     'reopen: loop {
-        let port = match super::modbus::transport::open_serial(&cfg.serial) {
+        let port = match super::serial::open_serial(&cfg.serial) {
             Ok(p) => {
                 log::info!("serial sensor {}: reading {}", device.name, cfg.serial.path);
                 open_failing = false;
@@ -170,6 +171,13 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
             }
         }
     }
+}
+
+/// A sensor printing lines on a serial port.
+#[derive(Debug, Clone)]
+pub struct SerialLineDevice {
+    pub serial: SerialSettings,
+    pub format: LineFormat,
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 use std::str::FromStr;
 
 use super::Values;
-use crate::config::SimulatedDevice;
 
 /// Shape of a simulated signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +75,23 @@ impl SimulatedPoller {
     }
 }
 
+/// A device whose values are computed, not read: the demo and tests need no hardware.
+#[derive(Debug, Clone)]
+pub struct SimulatedDevice {
+    pub phase_secs: f64,
+    pub points: Vec<SimulatedPoint>,
+}
+
+/// One computed value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatedPoint {
+    pub name: String,
+    pub waveform: Waveform,
+    pub period_secs: f64,
+    pub amplitude: f64,
+    pub center: f64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,7 +114,7 @@ mod tests {
     fn the_same_instant_gives_the_same_values() {
         let dev = SimulatedDevice {
             phase_secs: 0.5,
-            points: vec![crate::config::SimulatedPoint {
+            points: vec![SimulatedPoint {
                 name: "t".into(),
                 waveform: Waveform::Sine,
                 period_secs: 60.0,

@@ -9,6 +9,7 @@
 //! buffer until its `/status` arrives (docs/protocol.md §7): `/error` 4xx parks it in the
 //! dead-letter table, 5xx, a time-out or a lost connection sends it again after a backoff.
 
+pub mod cmp;
 pub mod inflight;
 pub mod protocol;
 pub mod session;

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use platform_core::kp1::{Direction, ErrorPayload, ExtensionInstance, Kp1Topic, RequestId};
 use serde_json::{Map, Value};
 
+use super::cmp::{self, RemoteConfig};
 use super::inflight::InFlight;
 use crate::buffer::{Batch, BatchKey};
 use crate::downlink::{self, Command, CommandLog, CommandResult};
 use crate::endpoint::Endpoint;
-use crate::remote_config::{self, RemoteConfig};
 
 /// Extension instance names the gateway talks to (Kaa's defaults).
 pub const DCX: &str = "dcx";
@@ -161,7 +161,7 @@ impl ClientState {
                 let topic = endpoint
                     .topic(&self.cmx, "applied/json", None)
                     .request_topic();
-                let body = remote_config::applied_payload(&id, 200, None);
+                let body = cmp::applied_payload(&id, 200, None);
                 effects.push(publish(topic, body.into_bytes()));
             }
             let current = own.current_id.clone().unwrap_or_default();
@@ -288,7 +288,7 @@ impl ClientState {
         };
         log::warn!("upstream: remote configuration {config_id:?} refused: {reason}");
         let topic = own.endpoint.topic(&self.cmx, "applied/json", None);
-        let body = remote_config::applied_payload(config_id, status, Some(reason));
+        let body = cmp::applied_payload(config_id, status, Some(reason));
         vec![publish(topic.request_topic(), body.into_bytes())]
     }
 
@@ -396,7 +396,7 @@ impl ClientState {
             }
             _ => return Vec::new(),
         }
-        let remote = match remote_config::parse_push(payload) {
+        let remote = match cmp::parse_push(payload) {
             Ok(Some(rc)) => rc,
             Ok(None) => return Vec::new(),
             Err(e) => {

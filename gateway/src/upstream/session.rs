@@ -13,12 +13,12 @@ use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, QoS, Subscri
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::cmp::{RemoteConfig, Verdict};
 use super::protocol::{ClientState, Effect};
 use super::{Tls, Upstream};
 use crate::buffer::{BufferHandle, LeaseLimits};
 use crate::downlink::{self, CommandResult, CommandTargets};
 use crate::endpoint::Endpoint;
-use crate::remote_config::{RemoteConfig, Verdict};
 
 /// Largest MQTT packet sent or accepted upstream.
 pub const MAX_PACKET_SIZE: usize = 1024 * 1024;

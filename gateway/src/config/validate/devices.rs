@@ -1,5 +1,8 @@
 //! `[[devices]]`: each device, its source kind, and who owns which bus resource.
 
+use crate::source::modbus::{Bus, BusTransport};
+use crate::source::simulated::{SimulatedDevice, SimulatedPoint, Waveform};
+use crate::source::{Device, DeviceSource};
 use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,7 +14,6 @@ use platform_core::kp1::{AppVersionName, EndpointToken};
 use super::modbus::modbus;
 use super::serial::serial_line;
 use crate::config::raw::*;
-use crate::config::*;
 
 fn toml_to_json(v: toml::Value) -> serde_json::Value {
     match v {

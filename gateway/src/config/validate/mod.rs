@@ -11,6 +11,8 @@ mod modbus;
 mod serial;
 mod upstream;
 
+use crate::buffer::{Buffer, Synchronous};
+use crate::self_report::OwnEndpoint;
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;

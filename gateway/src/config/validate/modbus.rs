@@ -1,5 +1,6 @@
 //! `[[modbus.buses]]` and the Modbus side of devices: points, codecs and read plans.
 
+use crate::source::modbus::{Bus, BusTransport, ModbusDevice, ModbusPoint};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,7 +10,6 @@ use platform_core::config::Problems;
 use super::devices::reject_fields;
 use super::serial::serial_settings;
 use crate::config::raw::*;
-use crate::config::*;
 use crate::modbus::codec::PointCodec;
 use crate::modbus::planner::{plan, Limits, PlanPoint, MAX_BITS, MAX_REGISTERS};
 use crate::modbus::rtu::rtu_inter_frame_delay;
@@ -172,7 +172,6 @@ pub(super) fn modbus(
     Some(ModbusDevice {
         bus: m.bus,
         unit_id: m.unit_id,
-        limits,
         points: out,
         plan,
     })

@@ -1,9 +1,10 @@
 //! Serial port settings and `serial_line` sensors.
 
+use crate::source::serial::{Parity, SerialSettings};
+use crate::source::serial_line::SerialLineDevice;
 use platform_core::config::Problems;
 
 use crate::config::raw::*;
-use crate::config::*;
 use crate::source::line_format::LineFormat;
 
 fn parity(s: &str, path: &str, e: &mut Problems) -> Parity {

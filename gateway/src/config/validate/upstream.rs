@@ -1,12 +1,12 @@
 //! `[upstream]`: the Kaa server the gateway forwards to.
 
+use crate::upstream::{Tls, Upstream};
 use std::path::Path;
 use std::time::Duration;
 
 use platform_core::config::Problems;
 
 use crate::config::raw::*;
-use crate::config::*;
 
 pub(super) fn upstream(u: RawUpstream, e: &mut Problems) -> Upstream {
     if u.host.trim().is_empty() {

@@ -16,6 +16,7 @@
 //! - Writes (from 11/CEP commands) arrive on a channel that is served before any due poll.
 
 pub mod schedule;
+pub mod settings;
 pub mod transport;
 
 use std::time::{Duration, Instant};
@@ -29,13 +30,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::health::{HealthRegistry, HealthState};
 use crate::buffer::BufferHandle;
-use crate::config::{Bus, BusTransport, Device, DeviceSource, ModbusDevice, ModbusPoint};
 use crate::endpoint::Endpoint;
 use crate::modbus::codec::{decode_bits, decode_words, encode, WriteData};
 use crate::modbus::planner::ReadRequest;
 use crate::modbus::types::RegisterTable;
 use crate::sample::Sample;
+use crate::source::{Device, DeviceSource};
 use schedule::Schedule;
+pub use settings::{Bus, BusTransport, ModbusDevice, ModbusPoint};
 
 /// Why a request produced no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
