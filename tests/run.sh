@@ -60,6 +60,9 @@ log "cargo test (unit and property tests)"
 cargo test --workspace --locked
 
 # --- Python test code: no unused names, no undefined ones -------------------------------
+log "module graph (imports point one way)"
+python3 tests/tools/module_graph.py
+
 log "pyflakes (test and benchmark scripts)"
 "$VENV/bin/python" -m pyflakes tests/e2e tests/bench
 

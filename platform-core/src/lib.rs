@@ -16,6 +16,7 @@ pub mod kp1;
 pub mod kpc;
 pub mod mqtt;
 pub mod secret;
+pub mod sessions;
 pub mod store;
 pub mod tsdb;
 
@@ -96,7 +97,7 @@ impl Core {
                     source,
                 })?;
         let bus: std::sync::Arc<dyn bus::EventBus> = std::sync::Arc::new(bus::LocalBus::new(1024));
-        let hub = kpc::hub::Hub::new();
+        let hub = sessions::Hub::new();
         let stats = kpc::stats::Stats::new();
         let mut epmx = config.epmx.clone();
         // EPL owns its connectivity keys: endpoints may read them, not write them.

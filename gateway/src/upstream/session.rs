@@ -25,6 +25,13 @@ pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
 /// How often time-outs are checked and the buffer is looked at without a notification.
 const TICK: Duration = Duration::from_millis(250);
 
+/// Whether the connection is up, and how many attempts failed in a row.
+#[derive(Debug, Default, Clone, Copy)]
+struct LinkState {
+    connected: bool,
+    failures: u32,
+}
+
 /// A finished command, on its way back to the session task for publishing.
 type Finished = (Endpoint, String, CommandResult);
 
@@ -96,8 +103,7 @@ impl UpstreamSession {
         let (client, mut events) = AsyncClient::new(opts, 1024);
         let (finished_tx, mut finished) = mpsc::channel::<Finished>(256);
         let mut verdicts = self.verdicts.take();
-        let mut connected = false;
-        let mut failures: u32 = 0;
+        let mut link = LinkState::default();
         let mut tick = tokio::time::interval(TICK);
         log::info!(
             "upstream: connecting to {}:{} as {:?}",
@@ -106,43 +112,18 @@ impl UpstreamSession {
             c.client_id
         );
         loop {
+            let connected = link.connected;
             let effects = tokio::select! {
                 // Shutdown: say goodbye; unconfirmed batches stay in the buffer for next time.
                 _ = shutdown.cancelled() => break,
-                // The connection: CONNACK, messages, errors.
-                ev = events.poll() => match ev {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                        connected = true;
-                        failures = 0;
-                        self.connected.store(true, Ordering::Relaxed);
-                        log::info!("upstream: connected to {}:{}", c.host, c.port);
-                        let mut effects = self.state.connected();
-                        effects.extend(self.lease().await);
-                        effects
+                // The connection: CONNACK, messages, errors (then a backoff before rumqttc
+                // reconnects on the next poll; `None`: shutdown came during the backoff).
+                ev = events.poll() => {
+                    match self.on_event(ev, &mut link, &client, &finished_tx, &shutdown).await {
+                        Some(effects) => effects,
+                        None => break,
                     }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        self.state.message(&p.topic, &p.payload, Instant::now(), jitter())
-                    }
-                    Ok(_) => Vec::new(),
-                    Err(e) => {
-                        failures = failures.saturating_add(1);
-                        let delay = reconnect_delay(failures, c.reconnect_max);
-                        if connected {
-                            log::warn!("upstream: connection lost: {e}; reconnecting");
-                        } else if failures == 1 || failures.is_multiple_of(20) {
-                            log::warn!("upstream: cannot connect to {}:{}: {e} (attempt {failures}, next in {delay:?})", c.host, c.port);
-                        }
-                        connected = false;
-                        self.connected.store(false, Ordering::Relaxed);
-                        let effects = self.state.disconnected();
-                        self.apply(&client, effects, &finished_tx).await;
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(delay) => {}
-                        }
-                        Vec::new()
-                    }
-                },
+                }
                 // A command finished on its bus: remember and publish its result.
                 Some((ep, kind, result)) = finished.recv() => {
                     self.state.command_finished(&ep, &kind, result)
@@ -154,18 +135,78 @@ impl UpstreamSession {
                 // New samples in the buffer: send them now rather than at the next tick.
                 _ = self.buffer.new_data.notified(), if connected => self.lease().await,
                 // Time-outs of unanswered requests; retries after backoff.
-                _ = tick.tick(), if connected => {
-                    let mut effects = self.state.tick(Instant::now(), c.response_timeout, jitter());
-                    effects.extend(self.lease().await);
-                    effects
-                }
+                _ = tick.tick(), if connected => self.on_tick().await,
             };
             self.apply(&client, effects, &finished_tx).await;
         }
-        if connected {
+        if link.connected {
             disconnect(&client, &mut events).await;
         }
         log::info!("upstream: stopped");
+    }
+
+    /// One event of the connection. `None`: shutdown came while waiting to reconnect.
+    async fn on_event(
+        &mut self,
+        ev: Result<Event, rumqttc::ConnectionError>,
+        link: &mut LinkState,
+        client: &AsyncClient,
+        finished: &mpsc::Sender<Finished>,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Effect>> {
+        let c = &self.config;
+        match ev {
+            Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                *link = LinkState {
+                    connected: true,
+                    failures: 0,
+                };
+                self.connected.store(true, Ordering::Relaxed);
+                log::info!("upstream: connected to {}:{}", c.host, c.port);
+                let mut effects = self.state.connected();
+                effects.extend(self.lease().await);
+                Some(effects)
+            }
+            Ok(Event::Incoming(Incoming::Publish(p))) => {
+                Some(
+                    self.state
+                        .message(&p.topic, &p.payload, Instant::now(), jitter()),
+                )
+            }
+            Ok(_) => Some(Vec::new()),
+            Err(e) => {
+                let failures = link.failures.saturating_add(1);
+                let delay = reconnect_delay(failures, c.reconnect_max);
+                if link.connected {
+                    log::warn!("upstream: connection lost: {e}; reconnecting");
+                } else if failures == 1 || failures.is_multiple_of(20) {
+                    log::warn!(
+                        "upstream: cannot connect to {}:{}: {e} (attempt {failures}, next in {delay:?})",
+                        c.host,
+                        c.port
+                    );
+                }
+                *link = LinkState {
+                    connected: false,
+                    failures,
+                };
+                self.connected.store(false, Ordering::Relaxed);
+                let effects = self.state.disconnected();
+                self.apply(client, effects, finished).await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => None,
+                    _ = tokio::time::sleep(delay) => Some(Vec::new()),
+                }
+            }
+        }
+    }
+
+    /// Gives up on requests unanswered for too long, then leases what is due.
+    async fn on_tick(&mut self) -> Vec<Effect> {
+        let timeout = self.config.response_timeout;
+        let mut effects = self.state.tick(Instant::now(), timeout, jitter());
+        effects.extend(self.lease().await);
+        effects
     }
 
     /// Leases what the buffer has for endpoints that are not busy.

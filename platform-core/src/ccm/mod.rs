@@ -14,7 +14,7 @@ use argon2::Argon2;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
-pub use crate::kpc::hub::Identity;
+pub use crate::sessions::Identity;
 use crate::store::{StoreError, StoreHandle};
 
 /// A basic credential as provisioned from config.

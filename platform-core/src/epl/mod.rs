@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 
 use crate::bus::{EventBus, LifecycleEvent};
-use crate::kpc::hub::SessionId;
+use crate::sessions::SessionId;
 use crate::store::{now_ms, StoreHandle};
 use crate::{epr, tsdb};
 

@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 
 use crate::epr;
 use crate::kp1::Kp1Error;
-use crate::kpc::hub::Hub;
+use crate::sessions::Hub;
 use crate::store::{now_ms, StoreError, StoreHandle};
 use crate::tsdb;
 use cex::CexRequest;

@@ -14,17 +14,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, Packet};
+use std::sync::atomic::Ordering;
+
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet, Publish};
 use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::hub::Hub;
 use super::router::Router;
 use super::stats::{Event, Stats};
 use crate::ccm::{Authenticator, Verdict};
+use crate::mqtt::connect::{peek_connect, ConnectPeek};
 use crate::mqtt::session::{Action, CloseReason, Session};
+use crate::sessions::{Attached, Hub};
 
 /// Everything a connection needs from its listener; cheap to clone.
 #[derive(Debug, Clone)]
@@ -75,13 +78,6 @@ enum ConnError {
 /// its connection task, and its queue, forever).
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the head of the buffer says about the first packet.
-enum Peek {
-    NeedMore,
-    NotConnect,
-    Connect { name: String, level: u8 },
-}
-
 /// Reads whole packets from a byte stream through the `mqttbytes` codec.
 struct PacketReader<S> {
     io: S,
@@ -114,59 +110,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
             .await
             .map_err(|_| ConnError::WriteStalled(WRITE_TIMEOUT))??;
         Ok(())
-    }
-
-    /// Looks at a CONNECT frame at the head of the buffer before the full decode, so that
-    /// MQTT 3.1 and 5 clients get a proper refusal (MQTT 3.1.1 §3.1.2.2).
-    fn peek_connect(&self) -> Peek {
-        let b = &self.buf[..];
-        let Some(first) = b.first() else {
-            return Peek::NeedMore;
-        };
-        if first >> 4 != 1 {
-            return Peek::NotConnect;
-        }
-        // Remaining length: at most 4 bytes of 7 bits each (§2.2.3).
-        let mut i = 1;
-        let mut remaining = 0usize;
-        loop {
-            match b.get(i) {
-                None => return Peek::NeedMore,
-                Some(byte) => {
-                    remaining |= usize::from(byte & 0x7f) << (7 * (i - 1));
-                    if byte & 0x80 == 0 {
-                        break;
-                    }
-                    if i == 4 {
-                        return Peek::NotConnect;
-                    }
-                    i += 1;
-                }
-            }
-        }
-        i += 1;
-        // A whole frame too short for a protocol name and level: let the decoder report it.
-        let frame_end = i + remaining;
-        let complete = b.len() >= frame_end;
-        let (Some(hi), Some(lo)) = (b.get(i), b.get(i + 1)) else {
-            return if complete {
-                Peek::NotConnect
-            } else {
-                Peek::NeedMore
-            };
-        };
-        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
-        if i + 2 + len >= frame_end {
-            // The declared frame cannot hold the name and the level.
-            return Peek::NotConnect;
-        }
-        match (b.get(i + 2..i + 2 + len), b.get(i + 2 + len)) {
-            (Some(name), Some(level)) => Peek::Connect {
-                name: String::from_utf8_lossy(name).into_owned(),
-                level: *level,
-            },
-            _ => Peek::NeedMore,
-        }
     }
 }
 
@@ -209,16 +152,40 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     peer: &Peer,
     ctx: &ConnContext,
 ) -> Result<(), ConnError> {
+    let Some(connect) = read_connect(conn, peer, ctx).await? else {
+        return Ok(());
+    };
+    let Some(mut live) = accept(conn, peer, ctx, &connect).await? else {
+        return Ok(());
+    };
+    let outcome = live.serve(conn, peer, ctx).await;
+    if !connect.clean_session {
+        ctx.hub.park(&connect.client_id, live.session);
+    }
+    let sid = live.attached.registration.id;
+    drop(live.attached);
+    // EPL: the endpoints this session used may now be disconnected.
+    ctx.router.session_closed(sid).await;
+    outcome
+}
+
+/// Reads the CONNECT packet within the connect timeout; `None` when the client was
+/// refused (a protocol we do not speak: CONNACK 0x01 sent) or sent something else first.
+async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut PacketReader<S>,
+    peer: &Peer,
+    ctx: &ConnContext,
+) -> Result<Option<Connect>, ConnError> {
     let (addr, transport) = (peer.addr, peer.transport);
-    let limits = ctx.limits;
+    let timeout = ctx.limits.connect_timeout;
     // Wait until the protocol name and level are readable, then refuse what we do not speak.
-    let first = tokio::time::timeout(limits.connect_timeout, async {
+    let first = tokio::time::timeout(timeout, async {
         loop {
-            match conn.peek_connect() {
-                Peek::NeedMore => {}
+            match peek_connect(&conn.buf) {
+                ConnectPeek::NeedMore => {}
                 // Not a CONNECT, or a mangled header: the full decode below reports it.
-                Peek::NotConnect => return Ok::<_, ConnError>(None),
-                Peek::Connect { name, level } => return Ok(Some((name, level))),
+                ConnectPeek::NotConnect => return Ok::<_, ConnError>(None),
+                ConnectPeek::Connect { name, level } => return Ok(Some((name, level))),
             }
             if conn.io.read_buf(&mut conn.buf).await? == 0 {
                 return Err(ConnError::Eof);
@@ -233,20 +200,32 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 format!("mqtt {transport} {addr}: refusing protocol {name:?} level {level} (only MQTT 3.1.1 is served)")
             });
             let ack = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-            return conn.send(&Packet::ConnAck(ack)).await;
+            conn.send(&Packet::ConnAck(ack)).await?;
+            return Ok(None);
         }
     }
-    let connect = match tokio::time::timeout(limits.connect_timeout, conn.next()).await {
-        Err(_) => return Err(ConnError::Idle),
-        Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => c,
+    match tokio::time::timeout(timeout, conn.next()).await {
+        Err(_) => Err(ConnError::Idle),
+        Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => Ok(Some(c)),
         Ok(Ok(other)) => {
             ctx.stats.report(Event::ProtocolViolation, || {
                 format!("mqtt {transport} {addr}: first packet is not CONNECT: {other:?}")
             });
-            return Ok(());
+            Ok(None)
         }
-        Ok(Err(e)) => return Err(e),
-    };
+        Ok(Err(e)) => Err(e),
+    }
+}
+
+/// Authenticates the client (CCM), registers it with the hub, answers CONNACK and
+/// resumes a persistent session; `None` when the client was refused.
+async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut PacketReader<S>,
+    peer: &Peer,
+    ctx: &ConnContext,
+    connect: &Connect,
+) -> Result<Option<Live>, ConnError> {
+    let (addr, transport) = (peer.addr, peer.transport);
     let login = connect
         .login
         .as_ref()
@@ -264,7 +243,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         Verdict::BadCredentials => ConnectReturnCode::BadUserNamePassword,
         Verdict::NotAuthorized => ConnectReturnCode::NotAuthorized,
     };
-    let client_id = connect.client_id.clone();
+    let client_id = connect.client_id.as_str();
     // §3.1.3.1: a persistent session needs a client ID to be found again.
     if code == ConnectReturnCode::Success && !connect.clean_session && client_id.is_empty() {
         code = ConnectReturnCode::BadClientId;
@@ -277,24 +256,21 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 "mqtt {transport} {addr}: CONNECT refused ({code:?}) for client {client_id:?} as {identity:?}"
             )
         });
-        return Ok(());
+        return Ok(None);
     }
-    let attached = ctx.hub.register(&client_id, identity.clone());
-    let registration = attached.registration;
-    let mut copies = attached.inbox;
-    let queued_bytes = attached.queued_bytes;
-    let kill = attached.kill;
+    let attached = ctx.hub.register(client_id, identity.clone());
     if !client_id.is_empty() {
         // Takeover: give the old connection of this client ID a moment to park its session.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while !ctx.hub.client_gone(&client_id, registration.id) && Instant::now() < deadline {
+        while !ctx.hub.client_gone(client_id, attached.registration.id) && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     let parked = if client_id.is_empty() {
         None
     } else {
-        ctx.hub.take_parked(&client_id)
+        ctx.hub.take_parked(client_id)
     };
     let (mut session, present) = match parked {
         Some(s) if !connect.clean_session => (s, true),
@@ -310,7 +286,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         log::debug!("mqtt {transport} {addr}: will message accepted (KPC does not relay wills)");
     }
     if present {
-        registration.set_filters(session.subscriptions().to_vec());
+        attached
+            .registration
+            .set_filters(session.subscriptions().to_vec());
         for p in session.resume() {
             conn.send(&p).await?;
         }
@@ -318,85 +296,143 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // §3.1.2.10: the server closes after 1.5 × keepalive without a packet; 0 disables it.
     let idle = (connect.keep_alive > 0)
         .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
-    let mut deadline = idle.map(|d| Instant::now() + d);
-    let router = &ctx.router;
-    let hub = &ctx.hub;
-    let outcome: Result<(), ConnError> = async {
-    loop {
-        tokio::select! {
-            // A packet from the client (cancel-safe: partial frames stay in the buffer).
-            packet = conn.next() => {
-                let packet = packet?;
-                deadline = idle.map(|d| Instant::now() + d);
-                let resubscribed = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
-                for action in session.handle(packet) {
-                    match action {
-                        Action::Send(p) => conn.send(&p).await?,
-                        Action::Request { publish, ack } => {
-                            if let Some(reply) = router.route(&publish.topic, &publish.payload, Some(registration.id)).await {
-                                let qos = match publish.qos {
-                                    QoS::AtMostOnce => QoS::AtMostOnce,
-                                    _ => QoS::AtLeastOnce,
-                                };
-                                if reply.topic.ends_with("/error") {
-                                    ctx.stats.report(Event::RequestError, || format!(
-                                        "mqtt {transport} {addr}: request on {} refused: {}",
-                                        publish.topic,
-                                        String::from_utf8_lossy(&reply.payload)
-                                    ));
-                                }
-                                let payload = Bytes::from(reply.payload);
-                                hub.fan_out(registration.id, &reply.topic, &payload);
-                                if let Some(out) = session.publish(reply.topic, qos, payload) {
-                                    conn.send(&out).await?;
-                                }
-                            }
-                            if let Some(ack) = ack {
-                                conn.send(&ack).await?;
-                            }
-                        }
-                        Action::Close(CloseReason::ClientDisconnect) => return Ok(()),
-                        Action::Close(CloseReason::ProtocolViolation(why)) => {
-                            ctx.stats.report(Event::ProtocolViolation, || {
-                                format!("mqtt {transport} {addr}: protocol violation, closing: {why}")
-                            });
-                            return Ok(());
-                        }
+    Ok(Some(Live {
+        session,
+        attached,
+        idle,
+        client_id: client_id.to_owned(),
+    }))
+}
+
+/// An accepted client: its MQTT session state and its place in the hub.
+struct Live {
+    session: Session,
+    attached: Attached,
+    /// Longest silence allowed (1.5 × keepalive), if any.
+    idle: Option<Duration>,
+    client_id: String,
+}
+
+impl Live {
+    /// Serves the client until it leaves, breaks the protocol, idles out or is cut.
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut PacketReader<S>,
+        peer: &Peer,
+        ctx: &ConnContext,
+    ) -> Result<(), ConnError> {
+        let mut deadline = self.idle.map(|d| Instant::now() + d);
+        loop {
+            tokio::select! {
+                // A packet from the client (cancel-safe: partial frames stay in the buffer).
+                packet = conn.next() => {
+                    deadline = self.idle.map(|d| Instant::now() + d);
+                    if self.on_packet(packet?, conn, peer, ctx).await? == Flow::Close {
+                        return Ok(());
                     }
                 }
-                if resubscribed {
-                    registration.set_filters(session.subscriptions().to_vec());
+                // A push for an endpoint this session used, or a copy of another session's reply.
+                Some(msg) = self.attached.inbox.recv() => {
+                    self.attached.queued_bytes.fetch_sub(msg.payload.len(), Ordering::Relaxed);
+                    if let Some(out) = self.session.publish(msg.topic, msg.qos, msg.payload) {
+                        conn.send(&out).await?;
+                    }
                 }
-            }
-            // A push for an endpoint this session used, or a copy of another session's reply.
-            Some(msg) = copies.recv() => {
-                queued_bytes.fetch_sub(msg.payload.len(), std::sync::atomic::Ordering::Relaxed);
-                if let Some(out) = session.publish(msg.topic, msg.qos, msg.payload) {
-                    conn.send(&out).await?;
+                // The token or credential this session uses was suspended or revoked, or
+                // the same client ID connected again.
+                _ = self.attached.kill.cancelled() => {
+                    let (addr, transport, client_id) = (peer.addr, peer.transport, &self.client_id);
+                    ctx.stats.report(Event::SessionCut, || {
+                        format!("mqtt {transport} {addr}: session of client {client_id:?} ended by the server")
+                    });
+                    return Ok(());
                 }
+                // §3.1.2.10: nothing from the client for 1.5 × keepalive.
+                _ = sleep_until_deadline(deadline) => return Err(ConnError::Idle),
             }
-            // The token or credential this session uses was suspended or revoked, or the
-            // same client ID connected again.
-            _ = kill.cancelled() => {
-                ctx.stats.report(Event::SessionCut, || {
-                    format!("mqtt {transport} {addr}: session of client {client_id:?} ended by the server")
-                });
-                return Ok(());
-            }
-            // §3.1.2.10: nothing from the client for 1.5 × keepalive.
-            _ = sleep_until_deadline(deadline) => return Err(ConnError::Idle),
         }
     }
+
+    /// Acts on one packet: what the session state machine says, requests routed to the
+    /// extensions in arrival order (so replies keep the order of requests).
+    async fn on_packet<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        packet: Packet,
+        conn: &mut PacketReader<S>,
+        peer: &Peer,
+        ctx: &ConnContext,
+    ) -> Result<Flow, ConnError> {
+        let resubscribed = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+        for action in self.session.handle(packet) {
+            match action {
+                Action::Send(p) => conn.send(&p).await?,
+                Action::Request { publish, ack } => {
+                    self.request(&publish, conn, peer, ctx).await?;
+                    if let Some(ack) = ack {
+                        conn.send(&ack).await?;
+                    }
+                }
+                Action::Close(CloseReason::ClientDisconnect) => return Ok(Flow::Close),
+                Action::Close(CloseReason::ProtocolViolation(why)) => {
+                    let (addr, transport) = (peer.addr, peer.transport);
+                    ctx.stats.report(Event::ProtocolViolation, || {
+                        format!("mqtt {transport} {addr}: protocol violation, closing: {why}")
+                    });
+                    return Ok(Flow::Close);
+                }
+            }
+        }
+        if resubscribed {
+            let filters = self.session.subscriptions().to_vec();
+            self.attached.registration.set_filters(filters);
+        }
+        Ok(Flow::Continue)
     }
-    .await;
-    if !connect.clean_session {
-        ctx.hub.park(&client_id, session);
+
+    /// Routes one 1/KP request and sends its reply (copies go to watchers via the hub).
+    async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        publish: &Publish,
+        conn: &mut PacketReader<S>,
+        peer: &Peer,
+        ctx: &ConnContext,
+    ) -> Result<(), ConnError> {
+        let sid = self.attached.registration.id;
+        let Some(reply) = ctx
+            .router
+            .route(&publish.topic, &publish.payload, Some(sid))
+            .await
+        else {
+            return Ok(());
+        };
+        let qos = match publish.qos {
+            QoS::AtMostOnce => QoS::AtMostOnce,
+            _ => QoS::AtLeastOnce,
+        };
+        if reply.topic.ends_with("/error") {
+            let (addr, transport) = (peer.addr, peer.transport);
+            ctx.stats.report(Event::RequestError, || {
+                format!(
+                    "mqtt {transport} {addr}: request on {} refused: {}",
+                    publish.topic,
+                    String::from_utf8_lossy(&reply.payload)
+                )
+            });
+        }
+        let payload = Bytes::from(reply.payload);
+        ctx.hub.fan_out(sid, &reply.topic, &payload);
+        if let Some(out) = self.session.publish(reply.topic, qos, payload) {
+            conn.send(&out).await?;
+        }
+        Ok(())
     }
-    let sid = registration.id;
-    drop(registration);
-    // EPL: the endpoints this session used may now be disconnected.
-    router.session_closed(sid).await;
-    outcome
+}
+
+/// Whether the connection goes on after a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Close,
 }
 
 async fn sleep_until_deadline(deadline: Option<Instant>) {

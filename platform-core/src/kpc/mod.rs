@@ -3,7 +3,7 @@
 pub mod connection;
 pub mod http;
 pub mod https;
-pub mod hub;
+
 pub mod listener;
 pub mod router;
 pub mod stats;

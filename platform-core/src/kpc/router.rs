@@ -3,11 +3,11 @@
 //! Checks run in the order of PROTOCOL.md §4: topic syntax (400), payload size (413),
 //! app version (404), extension instance (404), token (401/403), then the extension.
 
-use super::hub::SessionId;
 use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
 use crate::ext::Services;
 use crate::kp1::{Direction, Kp1Error, Kp1Topic};
+use crate::sessions::SessionId;
 use crate::store::StoreHandle;
 
 /// A response to publish back to the requesting client.

@@ -3,6 +3,7 @@
 //! Packets are encoded and decoded by the well-kept `rumqttc::mqttbytes::v4` codec; this
 //! module only decides what to do with them and holds no I/O (the actor is `kpc::connection`).
 
+pub mod connect;
 pub mod filter;
 pub mod session;
 

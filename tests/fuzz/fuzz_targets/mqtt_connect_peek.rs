@@ -1,0 +1,11 @@
+//! Fuzz: the look at a connection's first bytes before the full CONNECT decode.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use platform_core::mqtt::connect::{peek_connect, ConnectPeek};
+
+fuzz_target!(|data: &[u8]| {
+    // Whatever the bytes, a recognised protocol name lies inside them.
+    if let ConnectPeek::Connect { name, .. } = peek_connect(data) {
+        assert!(name.len() <= data.len());
+    }
+});
