@@ -123,14 +123,14 @@ async fn main() {
             endpoints: (0..DEVICES)
                 .map(|i| epr::EndpointSpec {
                     id: None,
-                    token: format!("dev{i}"),
+                    token: format!("dev{i}").into(),
                     app_version: "bench-v1".into(),
                     metadata: Default::default(),
                 })
                 .collect(),
             credentials: vec![ccm::BasicCredentialSpec {
                 username: "bench".into(),
-                password_hash: hash,
+                password_hash: hash.into(),
             }],
         },
         stop.clone(),

@@ -374,7 +374,7 @@ async fn internal_upstream(core: &Core) -> anyhow::Result<Upstream> {
     .await??;
     let cred = platform_core::ccm::BasicCredentialSpec {
         username: INTERNAL_USER.into(),
-        password_hash: hash,
+        password_hash: hash.into(),
     };
     core.provision(vec![], vec![], vec![cred])
         .await
@@ -399,7 +399,7 @@ async fn provision_in_core(core: &Core, config: &Config) -> anyhow::Result<()> {
         .iter()
         .map(|d| EndpointSpec {
             id: None,
-            token: d.token.as_str().to_owned(),
+            token: d.token.as_str().into(),
             app_version: d.app_version.as_str().to_owned(),
             metadata: d.metadata.clone(),
         })
@@ -407,7 +407,7 @@ async fn provision_in_core(core: &Core, config: &Config) -> anyhow::Result<()> {
     if let Some(own) = &config.own_endpoint {
         endpoints.push(EndpointSpec {
             id: None,
-            token: own.token.as_str().to_owned(),
+            token: own.token.as_str().into(),
             app_version: own.app_version.as_str().to_owned(),
             metadata: serde_json::Map::new(),
         });

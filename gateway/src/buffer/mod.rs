@@ -108,8 +108,30 @@ pub struct LeaseLimits {
     pub live_window: Duration,
 }
 
-/// Why samples were dropped.
-pub const DROP_REASONS: [&str; 4] = ["buffer_full", "refused_full", "expired", "disk_full"];
+/// Why samples were dropped (stored by name in the `drops` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Deleted, oldest first, to make room (`drop_oldest`).
+    BufferFull,
+    /// Refused because the buffer was full (`drop_newest`, or `block` at shutdown).
+    RefusedFull,
+    /// Older than `max_age`.
+    Expired,
+    /// Refused because the disk holding the buffer was full.
+    DiskFull,
+}
+
+impl DropReason {
+    /// The name used in the `drops` table, logs and health samples.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BufferFull => "buffer_full",
+            Self::RefusedFull => "refused_full",
+            Self::Expired => "expired",
+            Self::DiskFull => "disk_full",
+        }
+    }
+}
 
 /// Bytes free for an unprivileged writer on the filesystem holding `path` (or its nearest
 /// existing ancestor); `None` when it cannot be told.
@@ -128,7 +150,7 @@ pub struct BufferStats {
     pub dead_letters: u64,
     /// Timestamp of the oldest pending sample.
     pub oldest_ts_ms: Option<i64>,
-    /// Dropped samples per endpoint and reason (see [`DROP_REASONS`]).
+    /// Dropped samples per endpoint and reason (by [`DropReason::as_str`]).
     pub drops: BTreeMap<(String, String), BTreeMap<String, u64>>,
 }
 
@@ -199,7 +221,7 @@ enum Command {
         reply: oneshot::Sender<Result<usize, BufferError>>,
     },
     Stats(oneshot::Sender<Result<BufferStats, BufferError>>),
-    RecordDrop(Vec<Sample>, &'static str),
+    RecordDrop(Vec<Sample>, DropReason),
 }
 
 /// Why an append was not stored.
@@ -290,7 +312,7 @@ impl BufferHandle {
                     self.new_data.notify_one();
                     tokio::select! {
                         _ = self.stopping.cancelled() => {
-                            let _ = self.tx.send(Command::RecordDrop(samples, "refused_full")).await;
+                            let _ = self.tx.send(Command::RecordDrop(samples, DropReason::RefusedFull)).await;
                             return Err(BufferError::FullAtShutdown);
                         }
                         _ = self.freed.notified() => {}

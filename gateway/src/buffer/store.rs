@@ -57,7 +57,7 @@ pub(super) struct Owner {
     cursor: usize,
     last_expiry: Option<Instant>,
     /// Drops that could not be written (disk full), kept until they can.
-    unsaved_drops: BTreeMap<(String, String, &'static str), u64>,
+    unsaved_drops: BTreeMap<(String, String, DropReason), u64>,
     /// Endpoints that have (or recently had) pending samples, kept in memory so leasing
     /// needs no scan of the table.
     endpoints: std::collections::BTreeSet<Endpoint>,
@@ -204,7 +204,7 @@ impl Owner {
         }
     }
 
-    fn count_drop(&mut self, avn: &str, token: &str, reason: &'static str, n: u64) {
+    fn count_drop(&mut self, avn: &str, token: &str, reason: DropReason, n: u64) {
         *self
             .unsaved_drops
             .entry((avn.to_owned(), token.to_owned(), reason))
@@ -224,7 +224,7 @@ impl Owner {
                      ON CONFLICT(app_version, token, reason) DO UPDATE SET count = count + excluded.count",
                 )?;
                 for ((avn, token, reason), n) in &self.unsaved_drops {
-                    stmt.execute(params![avn, token, reason, *n as i64])?;
+                    stmt.execute(params![avn, token, reason.as_str(), *n as i64])?;
                 }
             }
             tx.commit()
@@ -268,14 +268,14 @@ impl Owner {
             .into_iter()
             .filter(|r| !leased.contains(&r.0))
             .collect();
-        self.delete_rows(&rows, "expired")
+        self.delete_rows(&rows, DropReason::Expired)
     }
 
     /// Deletes rows (seq, avn, token, bytes), counting them as dropped for `reason`.
     fn delete_rows(
         &mut self,
         rows: &[(i64, String, String, i64)],
-        reason: &'static str,
+        reason: DropReason,
     ) -> Result<usize, BufferError> {
         if rows.is_empty() {
             return Ok(0);
@@ -294,7 +294,11 @@ impl Owner {
             self.count_drop(avn, token, reason, 1);
         }
         self.save_drops();
-        log::warn!("buffer: dropped {} sample(s) ({reason})", rows.len());
+        log::warn!(
+            "buffer: dropped {} sample(s) ({})",
+            rows.len(),
+            reason.as_str()
+        );
         Ok(rows.len())
     }
 
@@ -318,7 +322,7 @@ impl Owner {
                             self.count_drop(
                                 s.endpoint.app_version.as_str(),
                                 s.endpoint.token.as_str(),
-                                "refused_full",
+                                DropReason::RefusedFull,
                                 1,
                             );
                             out.refused += 1;
@@ -349,7 +353,7 @@ impl Owner {
                     self.count_drop(
                         s.endpoint.app_version.as_str(),
                         s.endpoint.token.as_str(),
-                        "disk_full",
+                        DropReason::DiskFull,
                         1,
                     );
                 }
@@ -408,7 +412,7 @@ impl Owner {
                 }
             }
         }
-        self.delete_rows(&rows, "buffer_full")
+        self.delete_rows(&rows, DropReason::BufferFull)
     }
 
     pub(super) fn lease(
@@ -616,7 +620,7 @@ impl Owner {
             *drops
                 .entry((avn.clone(), token.clone()))
                 .or_default()
-                .entry((*reason).to_owned())
+                .entry(reason.as_str().to_owned())
                 .or_insert(0) += n;
         }
         Ok(BufferStats {

@@ -153,11 +153,13 @@ impl Default for RawBuffer {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDevice {
     pub name: String,
-    pub token: String,
+    /// The endpoint token: it identifies the device to the platform, so it is kept out
+    /// of `Debug` output like a password.
+    pub token: Secret,
     pub app_version: String,
     #[serde(default = "defaults::poll_interval_ms")]
     pub poll_interval_ms: u64,
@@ -168,16 +170,6 @@ pub struct RawDevice {
     pub serial_line: Option<RawSerialLine>,
     #[serde(default)]
     pub points: Vec<RawPoint>,
-}
-
-impl std::fmt::Debug for RawDevice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawDevice")
-            .field("name", &self.name)
-            .field("token", &"<redacted>")
-            .field("app_version", &self.app_version)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A Modbus slave on one of `[[modbus.buses]]`.

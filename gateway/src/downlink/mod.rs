@@ -88,15 +88,30 @@ fn write_status(e: &WriteError) -> u16 {
     }
 }
 
+/// Why a command push or a command's payload cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("command push is not JSON: {0}")]
+    NotJson(String),
+    #[error("command push must be an array of {{id, payload}}")]
+    NotAnArray,
+    #[error("command without an id: {0}")]
+    NoId(String),
+    #[error("write needs {{\"point\": \"<name>\", \"value\": <value>}}")]
+    NoPoint,
+    #[error("write needs a \"value\"")]
+    NoValue,
+}
+
 /// Parses a command push payload: an array of `{"id": string, "payload": any}`.
 /// Entries without a usable `id` cannot be answered and are reported as errors.
-pub fn parse_commands(payload: &[u8]) -> Result<Vec<Command>, String> {
+pub fn parse_commands(payload: &[u8]) -> Result<Vec<Command>, CommandError> {
     let v: Value =
-        serde_json::from_slice(payload).map_err(|e| format!("command push is not JSON: {e}"))?;
+        serde_json::from_slice(payload).map_err(|e| CommandError::NotJson(e.to_string()))?;
     let items = match v {
         Value::Array(items) => items,
         obj @ Value::Object(_) => vec![obj],
-        _ => return Err("command push must be an array of {id, payload}".into()),
+        _ => return Err(CommandError::NotAnArray),
     };
     items
         .into_iter()
@@ -104,7 +119,7 @@ pub fn parse_commands(payload: &[u8]) -> Result<Vec<Command>, String> {
             let id = match item.get("id") {
                 Some(Value::String(s)) if !s.is_empty() => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
-                _ => return Err(format!("command without an id: {item}")),
+                _ => return Err(CommandError::NoId(item.to_string())),
             };
             Ok(Command {
                 id,
@@ -115,12 +130,12 @@ pub fn parse_commands(payload: &[u8]) -> Result<Vec<Command>, String> {
 }
 
 /// Parses a `write` command payload: `{"point": "<name>", "value": <value>}`.
-pub fn parse_write(payload: &Value) -> Result<(String, Value), String> {
+pub fn parse_write(payload: &Value) -> Result<(String, Value), CommandError> {
     let point = payload
         .get("point")
         .and_then(Value::as_str)
-        .ok_or("write needs {\"point\": \"<name>\", \"value\": <value>}")?;
-    let value = payload.get("value").ok_or("write needs a \"value\"")?;
+        .ok_or(CommandError::NoPoint)?;
+    let value = payload.get("value").ok_or(CommandError::NoValue)?;
     Ok((point.to_owned(), value.clone()))
 }
 
@@ -170,7 +185,7 @@ pub async fn execute(target: CommandTarget, kind: &str, cmd: Command) -> Command
             let outcome = target.bus.write(&target.device, &point, value).await;
             CommandResult::of_write(&cmd.id, &point, outcome)
         }
-        Err(reason) => CommandResult::error(&cmd.id, 400, reason),
+        Err(reason) => CommandResult::error(&cmd.id, 400, reason.to_string()),
     }
 }
 

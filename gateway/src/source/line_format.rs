@@ -39,6 +39,10 @@ pub enum LineError {
     NoMatch,
     #[error("empty line")]
     Empty,
+    #[error("line longer than {0} bytes")]
+    TooLong(usize),
+    #[error("line is not UTF-8")]
+    NotUtf8,
 }
 
 /// A field value: a number when it reads as one, `true`/`false`, else text.

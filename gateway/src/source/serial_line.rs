@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 use super::health::{HealthRegistry, HealthState};
-use super::line_format::{parse_line, LineFormat};
+use super::line_format::{parse_line, LineError, LineFormat};
 use super::serial::SerialSettings;
 use super::{Device, DeviceSource};
 use crate::buffer::BufferHandle;
@@ -110,7 +110,7 @@ pub async fn run(
                     bad_since_log += 1;
                     health.update(&device.name, |h| {
                         h.bad_lines += 1;
-                        h.last_error = Some(reason.clone());
+                        h.last_error = Some(reason.to_string());
                     });
                     if last_bad_log.is_none_or(|t| t.elapsed() >= BAD_LINE_LOG_EVERY) {
                         log::warn!(
@@ -131,12 +131,12 @@ pub async fn run(
 fn accept(
     format: &LineFormat,
     raw: &[u8],
-) -> Result<Option<serde_json::Map<String, Value>>, String> {
+) -> Result<Option<serde_json::Map<String, Value>>, LineError> {
     if raw.len() > MAX_LINE {
-        return Err(format!("line longer than {MAX_LINE} bytes"));
+        return Err(LineError::TooLong(MAX_LINE));
     }
-    let text = std::str::from_utf8(raw).map_err(|_| "line is not UTF-8".to_owned())?;
-    parse_line(format, text).map_err(|e| e.to_string())
+    let text = std::str::from_utf8(raw).map_err(|_| LineError::NotUtf8)?;
+    parse_line(format, text)
 }
 
 /// Reads up to `\n` (bounded: an endless line without newline is cut at MAX_LINE + 1).

@@ -12,12 +12,23 @@ pub struct RemoteConfig {
     pub config: Value,
 }
 
+/// Why a configuration push cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("config push is not JSON: {0}")]
+    NotJson(String),
+    #[error("config push must be an object {{\"configId\", \"config\"}}")]
+    NotAnObject,
+    #[error("config push without a configId")]
+    NoConfigId,
+}
+
 /// Parses a 7/CMP config response/push. `Ok(None)`: no configuration, or unchanged (`{}`).
-pub fn parse_push(payload: &[u8]) -> Result<Option<RemoteConfig>, String> {
+pub fn parse_push(payload: &[u8]) -> Result<Option<RemoteConfig>, PushError> {
     let v: Value =
-        serde_json::from_slice(payload).map_err(|e| format!("config push is not JSON: {e}"))?;
+        serde_json::from_slice(payload).map_err(|e| PushError::NotJson(e.to_string()))?;
     let Value::Object(obj) = v else {
-        return Err("config push must be an object {\"configId\", \"config\"}".into());
+        return Err(PushError::NotAnObject);
     };
     let config = match obj.get("config") {
         None | Some(Value::Null) => return Ok(None),
@@ -25,7 +36,7 @@ pub fn parse_push(payload: &[u8]) -> Result<Option<RemoteConfig>, String> {
     };
     let config_id = match obj.get("configId") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err("config push without a configId".into()),
+        _ => return Err(PushError::NoConfigId),
     };
     Ok(Some(RemoteConfig { config_id, config }))
 }

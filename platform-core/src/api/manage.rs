@@ -228,10 +228,7 @@ pub(super) async fn create_endpoint(
             )
         })
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::Invalid(m) if m.contains("already") => ApiError::conflict(m),
-            e => storage(e),
-        })?;
+        .map_err(storage)?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"endpointId": id, "appVersion": {"name": avn}, "token": token})),
@@ -366,12 +363,7 @@ pub(super) async fn issue_token(
             Ok((token, revoked))
         })
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::Invalid(m) if m.contains("already in use") => {
-                ApiError::conflict(m)
-            }
-            e => storage(e),
-        })?;
+        .map_err(storage)?;
     for t in &revoked {
         api.services.hub.cut_token(t);
     }

@@ -29,6 +29,7 @@ use time::OffsetDateTime;
 use crate::epr;
 use crate::ext::Services;
 use crate::kpc::stats::Stats;
+use crate::secret::Secret;
 use crate::store::{StoreError, StoreHandle};
 use crate::tsdb;
 
@@ -84,18 +85,10 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Who may use the API: one admin user, checked against an Argon2 hash.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AdminAuth {
     pub username: String,
-    pub password_hash: String,
-}
-
-impl std::fmt::Debug for AdminAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminAuth")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
+    pub password_hash: Secret,
 }
 
 /// What the API needs from the core.
@@ -149,8 +142,9 @@ impl IntoResponse for ApiError {
 
 fn storage(e: StoreError) -> ApiError {
     match e {
-        // Validation failures from the registry are the caller's fault.
+        // Validation failures and clashes are the caller's to fix; everything else is ours.
         StoreError::Invalid(msg) => ApiError::bad_request(msg),
+        StoreError::Conflict(msg) => ApiError::conflict(msg),
         e => {
             log::error!("api: storage failure: {e}");
             ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
@@ -312,7 +306,7 @@ async fn authorize(api: &Api, headers: &axum::http::HeaderMap) -> Result<(), Api
         return Err(denied());
     }
     let (hash, password) = (api.auth.password_hash.clone(), password.to_owned());
-    let ok = tokio::task::spawn_blocking(move || crate::ccm::verify_hash(&hash, &password))
+    let ok = tokio::task::spawn_blocking(move || crate::ccm::verify_hash(hash.expose(), &password))
         .await
         .unwrap_or(false);
     if !ok {

@@ -14,25 +14,17 @@ use argon2::Argon2;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Deserialize;
 
+use crate::secret::Secret;
 pub use crate::sessions::Identity;
 use crate::store::{StoreError, StoreHandle};
 
 /// A basic credential as provisioned from config.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BasicCredentialSpec {
     pub username: String,
     /// Argon2 PHC string, e.g. `$argon2id$v=19$m=19456,t=2,p=1$...`.
-    pub password_hash: String,
-}
-
-impl std::fmt::Debug for BasicCredentialSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BasicCredentialSpec")
-            .field("username", &self.username)
-            .field("password_hash", &"<redacted>")
-            .finish()
-    }
+    pub password_hash: Secret,
 }
 
 /// Result of checking a username/password.
@@ -119,7 +111,7 @@ impl State {
             "active" => Ok(Self::Active),
             "suspended" => Ok(Self::Suspended),
             "revoked" => Ok(Self::Revoked),
-            other => Err(StoreError::Invalid(format!(
+            other => Err(StoreError::Corrupt(format!(
                 "unknown stored state {other:?}"
             ))),
         }
@@ -252,7 +244,7 @@ pub fn create_basic(conn: &Connection, username: &str, hash: &str) -> Result<boo
             "a username must be non-empty and must not contain ':'".into(),
         ));
     }
-    check_hash(hash).map_err(StoreError::Invalid)?;
+    check_hash(hash).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let n = conn.execute(
         "INSERT OR IGNORE INTO credentials_basic(username, password_hash, state, created_ms)
          VALUES (?1, ?2, 'inactive', ?3)",
@@ -334,7 +326,7 @@ pub fn hash_password(password: &str) -> Result<String, StoreError> {
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| StoreError::Invalid(format!("cannot hash password: {e}")))
+        .map_err(|e| StoreError::Internal(format!("cannot hash password: {e}")))
 }
 
 /// Does `password` match the PHC `hash`? (CPU-heavy: call from a blocking thread.)
@@ -349,11 +341,16 @@ pub fn verify_hash(hash: &str, password: &str) -> bool {
 }
 
 /// Checks that `hash` is a PHC string this build can verify.
-pub fn check_hash(hash: &str) -> Result<(), String> {
-    PasswordHash::new(hash).map(|_| ()).map_err(|e| {
-        format!("not a PHC password hash ({e}); make one with `kp-gateway hash-password`")
-    })
+pub fn check_hash(hash: &str) -> Result<(), BadHash> {
+    PasswordHash::new(hash)
+        .map(|_| ())
+        .map_err(|e| BadHash(e.to_string()))
 }
+
+/// A stored or configured password hash that is not a PHC string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a PHC password hash ({0}); make one with `kp-gateway hash-password`")]
+pub struct BadHash(String);
 
 /// Inserts or updates credentials (the hash is replaced; the state is kept).
 pub fn provision(conn: &mut Connection, creds: &[BasicCredentialSpec]) -> Result<(), StoreError> {
@@ -364,11 +361,11 @@ pub fn provision(conn: &mut Connection, creds: &[BasicCredentialSpec]) -> Result
                 "credential with an empty username".into(),
             ));
         }
-        check_hash(&c.password_hash).map_err(StoreError::Invalid)?;
+        check_hash(c.password_hash.expose()).map_err(|e| StoreError::Invalid(e.to_string()))?;
         tx.execute(
             "INSERT INTO credentials_basic(username, password_hash, state, created_ms) VALUES (?1, ?2, 'inactive', ?3)
              ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash",
-            params![c.username, c.password_hash, crate::store::now_ms()],
+            params![c.username, c.password_hash.expose(), crate::store::now_ms()],
         )?;
     }
     tx.commit()?;
@@ -406,7 +403,7 @@ pub async fn verify_basic(
             .unwrap_or(false)
     })
     .await
-    .map_err(|e| StoreError::Invalid(format!("password check failed: {e}")))?;
+    .map_err(|e| StoreError::Internal(format!("password check failed: {e}")))?;
     if !ok {
         return Ok(Verdict::BadCredentials);
     }
@@ -440,7 +437,7 @@ mod tests {
         assert!(!hash.contains("s3cret"));
         let creds = vec![BasicCredentialSpec {
             username: "gw".into(),
-            password_hash: hash,
+            password_hash: hash.into(),
         }];
         store.call(move |c| provision(c, &creds)).await.unwrap();
         assert_eq!(
@@ -468,7 +465,7 @@ mod tests {
         let store = StoreHandle::open(&dir.path().join("c.sqlite")).unwrap();
         let creds = vec![BasicCredentialSpec {
             username: "gw".into(),
-            password_hash: hash_password("pw").unwrap(),
+            password_hash: hash_password("pw").unwrap().into(),
         }];
         store.call(move |c| provision(c, &creds)).await.unwrap();
         store

@@ -146,7 +146,7 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
             e.add("core.api.admin_username", "must not be empty");
         }
         if let Err(msg) = crate::ccm::check_hash(a.admin_password_hash.expose()) {
-            e.add("core.api.admin_password_hash", msg);
+            e.add("core.api.admin_password_hash", msg.to_string());
         }
         if c.http.is_none() {
             e.add(
@@ -191,7 +191,7 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
         }
     }
     for (i, ep) in c.endpoints.iter().enumerate() {
-        if EndpointToken::new(&ep.token).is_err() {
+        if EndpointToken::new(ep.token.expose()).is_err() {
             e.add(
                 format!("core.endpoints[{i}].token"),
                 "must be non-empty without '+', '#', '/' or '.'",
@@ -230,8 +230,11 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
                 "must not be empty",
             );
         }
-        if let Err(msg) = crate::ccm::check_hash(&cred.password_hash) {
-            e.add(format!("core.credentials[{i}].password_hash"), msg);
+        if let Err(msg) = crate::ccm::check_hash(cred.password_hash.expose()) {
+            e.add(
+                format!("core.credentials[{i}].password_hash"),
+                msg.to_string(),
+            );
         }
     }
     let config = CoreConfig {
@@ -253,7 +256,7 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
         extensions,
         api: c.api.as_ref().map(|a| crate::api::AdminAuth {
             username: a.admin_username.clone(),
-            password_hash: a.admin_password_hash.expose().to_owned(),
+            password_hash: a.admin_password_hash.clone(),
         }),
         epl: crate::epl::EplConfig {
             connected_key: c.epl.connected_key.clone(),

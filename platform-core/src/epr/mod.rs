@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::kp1::{is_valid_application_name, AppVersionName, EndpointToken};
+use crate::secret::Secret;
 use crate::store::{now_ms, StoreError};
 
 /// One application with its versions, as provisioned from config.
@@ -20,27 +21,17 @@ pub struct ApplicationSpec {
 }
 
 /// One endpoint with its token, as provisioned from config.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Endpoint ID; a UUID is generated when absent.
     #[serde(default)]
     pub id: Option<String>,
-    pub token: String,
+    pub token: Secret,
     pub app_version: String,
     /// Initial metadata, written only when the endpoint is first created.
     #[serde(default)]
     pub metadata: Map<String, Value>,
-}
-
-impl std::fmt::Debug for EndpointSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EndpointSpec")
-            .field("id", &self.id)
-            .field("token", &"<redacted>")
-            .field("app_version", &self.app_version)
-            .finish()
-    }
 }
 
 /// What a token currently allows.
@@ -98,7 +89,7 @@ pub fn provision(
                 .optional()?;
             match owner {
                 Some(o) if o != app.name => {
-                    return Err(StoreError::Invalid(format!(
+                    return Err(StoreError::Conflict(format!(
                         "app version {v:?} already belongs to application {o:?}"
                     )))
                 }
@@ -113,18 +104,18 @@ pub fn provision(
         }
     }
     for ep in endpoints {
-        EndpointToken::new(&ep.token).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        EndpointToken::new(ep.token.expose()).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let known: Option<(String, String)> = tx
             .query_row(
                 "SELECT e.id, e.app_version FROM tokens t JOIN endpoints e ON e.id = t.endpoint_id
                  WHERE t.token = ?1",
-                [&ep.token],
+                [ep.token.expose()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
         if let Some((id, avn)) = known {
             if avn != ep.app_version || ep.id.as_ref().is_some_and(|want| *want != id) {
-                return Err(StoreError::Invalid(format!(
+                return Err(StoreError::Conflict(format!(
                     "token for endpoint {id:?} is already registered in app version {avn:?}"
                 )));
             }
@@ -159,7 +150,7 @@ pub fn provision(
         )?;
         tx.execute(
             "INSERT INTO tokens(token, endpoint_id, state, created_ms) VALUES (?1, ?2, 'inactive', ?3)",
-            params![ep.token, id, now_ms()],
+            params![ep.token.expose(), id, now_ms()],
         )?;
         for (k, v) in &ep.metadata {
             if !is_valid_metadata_key(k) {
@@ -257,7 +248,7 @@ pub fn metadata(
             continue;
         }
         let value = serde_json::from_str(&v)
-            .map_err(|e| StoreError::Invalid(format!("stored metadata {k:?} is not JSON: {e}")))?;
+            .map_err(|e| StoreError::Corrupt(format!("stored metadata {k:?} is not JSON: {e}")))?;
         out.insert(k, value);
     }
     Ok(out)
@@ -407,18 +398,18 @@ pub fn create_endpoint(
     let token = token.map_or_else(new_token, str::to_owned);
     let id = id.map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     if endpoint_app_version(conn, &id)?.is_some() {
-        return Err(StoreError::Invalid(format!(
+        return Err(StoreError::Conflict(format!(
             "endpoint {id:?} already exists"
         )));
     }
     let spec = EndpointSpec {
         id: Some(id.clone()),
-        token: token.clone(),
+        token: token.clone().into(),
         app_version: app_version.to_owned(),
         metadata: metadata.clone(),
     };
     if token_owner(conn, &token)?.is_some() {
-        return Err(StoreError::Invalid("that token is already in use".into()));
+        return Err(StoreError::Conflict("that token is already in use".into()));
     }
     provision(conn, &[], &[spec])?;
     Ok((id, token))
@@ -501,7 +492,7 @@ pub fn issue_token(
     let token = token.map_or_else(new_token, str::to_owned);
     EndpointToken::new(&token).map_err(|e| StoreError::Invalid(e.to_string()))?;
     if token_owner(conn, &token)?.is_some() {
-        return Err(StoreError::Invalid("that token is already in use".into()));
+        return Err(StoreError::Conflict("that token is already in use".into()));
     }
     conn.execute(
         "INSERT INTO tokens(token, endpoint_id, state, created_ms) VALUES (?1, ?2, 'inactive', ?3)",

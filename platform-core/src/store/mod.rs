@@ -31,8 +31,19 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the store thread has stopped")]
     Stopped,
+    /// The request is not valid (a name, a key, a reference): the caller's fault (400).
     #[error("{0}")]
     Invalid(String),
+    /// The request clashes with what exists (a taken token, an existing endpoint): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// Something stored is not what this build wrote (a corrupt row): an operator's
+    /// matter, never the caller's (500).
+    #[error("{0}")]
+    Corrupt(String),
+    /// Work around the store failed (the store thread, password hashing): 500.
+    #[error("{0}")]
+    Internal(String),
 }
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -153,7 +164,7 @@ impl StoreHandle {
                     job(&mut conn);
                 }
             })
-            .map_err(|e| StoreError::Invalid(format!("cannot start store thread: {e}")))?;
+            .map_err(|e| StoreError::Internal(format!("cannot start store thread: {e}")))?;
         Ok(Self { tx })
     }
 

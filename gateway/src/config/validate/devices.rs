@@ -39,7 +39,7 @@ pub(super) fn device(
     if d.name.trim().is_empty() {
         e.add(format!("{path}.name"), "must not be empty");
     }
-    let token = EndpointToken::new(&d.token)
+    let token = EndpointToken::new(d.token.expose())
         .map_err(|err| e.add(format!("{path}.token"), err.to_string()))
         .ok();
     let app_version = AppVersionName::new(&d.app_version)

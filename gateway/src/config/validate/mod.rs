@@ -161,7 +161,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 format!("duplicate device name {:?}", d.name),
             );
         }
-        if !tokens.insert((d.app_version.clone(), d.token.clone())) {
+        if !tokens.insert((d.app_version.clone(), d.token.expose().to_owned())) {
             e.add(
                 format!("{path}.token"),
                 "another device already uses this token in this app version",
