@@ -435,14 +435,7 @@ async fn status_loop(
         let b = buffer.stats().await.unwrap_or_default();
         let stored = match core {
             Some(c) => c
-                .store
-                .call(|conn| {
-                    Ok(
-                        conn.query_row("SELECT count(*) FROM data_samples", [], |r| {
-                            r.get::<_, i64>(0)
-                        })?,
-                    )
-                })
+                .stored_samples()
                 .await
                 .map(|n| format!("; core has stored {n} samples"))
                 .unwrap_or_default(),

@@ -57,8 +57,8 @@ pub struct Core {
     pub http_addr: Option<SocketAddr>,
     /// Where the MQTT/TLS listener is bound, when configured.
     pub tls_addr: Option<SocketAddr>,
-    /// Extension services (commands, configurations) and the live-session hub.
-    pub services: ext::Services,
+    /// The extensions (DCX, EPMX, CMX, CEX and configured instances) and the live-session hub.
+    pub extensions: ext::Extensions,
     /// KPC counters.
     pub stats: kpc::stats::Stats,
     /// The event bus (9/ELCE lifecycle events).
@@ -106,7 +106,7 @@ impl Core {
                 epmx.read_only.push(k.clone());
             }
         }
-        let services = ext::Services::new(
+        let extensions = ext::Extensions::new(
             store.clone(),
             hub.clone(),
             epmx,
@@ -114,8 +114,8 @@ impl Core {
             &config.extensions,
         );
         let epl = epl::Epl::new(store.clone(), bus.clone(), config.epl.clone());
-        let router =
-            kpc::Router::new(services.clone(), config.max_payload_bytes).with_epl(epl.clone());
+        let router = kpc::Dispatcher::new(extensions.clone(), config.max_payload_bytes)
+            .with_epl(epl.clone());
         // Idle endpoints are disconnected by a periodic sweep.
         let sweep_stop = shutdown.clone();
         tokio::spawn(async move {
@@ -158,7 +158,7 @@ impl Core {
             let mut extra = Vec::new();
             if let Some(admin) = config.api.clone() {
                 extra.push(api::router(api::ApiContext {
-                    services: services.clone(),
+                    extensions: extensions.clone(),
                     auth: admin,
                     stats: stats.clone(),
                 }));
@@ -237,7 +237,7 @@ impl Core {
             mqtt_addr,
             http_addr,
             tls_addr,
-            services,
+            extensions,
             stats,
             bus,
             store: core_store,
@@ -258,6 +258,11 @@ impl Core {
                 ccm::provision(c, &credentials)
             })
             .await
+    }
+
+    /// How many data samples the core has stored (all endpoints).
+    pub async fn stored_samples(&self) -> Result<u64, StoreError> {
+        self.store.call(|c| tsdb::count_samples(c)).await
     }
 
     /// Waits until the listeners have stopped (after the shutdown token fired).

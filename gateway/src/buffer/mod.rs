@@ -39,7 +39,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use store::Owner;
+use store::BufferStore;
 pub use store::APPLICATION_ID;
 
 use crate::endpoint::Endpoint;
@@ -258,7 +258,7 @@ impl BufferHandle {
         synchronous: Synchronous,
         bounds: Bounds,
     ) -> Result<(Self, std::thread::JoinHandle<()>), BufferError> {
-        let mut owner = Owner::open(path, synchronous, bounds)?;
+        let mut owner = BufferStore::open(path, synchronous, bounds)?;
         let (tx, rx) = mpsc::channel(1024);
         let join = std::thread::Builder::new()
             .name("buffer".into())

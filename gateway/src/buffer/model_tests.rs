@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use super::store::Owner;
+use super::store::BufferStore;
 use super::*;
 use platform_core::kp1::{AppVersionName, EndpointToken};
 
@@ -68,7 +68,7 @@ proptest! {
     fn the_buffer_behaves_like_its_model(ops in prop::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.sqlite");
-        let mut owner = Owner::open(&path, Synchronous::Normal, Bounds::default()).unwrap();
+        let mut owner = BufferStore::open(&path, Synchronous::Normal, Bounds::default()).unwrap();
         let mut m = Model::default();
         let now = crate::now_ms();
         for op in ops {
@@ -140,7 +140,7 @@ proptest! {
                 }
                 Op::Restart => {
                     drop(owner);
-                    owner = Owner::open(&path, Synchronous::Normal, Bounds::default()).unwrap();
+                    owner = BufferStore::open(&path, Synchronous::Normal, Bounds::default()).unwrap();
                     m.leased.clear();
                 }
             }

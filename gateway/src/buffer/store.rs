@@ -46,7 +46,7 @@ CREATE TABLE IF NOT EXISTS drops (
 const EXPIRY_EVERY: Duration = Duration::from_secs(10);
 
 /// The state owned by the buffer thread.
-pub(super) struct Owner {
+pub(super) struct BufferStore {
     conn: Connection,
     bounds: Bounds,
     /// Sum of payload bytes of `samples` (kept in step with every insert and delete).
@@ -119,7 +119,7 @@ fn key_of(avn: &str, token: &str) -> Option<Endpoint> {
     })
 }
 
-impl Owner {
+impl BufferStore {
     pub(super) fn open(
         path: &Path,
         synchronous: Synchronous,

@@ -52,7 +52,7 @@ pub(super) struct InstanceQuery {
 /// Resolves `?instance=` to a configured instance of `kind`.
 fn instance_of(api: &Api, given: Option<String>, kind: ExtensionKind) -> Result<String, ApiError> {
     let name = given.unwrap_or_else(|| kind.default_instance().to_owned());
-    if api.services.kind_of(&name) == Some(kind) {
+    if api.extensions.kind_of(&name) == Some(kind) {
         Ok(name)
     } else {
         Err(ApiError::not_found(format!(
@@ -122,9 +122,9 @@ pub(super) async fn send_command(
             .map_err(|e| ApiError::bad_request(format!("the command payload is not JSON: {e}")))?
     };
     // Listen before sending, so a fast result is not missed.
-    let mut results = api.services.subscribe_results();
+    let mut results = api.extensions.subscribe_results();
     let cmd_id = api
-        .services
+        .extensions
         .send_command(&id, &instance, &command_type, payload, ttl as i64)
         .await
         .map_err(storage)?;
@@ -223,7 +223,7 @@ async fn put_config(
     endpoint_app_version(&api, &id).await?;
     let inst = instance_of(&api, q.instance, ExtensionKind::Cmx)?;
     let (config_id, changed) = api
-        .services
+        .extensions
         .put_config(&id, &inst, &name, body)
         .await
         .map_err(storage)?;
@@ -279,8 +279,11 @@ pub(super) async fn put_named_config(
 pub(super) async fn kpc_stats(State(api): State<Api>) -> Json<Value> {
     let mut v = api.stats.to_json();
     if let Some(o) = v.as_object_mut() {
-        o.insert("liveSessions".into(), api.services.hub.sessions().into());
-        o.insert("messagesDropped".into(), api.services.hub.dropped().into());
+        o.insert("liveSessions".into(), api.extensions.hub.sessions().into());
+        o.insert(
+            "messagesDropped".into(),
+            api.extensions.hub.dropped().into(),
+        );
     }
     Json(v)
 }

@@ -258,7 +258,7 @@ pub(super) async fn delete_endpoint(
         .call(move |c| epr::delete_endpoint(c, &id2))
         .await
         .map_err(storage)?;
-    let cut = api.services.hub.cut_endpoint(&id);
+    let cut = api.extensions.hub.cut_endpoint(&id);
     log::info!("api: endpoint {id} deleted ({cut} live session(s) ended)");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -365,7 +365,7 @@ pub(super) async fn issue_token(
         .await
         .map_err(storage)?;
     for t in &revoked {
-        api.services.hub.cut_token(t);
+        api.extensions.hub.cut_token(t);
     }
     Ok((
         StatusCode::CREATED,
@@ -387,7 +387,7 @@ pub(super) async fn set_token_state(
         .map_err(storage)?
         .map_err(|e| state_change(e, "such token for this endpoint"))?;
     let cut = if to.cuts_sessions() {
-        api.services.hub.cut_token(&token)
+        api.extensions.hub.cut_token(&token)
     } else {
         0
     };
@@ -496,7 +496,7 @@ async fn set_credential_state(api: &Api, kind: Kind, key: String, to: CredState)
             Kind::Basic => Identity::Basic(key.clone()),
             Kind::X509 => Identity::X509(key.clone()),
         };
-        api.services.hub.cut_identity(&identity)
+        api.extensions.hub.cut_identity(&identity)
     } else {
         0
     };

@@ -27,7 +27,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::epr;
-use crate::ext::Services;
+use crate::ext::Extensions;
 use crate::kpc::stats::Stats;
 use crate::secret::Secret;
 use crate::store::{StoreError, StoreHandle};
@@ -94,7 +94,7 @@ pub struct AdminAuth {
 /// What the API needs from the core.
 #[derive(Debug, Clone)]
 pub struct ApiContext {
-    pub services: Services,
+    pub extensions: Extensions,
     pub auth: AdminAuth,
     pub stats: Stats,
 }
@@ -105,7 +105,7 @@ const VERIFIED_CACHE: usize = 16;
 #[derive(Clone)]
 struct Api {
     store: StoreHandle,
-    services: Services,
+    extensions: Extensions,
     stats: Stats,
     auth: AdminAuth,
     verified: Arc<Mutex<HashSet<String>>>,
@@ -155,8 +155,8 @@ fn storage(e: StoreError) -> ApiError {
 /// The API router (mounted by the HTTP listener).
 pub fn router(ctx: ApiContext) -> Router {
     let api = Api {
-        store: ctx.services.store.clone(),
-        services: ctx.services,
+        store: ctx.extensions.store.clone(),
+        extensions: ctx.extensions,
         stats: ctx.stats,
         auth: ctx.auth,
         verified: Arc::default(),

@@ -1,4 +1,4 @@
-//! The event bus between the core's services: in-process by default (`LocalBus`); a NATS
+//! The event bus between the core's extensions: in-process by default (`LocalBus`); a NATS
 //! backend carrying Kaa's Avro events (9/ELCE and friends) will implement the same trait.
 
 use tokio::sync::broadcast;
@@ -18,7 +18,7 @@ pub enum LifecycleEvent {
     },
 }
 
-/// Where services publish and observe events.
+/// Where extensions publish and observe events.
 pub trait EventBus: Send + Sync + std::fmt::Debug {
     fn publish(&self, event: LifecycleEvent);
     fn subscribe(&self) -> broadcast::Receiver<LifecycleEvent>;

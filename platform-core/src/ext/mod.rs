@@ -1,9 +1,13 @@
-//! Extension services behind KPC: maps an extension instance to its handler and runs it.
+//! The extensions behind KPC: maps an extension instance to its kind and runs it.
 //!
-//! Parsing is pure (in `dcx`, `epmx`, `cmx`, `cex`); [`Services`] applies a parsed
-//! request to storage on the store thread, shapes the success payload of PROTOCOL.md §3,
-//! and originates server pushes (new commands, new configurations) through the hub.
-//! Every extension call has a deadline; past it the request fails with 504.
+//! Each of `dcx`, `epmx`, `cmx`, `cex` holds one extension's behaviour: its request
+//! parsing (pure functions from resource path and payload to a typed request, with unit
+//! tests) and its storage operations (SQL functions that take a `rusqlite::Connection`
+//! and run on the store thread). This module only dispatches: [`Extensions::handle`]
+//! parses with the extension's parser, runs its storage operation on the store thread,
+//! shapes the success payload (docs/protocol.md §3), and originates server pushes (new
+//! commands, new configurations) through the session hub. Every extension call has a
+//! deadline; past it the request fails with 504.
 
 pub mod cex;
 pub mod cmx;
@@ -90,9 +94,9 @@ fn storage(e: StoreError) -> Kp1Error {
     Kp1Error::internal()
 }
 
-/// The extension services, shared by KPC and the REST API; cheap to clone.
+/// The extensions, shared by KPC and the REST API; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Services {
+pub struct Extensions {
     pub store: StoreHandle,
     pub hub: Hub,
     /// Instance name → kind: the default instances plus the configured ones.
@@ -103,7 +107,7 @@ pub struct Services {
     results: broadcast::Sender<i64>,
 }
 
-impl Services {
+impl Extensions {
     /// `extra`: more instances (name, kind) besides the default `dcx`, `epmx`, `cmx`, `cex`.
     pub fn new(
         store: StoreHandle,

@@ -22,8 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::router::Router;
-use super::stats::{Event, Stats};
+use super::router::Dispatcher;
+use super::stats::{Incident, Stats};
 use crate::ccm::{Authenticator, Verdict};
 use crate::mqtt::connect::{peek_connect, ConnectPeek};
 use crate::mqtt::session::{Action, CloseReason, Session};
@@ -32,7 +32,7 @@ use crate::sessions::{Attached, Hub};
 /// Everything a connection needs from its listener; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ConnContext {
-    pub router: Router,
+    pub router: Dispatcher,
     pub auth: Authenticator,
     pub hub: Hub,
     pub limits: ConnectionLimits,
@@ -136,10 +136,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Err(e @ (ConnError::Idle | ConnError::WriteStalled(_))) => {
             log::info!("mqtt {transport} {addr}: closing connection: {e}")
         }
-        Err(e @ ConnError::TooLarge(_)) => ctx.stats.report(Event::Oversized, || {
+        Err(e @ ConnError::TooLarge(_)) => ctx.stats.report(Incident::Oversized, || {
             format!("mqtt {transport} {addr}: closing connection: {e}")
         }),
-        Err(e @ ConnError::Malformed(_)) => ctx.stats.report(Event::Malformed, || {
+        Err(e @ ConnError::Malformed(_)) => ctx.stats.report(Incident::Malformed, || {
             format!("mqtt {transport} {addr}: closing connection: {e}")
         }),
         Err(e @ ConnError::Io(_)) => log::debug!("mqtt {transport} {addr}: {e}"),
@@ -196,7 +196,7 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
     .map_err(|_| ConnError::Idle)??;
     if let Some((name, level)) = first {
         if name != "MQTT" || level != 4 {
-            ctx.stats.report(Event::ConnectRefused, || {
+            ctx.stats.report(Incident::ConnectRefused, || {
                 format!("mqtt {transport} {addr}: refusing protocol {name:?} level {level} (only MQTT 3.1.1 is served)")
             });
             let ack = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
@@ -208,7 +208,7 @@ async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => Err(ConnError::Idle),
         Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => Ok(Some(c)),
         Ok(Ok(other)) => {
-            ctx.stats.report(Event::ProtocolViolation, || {
+            ctx.stats.report(Incident::ProtocolViolation, || {
                 format!("mqtt {transport} {addr}: first packet is not CONNECT: {other:?}")
             });
             Ok(None)
@@ -251,7 +251,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     if code != ConnectReturnCode::Success {
         conn.send(&Packet::ConnAck(ConnAck::new(code, false)))
             .await?;
-        ctx.stats.report(Event::ConnectRefused, || {
+        ctx.stats.report(Incident::ConnectRefused, || {
             format!(
                 "mqtt {transport} {addr}: CONNECT refused ({code:?}) for client {client_id:?} as {identity:?}"
             )
@@ -342,7 +342,7 @@ impl Live {
                 // the same client ID connected again.
                 _ = self.attached.kill.cancelled() => {
                     let (addr, transport, client_id) = (peer.addr, peer.transport, &self.client_id);
-                    ctx.stats.report(Event::SessionCut, || {
+                    ctx.stats.report(Incident::SessionCut, || {
                         format!("mqtt {transport} {addr}: session of client {client_id:?} ended by the server")
                     });
                     return Ok(());
@@ -375,7 +375,7 @@ impl Live {
                 Action::Close(CloseReason::ClientDisconnect) => return Ok(Flow::Close),
                 Action::Close(CloseReason::ProtocolViolation(why)) => {
                     let (addr, transport) = (peer.addr, peer.transport);
-                    ctx.stats.report(Event::ProtocolViolation, || {
+                    ctx.stats.report(Incident::ProtocolViolation, || {
                         format!("mqtt {transport} {addr}: protocol violation, closing: {why}")
                     });
                     return Ok(Flow::Close);
@@ -411,7 +411,7 @@ impl Live {
         };
         if reply.topic.ends_with("/error") {
             let (addr, transport) = (peer.addr, peer.transport);
-            ctx.stats.report(Event::RequestError, || {
+            ctx.stats.report(Incident::RequestError, || {
                 format!(
                     "mqtt {transport} {addr}: request on {} refused: {}",
                     publish.topic,

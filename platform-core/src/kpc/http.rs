@@ -20,18 +20,18 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::https::HttpsListener;
-use super::router::Router;
+use super::router::Dispatcher;
 use super::stats::Stats;
 use crate::kp1::Kp1Error;
 
 #[derive(Clone)]
 struct AppState {
-    router: Router,
+    router: Dispatcher,
     max_payload_bytes: usize,
 }
 
 /// The HTTP application (separate from `serve` so tests can drive it).
-pub fn app(router: Router, max_payload_bytes: usize) -> HttpRouter {
+pub fn app(router: Dispatcher, max_payload_bytes: usize) -> HttpRouter {
     HttpRouter::new()
         .route("/kp1/{*rest}", post(kp1))
         .with_state(AppState {
@@ -85,7 +85,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 pub async fn serve(
     listener: TcpListener,
     tls: Option<(TlsAcceptor, Stats)>,
-    router: Router,
+    router: Dispatcher,
     extra: Vec<HttpRouter>,
     max_payload_bytes: usize,
     shutdown: CancellationToken,

@@ -14,7 +14,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::stats::{Event, Stats};
+use super::stats::{Incident, Stats};
 
 /// Longest a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,10 +56,10 @@ impl HttpsListener {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }
-                        Ok(Err(e)) => stats.report(Event::TransportError, || {
+                        Ok(Err(e)) => stats.report(Incident::TransportError, || {
                             format!("https {peer}: handshake failed: {e}")
                         }),
-                        Err(_) => stats.report(Event::TransportError, || {
+                        Err(_) => stats.report(Incident::TransportError, || {
                             format!("https {peer}: handshake timed out")
                         }),
                     }

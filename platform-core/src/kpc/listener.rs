@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{serve, ConnContext, Peer};
-use super::stats::Event;
+use super::stats::Incident;
 use crate::ccm::fingerprint_der;
 
 /// Accepts MQTT clients on `listener` until `shutdown` fires; TLS when `tls` is given.
@@ -44,7 +44,7 @@ pub async fn run(
                     }
                 };
                 let Ok(permit) = slots.clone().try_acquire_owned() else {
-                    ctx.stats.report(Event::ConnectionLimit, || format!(
+                    ctx.stats.report(Incident::ConnectionLimit, || format!(
                         "mqtt connection from {peer} refused: limit of {max_connections} connections reached"
                     ));
                     drop(stream);
@@ -83,11 +83,11 @@ async fn serve_tls(
         r = handshake => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                ctx.stats.report(Event::TransportError, || format!("mqtt tls {addr}: handshake failed: {e}"));
+                ctx.stats.report(Incident::TransportError, || format!("mqtt tls {addr}: handshake failed: {e}"));
                 return;
             }
             Err(_) => {
-                ctx.stats.report(Event::TransportError, || format!("mqtt tls {addr}: handshake timed out"));
+                ctx.stats.report(Incident::TransportError, || format!("mqtt tls {addr}: handshake timed out"));
                 return;
             }
         },

@@ -10,4 +10,4 @@ pub mod stats;
 pub mod tls;
 pub mod ws;
 
-pub use router::{Reply, Router};
+pub use router::{Dispatcher, Reply};

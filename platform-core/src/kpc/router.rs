@@ -5,7 +5,7 @@
 
 use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
-use crate::ext::Services;
+use crate::ext::Extensions;
 use crate::kp1::{Direction, Kp1Error, Kp1Topic};
 use crate::sessions::SessionId;
 use crate::store::StoreHandle;
@@ -19,19 +19,19 @@ pub struct Reply {
 
 /// Shared by every connection: where requests go.
 #[derive(Debug, Clone)]
-pub struct Router {
+pub struct Dispatcher {
     store: StoreHandle,
-    services: Services,
+    extensions: Extensions,
     max_payload_bytes: usize,
     /// Connectivity tracking of endpoints used by MQTT sessions.
     epl: Option<Epl>,
 }
 
-impl Router {
-    pub fn new(services: Services, max_payload_bytes: usize) -> Self {
+impl Dispatcher {
+    pub fn new(extensions: Extensions, max_payload_bytes: usize) -> Self {
         Self {
-            store: services.store.clone(),
-            services,
+            store: extensions.store.clone(),
+            extensions,
             max_payload_bytes,
             epl: None,
         }
@@ -130,17 +130,20 @@ impl Router {
                 t.app_version.as_str()
             )));
         }
-        let kind = self.services.kind_of(t.extension.as_str()).ok_or_else(|| {
-            Kp1Error::not_found(format!(
-                "unknown extension instance {:?}",
-                t.extension.as_str()
-            ))
-        })?;
+        let kind = self
+            .extensions
+            .kind_of(t.extension.as_str())
+            .ok_or_else(|| {
+                Kp1Error::not_found(format!(
+                    "unknown extension instance {:?}",
+                    t.extension.as_str()
+                ))
+            })?;
         let endpoint_id = match lookup {
             TokenLookup::Active { endpoint_id } => {
                 if let Some(s) = session {
                     // Pushes for this endpoint now reach this session (PROTOCOL.md §2).
-                    self.services.hub.record_use(
+                    self.extensions.hub.record_use(
                         s,
                         &endpoint_id,
                         t.app_version.as_str(),
@@ -164,7 +167,7 @@ impl Router {
                 ))
             }
         };
-        self.services
+        self.extensions
             .handle(
                 t.extension.as_str(),
                 kind,

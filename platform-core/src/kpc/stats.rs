@@ -13,7 +13,7 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Kinds of bad input and refusals KPC counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Event {
+pub enum Incident {
     /// A packet over the listener's max packet size (connection closed).
     Oversized,
     /// A packet the MQTT codec cannot decode (connection closed).
@@ -32,29 +32,29 @@ pub enum Event {
     TransportError,
 }
 
-impl Event {
-    pub const ALL: [Event; 8] = [
-        Event::Oversized,
-        Event::Malformed,
-        Event::ProtocolViolation,
-        Event::ConnectRefused,
-        Event::ConnectionLimit,
-        Event::SessionCut,
-        Event::RequestError,
-        Event::TransportError,
+impl Incident {
+    pub const ALL: [Incident; 8] = [
+        Incident::Oversized,
+        Incident::Malformed,
+        Incident::ProtocolViolation,
+        Incident::ConnectRefused,
+        Incident::ConnectionLimit,
+        Incident::SessionCut,
+        Incident::RequestError,
+        Incident::TransportError,
     ];
 
     /// Name in the stats JSON.
     pub fn name(self) -> &'static str {
         match self {
-            Event::Oversized => "oversizedPackets",
-            Event::Malformed => "malformedPackets",
-            Event::ProtocolViolation => "protocolViolations",
-            Event::ConnectRefused => "connectsRefused",
-            Event::ConnectionLimit => "connectionLimitRefusals",
-            Event::SessionCut => "sessionsCut",
-            Event::RequestError => "requestErrors",
-            Event::TransportError => "transportErrors",
+            Incident::Oversized => "oversizedPackets",
+            Incident::Malformed => "malformedPackets",
+            Incident::ProtocolViolation => "protocolViolations",
+            Incident::ConnectRefused => "connectsRefused",
+            Incident::ConnectionLimit => "connectionLimitRefusals",
+            Incident::SessionCut => "sessionsCut",
+            Incident::RequestError => "requestErrors",
+            Incident::TransportError => "transportErrors",
         }
     }
 
@@ -73,7 +73,7 @@ struct LogGate {
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     counts: Arc<[AtomicU64; 8]>,
-    gates: Arc<Mutex<HashMap<Event, LogGate>>>,
+    gates: Arc<Mutex<HashMap<Incident, LogGate>>>,
 }
 
 impl Stats {
@@ -82,7 +82,7 @@ impl Stats {
     }
 
     /// Counts one event without logging.
-    pub fn count(&self, e: Event) {
+    pub fn count(&self, e: Incident) {
         if let Some(c) = self.counts.get(e.index()) {
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -90,7 +90,7 @@ impl Stats {
 
     /// Counts one event and logs `message` at INFO unless one of this kind was logged in
     /// the last [`LOG_INTERVAL`].
-    pub fn report(&self, e: Event, message: impl FnOnce() -> String) {
+    pub fn report(&self, e: Incident, message: impl FnOnce() -> String) {
         self.count(e);
         if let Some(suppressed) = self.gate(e, Instant::now()) {
             if suppressed > 0 {
@@ -102,7 +102,7 @@ impl Stats {
     }
 
     /// Some(suppressed since the last line) when a line may be logged now.
-    fn gate(&self, e: Event, now: Instant) -> Option<u64> {
+    fn gate(&self, e: Incident, now: Instant) -> Option<u64> {
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
         let g = gates.entry(e).or_default();
         match g.last {
@@ -118,7 +118,7 @@ impl Stats {
     }
 
     /// How many events of this kind so far.
-    pub fn get(&self, e: Event) -> u64 {
+    pub fn get(&self, e: Incident) -> u64 {
         self.counts
             .get(e.index())
             .map_or(0, |c| c.load(Ordering::Relaxed))
@@ -126,7 +126,7 @@ impl Stats {
 
     /// All counters as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
-        Event::ALL
+        Incident::ALL
             .iter()
             .map(|e| (e.name().to_owned(), serde_json::Value::from(self.get(*e))))
             .collect::<serde_json::Map<_, _>>()
@@ -142,23 +142,23 @@ mod tests {
     fn a_burst_is_logged_once_and_counted_in_full() {
         let s = Stats::new();
         let t0 = Instant::now();
-        assert_eq!(s.gate(Event::Malformed, t0), Some(0));
+        assert_eq!(s.gate(Incident::Malformed, t0), Some(0));
         for i in 1..100 {
             assert_eq!(
-                s.gate(Event::Malformed, t0 + Duration::from_millis(i)),
+                s.gate(Incident::Malformed, t0 + Duration::from_millis(i)),
                 None
             );
         }
         assert_eq!(
-            s.gate(Event::Oversized, t0),
+            s.gate(Incident::Oversized, t0),
             Some(0),
             "kinds are gated apart"
         );
-        assert_eq!(s.gate(Event::Malformed, t0 + LOG_INTERVAL), Some(99));
+        assert_eq!(s.gate(Incident::Malformed, t0 + LOG_INTERVAL), Some(99));
         for _ in 0..5 {
-            s.report(Event::RequestError, || "x".into());
+            s.report(Incident::RequestError, || "x".into());
         }
-        assert_eq!(s.get(Event::RequestError), 5);
+        assert_eq!(s.get(Incident::RequestError), 5);
         assert_eq!(s.to_json()["requestErrors"], 5);
     }
 }

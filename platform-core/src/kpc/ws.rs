@@ -21,7 +21,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{serve, ConnContext, Peer};
-use super::stats::Event;
+use super::stats::Incident;
 
 /// Size of the in-memory pipe between the WebSocket and the MQTT connection actor.
 const PIPE_BYTES: usize = 64 * 1024;
@@ -52,7 +52,7 @@ async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     let Ok(permit) = s.slots.clone().try_acquire_owned() else {
-        s.ctx.stats.report(Event::ConnectionLimit, || {
+        s.ctx.stats.report(Incident::ConnectionLimit, || {
             format!(
                 "mqtt ws {addr}: refused, limit of {} connections reached",
                 s.max_connections
@@ -96,7 +96,7 @@ async fn bridge(
                     }
                 }
                 Ok(Message::Text(_)) => {
-                    stats.report(Event::TransportError, || {
+                    stats.report(Incident::TransportError, || {
                         format!("mqtt ws {addr}: text frame (MQTT needs binary frames), closing")
                     });
                     break;
@@ -104,7 +104,7 @@ async fn bridge(
                 Ok(Message::Close(_)) => break,
                 Ok(_) => {} // ping/pong are answered by the WebSocket layer
                 Err(e) => {
-                    stats.report(Event::TransportError, || format!("mqtt ws {addr}: {e}"));
+                    stats.report(Incident::TransportError, || format!("mqtt ws {addr}: {e}"));
                     break;
                 }
             }

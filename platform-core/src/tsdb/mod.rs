@@ -25,6 +25,12 @@ pub struct StoredSample {
     pub points: Vec<DataPoint>,
 }
 
+/// How many data samples are stored (all endpoints).
+pub fn count_samples(conn: &mut Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM data_samples", [], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// Stores samples and their points in one transaction (all or nothing).
 pub fn insert_samples(
     conn: &mut Connection,
