@@ -262,7 +262,7 @@ impl Core {
 
     /// How many data samples the core has stored (all endpoints).
     pub async fn stored_samples(&self) -> Result<u64, StoreError> {
-        self.store.call(|c| tsdb::count_samples(c)).await
+        self.store.call(tsdb::count_samples).await
     }
 
     /// Waits until the listeners have stopped (after the shutdown token fired).
