@@ -2,6 +2,9 @@
 //! point into the buffer with the right values, writes through its handle ahead of polls,
 //! and reports typed write outcomes.
 
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

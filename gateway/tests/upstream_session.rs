@@ -4,6 +4,9 @@
 //! survived with nothing lost, a command runs on a real Modbus server and its result
 //! comes back, and a pushed configuration reaches the supervisor's side of the link.
 
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, HashMap};

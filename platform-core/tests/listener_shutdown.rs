@@ -1,6 +1,9 @@
 //! Shutting the core down: every listener stops accepting, live connections are closed,
 //! `Core::wait` returns, and the ports are free for the next start.
 
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

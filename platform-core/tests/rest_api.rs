@@ -2,6 +2,9 @@
 //! a request without the admin (401, JSON, `WWW-Authenticate`), and typed store errors
 //! become the documented statuses (400 invalid, 404 unknown, 409 conflict) as JSON.
 
+// Integration tests: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
