@@ -143,6 +143,7 @@ impl InFlight {
         self.backoff.remove(ep);
     }
 
+    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }

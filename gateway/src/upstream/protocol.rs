@@ -293,6 +293,7 @@ impl ClientState {
     }
 
     /// How many batches wait for an answer.
+    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.inflight.outstanding()
     }

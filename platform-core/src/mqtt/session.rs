@@ -23,7 +23,7 @@ use rumqttc::mqttbytes::v4::{
 };
 use rumqttc::mqttbytes::QoS;
 
-use super::filter::{matches, validate_filter, validate_topic_name};
+use super::filter::{validate_filter, validate_topic_name};
 
 /// Why the server closes the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,10 +208,11 @@ impl Session {
     }
 
     /// The QoS a subscription of this session grants for `topic`, if any matches.
+    #[cfg(test)]
     pub fn subscribed_qos(&self, topic: &str) -> Option<QoS> {
         self.subscriptions
             .iter()
-            .filter(|(f, _)| matches(f, topic))
+            .filter(|(f, _)| super::filter::matches(f, topic))
             .map(|(_, q)| *q)
             .max_by_key(|q| *q as u8)
     }
@@ -254,6 +255,7 @@ impl Session {
     }
 
     /// Number of our QoS 1 publishes awaiting PUBACK.
+    #[cfg(test)]
     pub fn outgoing_inflight(&self) -> usize {
         self.outgoing.len()
     }
