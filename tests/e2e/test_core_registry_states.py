@@ -1,5 +1,5 @@
 """Registry and credential management over the REST API, and what state changes do to
-live sessions (PROTOCOL.md §6): applications and app versions, endpoints created and
+live sessions (docs/protocol.md §6): applications and app versions, endpoints created and
 deleted, tokens suspended / reactivated / revoked / re-issued, basic credentials
 suspended while connected. Clients are paho-mqtt; the API is driven with curl."""
 

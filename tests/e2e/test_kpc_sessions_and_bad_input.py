@@ -1,7 +1,7 @@
 """KPC's MQTT session rules and bad-input handling, packet by packet (mqtt_raw) and with
 paho-mqtt: persistent sessions resend unacknowledged pushes with DUP, client-ID takeover,
 wills accepted but never relayed, retain ignored, oversized and malformed packets closed
-and counted (logged once), every 1/KP error code of PROTOCOL.md §4, and none of it
+and counted (logged once), every 1/KP error code of docs/protocol.md §4, and none of it
 touching a bystander session."""
 
 import json

@@ -5,7 +5,7 @@
 //!   leases one batch per key); request IDs advance per endpoint, so they are unique per
 //!   (endpoint, extension) among outstanding requests, and a late answer to an old
 //!   request can never be taken for the answer to a new one;
-//! - IDs stay in 1..=2^31-1 (PROTOCOL.md §1) and wrap around;
+//! - IDs stay in 1..=2^31-1 (docs/protocol.md §1) and wrap around;
 //! - an endpoint whose batch failed (5xx, timeout, refused publish) waits a capped
 //!   exponential backoff with jitter before its next batch.
 

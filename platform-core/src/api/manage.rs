@@ -2,7 +2,7 @@
 //! metadata, tokens, basic and X.509 credentials, with their state changes.
 //!
 //! A token or credential that becomes suspended or revoked ends the live sessions using
-//! it at once (PROTOCOL.md §6); deleting an endpoint ends the sessions that used it.
+//! it at once (docs/protocol.md §6); deleting an endpoint ends the sessions that used it.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

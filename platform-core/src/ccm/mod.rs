@@ -4,7 +4,7 @@
 //! Plaintext passwords are never stored: config carries a PHC hash string
 //! (`kp-gateway hash-password` prints one). Verification is CPU-heavy by design, so
 //! [`verify_basic`] runs it on the blocking pool, never on the async runtime.
-//! States follow PROTOCOL.md §6: `inactive` becomes `active` on the first successful use;
+//! States follow docs/protocol.md §6: `inactive` becomes `active` on the first successful use;
 //! `suspended` and `revoked` credentials are refused.
 
 use argon2::password_hash::{
@@ -84,7 +84,7 @@ impl Authenticator {
     }
 }
 
-/// The state of a credential or token (PROTOCOL.md §6).
+/// The state of a credential or token (docs/protocol.md §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {

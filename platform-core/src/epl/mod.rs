@@ -1,4 +1,4 @@
-//! EPL, endpoint lifecycle: which endpoints are connected (PROTOCOL.md §6).
+//! EPL, endpoint lifecycle: which endpoints are connected (docs/protocol.md §6).
 //!
 //! An endpoint is *connected* when a live session first uses its token, *disconnected*
 //! when the last such session closes, or when no session used it for the idle timeout.

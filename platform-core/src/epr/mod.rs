@@ -204,7 +204,7 @@ pub fn app_version_exists(conn: &Connection, avn: &str) -> Result<bool, StoreErr
 }
 
 /// Resolves a token used in `avn`'s topics. An inactive token becomes active on first use
-/// (PROTOCOL.md §6). A token of another app version is `Unknown` here.
+/// (docs/protocol.md §6). A token of another app version is `Unknown` here.
 pub fn use_token(conn: &Connection, avn: &str, token: &str) -> Result<TokenLookup, StoreError> {
     let row: Option<(String, String)> = conn
         .query_row(

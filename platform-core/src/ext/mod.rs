@@ -338,7 +338,7 @@ impl Extensions {
     }
 
     /// Creates a command for an endpoint and pushes it to the endpoint's live sessions
-    /// (PROTOCOL.md §2). Returns the command ID.
+    /// (docs/protocol.md §2). Returns the command ID.
     pub async fn send_command(
         &self,
         endpoint_id: &str,

@@ -10,7 +10,7 @@ pub struct ErrorPayload {
     pub reason_phrase: String,
 }
 
-/// A request that failed, with the HTTP-style status code of PROTOCOL.md §4.
+/// A request that failed, with the HTTP-style status code of docs/protocol.md §4.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{status} {reason}")]
 pub struct Kp1Error {

@@ -1,13 +1,13 @@
 //! 1/KP resource paths and MQTT topics: parse and format (pure, no I/O).
 //!
-//! Grammar (Kaa RFC 1/KP, PROTOCOL.md §1):
+//! Grammar (Kaa RFC 1/KP, docs/protocol.md §1):
 //! `kp1/<app_version_name>/<extension_instance>/<endpoint_token>/<resource...>[/<request_id>][/status|/error]`
 //!
 //! Invariants enforced here, so that every later stage can trust a [`Kp1Topic`]:
 //! - app version names and extension instances match `^[a-z0-9_-]+$`;
 //! - tokens are non-empty and contain none of `+ # / .`;
 //! - the resource path has at least one level and no empty level;
-//! - a request ID is an integer in `1..=2^31-1` (PROTOCOL.md Decision); `0` or a larger
+//! - a request ID is an integer in `1..=2^31-1` (docs/protocol.md §1); `0` or a larger
 //!   number in the last level is rejected instead of being read as part of the resource.
 
 mod error;
@@ -19,7 +19,7 @@ use std::fmt;
 /// Literal first topic level of every 1/KP topic.
 pub const PREFIX: &str = "kp1";
 
-/// Largest request ID accepted (Avro `int`, PROTOCOL.md §1 Decision).
+/// Largest request ID accepted (Avro `int`, docs/protocol.md §1).
 pub const MAX_REQUEST_ID: u32 = i32::MAX as u32;
 
 /// Why a topic is not a valid 1/KP topic. Every variant maps to 400 Bad Request.

@@ -1,4 +1,4 @@
-//! The 1/KP HTTP binding (PROTOCOL.md §5): `POST /kp1/<app version>/<extension>/<token>/...`.
+//! The 1/KP HTTP binding (docs/protocol.md §5): `POST /kp1/<app version>/<extension>/<token>/...`.
 //!
 //! The body is the MQTT payload; success is 200 with the extension's success payload
 //! (empty when it has none); an error is its status code with the 1/KP error JSON. Like

@@ -1,6 +1,6 @@
 //! Routes one 1/KP request to its extension and shapes the `/status` or `/error` reply.
 //!
-//! Checks run in the order of PROTOCOL.md §4: topic syntax (400), payload size (413),
+//! Checks run in the order of docs/protocol.md §4: topic syntax (400), payload size (413),
 //! app version (404), extension instance (404), token (401/403), then the extension.
 
 use crate::epl::Epl;
@@ -51,7 +51,7 @@ impl Dispatcher {
     }
 
     /// Handles a request on `path` (an MQTT topic or the HTTP path without its leading
-    /// `/`) and returns the success payload or the error (HTTP binding, PROTOCOL.md §5).
+    /// `/`) and returns the success payload or the error (HTTP binding, docs/protocol.md §5).
     pub async fn handle(&self, path: &str, payload: &[u8]) -> Result<Vec<u8>, Kp1Error> {
         let parsed = Kp1Topic::parse(path).map_err(|e| Kp1Error::bad_request(e.to_string()))?;
         if parsed.direction != Direction::Request {
@@ -63,7 +63,7 @@ impl Dispatcher {
     }
 
     /// Handles a request published on `topic`. Returns the reply to send, if any:
-    /// success only when the request carried a request ID; errors always (PROTOCOL.md §1).
+    /// success only when the request carried a request ID; errors always (docs/protocol.md §1).
     pub async fn route(
         &self,
         topic: &str,
@@ -142,7 +142,7 @@ impl Dispatcher {
         let endpoint_id = match lookup {
             TokenLookup::Active { endpoint_id } => {
                 if let Some(s) = session {
-                    // Pushes for this endpoint now reach this session (PROTOCOL.md §2).
+                    // Pushes for this endpoint now reach this session (docs/protocol.md §2).
                     self.extensions.hub.record_use(
                         s,
                         &endpoint_id,

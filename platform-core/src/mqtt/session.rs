@@ -150,7 +150,7 @@ impl Session {
                         codes.push(SubscribeReasonCode::Failure);
                         continue;
                     }
-                    // Responses go out at QoS 1 at most (PROTOCOL.md §1: QoS 2 answered with QoS 1).
+                    // Responses go out at QoS 1 at most (docs/protocol.md §1: QoS 2 answered with QoS 1).
                     let granted = match f.qos {
                         QoS::AtMostOnce => QoS::AtMostOnce,
                         _ => QoS::AtLeastOnce,

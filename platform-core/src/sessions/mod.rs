@@ -3,12 +3,12 @@
 //! The hub is how anything outside a connection talks to it:
 //! - reply copies: a reply always goes to the requesting session, and a copy goes to every
 //!   *other* live session with a matching subscription (Kaa users watch response topics
-//!   with `mosquitto_sub` while `mosquitto_pub` sends; DECISIONS.md);
+//!   with `mosquitto_sub` while `mosquitto_pub` sends; docs/protocol.md §5);
 //! - server pushes (7/CMP configs, 11/CEP commands): to every live session that used the
 //!   endpoint's token, subscribed or not, and to sessions subscribed to a matching filter
-//!   (PROTOCOL.md §2);
+//!   (docs/protocol.md §2);
 //! - cutting sessions: when a token or a client credential is suspended or revoked, every
-//!   session using it is ended at once (PROTOCOL.md §6); a new CONNECT with a live client
+//!   session using it is ended at once (docs/protocol.md §6); a new CONNECT with a live client
 //!   ID takes the old connection over (MQTT 3.1.1 §3.1.4);
 //! - persistent sessions (`clean session` = 0) are parked here between connections.
 //!
@@ -235,7 +235,7 @@ impl Hub {
         sent
     }
 
-    /// Pushes a server message for `endpoint_id` (PROTOCOL.md §2): at QoS 1 to every live
+    /// Pushes a server message for `endpoint_id` (docs/protocol.md §2): at QoS 1 to every live
     /// session that used the endpoint (on the topic of the token it used), and to every
     /// other session subscribed to the topic of one of `tokens` (app version, token).
     /// `topic_for(app version, token)` builds the topic. Returns how many sessions got it.

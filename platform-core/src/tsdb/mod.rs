@@ -1,7 +1,7 @@
 //! Time series and raw data sample storage (the embedded EPTS behaviour), plus queries.
 //!
 //! A data sample is kept verbatim in `data_samples`; each of its numeric or boolean
-//! top-level fields is a point in the series `auto~<field>` (PROTOCOL.md §3 Decision).
+//! top-level fields is a point in the series `auto~<field>` (docs/protocol.md §3).
 
 use rusqlite::{params, Connection, OptionalExtension};
 

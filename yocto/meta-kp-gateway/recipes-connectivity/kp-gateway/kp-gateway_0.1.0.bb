@@ -47,7 +47,7 @@ do_install:append() {
     install -d ${D}${mandir}/man8
     install -m 0644 ${S}/debian/kp-gateway.8 ${D}${mandir}/man8/
     install -d ${D}${docdir}/${BPN}
-    install -m 0644 ${S}/README.md ${S}/DECISIONS.md ${D}${docdir}/${BPN}/
+    install -m 0644 ${S}/README.md ${S}/docs/protocol.md ${D}${docdir}/${BPN}/
     install -m 0644 ${S}/config/README.md ${D}${docdir}/${BPN}/config-reference.md
 }
 
