@@ -5,7 +5,6 @@
 //! (default 1 000 000 samples, 5 s per append run). Prints samples/s and the process RSS.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use kp_gateway::buffer::BufferHandle;
@@ -14,7 +13,6 @@ use kp_gateway::endpoint::Endpoint;
 use kp_gateway::sample::Sample;
 use kp_gateway::self_report::rss_bytes;
 use kp_gateway::upstream::{ClientState, Upstream, UpstreamSession};
-use platform_core::config::MqttListener;
 use platform_core::kp1::{AppVersionName, EndpointToken};
 use platform_core::secret::Secret;
 use platform_core::{ccm, epr, Core, CoreConfig};
@@ -100,21 +98,6 @@ async fn main() {
     let hash = ccm::hash_password("bench").expect("hash");
     let core = Core::start(
         CoreConfig {
-            database: dir.join("core.sqlite"),
-            mqtt: MqttListener {
-                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-                max_packet_size: 1 << 20,
-                max_connections: 16,
-                connect_timeout: Duration::from_secs(10),
-                allow_anonymous: false,
-            },
-            http: None,
-            tls: None,
-            epmx: Default::default(),
-            extension_timeout: Duration::from_secs(10),
-            extensions: Vec::new(),
-            api: None,
-            epl: Default::default(),
             max_payload_bytes: 1 << 20,
             applications: vec![epr::ApplicationSpec {
                 name: "bench".into(),
@@ -132,6 +115,7 @@ async fn main() {
                 username: "bench".into(),
                 password_hash: hash.into(),
             }],
+            ..CoreConfig::new(dir.join("core.sqlite"))
         },
         stop.clone(),
     )

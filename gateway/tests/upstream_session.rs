@@ -153,6 +153,21 @@ async fn a_server_restart_is_survived_and_what_waited_is_delivered_once() {
     core.shut().await;
 }
 
+/// Waits until command `id` of `ep-valve` has its result.
+async fn executed(store: &platform_core::StoreHandle, id: i64) -> cex::Command {
+    wait_for("the command's result", || {
+        let store = store.clone();
+        async move {
+            let cmd = store
+                .call(move |c| cex::get(c, "ep-valve", id, platform_core::store::now_ms()))
+                .await
+                .ok()??;
+            (cmd.status == cex::CommandStatus::Executed).then_some(cmd)
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_from_the_platform_runs_on_the_device_and_its_result_comes_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -227,17 +242,7 @@ writable = true
         .await
         .unwrap();
     let store = core.core.store.clone();
-    let done = wait_for("the command's result", || {
-        let store = store.clone();
-        async move {
-            let cmd = store
-                .call(move |c| cex::get(c, "ep-valve", id, platform_core::store::now_ms()))
-                .await
-                .ok()??;
-            (cmd.status == cex::CommandStatus::Executed).then_some(cmd)
-        }
-    })
-    .await;
+    let done = executed(&store, id).await;
     let result = done.result.expect("a result");
     assert_eq!(result.status_code, 200, "{result:?}");
     assert_eq!(regs.get(1), 42);
@@ -253,17 +258,7 @@ writable = true
         )
         .await
         .unwrap();
-    let done = wait_for("the refusal", || {
-        let store = store.clone();
-        async move {
-            let cmd = store
-                .call(move |c| cex::get(c, "ep-valve", id, platform_core::store::now_ms()))
-                .await
-                .ok()??;
-            cmd.result
-        }
-    })
-    .await;
+    let done = executed(&store, id).await.result.expect("a result");
     assert_eq!(done.status_code, 404);
 
     stop.cancel();

@@ -7,40 +7,24 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use platform_core::config::{HttpListener, MqttListener};
+use platform_core::config::HttpListener;
 use platform_core::{Core, CoreConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 fn config(dir: &std::path::Path) -> CoreConfig {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    CoreConfig {
-        database: dir.join("core.sqlite"),
-        mqtt: MqttListener {
-            listen: any,
-            max_packet_size: 1 << 16,
-            max_connections: 8,
-            connect_timeout: Duration::from_secs(30),
-            allow_anonymous: true,
-        },
+    let mut config = CoreConfig {
         http: Some(HttpListener {
-            listen: any,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             websocket: true,
             websocket_allow_anonymous: true,
             tls: None,
         }),
-        tls: None,
-        epmx: Default::default(),
-        extension_timeout: Duration::from_secs(10),
-        extensions: Vec::new(),
-        api: None,
-        epl: Default::default(),
-        max_payload_bytes: 1 << 16,
-        applications: Vec::new(),
-        endpoints: Vec::new(),
-        credentials: Vec::new(),
-    }
+        ..CoreConfig::new(dir.join("core.sqlite"))
+    };
+    config.mqtt.allow_anonymous = true;
+    config
 }
 
 /// An MQTT 3.1.1 CONNECT without credentials, keepalive 60 s, client ID "c".

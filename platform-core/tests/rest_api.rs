@@ -5,14 +5,10 @@
 // Integration tests: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use base64::Engine as _;
 use platform_core::api::{self, AdminAuth, ApiContext};
-use platform_core::config::MqttListener;
 use platform_core::{ccm, epr, Core, CoreConfig};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -23,22 +19,6 @@ const PASSWORD: &str = "admin-secret";
 async fn core(dir: &std::path::Path) -> (Core, CancellationToken) {
     let stop = CancellationToken::new();
     let config = CoreConfig {
-        database: dir.join("core.sqlite"),
-        mqtt: MqttListener {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            max_packet_size: 1 << 16,
-            max_connections: 4,
-            connect_timeout: Duration::from_secs(10),
-            allow_anonymous: false,
-        },
-        http: None,
-        tls: None,
-        epmx: Default::default(),
-        extension_timeout: Duration::from_secs(10),
-        extensions: Vec::new(),
-        api: None,
-        epl: Default::default(),
-        max_payload_bytes: 1 << 16,
         applications: vec![epr::ApplicationSpec {
             name: "plant".into(),
             versions: vec!["plant-v1".into()],
@@ -49,7 +29,7 @@ async fn core(dir: &std::path::Path) -> (Core, CancellationToken) {
             app_version: "plant-v1".into(),
             metadata: Default::default(),
         }],
-        credentials: Vec::new(),
+        ..CoreConfig::new(dir.join("core.sqlite"))
     };
     let core = Core::start(config, stop.clone()).await.expect("core");
     (core, stop)

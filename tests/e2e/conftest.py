@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+import configs
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("KP_GATEWAY_BIN", ROOT / "target" / "debug" / "kp-gateway"))
 
@@ -25,7 +27,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, proc: "Proc", timeout: float = 20.0) -> None:
+def wait_port(port: int, proc: "Proc", timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
@@ -115,49 +117,29 @@ class Core:
     ADMIN_PASSWORD = "admin-password"
 
     def __init__(self, tmp: Path, allow_anonymous: bool = False, idle_timeout_secs: int = 600, extra_tokens=(),
-                 core_extra: str = "", extra: str = "", mqtt_extra: str = "", http_extra: str = "",
-                 cacert: Path = None):
-        """`core_extra`: lines added to [core]; `mqtt_extra`: to [core.mqtt]; `http_extra`:
-        to [core.http] (with `cacert`, the API is called over HTTPS); `extra`: whole
-        sections added at the end."""
+                 core_keys: dict = None, mqtt_keys: dict = None, http_keys: dict = None, cacert: Path = None):
+        """`core_keys`: keys (or tables) added to `[core]`; `mqtt_keys`: to `[core.mqtt]`;
+        `http_keys`: to `[core.http]` (with `cacert`, the API is called over HTTPS)."""
         self.cacert = cacert
         self.port = free_port()
         self.http_port = free_port()
         self.state = tmp / "state"
-        endpoints = "\n".join(
-            f'[[core.endpoints]]\nid = "ep-{t}"\ntoken = "{t}"\napp_version = "{self.APP_VERSION}"\n'
-            for t in [*self.TOKENS, *extra_tokens]
-        )
+        endpoints = [{"id": f"ep-{t}", "token": t, "app_version": self.APP_VERSION}
+                     for t in [*self.TOKENS, *extra_tokens]]
+        core = {
+            "mqtt": {"listen": f"127.0.0.1:{self.port}", "allow_anonymous": allow_anonymous},
+            "http": {"listen": f"127.0.0.1:{self.http_port}"},
+            "epl": {"idle_timeout_secs": idle_timeout_secs},
+            "api": {"admin_username": "admin", "admin_password_hash": hash_password(self.ADMIN_PASSWORD)},
+            "applications": [{"name": "demo", "versions": [self.APP_VERSION]}],
+            "credentials": [{"username": self.USER, "password_hash": hash_password(self.PASSWORD)}],
+            "endpoints": endpoints,
+        }
+        core.update(core_keys or {})
+        core["mqtt"].update(mqtt_keys or {})
+        core["http"].update(http_keys or {})
         self.config = tmp / "core.toml"
-        self.config.write_text(
-            f"""
-[gateway]
-state_dir = "{self.state}"
-log_level = "debug"
-[core]
-{core_extra}
-[core.mqtt]
-listen = "127.0.0.1:{self.port}"
-allow_anonymous = {"true" if allow_anonymous else "false"}
-{mqtt_extra}
-[core.http]
-listen = "127.0.0.1:{self.http_port}"
-{http_extra}
-[core.epl]
-idle_timeout_secs = {idle_timeout_secs}
-[core.api]
-admin_username = "admin"
-admin_password_hash = "{hash_password(self.ADMIN_PASSWORD)}"
-[[core.applications]]
-name = "demo"
-versions = ["{self.APP_VERSION}"]
-[[core.credentials]]
-username = "{self.USER}"
-password_hash = "{hash_password(self.PASSWORD)}"
-{endpoints}
-{extra}
-"""
-        )
+        self.config.write_text(configs.config(self.state, core=core))
         self.proc = Proc("core", [str(BIN), "--config", str(self.config)], tmp / "core.log")
         wait_port(self.port, self.proc)
         wait_port(self.http_port, self.proc)
@@ -242,24 +224,63 @@ class PtyPair:
         wait_for("socat PTY links to go", lambda: not self.a.exists() and not self.b.exists(), timeout=10)
 
 
+class ReadyListener:
+    """Receives sd_notify(3) datagrams, as systemd does for a `Type=notify` service: the
+    process's own word that it is ready (`READY=1`), not a guess from its log."""
+
+    def __init__(self):
+        # A short path: AF_UNIX paths are limited to 108 bytes, pytest's tmp paths are long.
+        import tempfile
+
+        self.dir = Path(tempfile.mkdtemp(prefix="kpn"))
+        self.path = self.dir / "notify"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(self.path))
+        self.sock.settimeout(0.1)
+        self.seen: list = []
+
+    def ready(self) -> bool:
+        try:
+            self.seen.extend(self.sock.recv(4096).decode(errors="replace").split("\n"))
+        except (socket.timeout, BlockingIOError):
+            pass
+        return "READY=1" in self.seen
+
+    def close(self):
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+        if self.dir.exists():
+            self.dir.rmdir()
+
+
 class Gateway:
-    """The kp-gateway binary with a config written by the test; returns once it runs."""
+    """The kp-gateway binary with a config written by the test; returns once it told its
+    readiness over `$NOTIFY_SOCKET` (buffer open, core and listeners up)."""
 
     def __init__(self, tmp_path: Path, config: str, name: str = "gateway", args=()):
         self.tmp_path = tmp_path
         self.config = tmp_path / f"{name}.toml"
         self.config.write_text(config)
-        self.proc = Proc(name, [str(BIN), "-c", str(self.config), *args], tmp_path / f"{name}.log")
+        self.notify = ReadyListener()
+        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path)}
+        self.proc = Proc(name, [str(BIN), "-c", str(self.config), *args], tmp_path / f"{name}.log", env=env)
 
         def started():
             if self.proc.popen.poll() is not None:
                 raise RuntimeError(f"{name} exited with {self.proc.popen.returncode}:\n{self.proc.output()}")
-            return "samples waiting from an earlier run" in self.proc.output()
+            return self.notify.ready()
 
-        wait_for(f"{name} to start", started)
+        try:
+            wait_for(f"{name} to be ready", started, timeout=60)
+        except BaseException:
+            self.proc.stop()
+            self.notify.close()
+            raise
 
     def stop(self) -> int:
-        return self.proc.stop()
+        code = self.proc.stop()
+        self.notify.close()
+        return code
 
 
 def core_samples(db: Path, token: str) -> list:

@@ -5,46 +5,22 @@ import json
 from contextlib import closing
 import sqlite3
 
+import configs
 from conftest import BIN, Proc, wait_for
 
 
-def bridge_config(tmp_path, core, devices: str) -> str:
+def bridge_config(tmp_path, core, buses=(), devices=()) -> str:
+    up = configs.upstream(core.port, client_id="bridge-under-test", username=core.USER, password=core.PASSWORD,
+                          keepalive_secs=10, response_timeout_secs=5)
     cfg = tmp_path / "bridge.toml"
-    cfg.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / 'gw-state'}"
-log_level = "debug"
-[upstream]
-host = "127.0.0.1"
-port = {core.port}
-client_id = "bridge-under-test"
-username = "{core.USER}"
-password = "{core.PASSWORD}"
-keepalive_secs = 10
-response_timeout_secs = 5
-{devices}
-"""
-    )
+    cfg.write_text(configs.config(tmp_path / "gw-state", upstream=up, buses=buses, devices=devices))
     return str(cfg)
 
 
-def sim_device(name: str, token: str, avn: str = "demo-v1") -> str:
-    return f"""
-[[devices]]
-name = "{name}"
-token = "{token}"
-app_version = "{avn}"
-poll_interval_ms = 100
-metadata = {{ location = "roof", floor = 3 }}
-[devices.simulated]
-[[devices.points]]
-name = "wave"
-waveform = "sawtooth"
-period_secs = 10
-amplitude = 1.0
-center = 5.0
-"""
+def sim_device(name: str, token: str, avn: str = "demo-v1") -> dict:
+    wave = {"name": "wave", "waveform": "sawtooth", "period_secs": 10, "amplitude": 1.0, "center": 5.0}
+    dev = configs.simulated_device(name, avn, 100, [wave], token=token)
+    return {**dev, "metadata": {"location": "roof", "floor": 3}}
 
 
 def buffer_rows(tmp_path, table: str):
@@ -56,7 +32,7 @@ def buffer_rows(tmp_path, table: str):
 
 
 def test_samples_are_confirmed_and_leave_the_buffer(tmp_path, core):
-    gw = Proc("gateway", [str(BIN), "-c", bridge_config(tmp_path, core, sim_device("sim", "tok1"))], tmp_path / "gw.log")
+    gw = Proc("gateway", [str(BIN), "-c", bridge_config(tmp_path, core, devices=[sim_device("sim", "tok1")])], tmp_path / "gw.log")
     try:
         wait_for("20 samples in the core", lambda: core.query("SELECT count(*) FROM data_samples WHERE endpoint_id='ep-tok1'")[0][0] >= 20)
     finally:
@@ -77,8 +53,8 @@ def test_samples_are_confirmed_and_leave_the_buffer(tmp_path, core):
 
 
 def test_a_4xx_answer_parks_the_batch_in_the_dead_letter_table(tmp_path, core):
-    devices = sim_device("good", "tok2") + sim_device("stranger", "not-provisioned")
-    gw = Proc("gateway", [str(BIN), "-c", bridge_config(tmp_path, core, devices)], tmp_path / "gw.log")
+    devices = [sim_device("good", "tok2"), sim_device("stranger", "not-provisioned")]
+    gw = Proc("gateway", [str(BIN), "-c", bridge_config(tmp_path, core, devices=devices)], tmp_path / "gw.log")
     try:
         dead = wait_for("parked samples", lambda: buffer_rows(tmp_path, "dead_letters"))
         wait_for("good samples in the core", lambda: core.query("SELECT count(*) FROM data_samples WHERE endpoint_id='ep-tok2'")[0][0] > 0)
@@ -101,25 +77,10 @@ def test_a_command_queued_while_the_gateway_was_away_runs_when_it_connects(tmp_p
     code, cmd = core.api("POST", "/api/v1/endpoints/ep-tok2/commands/write?commandTtl=60000",
                          {"point": "level", "value": 321})
     assert code == 202 and cmd["status"] == "PENDING"
-    modbus_device = f"""
-[[modbus.buses]]
-name = "plant"
-kind = "tcp"
-address = "127.0.0.1:{mport}"
-[[devices]]
-name = "tank"
-token = "tok2"
-app_version = "demo-v1"
-poll_interval_ms = 500
-[devices.modbus]
-bus = "plant"
-[[devices.points]]
-name = "level"
-address = 0
-type = "u16"
-writable = true
-"""
-    gw = Proc("gateway", [str(BIN), "-c", bridge_config(tmp_path, core, modbus_device)], tmp_path / "gw.log")
+    bus = configs.tcp_bus("plant", mport)
+    tank = configs.modbus_device("tank", "plant", [configs.point("level", 0, "u16", writable=True)],
+                                 token="tok2", app_version="demo-v1", poll_interval_ms=500)
+    gw = Proc("gateway", [str(BIN), "-c", bridge_config(tmp_path, core, buses=[bus], devices=[tank])], tmp_path / "gw.log")
     mb = ModbusTcpClient("127.0.0.1", port=mport)
     try:
         done = wait_for("the command's result", lambda: (c := core.api(

@@ -180,9 +180,8 @@ def test_config_and_commands_over_the_http_binding(core):
 
 def test_configured_extension_instances_keep_their_data_apart(tmp_path):
     from conftest import Core
-    extra = ('[[core.extensions]]\ninstance = "cmx_ota"\nkind = "cmx"\n'
-             '[[core.extensions]]\ninstance = "dcx_fast"\nkind = "dcx"\n')
-    core = Core(tmp_path, extra=extra)
+    extensions = [{"instance": "cmx_ota", "kind": "cmx"}, {"instance": "dcx_fast", "kind": "dcx"}]
+    core = Core(tmp_path, core_keys={"extensions": extensions})
     c = client_for(core, "tok1")
     try:
         assert c.request(f"kp1/{AVN}/dcx_fast/tok1/json/5", [{"fast": 1}]) == ("status", b"")

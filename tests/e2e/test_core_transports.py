@@ -21,11 +21,8 @@ JS = Path(__file__).resolve().parents[1] / "js"
 def tls_core(tmp_path):
     make_pki(tmp_path)
     tls_port = free_port()
-    extra = (
-        f'[core.tls]\nlisten = "127.0.0.1:{tls_port}"\n'
-        f'cert_file = "{tmp_path / "server.pem"}"\nkey_file = "{tmp_path / "server.key"}"\n'
-    )
-    c = Core(tmp_path, extra=extra)
+    tls = {"listen": f"127.0.0.1:{tls_port}", "cert_file": tmp_path / "server.pem", "key_file": tmp_path / "server.key"}
+    c = Core(tmp_path, core_keys={"tls": tls})
     c.tls_port = tls_port
     c.pki = tmp_path
     yield c
@@ -150,8 +147,8 @@ def test_mqtt_js_over_websocket_sends_data_and_answers_a_pushed_command(core):
 
 def test_https_rest_api_and_mqtt_over_secure_websocket(tmp_path):
     make_pki(tmp_path)
-    http_extra = f'cert_file = "{tmp_path / "server.pem"}"\nkey_file = "{tmp_path / "server.key"}"\n'
-    core = Core(tmp_path, http_extra=http_extra, cacert=tmp_path / "ca.pem")
+    https = {"cert_file": tmp_path / "server.pem", "key_file": tmp_path / "server.key"}
+    core = Core(tmp_path, http_keys=https, cacert=tmp_path / "ca.pem")
     try:
         code, eps = core.api("GET", "/api/v1/endpoints")
         assert code == 200 and len(eps) == 3

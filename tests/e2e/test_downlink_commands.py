@@ -7,6 +7,7 @@ the test reads its registers back independently."""
 import pytest
 from pymodbus.client import ModbusTcpClient
 
+import configs
 from conftest import Gateway, free_port, start_modbus_device, wait_for
 from kaa_server import KaaServer
 
@@ -25,57 +26,17 @@ def test_write_commands_reach_the_device_and_results_come_back(tmp_path, mosquit
     mport = free_port()
     slaves = {"1": {"hr": [0, 0, 0, 0b0001, 55, 0], "co": [0, 0]}}
     device = start_modbus_device(tmp_path, {"transport": "tcp", "port": mport, "slaves": slaves})
-    config = f"""
-[gateway]
-state_dir = "{tmp_path / 'state'}"
-log_level = "debug"
-[upstream]
-host = "127.0.0.1"
-port = {mosquitto.port}
-client_id = "gw-under-test"
-[[modbus.buses]]
-name = "plant"
-kind = "tcp"
-address = "127.0.0.1:{mport}"
-[[devices]]
-name = "boiler"
-token = "{TOKEN}"
-app_version = "{AVN}"
-poll_interval_ms = 500
-[devices.modbus]
-bus = "plant"
-[[devices.points]]
-name = "setpoint"
-address = 0
-type = "f32"
-writable = true
-[[devices.points]]
-name = "speed"
-address = 2
-type = "u16"
-writable = true
-[[devices.points]]
-name = "alarm_ack"
-address = 3
-type = "bool"
-bit = 3
-writable = true
-[[devices.points]]
-name = "model"
-address = 4
-type = "u16"
-[[devices.points]]
-name = "speed_fc16"
-address = 5
-type = "u16"
-writable = true
-write_function = "multiple"
-[[devices.points]]
-name = "relay"
-table = "coil"
-address = 1
-writable = true
-"""
+    points = [
+        configs.point("setpoint", 0, "f32", writable=True),
+        configs.point("speed", 2, "u16", writable=True),
+        configs.point("alarm_ack", 3, "bool", bit=3, writable=True),
+        configs.point("model", 4, "u16"),
+        configs.point("speed_fc16", 5, "u16", writable=True, write_function="multiple"),
+        configs.point("relay", 1, table="coil", writable=True),
+    ]
+    boiler = configs.modbus_device("boiler", "plant", points, token=TOKEN, app_version=AVN, poll_interval_ms=500)
+    config = configs.config(tmp_path / "state", upstream=configs.upstream(mosquitto.port, client_id="gw-under-test"),
+                            buses=[configs.tcp_bus("plant", mport)], devices=[boiler])
     gw = Gateway(tmp_path, config)
     mb = ModbusTcpClient("127.0.0.1", port=mport)
     try:

@@ -104,7 +104,7 @@ def test_wills_are_accepted_but_never_relayed_and_retain_is_ignored(core):
 
 def test_bad_packets_close_only_their_connection_and_are_counted_and_logged_once(tmp_path):
     # A small payload limit for 413; the default 256 KiB max packet size for oversized packets.
-    core = Core(tmp_path, core_extra="max_payload_bytes = 2000\n")
+    core = Core(tmp_path, core_keys={"max_payload_bytes": 2000})
     bystander = KpClient(core.port, core.USER, core.PASSWORD, client_id="bystander")
     try:
         # Oversized packet: over the 256 KiB default max packet size.
@@ -140,7 +140,7 @@ def test_bad_packets_close_only_their_connection_and_are_counted_and_logged_once
 
 
 def test_every_error_code_of_the_protocol(tmp_path):
-    core = Core(tmp_path, core_extra="max_payload_bytes = 100000\nextension_timeout_ms = 1\n")
+    core = Core(tmp_path, core_keys={"max_payload_bytes": 100000, "extension_timeout_ms": 1})
     c = KpClient(core.port, core.USER, core.PASSWORD, client_id="errors")
 
     def code(topic, payload):
@@ -252,7 +252,7 @@ def test_keepalive_closes_a_silent_client_and_keeps_one_that_pings(tmp_path):
 def test_the_connection_limit_refuses_and_counts_the_extra_connection(tmp_path):
     # Every client keeps the default 60 s keepalive: nothing here depends on how long a
     # CONNECT (an Argon2 check) takes on this machine.
-    core = Core(tmp_path, mqtt_extra="max_connections = 3\n")
+    core = Core(tmp_path, mqtt_keys={"max_connections": 3})
     try:
         clients = [raw_session(core, f"c{i}")[0] for i in range(3)]
         extra = RawClient(core.port)

@@ -8,6 +8,7 @@ import time
 import pytest
 from pymodbus.client import ModbusTcpClient
 
+import configs
 from conftest import Gateway, PtyPair, core_samples, free_port, start_modbus_device, wait_for
 
 DT = ModbusTcpClient.DATATYPE
@@ -48,29 +49,15 @@ def registers_for(order: str) -> list:
     return regs
 
 
-def typed_points(order: str) -> str:
-    out = [
-        f'[[devices.points]]\nname = "{n}"\naddress = {a}\ntype = "{t}"\norder = "{order}"\n' for n, a, t, _, _ in TYPED
-    ]
-    out.append(f'[[devices.points]]\nname = "{TEXT[0]}"\naddress = {TEXT[1]}\ntype = "string"\nlength = {TEXT[2]}\norder = "{order}"\n')
-    out.append(f'[[devices.points]]\nname = "{FLAG[0]}"\naddress = {FLAG[1]}\ntype = "bool"\nbit = {FLAG[2]}\n')
-    return "\n".join(out)
+def typed_points(order: str) -> list:
+    out = [configs.point(n, a, t, order=order) for n, a, t, _, _ in TYPED]
+    out.append(configs.point(TEXT[0], TEXT[1], "string", length=TEXT[2], order=order))
+    out.append(configs.point(FLAG[0], FLAG[1], "bool", bit=FLAG[2]))
+    return out
 
 
-def standalone(tmp_path, core_port: int, body: str, apps=("plant-v1",)) -> str:
-    versions = ", ".join(f'"{a}"' for a in apps)
-    return f"""
-[gateway]
-state_dir = "{tmp_path / 'state'}"
-log_level = "debug"
-[core]
-[core.mqtt]
-listen = "127.0.0.1:{core_port}"
-[[core.applications]]
-name = "plant"
-versions = [{versions}]
-{body}
-"""
+def standalone(tmp_path, buses=(), devices=()) -> str:
+    return configs.config(tmp_path / "state", core=configs.core(free_port()), buses=buses, devices=devices)
 
 
 def expected_sample() -> dict:
@@ -91,30 +78,13 @@ def test_every_type_in_every_byte_order(tmp_path, transport):
         "slaves": {str(u): {"hr": registers_for(o), "co": [0, 1], "di": [1, 0, 1]} for u, o in ORDERS.items()},
     }
     device = start_modbus_device(tmp_path, spec)
-    devices = "".join(
-        f"""
-[[devices]]
-name = "meter-{o}"
-token = "meter-{o}"
-app_version = "plant-v1"
-poll_interval_ms = 200
-[devices.modbus]
-bus = "field"
-unit_id = {u}
-{typed_points(o)}
-[[devices.points]]
-name = "relay"
-table = "coil"
-address = 1
-[[devices.points]]
-name = "door"
-table = "discrete_input"
-address = 2
-"""
+    extra = [configs.point("relay", 1, table="coil"), configs.point("door", 2, table="discrete_input")]
+    devices = [
+        configs.modbus_device(f"meter-{o}", "field", typed_points(o) + extra, unit_id=u, poll_interval_ms=200)
         for u, o in ORDERS.items()
-    )
-    body = f'[[modbus.buses]]\nname = "field"\nkind = "{transport}"\naddress = "127.0.0.1:{port}"\n{devices}'
-    gw = Gateway(tmp_path, standalone(tmp_path, free_port(), body))
+    ]
+    bus = configs.tcp_bus("field", port, kind=transport)
+    gw = Gateway(tmp_path, standalone(tmp_path, [bus], devices))
     db = tmp_path / "state" / "core.sqlite"
     try:
         for order in ORDERS.values():
@@ -148,64 +118,17 @@ def test_rtu_bus_with_a_dead_slave_and_one_answering_exceptions(tmp_path):
     pty = PtyPair(tmp_path, "rs485")
     slaves = {"1": {"hr": [100, 200]}, "2": {"hr": [7, 8, 9, 10]}}
     device = start_modbus_device(tmp_path, {"transport": "rtu", "serial": str(pty.b), "slaves": slaves})
-    body = f"""
-[[modbus.buses]]
-name = "rs485"
-kind = "rtu"
-port = "{pty.a}"
-baud = 19200
-timeout_ms = 300
-retries = 1
-backoff_max_ms = 2000
+    bus = configs.rtu_bus("rs485", pty.a, baud=19200, timeout_ms=300, retries=1, backoff_max_ms=2000)
 
-[[devices]]
-name = "good"
-token = "good"
-app_version = "plant-v1"
-poll_interval_ms = 200
-[devices.modbus]
-bus = "rs485"
-unit_id = 1
-[[devices.points]]
-name = "a"
-address = 0
-type = "u16"
-[[devices.points]]
-name = "b"
-address = 1
-type = "u16"
+    def u16(name, address):
+        return configs.point(name, address, "u16")
 
-[[devices]]
-name = "flaky"
-token = "flaky"
-app_version = "plant-v1"
-poll_interval_ms = 200
-[devices.modbus]
-bus = "rs485"
-unit_id = 2
-[[devices.points]]
-name = "ok"
-address = 3
-type = "u16"
-[[devices.points]]
-name = "unmapped"
-address = 40
-type = "u16"
-
-[[devices]]
-name = "dead"
-token = "dead"
-app_version = "plant-v1"
-poll_interval_ms = 200
-[devices.modbus]
-bus = "rs485"
-unit_id = 3
-[[devices.points]]
-name = "x"
-address = 0
-type = "u16"
-"""
-    gw = Gateway(tmp_path, standalone(tmp_path, free_port(), body), args=["--status-every", "1"])
+    devices = [
+        configs.modbus_device("good", "rs485", [u16("a", 0), u16("b", 1)], unit_id=1, poll_interval_ms=200),
+        configs.modbus_device("flaky", "rs485", [u16("ok", 3), u16("unmapped", 40)], unit_id=2, poll_interval_ms=200),
+        configs.modbus_device("dead", "rs485", [u16("x", 0)], unit_id=3, poll_interval_ms=200),
+    ]
+    gw = Gateway(tmp_path, standalone(tmp_path, [bus], devices), args=["--status-every", "1"])
     db = tmp_path / "state" / "core.sqlite"
     try:
         wait_for("10 samples from the good slave", lambda: len(core_samples(db, "good")) >= 10, timeout=60)
@@ -240,17 +163,8 @@ NMEA_GSV = "$GPGSV,1,1,00*79"
 
 def test_nmea_sensor_on_a_pty_survives_bad_lines_and_an_unplug(tmp_path):
     pty = PtyPair(tmp_path, "gps")
-    body = f"""
-[[devices]]
-name = "gps"
-token = "gps"
-app_version = "plant-v1"
-[devices.serial_line]
-port = "{pty.a}"
-baud = 4800
-format = "nmea"
-"""
-    gw = Gateway(tmp_path, standalone(tmp_path, free_port(), body), args=["--status-every", "1"])
+    gps = configs.serial_line_device("gps", pty.a, "nmea", baud=4800)
+    gw = Gateway(tmp_path, standalone(tmp_path, devices=[gps]), args=["--status-every", "1"])
     db = tmp_path / "state" / "core.sqlite"
 
     def send(*lines):
@@ -284,28 +198,9 @@ def test_an_rtu_bus_recovers_after_the_adapter_is_unplugged(tmp_path):
     pty = PtyPair(tmp_path, "usb")
     spec = {"transport": "rtu", "serial": str(pty.b), "slaves": {"1": {"hr": [42]}}}
     device = start_modbus_device(tmp_path, spec, name="device-1")
-    body = f"""
-[[modbus.buses]]
-name = "usb"
-kind = "rtu"
-port = "{pty.a}"
-baud = 19200
-timeout_ms = 300
-retries = 0
-backoff_max_ms = 1000
-[[devices]]
-name = "meter"
-token = "meter"
-app_version = "plant-v1"
-poll_interval_ms = 200
-[devices.modbus]
-bus = "usb"
-[[devices.points]]
-name = "v"
-address = 0
-type = "u16"
-"""
-    gw = Gateway(tmp_path, standalone(tmp_path, free_port(), body))
+    bus = configs.rtu_bus("usb", pty.a, baud=19200, timeout_ms=300, retries=0, backoff_max_ms=1000)
+    meter = configs.modbus_device("meter", "usb", [configs.point("v", 0, "u16")], poll_interval_ms=200)
+    gw = Gateway(tmp_path, standalone(tmp_path, [bus], [meter]))
     db = tmp_path / "state" / "core.sqlite"
     try:
         wait_for("samples before the unplug", lambda: len(core_samples(db, "meter")) >= 3)

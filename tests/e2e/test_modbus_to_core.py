@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pymodbus.client import ModbusTcpClient
+import configs
 from conftest import BIN, Proc, free_port, wait_for, wait_port
 
 HERE = Path(__file__).parent
@@ -45,38 +46,12 @@ def modbus_device(tmp_path):
 
 
 def gateway_config(tmp_path, modbus_port: int, core_port: int) -> Path:
-    points = "\n".join(
-        f'[[devices.points]]\nname = "{n}"\ntable = "{t}"\naddress = {a}\ntype = "{ty}"\nscale = {s!r}\noffset = {o!r}\n'
-        for n, t, a, ty, _, _, s, o in POINTS
-    )
+    points = [configs.point(n, a, ty, table=t, scale=s, offset=o) for n, t, a, ty, _, _, s, o in POINTS]
+    meter = configs.modbus_device("meter", "plant", points, token="meter-1", poll_interval_ms=200)
+    meter["modbus"]["vendor"] = "acme"
     cfg = tmp_path / "gateway.toml"
-    cfg.write_text(
-        f"""
-[gateway]
-state_dir = "{tmp_path / 'state'}"
-log_level = "debug"
-[core]
-[core.mqtt]
-listen = "127.0.0.1:{core_port}"
-[[core.applications]]
-name = "plant"
-versions = ["plant-v1"]
-[[modbus.buses]]
-name = "plant"
-kind = "tcp"
-address = "127.0.0.1:{modbus_port}"
-[[devices]]
-name = "meter"
-token = "meter-1"
-app_version = "plant-v1"
-poll_interval_ms = 200
-[devices.modbus]
-bus = "plant"
-unit_id = 1
-vendor = "acme"
-{points}
-"""
-    )
+    cfg.write_text(configs.config(tmp_path / "state", core=configs.core(core_port),
+                                  buses=[configs.tcp_bus("plant", modbus_port)], devices=[meter]))
     return cfg
 
 

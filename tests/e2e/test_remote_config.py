@@ -3,6 +3,7 @@ its field side over 7/CMP (refused with every error, or applied without losing d
 
 import json
 
+import configs
 from conftest import Gateway, Mosquitto, wait_for
 from kaa_server import KaaServer
 
@@ -11,26 +12,12 @@ CMX = f"kp1/{AVN}/cmx/gw"
 
 
 def base_config(tmp_path, port) -> str:
-    return f"""
-[gateway]
-state_dir = "{tmp_path / 'state'}"
-log_level = "debug"
-token = "gw"
-app_version = "{AVN}"
-health_interval_secs = 1
-[upstream]
-host = "127.0.0.1"
-port = {port}
-client_id = "cfg-gateway"
-[[devices]]
-name = "sim0"
-token = "sim0"
-app_version = "{AVN}"
-poll_interval_ms = 100
-[devices.simulated]
-[[devices.points]]
-name = "v"
-"""
+    return configs.config(
+        tmp_path / "state",
+        gateway={"token": "gw", "app_version": AVN, "health_interval_secs": 1},
+        upstream=configs.upstream(port, client_id="cfg-gateway"),
+        devices=[configs.simulated_device("sim0", AVN, 100, [{"name": "v"}])],
+    )
 
 
 def sim(name: str) -> dict:

@@ -7,46 +7,20 @@ import functools
 
 from pymodbus.client import ModbusTcpClient
 
+import configs
 from conftest import Gateway, free_port, hash_password, rest_call, start_modbus_device, wait_for
 
 AVN = "site-v1"
 
 
 def config(tmp_path, mport, core_port, http_port):
-    return f"""
-[gateway]
-state_dir = "{tmp_path / 'state'}"
-log_level = "debug"
-token = "gw"
-app_version = "{AVN}"
-[core]
-[core.mqtt]
-listen = "127.0.0.1:{core_port}"
-[core.http]
-listen = "127.0.0.1:{http_port}"
-[core.api]
-admin_username = "admin"
-admin_password_hash = "{hash_password('admin-password')}"
-[[core.applications]]
-name = "site"
-versions = ["{AVN}"]
-[[modbus.buses]]
-name = "plant"
-kind = "tcp"
-address = "127.0.0.1:{mport}"
-[[devices]]
-name = "boiler"
-token = "boiler-1"
-app_version = "{AVN}"
-poll_interval_ms = 300
-[devices.modbus]
-bus = "plant"
-[[devices.points]]
-name = "speed"
-address = 0
-type = "u16"
-writable = true
-"""
+    core = configs.core(core_port, versions=[AVN], application="site",
+                        http={"listen": f"127.0.0.1:{http_port}"},
+                        api={"admin_username": "admin", "admin_password_hash": hash_password("admin-password")})
+    boiler = configs.modbus_device("boiler", "plant", [configs.point("speed", 0, "u16", writable=True)],
+                                   token="boiler-1", app_version=AVN, poll_interval_ms=300)
+    return configs.config(tmp_path / "state", gateway={"token": "gw", "app_version": AVN}, core=core,
+                          buses=[configs.tcp_bus("plant", mport)], devices=[boiler])
 
 
 def test_rest_commands_become_modbus_writes_and_remote_config_applies(tmp_path):

@@ -13,49 +13,22 @@ from pathlib import Path
 
 import pytest
 
+import configs
 from conftest import BIN, Gateway, Mosquitto, make_pki, wait_for
 from kaa_server import KaaServer
 
 AVN = "site-v1"
 
 
-def devices(n: int, poll_ms: int) -> str:
-    return "".join(
-        f"""
-[[devices]]
-name = "sim{i}"
-token = "sim{i}"
-app_version = "{AVN}"
-poll_interval_ms = {poll_ms}
-[devices.simulated]
-[[devices.points]]
-name = "v"
-waveform = "sawtooth"
-period_secs = 7
-amplitude = 10.0
-"""
-        for i in range(n)
-    )
+def devices(n: int, poll_ms: int) -> list:
+    wave = {"name": "v", "waveform": "sawtooth", "period_secs": 7, "amplitude": 10.0}
+    return [configs.simulated_device(f"sim{i}", AVN, poll_ms, [wave]) for i in range(n)]
 
 
-def bridge(tmp_path, port, body, buffer="", upstream="", state=None) -> str:
-    state = state or tmp_path / "state"
-    return f"""
-[gateway]
-state_dir = "{state}"
-log_level = "debug"
-[upstream]
-host = "127.0.0.1"
-port = {port}
-client_id = "sf-gateway"
-keepalive_secs = 5
-response_timeout_secs = 3
-reconnect_max_secs = 1
-{upstream}
-[buffer]
-{buffer}
-{body}
-"""
+def bridge(tmp_path, port, devs, buffer=None, tls=None, state=None) -> str:
+    up = configs.upstream(port, client_id="sf-gateway", keepalive_secs=5, response_timeout_secs=3,
+                          reconnect_max_secs=1, tls=tls)
+    return configs.config(state or tmp_path / "state", upstream=up, buffer=buffer, devices=devs)
 
 
 def buffer_db(tmp_path, state=None) -> Path:
@@ -123,7 +96,7 @@ def test_a_full_buffer_follows_its_policy(tmp_path, policy):
     broker = Mosquitto(tmp_path)
     kaa = KaaServer(broker.port, mode="silent")  # nothing is ever confirmed
     max_bytes = 65536
-    cfg = bridge(tmp_path, broker.port, devices(5, 10), buffer=f'max_bytes = {max_bytes}\nwhen_full = "{policy}"')
+    cfg = bridge(tmp_path, broker.port, devices(5, 10), buffer={"max_bytes": max_bytes, "when_full": policy})
     gw = Gateway(tmp_path, cfg, args=["--status-every", "1"])
     db = buffer_db(tmp_path)
     try:
@@ -231,11 +204,9 @@ def test_tls_with_a_client_certificate(tmp_path):
     )
     broker = Mosquitto(tmp_path, extra=extra)
     kaa = KaaServer(broker.port)  # the Kaa stand-in uses the plain listener
-    tls = (
-        f'[upstream.tls]\nca_file = "{tmp_path / "ca.pem"}"\n'
-        f'client_cert_file = "{tmp_path / "client.pem"}"\nclient_key_file = "{tmp_path / "client.key"}"\n'
-    )
-    gw = Gateway(tmp_path, bridge(tmp_path, tls_port, devices(1, 100)).replace("[buffer]", tls + "[buffer]"))
+    tls = {"ca_file": tmp_path / "ca.pem", "client_cert_file": tmp_path / "client.pem",
+           "client_key_file": tmp_path / "client.key"}
+    gw = Gateway(tmp_path, bridge(tmp_path, tls_port, devices(1, 100), tls=tls))
     try:
         wait_for("samples over TLS", lambda: len(kaa.received()) >= 10, timeout=30)
     finally:
@@ -244,9 +215,10 @@ def test_tls_with_a_client_certificate(tmp_path):
         broker.stop()
     assert code == 0, gw.proc.output()
     # Without the client certificate the broker refuses the TLS handshake.
-    no_cert = tls.replace(f'client_cert_file = "{tmp_path / "client.pem"}"\nclient_key_file = "{tmp_path / "client.key"}"\n', "")
+    no_cert = {"ca_file": tmp_path / "ca.pem"}
     broker.start()
-    gw = Gateway(tmp_path, bridge(tmp_path, tls_port, devices(1, 100), state=tmp_path / "s2").replace("[buffer]", no_cert + "[buffer]"), name="gw-nocert")
+    gw = Gateway(tmp_path, bridge(tmp_path, tls_port, devices(1, 100), tls=no_cert, state=tmp_path / "s2"),
+                 name="gw-nocert")
     try:
         wait_for("a refused handshake", lambda: "cannot connect" in gw.proc.output(), timeout=30)
     finally:

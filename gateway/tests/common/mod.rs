@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use platform_core::config::MqttListener;
 use platform_core::{ccm, epr, Core, CoreConfig};
 use tokio_modbus::server::tcp::{accept_tcp_connection, Server};
 use tokio_modbus::{ExceptionCode, Request, Response};
@@ -42,23 +41,7 @@ where
 /// the gateway's credential, MQTT on `listen`.
 pub fn core_config(dir: &std::path::Path, listen: SocketAddr, tokens: &[&str]) -> CoreConfig {
     let hash = ccm::hash_password(PASSWORD).expect("hash");
-    CoreConfig {
-        database: dir.join("core.sqlite"),
-        mqtt: MqttListener {
-            listen,
-            max_packet_size: 1 << 20,
-            max_connections: 16,
-            connect_timeout: Duration::from_secs(30),
-            allow_anonymous: false,
-        },
-        http: None,
-        tls: None,
-        epmx: Default::default(),
-        extension_timeout: Duration::from_secs(10),
-        extensions: Vec::new(),
-        api: None,
-        epl: Default::default(),
-        max_payload_bytes: 1 << 20,
+    let mut config = CoreConfig {
         applications: vec![epr::ApplicationSpec {
             name: "plant".into(),
             versions: vec![APP_VERSION.into(), "gw-v1".into()],
@@ -76,7 +59,10 @@ pub fn core_config(dir: &std::path::Path, listen: SocketAddr, tokens: &[&str]) -
             username: USER.into(),
             password_hash: hash.into(),
         }],
-    }
+        ..CoreConfig::new(dir.join("core.sqlite"))
+    };
+    config.mqtt.listen = listen;
+    config
 }
 
 /// A running core and the token that stops it.

@@ -78,6 +78,34 @@ pub fn check_listen_clashes(listeners: &[(&str, SocketAddr)], e: &mut Problems) 
 }
 
 impl CoreConfig {
+    /// A core with every default of `[core]`, storing in `database`: MQTT on 127.0.0.1
+    /// with any free port, no HTTP, TLS or REST API, nothing provisioned. Embedders and
+    /// tests change what they need with struct update syntax.
+    pub fn new(database: PathBuf) -> Self {
+        use raw::defaults as d;
+        Self {
+            database,
+            mqtt: MqttListener {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+                max_connections: d::max_connections(),
+                connect_timeout: Duration::from_secs(d::connect_timeout_secs()),
+                allow_anonymous: false,
+            },
+            http: None,
+            tls: None,
+            epmx: crate::ext::EpmxPolicy::default(),
+            extension_timeout: crate::ext::DEFAULT_EXTENSION_TIMEOUT,
+            extensions: Vec::new(),
+            api: None,
+            epl: crate::epl::EplConfig::default(),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            applications: Vec::new(),
+            endpoints: Vec::new(),
+            credentials: Vec::new(),
+        }
+    }
+
     /// Every address the core listens on, with its config path.
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut v = vec![("core.mqtt.listen", self.mqtt.listen)];

@@ -160,13 +160,15 @@ pub mod defaults {
         crate::ext::DEFAULT_EXTENSION_TIMEOUT.as_millis() as u64
     }
     pub fn connected_key() -> String {
-        "connected".into()
+        crate::epl::EplConfig::default().connected_key
     }
     pub fn connectivity_ts_key() -> String {
-        "connectivity_ts".into()
+        crate::epl::EplConfig::default().connectivity_ts_key
     }
     pub fn idle_timeout_secs() -> u64 {
-        600
+        crate::epl::EplConfig::default()
+            .idle_timeout
+            .map_or(0, |d| d.as_secs())
     }
     pub fn core_http_listen() -> String {
         "127.0.0.1:8080".into()
