@@ -31,6 +31,10 @@ def test_the_demo_stores_data_the_rest_api_shows(tmp_path):
     finally:
         code = demo.stop()
     assert code == 0, demo.output()
+    # A new user's first sight: no warning or error, except the note that a port was taken.
+    noisy = [line for line in demo.output().splitlines()
+             if re.search(r" (WARN|ERROR) ", line) and "is taken; the demo core takes a free port" not in line]
+    assert noisy == [], noisy
 
 
 def _api(port, password="demo"):
