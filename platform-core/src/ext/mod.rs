@@ -360,15 +360,12 @@ impl Extensions {
                 Ok((id, epr::push_tokens(c, &ep)?))
             })
             .await?;
-        let push = Bytes::from(cex::commands_payload(&[(id, payload)]));
-        let reached = self.hub.push(
+        let reached = self.push(
             endpoint_id,
             &tokens,
+            &format!("{instance}: command {id} ({command_type})"),
             |avn, token| format!("kp1/{avn}/{instance}/{token}/command/{command_type}/status"),
-            &push,
-        );
-        log::debug!(
-            "cex: command {id} ({command_type}) for {endpoint_id} pushed to {reached} session(s)"
+            cex::commands_payload(&[(id, payload)]),
         );
         if reached > 0 {
             self.store
@@ -376,6 +373,23 @@ impl Extensions {
                 .await?;
         }
         Ok(id)
+    }
+
+    /// Pushes `payload` to the live sessions of `endpoint_id` (docs/protocol.md §2) on the
+    /// topic `topic(app version, token)`; returns how many sessions it reached.
+    fn push(
+        &self,
+        endpoint_id: &str,
+        tokens: &[(String, String)],
+        what: &str,
+        topic: impl Fn(&str, &str) -> String,
+        payload: Vec<u8>,
+    ) -> usize {
+        let reached = self
+            .hub
+            .push(endpoint_id, tokens, topic, &Bytes::from(payload));
+        log::debug!("{what} for {endpoint_id} pushed to {reached} session(s)");
+        reached
     }
 
     /// Sets an endpoint's configuration and, when it changed, pushes it to the endpoint's
@@ -397,21 +411,19 @@ impl Extensions {
             })
             .await?;
         if changed {
-            let push =
-                Bytes::from(serde_json::json!({"configId": config_id, "config": body}).to_string());
             let suffix = if name.is_empty() {
                 String::new()
             } else {
                 format!("/{name}")
             };
-            let reached = self.hub.push(
+            self.push(
                 endpoint_id,
                 &tokens,
+                &format!("{instance}: configuration {config_id}"),
                 |avn, token| format!("kp1/{avn}/{instance}/{token}/config/json{suffix}/status"),
-                &push,
-            );
-            log::debug!(
-                "cmx: configuration {config_id} for {endpoint_id} pushed to {reached} session(s)"
+                serde_json::json!({"configId": config_id, "config": body})
+                    .to_string()
+                    .into_bytes(),
             );
         }
         Ok((config_id, changed))
