@@ -223,12 +223,7 @@ writable = true
     let session = UpstreamSession::new(up, buffer.clone(), state, targets);
     let connected = session.connected_flag();
     tokio::spawn(session.run(stop.clone()));
-    wait_for("the session", || async {
-        connected
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(())
-    })
-    .await;
+    common::wait_connected(&connected).await;
 
     let ext = &core.core.extensions;
     let id = ext
@@ -292,12 +287,7 @@ async fn a_pushed_configuration_is_handed_over_and_a_refusal_is_reported_on_appl
     let connected = session.connected_flag();
     let stop = CancellationToken::new();
     tokio::spawn(session.run(stop.clone()));
-    wait_for("the session", || async {
-        connected
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(())
-    })
-    .await;
+    common::wait_connected(&connected).await;
 
     let body = json!({"devices": [{"name": "x"}]});
     let (config_id, changed) = core

@@ -37,6 +37,14 @@ where
     }
 }
 
+/// Waits until an upstream session's connected flag is up.
+pub async fn wait_connected(flag: &std::sync::atomic::AtomicBool) {
+    wait_for("the upstream session to connect", || async {
+        flag.load(std::sync::atomic::Ordering::Relaxed).then_some(())
+    })
+    .await;
+}
+
 /// The core's configuration: one application, the given endpoints (id = "ep-<token>"),
 /// the gateway's credential, MQTT on `listen`.
 pub fn core_config(dir: &std::path::Path, listen: SocketAddr, tokens: &[&str]) -> CoreConfig {
