@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use platform_core::epr::EndpointSpec;
 use platform_core::secret::Secret;
-use platform_core::Core;
+use platform_core::{Core, CoreConfig};
 use rand::distributions::{Alphanumeric, DistString};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -55,7 +55,7 @@ struct RemoteSetup {
 struct Generation {
     sources: JoinSet<()>,
     sources_stop: CancellationToken,
-    upstream: Option<JoinHandle<()>>,
+    upstream: JoinHandle<()>,
     upstream_stop: CancellationToken,
 }
 
@@ -65,9 +65,7 @@ impl Generation {
         self.sources_stop.cancel();
         while self.sources.join_next().await.is_some() {}
         self.upstream_stop.cancel();
-        if let Some(task) = self.upstream {
-            let _ = task.await;
-        }
+        let _ = self.upstream.await;
     }
 }
 
@@ -83,6 +81,9 @@ pub async fn run(
             config.state_dir.display()
         )
     })?;
+    if let Some(core_cfg) = config.core_only() {
+        return run_core_only(core_cfg.clone(), shutdown).await;
+    }
     let (buffer, buffer_thread) = BufferHandle::open(
         &config.buffer.path,
         config.buffer.synchronous,
@@ -114,9 +115,8 @@ pub async fn run(
     }
     // The upstream connection settings never change at run time.
     let upstream = match (&config.upstream, &core) {
-        (Some(u), _) => Some(u.clone()),
-        (None, Some(_)) if config.devices.is_empty() && config.own_endpoint.is_none() => None,
-        (None, Some(core)) => Some(internal_upstream(core).await?),
+        (Some(u), _) => u.clone(),
+        (None, Some(core)) => internal_upstream(core).await?,
         (None, None) => anyhow::bail!("no upstream and no core configured"),
     };
 
@@ -127,9 +127,8 @@ pub async fn run(
         stats.pending,
         stats.dead_letters
     );
-    match (&core, &upstream) {
-        (Some(core), None) => log::info!("core only: platform core at mqtt://{}", core.mqtt_addr),
-        (Some(core), Some(_)) if config.upstream.is_none() => log::info!(
+    match &core {
+        Some(core) if config.upstream.is_none() => log::info!(
             "standalone site: {} device(s) → in-process core at mqtt://{} (database {})",
             config.devices.len(),
             core.mqtt_addr,
@@ -139,13 +138,12 @@ pub async fn run(
                 .map(|c| c.database.display().to_string())
                 .unwrap_or_default()
         ),
-        (_, Some(u)) => log::info!(
+        _ => log::info!(
             "bridge: {} device(s) → upstream mqtt://{}:{}",
             config.devices.len(),
-            u.host,
-            u.port
+            upstream.host,
+            upstream.port
         ),
-        (None, None) => {}
     }
 
     let health = HealthRegistry::default();
@@ -237,6 +235,23 @@ pub async fn run(
     Ok(())
 }
 
+/// Core only: the platform core and nothing of the gateway — no buffer file, no sources.
+async fn run_core_only(config: CoreConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let core_stop = CancellationToken::new();
+    let core = Core::start(config, core_stop.clone()).await?;
+    log::info!("core only: platform core at mqtt://{}", core.mqtt_addr);
+    crate::systemd::notify("READY=1");
+    let watchdog = tokio::spawn(crate::systemd::watchdog_loop());
+    shutdown.cancelled().await;
+    crate::systemd::notify("STOPPING=1");
+    log::info!("shutting down the platform core");
+    core_stop.cancel();
+    core.wait().await;
+    watchdog.abort();
+    log::info!("stopped");
+    Ok(())
+}
+
 /// `current` with the field side (buses and devices) of `remote`: everything else —
 /// paths, the core, the upstream — stays as the process started it (command-line
 /// overrides included).
@@ -252,7 +267,7 @@ fn start_generation(
     config: &Config,
     buffer: &BufferHandle,
     health: &HealthRegistry,
-    upstream: Option<Upstream>,
+    upstream: Upstream,
     remote: Option<RemoteSetup>,
 ) -> Generation {
     let sources_stop = CancellationToken::new();
@@ -297,43 +312,41 @@ fn start_generation(
         .map(|own| Endpoint::new(own.app_version.clone(), own.token.clone()));
     endpoints.extend(own.clone());
     let targets = command_targets(config, &bus_handles);
-    let upstream = upstream.map(|u| {
-        let metadata = config
-            .devices
-            .iter()
-            .map(|d| (source::endpoint_of(d), d.metadata.clone()))
-            .collect();
-        let devices = targets
-            .iter()
-            .map(|(ep, t)| (ep.clone(), t.device.clone()))
-            .collect();
-        let mut state =
-            ClientState::new(endpoints, devices, u.reconnect_max).with_metadata(metadata);
-        let mut link = None;
-        if let (Some(endpoint), Some(r)) = (own, remote) {
-            state = state.with_own_config(OwnConfig {
-                endpoint,
-                current_id: r.current_id,
-                announce: r.announce,
-            });
-            link = Some(r.link);
-        }
-        let mut session = UpstreamSession::new(u, buffer.clone(), state, targets);
-        if let Some(link) = link {
-            session = session.with_config_link(link);
-        }
-        if let Some(own) = config.own_endpoint.clone() {
-            let connected = session.connected_flag();
-            sources.spawn(self_report::run(
-                own,
-                buffer.clone(),
-                health.clone(),
-                connected,
-                sources_stop.clone(),
-            ));
-        }
-        tokio::spawn(session.run(upstream_stop.clone()))
-    });
+    let metadata = config
+        .devices
+        .iter()
+        .map(|d| (source::endpoint_of(d), d.metadata.clone()))
+        .collect();
+    let devices = targets
+        .iter()
+        .map(|(ep, t)| (ep.clone(), t.device.clone()))
+        .collect();
+    let mut state =
+        ClientState::new(endpoints, devices, upstream.reconnect_max).with_metadata(metadata);
+    let mut link = None;
+    if let (Some(endpoint), Some(r)) = (own, remote) {
+        state = state.with_own_config(OwnConfig {
+            endpoint,
+            current_id: r.current_id,
+            announce: r.announce,
+        });
+        link = Some(r.link);
+    }
+    let mut session = UpstreamSession::new(upstream, buffer.clone(), state, targets);
+    if let Some(link) = link {
+        session = session.with_config_link(link);
+    }
+    if let Some(own) = config.own_endpoint.clone() {
+        let connected = session.connected_flag();
+        sources.spawn(self_report::run(
+            own,
+            buffer.clone(),
+            health.clone(),
+            connected,
+            sources_stop.clone(),
+        ));
+    }
+    let upstream = tokio::spawn(session.run(upstream_stop.clone()));
     Generation {
         sources,
         sources_stop,

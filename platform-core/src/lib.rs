@@ -110,6 +110,7 @@ impl Core {
             store.clone(),
             hub.clone(),
             epmx,
+            config.bcx.clone(),
             config.extension_timeout,
             &config.extensions,
         );

@@ -1,6 +1,8 @@
 """The core's REST API with curl: endpoints, metadata, time series; every route of the
 OpenAPI document answers; admin authentication; JSON errors."""
 
+import json
+import subprocess
 from pathlib import Path
 
 from kp_client import KpClient
@@ -22,6 +24,8 @@ PATH_VALUES = {
     "{commandType}": "reboot",
     "{commandId}": "1",
     "{configName}": "ota",
+    "{appVersionName}": "demo-v1",
+    "{name}": "f.bin",
 }
 
 BODIES = {
@@ -52,7 +56,20 @@ def documented_routes():
 
 def test_every_documented_route_answers_and_needs_the_admin(core):
     routes = documented_routes()
-    assert len(routes) == 32
+    assert len(routes) == 38
+    # A file for the binary-data download (BCX: upload token over 1/KP, then HTTP upload);
+    # its bytes happen to be JSON so the generic JSON-reading helper can call the route.
+    c = KpClient(core.port, core.USER, core.PASSWORD)
+    try:
+        outcome, body = c.request(f"kp1/{AVN}/bcx/tok1/token/1", b"")
+        token = json.loads(body)["token"]
+    finally:
+        c.close()
+    up = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+                         "-H", f"X-Auth-Token: {token}", "--data-binary", '{"a": 1}',
+                         f"http://127.0.0.1:{core.http_port}/bcx/api/v1/binary-data?name=f.bin"],
+                        capture_output=True, text=True, timeout=30)
+    assert up.stdout == "200"
     # Creations first (so GETs of what they made succeed), the DELETE last.
     order = {"POST": 0, "PUT": 1, "PATCH": 1, "GET": 2, "DELETE": 3}
     for method, p in sorted(routes, key=lambda r: order[r[0]]):
@@ -92,7 +109,7 @@ def test_metadata_and_time_series_round_trip(core):
     q = "endpointId=ep-tok2&timeSeriesName=auto~temp"
     code, last = api(core, "GET", f"/api/v1/applications/demo/time-series/last?{q}")
     assert code == 200
-    assert last == [{"ep-tok2": {"auto~temp": [{"timestamp": "2026-01-01T00:02:00Z", "values": {"value": 22.0}}]}}]
+    assert last == [{"ep-tok2": {"auto~temp": [{"timestamp": "2026-01-01T00:02:00.000Z", "values": {"value": 22.0}}]}}]
     code, data = api(core, "GET", f"/api/v1/applications/demo/time-series/data?{q}"
                      "&fromDate=2026-01-01T00:00:30Z&toDate=2026-01-01T00:02:00Z")
     assert code == 200

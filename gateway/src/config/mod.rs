@@ -105,6 +105,14 @@ impl Config {
         })
     }
 
+    /// The core's settings when the gateway runs as a core and nothing else (no upstream,
+    /// no devices, no endpoint of its own): then it needs no buffer at all.
+    pub fn core_only(&self) -> Option<&CoreConfig> {
+        let idle =
+            self.upstream.is_none() && self.devices.is_empty() && self.own_endpoint.is_none();
+        self.core.as_ref().filter(|_| idle)
+    }
+
     /// What is valid but unwise on this machine: worth a warning, not a refusal.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();

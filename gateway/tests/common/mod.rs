@@ -40,7 +40,8 @@ where
 /// Waits until an upstream session's connected flag is up.
 pub async fn wait_connected(flag: &std::sync::atomic::AtomicBool) {
     wait_for("the upstream session to connect", || async {
-        flag.load(std::sync::atomic::Ordering::Relaxed).then_some(())
+        flag.load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
     })
     .await;
 }

@@ -194,16 +194,20 @@ async fn get_config(
         .store
         .call(move |c| {
             Ok((
-                cmx::current(c, &id, &inst, &name)?,
+                cmx::effective(c, &id, &inst, &name)?,
                 cmx::applied(c, &id, &inst, &name)?,
             ))
         })
         .await
         .map_err(storage)?;
-    let (config_id, config) = current.unwrap_or((String::new(), Value::Null));
+    let (config_id, config, source) = match current {
+        Some((id, body, source)) => (id, body, Some(source)),
+        None => (String::new(), Value::Null, None),
+    };
     Ok(Json(json!({
         "configId": config_id,
         "config": config,
+        "source": source,
         "applied": applied.map(|a| json!({
             "configId": a.config_id,
             "statusCode": a.status_code,
@@ -274,6 +278,91 @@ pub(super) async fn put_named_config(
 ) -> Result<Json<Value>, ApiError> {
     let name = config_name(&name)?;
     put_config(api, id, name, q, body).await
+}
+
+/// An app version's default configuration (`name` empty: the default one).
+async fn get_app_version_config(
+    api: Api,
+    avn: String,
+    name: String,
+    q: InstanceQuery,
+) -> Result<Json<Value>, ApiError> {
+    app_version_known(&api, &avn).await?;
+    let inst = instance_of(&api, q.instance, ExtensionKind::Cmx)?;
+    let current = api
+        .store
+        .call(move |c| cmx::default_of(c, &avn, &inst, &name))
+        .await
+        .map_err(storage)?;
+    let (config_id, config) = current.unwrap_or((String::new(), Value::Null));
+    Ok(Json(json!({"configId": config_id, "config": config})))
+}
+
+async fn put_app_version_config(
+    api: Api,
+    avn: String,
+    name: String,
+    q: InstanceQuery,
+    body: Value,
+) -> Result<Json<Value>, ApiError> {
+    app_version_known(&api, &avn).await?;
+    let inst = instance_of(&api, q.instance, ExtensionKind::Cmx)?;
+    let (config_id, changed) = api
+        .extensions
+        .put_default_config(&avn, &inst, &name, body)
+        .await
+        .map_err(storage)?;
+    Ok(Json(json!({"configId": config_id, "changed": changed})))
+}
+
+async fn app_version_known(api: &Api, avn: &str) -> Result<(), ApiError> {
+    let a = avn.to_owned();
+    let known = api
+        .store
+        .call(move |c| crate::epr::app_version_exists(c, &a))
+        .await
+        .map_err(storage)?;
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no app version {avn:?}")))
+    }
+}
+
+pub(super) async fn get_avn_default_config(
+    State(api): State<Api>,
+    Path(avn): Path<String>,
+    Query(q): Query<InstanceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    get_app_version_config(api, avn, String::new(), q).await
+}
+
+pub(super) async fn put_avn_default_config(
+    State(api): State<Api>,
+    Path(avn): Path<String>,
+    Query(q): Query<InstanceQuery>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    put_app_version_config(api, avn, String::new(), q, body).await
+}
+
+pub(super) async fn get_avn_named_config(
+    State(api): State<Api>,
+    Path((avn, name)): Path<(String, String)>,
+    Query(q): Query<InstanceQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let name = config_name(&name)?;
+    get_app_version_config(api, avn, name, q).await
+}
+
+pub(super) async fn put_avn_named_config(
+    State(api): State<Api>,
+    Path((avn, name)): Path<(String, String)>,
+    Query(q): Query<InstanceQuery>,
+    Json(body): Json<Value>,
+) -> Result<Json<Value>, ApiError> {
+    let name = config_name(&name)?;
+    put_app_version_config(api, avn, name, q, body).await
 }
 
 pub(super) async fn kpc_stats(State(api): State<Api>) -> Json<Value> {

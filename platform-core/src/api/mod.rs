@@ -9,6 +9,7 @@
 //! in `manage`, commands and configurations in `control`, time series here.
 
 mod control;
+mod files;
 mod manage;
 
 use std::collections::{BTreeMap, HashSet};
@@ -73,6 +74,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("put", "/api/v1/endpoints/{endpointId}/config"),
     ("get", "/api/v1/endpoints/{endpointId}/config/{configName}"),
     ("put", "/api/v1/endpoints/{endpointId}/config/{configName}"),
+    ("get", "/api/v1/app-versions/{appVersionName}/config"),
+    ("put", "/api/v1/app-versions/{appVersionName}/config"),
+    (
+        "get",
+        "/api/v1/app-versions/{appVersionName}/config/{configName}",
+    ),
+    (
+        "put",
+        "/api/v1/app-versions/{appVersionName}/config/{configName}",
+    ),
+    ("get", "/api/v1/endpoints/{endpointId}/binary-data"),
+    ("get", "/api/v1/endpoints/{endpointId}/binary-data/{name}"),
     (
         "get",
         "/api/v1/applications/{applicationName}/time-series/last",
@@ -237,6 +250,22 @@ pub fn router(ctx: ApiContext) -> Router {
             get(control::get_named_config).put(control::put_named_config),
         )
         .route(
+            "/api/v1/app-versions/{appVersionName}/config",
+            get(control::get_avn_default_config).put(control::put_avn_default_config),
+        )
+        .route(
+            "/api/v1/app-versions/{appVersionName}/config/{configName}",
+            get(control::get_avn_named_config).put(control::put_avn_named_config),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}/binary-data",
+            get(files::list_files),
+        )
+        .route(
+            "/api/v1/endpoints/{endpointId}/binary-data/{name}",
+            get(files::download_file),
+        )
+        .route(
             "/api/v1/applications/{applicationName}/time-series/last",
             get(ts_last),
         )
@@ -347,10 +376,7 @@ fn list(s: &str) -> Vec<String> {
 }
 
 pub(crate) fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    crate::store::rfc3339_ms(ms)
 }
 
 fn parse_date(name: &str, v: &Option<String>, default: i64) -> Result<i64, ApiError> {

@@ -84,7 +84,7 @@ impl CoreConfig {
     pub fn new(database: PathBuf) -> Self {
         use raw::defaults as d;
         Self {
-            database,
+            database: database.clone(),
             mqtt: MqttListener {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 max_packet_size: DEFAULT_MAX_PACKET_SIZE,
@@ -95,6 +95,14 @@ impl CoreConfig {
             http: None,
             tls: None,
             epmx: crate::ext::EpmxPolicy::default(),
+            bcx: crate::ext::bcx::BcxConfig {
+                directory: database
+                    .parent()
+                    .unwrap_or_else(|| Path::new("."))
+                    .join(d::bcx_directory()),
+                max_file_bytes: d::bcx_max_file_bytes(),
+                quota_bytes: d::bcx_quota_bytes(),
+            },
             extension_timeout: crate::ext::DEFAULT_EXTENSION_TIMEOUT,
             extensions: Vec::new(),
             api: None,
@@ -160,6 +168,8 @@ pub struct CoreConfig {
     pub tls: Option<TlsListener>,
     /// Per-key metadata restrictions for endpoints (EPMX).
     pub epmx: crate::ext::EpmxPolicy,
+    /// Binary uploads (BCX): where, and how much.
+    pub bcx: crate::ext::bcx::BcxConfig,
     /// Deadline of one extension call (over it: 504).
     pub extension_timeout: Duration,
     /// Extension instances besides the default `dcx`, `epmx`, `cmx`, `cex`.

@@ -24,6 +24,8 @@ pub struct RawCore {
     pub tls: Option<RawCoreTls>,
     #[serde(default)]
     pub epmx: RawCoreEpmx,
+    #[serde(default)]
+    pub bcx: RawCoreBcx,
     #[serde(default = "defaults::max_payload_bytes")]
     pub max_payload_bytes: usize,
     #[serde(default = "defaults::extension_timeout_ms")]
@@ -142,8 +144,40 @@ pub struct RawCoreEpmx {
     pub hidden_keys: Vec<String>,
 }
 
+/// Binary uploads (BCX).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreBcx {
+    /// Directory of the uploaded files (relative: under the state directory).
+    #[serde(default = "defaults::bcx_directory")]
+    pub directory: String,
+    #[serde(default = "defaults::bcx_max_file_bytes")]
+    pub max_file_bytes: u64,
+    #[serde(default = "defaults::bcx_quota_bytes")]
+    pub quota_bytes: u64,
+}
+
+impl Default for RawCoreBcx {
+    fn default() -> Self {
+        Self {
+            directory: defaults::bcx_directory(),
+            max_file_bytes: defaults::bcx_max_file_bytes(),
+            quota_bytes: defaults::bcx_quota_bytes(),
+        }
+    }
+}
+
 /// Defaults of `[core]`, in one place (documented in `config/README.md`).
 pub mod defaults {
+    pub fn bcx_directory() -> String {
+        "binary".into()
+    }
+    pub fn bcx_max_file_bytes() -> u64 {
+        crate::ext::bcx::DEFAULT_MAX_FILE_BYTES
+    }
+    pub fn bcx_quota_bytes() -> u64 {
+        crate::ext::bcx::DEFAULT_QUOTA_BYTES
+    }
     pub fn core_file() -> String {
         "core.sqlite".into()
     }

@@ -106,7 +106,8 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
     }
     let mut extensions = Vec::new();
     for (i, x) in c.extensions.iter().enumerate() {
-        let kind = crate::ext::ExtensionKind::for_default_instance(&x.kind);
+        let kind = crate::ext::ExtensionKind::for_default_instance(&x.kind)
+            .filter(|k| *k != crate::ext::ExtensionKind::Bcx);
         if kind.is_none() {
             e.add(
                 format!("core.extensions[{i}].kind"),
@@ -237,6 +238,15 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
             );
         }
     }
+    if c.bcx.max_file_bytes == 0 || c.bcx.quota_bytes < c.bcx.max_file_bytes {
+        e.add(
+            "core.bcx",
+            "max_file_bytes must be at least 1 and quota_bytes at least max_file_bytes",
+        );
+    }
+    if c.bcx.directory.is_empty() {
+        e.add("core.bcx.directory", "must not be empty");
+    }
     let config = CoreConfig {
         database: resolve(state_dir, &c.database),
         mqtt: MqttListener {
@@ -248,6 +258,11 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
         },
         http,
         tls,
+        bcx: crate::ext::bcx::BcxConfig {
+            directory: resolve(state_dir, &c.bcx.directory),
+            max_file_bytes: c.bcx.max_file_bytes,
+            quota_bytes: c.bcx.quota_bytes,
+        },
         epmx: crate::ext::EpmxPolicy {
             read_only: c.epmx.read_only_keys.clone(),
             hidden: c.epmx.hidden_keys.clone(),

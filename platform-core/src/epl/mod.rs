@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use time::format_description::well_known::Rfc3339;
 
 use crate::bus::{EventBus, LifecycleEvent};
 use crate::sessions::SessionId;
@@ -159,10 +158,7 @@ impl Epl {
 
     async fn transition(&self, endpoint_id: String, app_version: String, connected: bool) {
         let ts = now_ms();
-        let rfc3339 = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ts) * 1_000_000)
-            .ok()
-            .and_then(|t| t.format(&Rfc3339).ok())
-            .unwrap_or_default();
+        let rfc3339 = crate::store::rfc3339_ms(ts);
         let mut meta = Map::new();
         meta.insert(self.config.connected_key.clone(), Value::Bool(connected));
         meta.insert(

@@ -26,7 +26,11 @@ pub fn is_valid_command_type(s: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub enum CexRequest {
     /// `/command/<type>`: pending commands of that type.
-    Commands { command_type: String, observe: bool },
+    Commands {
+        command_type: String,
+        /// `None` when the request did not say.
+        observe: Option<bool>,
+    },
     /// `/result/<type>`: results of commands of that type.
     Results {
         command_type: String,
@@ -82,14 +86,14 @@ pub fn parse(resource: &str, payload: &[u8]) -> Result<CexRequest, Kp1Error> {
     match kind {
         "command" => {
             let observe = if payload.iter().all(u8::is_ascii_whitespace) {
-                false
+                None
             } else {
                 let r: CommandRequest = serde_json::from_slice(payload).map_err(|e| {
                     Kp1Error::bad_request(format!(
                         "command request must be {{\"observe\": bool}} or empty: {e}"
                     ))
                 })?;
-                r.observe.unwrap_or(false)
+                r.observe
             };
             Ok(CexRequest::Commands {
                 command_type,
@@ -231,6 +235,38 @@ pub fn take_pending(
     Ok(out)
 }
 
+/// Every pending (unanswered, unexpired) command of an endpoint's instance, oldest first,
+/// as `(type, id, payload)`; nothing is marked.
+pub fn pending(
+    conn: &Connection,
+    endpoint_id: &str,
+    instance: &str,
+    now: i64,
+) -> Result<Vec<(String, i64, Value)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT type, id, payload FROM commands
+         WHERE endpoint_id = ?1 AND instance = ?2 AND result_ms IS NULL AND expires_ms > ?3
+         ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![endpoint_id, instance, now], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (ty, id, payload) = row?;
+        out.push((
+            ty,
+            id,
+            serde_json::from_str(&payload).unwrap_or(Value::Null),
+        ));
+    }
+    Ok(out)
+}
+
 /// The `[{"id", "payload"}]` body of a command response or push.
 pub fn commands_payload(cmds: &[(i64, Value)]) -> Vec<u8> {
     let arr: Vec<Value> = cmds
@@ -365,14 +401,14 @@ mod tests {
             parse("command/reboot", b"").unwrap(),
             CexRequest::Commands {
                 command_type: "reboot".into(),
-                observe: false
+                observe: None
             }
         );
         assert_eq!(
             parse("command/reboot", br#"{"observe":true}"#).unwrap(),
             CexRequest::Commands {
                 command_type: "reboot".into(),
-                observe: true
+                observe: Some(true)
             }
         );
         assert_eq!(

@@ -26,7 +26,8 @@ pub enum CmxRequest {
     Config {
         name: String,
         config_id: Option<String>,
-        observe: bool,
+        /// `None` when the request did not say.
+        observe: Option<bool>,
     },
     Applied {
         name: String,
@@ -89,7 +90,7 @@ pub fn parse(resource: &str, payload: &[u8]) -> Result<CmxRequest, Kp1Error> {
         return Ok(CmxRequest::Config {
             name,
             config_id: r.config_id,
-            observe: r.observe.unwrap_or(false),
+            observe: r.observe,
         });
     }
     if let Some(rest) = resource.strip_prefix("applied/json") {
@@ -151,7 +152,114 @@ pub fn put(
     Ok((id, true))
 }
 
-/// The current configuration `(configId, body)`, if any.
+/// Sets an app version's default configuration (what its endpoints get unless they have
+/// their own); returns its ID and whether it changed.
+pub fn put_default(
+    conn: &Connection,
+    app_version: &str,
+    instance: &str,
+    name: &str,
+    body: &Value,
+    now: i64,
+) -> Result<(String, bool), StoreError> {
+    let id = config_id_of(body);
+    if default_of(conn, app_version, instance, name)?.is_some_and(|(cid, _)| cid == id) {
+        return Ok((id, false));
+    }
+    conn.execute(
+        "INSERT INTO app_version_configs(app_version, instance, name, config_id, body, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(app_version, instance, name) DO UPDATE SET config_id = excluded.config_id,
+             body = excluded.body, updated_ms = excluded.updated_ms",
+        params![app_version, instance, name, id, body.to_string(), now],
+    )?;
+    Ok((id, true))
+}
+
+/// An app version's default configuration `(configId, body)`, if any.
+pub fn default_of(
+    conn: &Connection,
+    app_version: &str,
+    instance: &str,
+    name: &str,
+) -> Result<Option<(String, Value)>, StoreError> {
+    let row: Option<(String, String)> = conn
+        .query_row(
+            "SELECT config_id, body FROM app_version_configs
+             WHERE app_version = ?1 AND instance = ?2 AND name = ?3",
+            params![app_version, instance, name],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.map(|(id, b)| (id, serde_json::from_str(&b).unwrap_or(Value::Null))))
+}
+
+/// Where an endpoint's configuration comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    /// Set for this endpoint: it overrides the app version's default.
+    Endpoint,
+    /// The app version's default.
+    AppVersion,
+}
+
+/// The configuration in force for an endpoint: its own if it has one, else its app
+/// version's default (docs/protocol.md §3).
+pub fn effective(
+    conn: &Connection,
+    endpoint_id: &str,
+    instance: &str,
+    name: &str,
+) -> Result<Option<(String, Value, Source)>, StoreError> {
+    if let Some((id, body)) = current(conn, endpoint_id, instance, name)? {
+        return Ok(Some((id, body, Source::Endpoint)));
+    }
+    let Some(avn) = crate::epr::endpoint_app_version(conn, endpoint_id)? else {
+        return Ok(None);
+    };
+    Ok(default_of(conn, &avn, instance, name)?.map(|(id, body)| (id, body, Source::AppVersion)))
+}
+
+/// Names of every configuration in force for an endpoint (its own and its app version's).
+pub fn names(
+    conn: &Connection,
+    endpoint_id: &str,
+    instance: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name FROM configs WHERE endpoint_id = ?1 AND instance = ?2
+         UNION
+         SELECT c.name FROM app_version_configs c JOIN endpoints e ON e.app_version = c.app_version
+         WHERE e.id = ?1 AND c.instance = ?2
+         ORDER BY 1",
+    )?;
+    let names = stmt
+        .query_map(params![endpoint_id, instance], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(names)
+}
+
+/// Endpoints of `app_version` that follow its default `name` configuration (they have no
+/// own one), with the tokens a push reaches them by.
+pub fn followers(
+    conn: &Connection,
+    app_version: &str,
+    instance: &str,
+    name: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT e.id FROM endpoints e WHERE e.app_version = ?1 AND NOT EXISTS
+           (SELECT 1 FROM configs c WHERE c.endpoint_id = e.id AND c.instance = ?2 AND c.name = ?3)
+         ORDER BY e.id",
+    )?;
+    let ids = stmt
+        .query_map(params![app_version, instance, name], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(ids)
+}
+
+/// The current configuration `(configId, body)` set for the endpoint itself, if any.
 pub fn current(
     conn: &Connection,
     endpoint_id: &str,
@@ -248,7 +356,7 @@ mod tests {
             CmxRequest::Config {
                 name: String::new(),
                 config_id: None,
-                observe: false
+                observe: None
             }
         );
         assert_eq!(
@@ -256,7 +364,7 @@ mod tests {
             CmxRequest::Config {
                 name: "ota".into(),
                 config_id: Some("x".into()),
-                observe: true
+                observe: Some(true)
             }
         );
         assert_eq!(

@@ -9,9 +9,11 @@
 //! commands, new configurations) through the session hub. Every extension call has a
 //! deadline; past it the request fails with 504.
 
+pub mod bcx;
 pub mod cex;
 pub mod cmx;
 pub mod dcx;
+mod deliver;
 pub mod epmx;
 
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ use tokio::sync::broadcast;
 
 use crate::epr;
 use crate::kp1::Kp1Error;
-use crate::sessions::Hub;
+use crate::sessions::{Hub, SessionId};
 use crate::store::{now_ms, StoreError, StoreHandle};
 use crate::tsdb;
 use cex::CexRequest;
@@ -56,15 +58,17 @@ pub enum ExtensionKind {
     Epmx,
     Cmx,
     Cex,
+    Bcx,
 }
 
 impl ExtensionKind {
     /// Every kind, with its default instance name.
-    pub const ALL: [(Self, &'static str); 4] = [
+    pub const ALL: [(Self, &'static str); 5] = [
         (Self::Dcx, "dcx"),
         (Self::Epmx, "epmx"),
         (Self::Cmx, "cmx"),
         (Self::Cex, "cex"),
+        (Self::Bcx, "bcx"),
     ];
 
     /// The kind served by a default instance name (`dcx`, `epmx`, `cmx`, `cex`).
@@ -102,6 +106,8 @@ pub struct Extensions {
     /// Instance name → kind: the default instances plus the configured ones.
     instances: Arc<HashMap<String, ExtensionKind>>,
     epmx: EpmxPolicy,
+    /// Where binary uploads go and how much of them (BCX).
+    pub bcx: bcx::BcxConfig,
     timeout: Duration,
     /// IDs of commands that just got their result (REST API waiters listen).
     results: broadcast::Sender<i64>,
@@ -113,6 +119,7 @@ impl Extensions {
         store: StoreHandle,
         hub: Hub,
         epmx: EpmxPolicy,
+        bcx: bcx::BcxConfig,
         timeout: Duration,
         extra: &[(String, ExtensionKind)],
     ) -> Self {
@@ -126,6 +133,7 @@ impl Extensions {
             hub,
             instances: Arc::new(instances),
             epmx,
+            bcx,
             timeout,
             results: broadcast::channel(1024).0,
         }
@@ -142,6 +150,8 @@ impl Extensions {
     }
 
     /// Runs one request with the deadline; `Ok(payload)` is the success payload.
+    /// `session`: the MQTT session that asked (none over HTTP), whose `"observe"` flags
+    /// the request may set.
     pub async fn handle(
         &self,
         instance: &str,
@@ -149,8 +159,9 @@ impl Extensions {
         endpoint_id: String,
         resource: &str,
         payload: &[u8],
+        session: Option<SessionId>,
     ) -> Result<Vec<u8>, Kp1Error> {
-        let work = self.run(instance, kind, endpoint_id, resource, payload);
+        let work = self.run(instance, kind, endpoint_id, resource, payload, session);
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
             Err(_) => {
@@ -173,9 +184,15 @@ impl Extensions {
         endpoint_id: String,
         resource: &str,
         payload: &[u8],
+        session: Option<SessionId>,
     ) -> Result<Vec<u8>, Kp1Error> {
         let store = &self.store;
         let inst = instance.to_owned();
+        let observe = |observe: Option<bool>| {
+            if let (Some(s), Some(o)) = (session, observe) {
+                self.hub.set_observe(s, &endpoint_id, instance, o);
+            }
+        };
         match kind {
             ExtensionKind::Dcx => {
                 let now = now_ms();
@@ -202,12 +219,16 @@ impl Extensions {
             }
             ExtensionKind::Cmx => match cmx::parse(resource, payload)? {
                 CmxRequest::Config {
-                    name, config_id, ..
+                    name,
+                    config_id,
+                    observe: flag,
                 } => {
+                    observe(flag);
                     let current = store
-                        .call(move |c| cmx::current(c, &endpoint_id, &inst, &name))
+                        .call(move |c| cmx::effective(c, &endpoint_id, &inst, &name))
                         .await
-                        .map_err(storage)?;
+                        .map_err(storage)?
+                        .map(|(id, body, _)| (id, body));
                     Ok(cmx::response(current, config_id.as_deref())
                         .to_string()
                         .into_bytes())
@@ -243,7 +264,11 @@ impl Extensions {
                 }
             },
             ExtensionKind::Cex => match cex::parse(resource, payload)? {
-                CexRequest::Commands { command_type, .. } => {
+                CexRequest::Commands {
+                    command_type,
+                    observe: flag,
+                } => {
+                    observe(flag);
                     let pending = store
                         .call(move |c| {
                             cex::take_pending(c, &endpoint_id, &inst, &command_type, now_ms())
@@ -276,6 +301,18 @@ impl Extensions {
                     Ok(Vec::new())
                 }
             },
+            ExtensionKind::Bcx => {
+                if resource != "token" {
+                    return Err(Kp1Error::not_found(format!(
+                        "unknown bcx resource {resource:?} (only \"token\")"
+                    )));
+                }
+                let token = store
+                    .call(move |c| bcx::issue_token(c, &endpoint_id, now_ms()))
+                    .await
+                    .map_err(storage)?;
+                Ok(bcx::token_payload(&token))
+            }
         }
     }
 
@@ -362,6 +399,7 @@ impl Extensions {
             .await?;
         let reached = self.push(
             endpoint_id,
+            instance,
             &tokens,
             &format!("{instance}: command {id} ({command_type})"),
             |avn, token| format!("kp1/{avn}/{instance}/{token}/command/{command_type}/status"),
@@ -380,6 +418,7 @@ impl Extensions {
     fn push(
         &self,
         endpoint_id: &str,
+        instance: &str,
         tokens: &[(String, String)],
         what: &str,
         topic: impl Fn(&str, &str) -> String,
@@ -387,7 +426,7 @@ impl Extensions {
     ) -> usize {
         let reached = self
             .hub
-            .push(endpoint_id, tokens, topic, &Bytes::from(payload));
+            .push(endpoint_id, instance, tokens, topic, &Bytes::from(payload));
         log::debug!("{what} for {endpoint_id} pushed to {reached} session(s)");
         reached
     }
@@ -418,6 +457,7 @@ impl Extensions {
             };
             self.push(
                 endpoint_id,
+                instance,
                 &tokens,
                 &format!("{instance}: configuration {config_id}"),
                 |avn, token| format!("kp1/{avn}/{instance}/{token}/config/json{suffix}/status"),

@@ -34,6 +34,7 @@ struct AppState {
 pub fn app(router: Dispatcher, max_payload_bytes: usize) -> HttpRouter {
     HttpRouter::new()
         .route("/kp1/{*rest}", post(kp1))
+        .route("/bcx/api/v1/binary-data", post(bcx_upload))
         .with_state(AppState {
             router,
             max_payload_bytes,
@@ -70,6 +71,50 @@ async fn kp1(State(s): State<AppState>, Path(rest): Path<String>, body: Body) ->
         )
             .into_response(),
         Err(e) => error_response(e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct UploadQuery {
+    name: Option<String>,
+}
+
+/// A binary upload (BCX, docs/protocol.md §3): `X-Auth-Token` from a `bcx/.../token`
+/// request, `?name=`, the raw bytes as the body. 200 with `{"name", "size"}`; 401 without
+/// a valid token, 400 for a bad name, 413 over the size bound or the quota.
+async fn bcx_upload(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<UploadQuery>,
+    body: Body,
+) -> Response {
+    use crate::ext::bcx::UploadError;
+    let ext = s.router.extensions();
+    let reply = |status: StatusCode, msg: String| {
+        (status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+    };
+    let Some(token) = headers.get("x-auth-token").and_then(|v| v.to_str().ok()) else {
+        return reply(StatusCode::UNAUTHORIZED, UploadError::BadToken.to_string());
+    };
+    let limit = usize::try_from(ext.bcx.max_file_bytes).unwrap_or(usize::MAX);
+    let Ok(bytes) = to_bytes(body, limit).await else {
+        let e = UploadError::TooLarge(ext.bcx.max_file_bytes);
+        return reply(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+    };
+    match ext
+        .upload_binary(token, q.name.as_deref().unwrap_or(""), bytes)
+        .await
+    {
+        Ok(f) => axum::Json(serde_json::json!({"name": f.name, "size": f.size})).into_response(),
+        Err(e @ UploadError::BadToken) => reply(StatusCode::UNAUTHORIZED, e.to_string()),
+        Err(e @ UploadError::BadName) => reply(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ (UploadError::TooLarge(_) | UploadError::OverQuota(_))) => {
+            reply(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        Err(e) => {
+            log::error!("bcx: upload failed: {e}");
+            reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+        }
     }
 }
 

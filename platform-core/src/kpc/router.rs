@@ -2,10 +2,12 @@
 //!
 //! Checks run in the order of docs/protocol.md §4: topic syntax (400), payload size (413),
 //! app version (404), extension instance (404), token (401/403), then the extension.
+//! A session's first request for an endpoint also hands it what waited (configurations,
+//! commands: `Extensions::catch_up`).
 
 use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
-use crate::ext::Extensions;
+use crate::ext::{ExtensionKind, Extensions};
 use crate::kp1::{Direction, Kp1Error, Kp1Topic};
 use crate::sessions::SessionId;
 use crate::store::StoreHandle;
@@ -37,6 +39,11 @@ impl Dispatcher {
         }
     }
 
+    /// The extensions requests go to.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
     /// Tracks endpoint connectivity (EPL) for requests that come with a session.
     pub fn with_epl(mut self, epl: Epl) -> Self {
         self.epl = Some(epl);
@@ -62,8 +69,9 @@ impl Dispatcher {
         self.dispatch(&parsed, payload, None).await
     }
 
-    /// Handles a request published on `topic`. Returns the reply to send, if any:
-    /// success only when the request carried a request ID; errors always (docs/protocol.md §1).
+    /// Handles a request published on `topic`. Returns the reply to send, if any: errors
+    /// always; success when the request carried a request ID, or when it fetched data
+    /// that would otherwise never reach the client (docs/protocol.md §1).
     pub async fn route(
         &self,
         topic: &str,
@@ -85,10 +93,15 @@ impl Dispatcher {
             return None;
         }
         match self.dispatch(&parsed, payload, session).await {
-            Ok(body) => parsed.request_id.map(|_| Reply {
-                topic: parsed.status_topic(),
-                payload: body,
-            }),
+            Ok(body) => {
+                let kind = self.extensions.kind_of(parsed.extension.as_str());
+                let answer = parsed.request_id.is_some()
+                    || kind.is_some_and(|k| carries_data(k, &parsed.resource, &body));
+                answer.then(|| Reply {
+                    topic: parsed.status_topic(),
+                    payload: body,
+                })
+            }
             Err(e) => Some(Reply {
                 topic: parsed.error_topic(),
                 payload: e.to_payload(),
@@ -142,8 +155,9 @@ impl Dispatcher {
         let endpoint_id = match lookup {
             TokenLookup::Active { endpoint_id } => {
                 if let Some(s) = session {
-                    // Pushes for this endpoint now reach this session (docs/protocol.md §2).
-                    self.extensions.hub.record_use(
+                    // Pushes for this endpoint now reach this session (docs/protocol.md §2);
+                    // on its first use it gets what waited for the endpoint.
+                    let first = self.extensions.hub.record_use(
                         s,
                         &endpoint_id,
                         t.app_version.as_str(),
@@ -151,6 +165,9 @@ impl Dispatcher {
                     );
                     if let Some(epl) = &self.epl {
                         epl.touch(s, &endpoint_id, t.app_version.as_str()).await;
+                    }
+                    if first {
+                        self.extensions.catch_up(s, &endpoint_id, t).await?;
                     }
                 }
                 endpoint_id
@@ -174,7 +191,58 @@ impl Dispatcher {
                 endpoint_id,
                 &t.resource,
                 payload,
+                session,
             )
             .await
+    }
+}
+
+/// Does a success answer carry data the client asked for and has no other way to get?
+/// Then it goes out on `<request topic>/status` even without a request ID — the push topic
+/// KaaIoT's clients listen on: pending commands, a configuration, an upload token. An
+/// empty answer (no command, `{}` or no configuration) is not sent.
+fn carries_data(kind: ExtensionKind, resource: &str, body: &[u8]) -> bool {
+    match kind {
+        ExtensionKind::Cex => resource.starts_with("command/") && body != b"[]",
+        ExtensionKind::Cmx => {
+            resource.starts_with("config/json")
+                && serde_json::from_slice::<serde_json::Value>(body)
+                    .is_ok_and(|v| v.get("config").is_some_and(|c| !c.is_null()))
+        }
+        ExtensionKind::Bcx => true,
+        ExtensionKind::Dcx | ExtensionKind::Epmx => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_a_client_fetched_is_answered_even_without_a_request_id() {
+        assert!(carries_data(
+            ExtensionKind::Cex,
+            "command/reboot",
+            br#"[{"id":1,"payload":null}]"#
+        ));
+        assert!(!carries_data(ExtensionKind::Cex, "command/reboot", b"[]"));
+        assert!(!carries_data(ExtensionKind::Cex, "result/reboot", b""));
+        assert!(carries_data(
+            ExtensionKind::Cmx,
+            "config/json",
+            br#"{"configId":"a","config":{}}"#
+        ));
+        assert!(!carries_data(ExtensionKind::Cmx, "config/json", b"{}"));
+        assert!(!carries_data(
+            ExtensionKind::Cmx,
+            "config/json",
+            br#"{"configId":"","config":null}"#
+        ));
+        assert!(carries_data(
+            ExtensionKind::Bcx,
+            "token",
+            br#"{"token":"t"}"#
+        ));
+        assert!(!carries_data(ExtensionKind::Dcx, "json", b""));
     }
 }

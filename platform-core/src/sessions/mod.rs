@@ -15,7 +15,7 @@
 //! Back-pressure is per connection: messages go through a bounded channel with `try_send`;
 //! a session that does not keep up loses copies (counted, logged), never stalls others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -62,6 +62,9 @@ struct Entry {
     filters: Vec<(String, QoS)>,
     /// endpoint id → (app version, token) this session used for it.
     used: HashMap<String, (String, String)>,
+    /// (endpoint id, extension instance) this session asked not to be pushed to
+    /// (`"observe": false`), until it observes again.
+    unobserved: HashSet<(String, String)>,
     tx: mpsc::Sender<Outbound>,
     /// Payload bytes waiting in `tx` (the connection subtracts what it takes).
     queued_bytes: Arc<AtomicUsize>,
@@ -138,6 +141,7 @@ impl Hub {
                 identity,
                 filters: Vec::new(),
                 used: HashMap::new(),
+                unobserved: HashSet::new(),
                 tx,
                 queued_bytes: queued_bytes.clone(),
                 kill: kill.clone(),
@@ -235,20 +239,27 @@ impl Hub {
         sent
     }
 
-    /// Pushes a server message for `endpoint_id` (docs/protocol.md §2): at QoS 1 to every live
-    /// session that used the endpoint (on the topic of the token it used), and to every
-    /// other session subscribed to the topic of one of `tokens` (app version, token).
-    /// `topic_for(app version, token)` builds the topic. Returns how many sessions got it.
+    /// Pushes a server message of extension `instance` for `endpoint_id` (docs/protocol.md
+    /// §2): at QoS 1 to every live session that used the endpoint (on the topic of the
+    /// token it used), and to every other session subscribed to the topic of one of
+    /// `tokens` (app version, token) — except sessions that said `"observe": false` for
+    /// this endpoint and instance. `topic_for(app version, token)` builds the topic.
+    /// Returns how many sessions got it.
     pub fn push(
         &self,
         endpoint_id: &str,
+        instance: &str,
         tokens: &[(String, String)],
         topic_for: impl Fn(&str, &str) -> String,
         payload: &Bytes,
     ) -> usize {
         let st = self.lock();
         let mut sent = 0;
+        let key = (endpoint_id.to_owned(), instance.to_owned());
         for e in st.live.values() {
+            if e.unobserved.contains(&key) {
+                continue;
+            }
             let msg = if let Some((avn, token)) = e.used.get(endpoint_id) {
                 Some(Outbound {
                     topic: topic_for(avn, token),
@@ -277,26 +288,77 @@ impl Hub {
         sent
     }
 
-    /// Records that `session` used `token` (of `app_version`) for `endpoint_id`.
+    /// Records that `session` used `token` (of `app_version`) for `endpoint_id`. True when
+    /// this is the session's first use of that endpoint (or of that token for it): the
+    /// moment to hand it what waited while it was away.
     pub fn record_use(
         &self,
         session: SessionId,
         endpoint_id: &str,
         app_version: &str,
         token: &str,
+    ) -> bool {
+        let mut st = self.lock();
+        let Some(e) = st.live.get_mut(&session) else {
+            return false;
+        };
+        let fresh = e
+            .used
+            .get(endpoint_id)
+            .is_none_or(|(a, t)| a != app_version || t != token);
+        if fresh {
+            e.used.insert(
+                endpoint_id.to_owned(),
+                (app_version.to_owned(), token.to_owned()),
+            );
+        }
+        fresh
+    }
+
+    /// Honours a session's `"observe"` flag for one endpoint and extension instance:
+    /// `false` stops pushes to it until it sends `true` again.
+    pub fn set_observe(
+        &self,
+        session: SessionId,
+        endpoint_id: &str,
+        instance: &str,
+        observe: bool,
     ) {
         if let Some(e) = self.lock().live.get_mut(&session) {
-            let fresh = e
-                .used
-                .get(endpoint_id)
-                .is_none_or(|(a, t)| a != app_version || t != token);
-            if fresh {
-                e.used.insert(
-                    endpoint_id.to_owned(),
-                    (app_version.to_owned(), token.to_owned()),
-                );
+            let key = (endpoint_id.to_owned(), instance.to_owned());
+            if observe {
+                e.unobserved.remove(&key);
+            } else {
+                e.unobserved.insert(key);
             }
         }
+    }
+
+    /// Sends one message (QoS 1) to one session, unless it said `"observe": false` for
+    /// this endpoint and extension instance. True when it was queued.
+    pub fn send_to(
+        &self,
+        session: SessionId,
+        endpoint_id: &str,
+        instance: &str,
+        topic: String,
+        payload: Bytes,
+    ) -> bool {
+        let st = self.lock();
+        let Some(e) = st.live.get(&session) else {
+            return false;
+        };
+        if e.unobserved
+            .contains(&(endpoint_id.to_owned(), instance.to_owned()))
+        {
+            return false;
+        }
+        let msg = Outbound {
+            topic,
+            qos: QoS::AtLeastOnce,
+            payload,
+        };
+        self.send(e, msg)
     }
 
     /// Ends every live session that used `token`. Returns how many.
@@ -366,152 +428,4 @@ impl Drop for Registration {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn attach(hub: &Hub, client: &str) -> Attached {
-        hub.register(client, Identity::Basic(client.to_owned()))
-    }
-
-    #[tokio::test]
-    async fn copies_reach_matching_subscribers_but_not_the_sender() {
-        let hub = Hub::new();
-        let mut a = attach(&hub, "a");
-        let mut b = attach(&hub, "b");
-        let mut c = attach(&hub, "c");
-        a.registration
-            .set_filters(vec![("kp1/#".into(), QoS::AtLeastOnce)]);
-        b.registration
-            .set_filters(vec![("kp1/+/dcx/+/json/+/status".into(), QoS::AtMostOnce)]);
-        let n = hub.fan_out(
-            a.registration.id,
-            "kp1/v/dcx/t/json/1/status",
-            &Bytes::from_static(b""),
-        );
-        assert_eq!(n, 1);
-        assert_eq!(b.inbox.try_recv().unwrap().qos, QoS::AtMostOnce);
-        assert!(a.inbox.try_recv().is_err());
-        assert!(c.inbox.try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn anonymous_sessions_watch_only_the_tokens_they_used() {
-        let hub = Hub::new();
-        let mut anon = hub.register("anon", Identity::Anonymous);
-        let mut user = hub.register("user", Identity::Basic("u".into()));
-        for a in [&anon, &user] {
-            a.registration
-                .set_filters(vec![("kp1/#".into(), QoS::AtMostOnce)]);
-        }
-        hub.record_use(anon.registration.id, "ep-a", "v", "tok-a");
-        let b = Bytes::new();
-        assert_eq!(
-            hub.fan_out(u64::MAX, "kp1/v/cex/tok-b/command/x/status", &b),
-            1
-        );
-        assert!(anon.inbox.try_recv().is_err(), "not its token");
-        assert!(user.inbox.try_recv().is_ok());
-        assert_eq!(
-            hub.fan_out(u64::MAX, "kp1/v/cex/tok-a/command/x/status", &b),
-            2
-        );
-        let tokens = vec![("v".to_owned(), "tok-b".to_owned())];
-        let n = hub.push(
-            "ep-b",
-            &tokens,
-            |a, t| format!("kp1/{a}/cmx/{t}/config/json/status"),
-            &b,
-        );
-        assert_eq!(
-            n, 1,
-            "only the authenticated watcher gets another endpoint's push"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_full_session_loses_messages_without_blocking() {
-        let hub = Hub::new();
-        let s = attach(&hub, "s");
-        s.registration
-            .set_filters(vec![("#".into(), QoS::AtMostOnce)]);
-        for _ in 0..OUTBOUND_CAPACITY + 5 {
-            hub.fan_out(u64::MAX, "t", &Bytes::new());
-        }
-        assert_eq!(hub.dropped(), 5);
-    }
-
-    #[tokio::test]
-    async fn a_session_queue_is_bounded_by_bytes_too() {
-        let hub = Hub::new();
-        let mut s = attach(&hub, "s");
-        s.registration
-            .set_filters(vec![("#".into(), QoS::AtMostOnce)]);
-        let big = Bytes::from(vec![0u8; OUTBOUND_MAX_BYTES / 2 + 1]);
-        assert_eq!(hub.fan_out(u64::MAX, "t", &big), 1);
-        assert_eq!(hub.fan_out(u64::MAX, "t", &big), 0, "over the byte bound");
-        let got = s.inbox.try_recv().unwrap();
-        s.queued_bytes
-            .fetch_sub(got.payload.len(), Ordering::Relaxed);
-        assert_eq!(hub.fan_out(u64::MAX, "t", &big), 1, "room again once taken");
-        assert_eq!(hub.dropped(), 1);
-    }
-
-    #[tokio::test]
-    async fn pushes_reach_users_of_the_token_and_subscribers_only() {
-        let hub = Hub::new();
-        let mut user = attach(&hub, "user");
-        let mut watcher = attach(&hub, "watcher");
-        let mut other = attach(&hub, "other");
-        hub.record_use(user.registration.id, "ep1", "v1", "tok");
-        hub.record_use(other.registration.id, "ep2", "v1", "tok2");
-        watcher
-            .registration
-            .set_filters(vec![("kp1/v1/cex/tok/#".into(), QoS::AtMostOnce)]);
-        let tokens = vec![("v1".to_owned(), "tok".to_owned())];
-        let n = hub.push(
-            "ep1",
-            &tokens,
-            |avn, t| format!("kp1/{avn}/cex/{t}/command/reboot/status"),
-            &Bytes::from_static(b"[]"),
-        );
-        assert_eq!(n, 2);
-        let got = user.inbox.try_recv().unwrap();
-        assert_eq!(got.topic, "kp1/v1/cex/tok/command/reboot/status");
-        assert_eq!(got.qos, QoS::AtLeastOnce);
-        assert_eq!(watcher.inbox.try_recv().unwrap().qos, QoS::AtMostOnce);
-        assert!(other.inbox.try_recv().is_err());
-    }
-
-    #[tokio::test]
-    async fn cutting_a_token_or_identity_fires_only_the_matching_sessions() {
-        let hub = Hub::new();
-        let a = hub.register("a", Identity::Basic("alice".into()));
-        let b = hub.register("b", Identity::Basic("bob".into()));
-        hub.record_use(a.registration.id, "ep1", "v1", "tok1");
-        assert_eq!(hub.cut_token("tok1"), 1);
-        assert!(a.kill.is_cancelled());
-        assert!(!b.kill.is_cancelled());
-        assert_eq!(hub.cut_identity(&Identity::Basic("bob".into())), 1);
-        assert!(b.kill.is_cancelled());
-    }
-
-    #[test]
-    fn a_second_connect_with_the_same_client_id_ends_the_first() {
-        let hub = Hub::new();
-        let first = attach(&hub, "dev");
-        let second = attach(&hub, "dev");
-        assert!(first.kill.is_cancelled());
-        assert!(!hub.client_gone("dev", second.registration.id));
-        drop(first);
-        assert!(hub.client_gone("dev", second.registration.id));
-        assert_eq!(hub.sessions(), 1);
-    }
-
-    #[test]
-    fn parked_sessions_are_taken_once() {
-        let hub = Hub::new();
-        hub.park("dev", Session::new());
-        assert!(hub.take_parked("dev").is_some());
-        assert!(hub.take_parked("dev").is_none());
-    }
-}
+mod tests;

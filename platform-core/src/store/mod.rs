@@ -145,6 +145,30 @@ CREATE TABLE configs_applied (
     PRIMARY KEY (endpoint_id, instance, name)
 );
 "#,
+    // 3: app-version default configurations (CMX) and binary uploads (BCX).
+    r#"
+CREATE TABLE app_version_configs (
+    app_version TEXT NOT NULL REFERENCES app_versions(name) ON DELETE CASCADE,
+    instance    TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    config_id   TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (app_version, instance, name)
+);
+CREATE TABLE bcx_tokens (
+    token       TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    expires_ms  INTEGER NOT NULL
+);
+CREATE TABLE bcx_files (
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    uploaded_ms INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, name)
+);
+"#,
 ];
 
 impl StoreHandle {
@@ -215,9 +239,28 @@ pub fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
 
+/// A stored time (Unix milliseconds) as RFC 3339 in UTC with exactly three fraction
+/// digits, e.g. `2026-12-01T08:00:00.120Z` (the REST API's and EPL's one format).
+pub fn rfc3339_ms(ms: i64) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_with_exactly_three_fraction_digits() {
+        assert_eq!(rfc3339_ms(1_764_576_000_120), "2025-12-01T08:00:00.120Z");
+        assert_eq!(rfc3339_ms(1_764_576_059_200), "2025-12-01T08:00:59.200Z");
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
 
     #[tokio::test]
     async fn a_new_database_is_migrated_and_reopening_it_keeps_the_data() {
