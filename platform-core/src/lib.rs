@@ -128,7 +128,16 @@ impl Core {
                 }
             }
         });
-        let auth = ccm::Authenticator::new(store.clone(), config.mqtt.allow_anonymous);
+        // One bounded pool of password checks for every listener and the REST API.
+        let passwords = ccm::password::PasswordChecker::new(
+            ccm::password::DEFAULT_MAX_CONCURRENT,
+            ccm::password::DEFAULT_MAX_WAITING,
+        );
+        let auth = ccm::Authenticator::new(
+            store.clone(),
+            config.mqtt.allow_anonymous,
+            passwords.clone(),
+        );
         let ctx = ConnContext {
             router: router.clone(),
             auth: auth.clone(),
@@ -162,6 +171,7 @@ impl Core {
                     extensions: extensions.clone(),
                     auth: admin,
                     stats: stats.clone(),
+                    passwords: passwords.clone(),
                 }));
             }
             if http.websocket {

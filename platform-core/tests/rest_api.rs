@@ -43,6 +43,7 @@ fn router(core: &Core) -> axum::Router {
             password_hash: ccm::hash_password(PASSWORD).expect("hash").into(),
         },
         stats: core.stats.clone(),
+        passwords: ccm::password::PasswordChecker::new(2, 64),
     })
 }
 

@@ -110,6 +110,8 @@ pub struct ApiContext {
     pub extensions: Extensions,
     pub auth: AdminAuth,
     pub stats: Stats,
+    /// The core's bounded, throttled password checks (shared with the MQTT listeners).
+    pub passwords: crate::ccm::password::PasswordChecker,
 }
 
 /// Most verified Authorization headers remembered.
@@ -121,6 +123,7 @@ struct Api {
     extensions: Extensions,
     stats: Stats,
     auth: AdminAuth,
+    passwords: crate::ccm::password::PasswordChecker,
     verified: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -172,6 +175,7 @@ pub fn router(ctx: ApiContext) -> Router {
         extensions: ctx.extensions,
         stats: ctx.stats,
         auth: ctx.auth,
+        passwords: ctx.passwords,
         verified: Arc::default(),
     };
     Router::new()
@@ -331,15 +335,18 @@ async fn authorize(api: &Api, headers: &axum::http::HeaderMap) -> Result<(), Api
         .map_err(|_| denied())?;
     let text = String::from_utf8(decoded).map_err(|_| denied())?;
     let (user, password) = text.split_once(':').ok_or_else(denied)?;
-    if user != api.auth.username {
-        return Err(denied());
-    }
-    let (hash, password) = (api.auth.password_hash.clone(), password.to_owned());
-    let ok = tokio::task::spawn_blocking(move || crate::ccm::verify_hash(hash.expose(), &password))
-        .await
-        .unwrap_or(false);
-    if !ok {
-        return Err(denied());
+    // A wrong user name costs the same check as a wrong password (no name oracle).
+    let stored = (user == api.auth.username).then(|| api.auth.password_hash.expose());
+    use crate::ccm::password::Check;
+    match api.passwords.check(user, stored, password, None).await {
+        Check::Good => {}
+        Check::Busy => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many logins under way; try again".into(),
+            ))
+        }
+        Check::Bad | Check::Throttled(_) => return Err(denied()),
     }
     let mut cache = api.verified.lock().unwrap_or_else(|p| p.into_inner());
     if cache.len() >= VERIFIED_CACHE {

@@ -7,6 +7,8 @@
 //! States follow docs/protocol.md §6: `inactive` becomes `active` on the first successful use;
 //! `suspended` and `revoked` credentials are refused.
 
+pub mod password;
+
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
 };
@@ -17,6 +19,7 @@ use serde::Deserialize;
 use crate::secret::Secret;
 pub use crate::sessions::Identity;
 use crate::store::{StoreError, StoreHandle};
+use password::{Check, PasswordChecker};
 
 /// A basic credential as provisioned from config.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -31,6 +34,8 @@ pub struct BasicCredentialSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Accepted,
+    /// Too many password checks under way: try again later (nothing was checked).
+    Busy,
     /// Unknown user or wrong password (not distinguished, on purpose).
     BadCredentials,
     /// The credential exists but is suspended or revoked.
@@ -43,13 +48,16 @@ pub struct Authenticator {
     store: StoreHandle,
     /// Let clients without user name and password in (they are then known by token only).
     allow_anonymous: bool,
+    /// Bounded, cached, throttled password checks (shared by every listener and the API).
+    passwords: PasswordChecker,
 }
 
 impl Authenticator {
-    pub fn new(store: StoreHandle, allow_anonymous: bool) -> Self {
+    pub fn new(store: StoreHandle, allow_anonymous: bool, passwords: PasswordChecker) -> Self {
         Self {
             store,
             allow_anonymous,
+            passwords,
         }
     }
 
@@ -58,16 +66,19 @@ impl Authenticator {
         Self {
             store: self.store.clone(),
             allow_anonymous,
+            passwords: self.passwords.clone(),
         }
     }
 
-    /// Checks a CONNECT. `login`: the user name and password, if sent; `cert`: the
-    /// fingerprint of the TLS client certificate, if one was presented. A presented
-    /// certificate must be registered (its state decides); otherwise the login decides.
+    /// Checks a CONNECT from `addr`. `login`: the user name and password, if sent;
+    /// `cert`: the fingerprint of the TLS client certificate, if one was presented. A
+    /// presented certificate must be registered (its state decides); otherwise the login
+    /// decides.
     pub async fn check(
         &self,
         login: Option<(&str, &str)>,
         cert: Option<&str>,
+        addr: Option<std::net::IpAddr>,
     ) -> Result<(Verdict, Identity), StoreError> {
         if let Some(fp) = cert {
             let verdict = verify_x509(&self.store, fp).await?;
@@ -77,7 +88,7 @@ impl Authenticator {
             None if self.allow_anonymous => Ok((Verdict::Accepted, Identity::Anonymous)),
             None => Ok((Verdict::NotAuthorized, Identity::Anonymous)),
             Some((user, password)) => Ok((
-                verify_basic(&self.store, user, password).await?,
+                verify_basic(&self.store, &self.passwords, user, password, addr).await?,
                 Identity::Basic(user.to_owned()),
             )),
         }
@@ -372,11 +383,14 @@ pub fn provision(conn: &mut Connection, creds: &[BasicCredentialSpec]) -> Result
     Ok(())
 }
 
-/// Verifies a username/password against the stored hash.
+/// Verifies a username/password against the stored hash, through the bounded,
+/// throttled checker (see [`password`]).
 pub async fn verify_basic(
     store: &StoreHandle,
+    passwords: &PasswordChecker,
     username: &str,
     password: &str,
+    addr: Option<std::net::IpAddr>,
 ) -> Result<Verdict, StoreError> {
     let user = username.to_owned();
     let row: Option<(String, String)> = store
@@ -389,24 +403,20 @@ pub async fn verify_basic(
             .optional()?)
         })
         .await?;
-    let Some((hash, state)) = row else {
-        return Ok(Verdict::BadCredentials);
+    let (hash, state) = match &row {
+        Some((h, s)) => (Some(h.as_str()), s.as_str()),
+        None => (None, ""),
     };
-    let password = password.to_owned();
-    let ok = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .map_err(|e| StoreError::Internal(format!("password check failed: {e}")))?;
-    if !ok {
-        return Ok(Verdict::BadCredentials);
+    match passwords.check(username, hash, password, addr).await {
+        Check::Good => {}
+        Check::Bad => return Ok(Verdict::BadCredentials),
+        Check::Throttled(wait) => {
+            log::debug!("ccm: login of {username:?} refused unchecked for {wait:?} more (too many failures)");
+            return Ok(Verdict::BadCredentials);
+        }
+        Check::Busy => return Ok(Verdict::Busy),
     }
+    let state = state.to_owned();
     if state == "suspended" || state == "revoked" {
         return Ok(Verdict::NotAuthorized);
     }
@@ -429,6 +439,10 @@ pub async fn verify_basic(
 mod tests {
     use super::*;
 
+    fn checker() -> PasswordChecker {
+        PasswordChecker::new(2, 8)
+    }
+
     #[tokio::test]
     async fn right_password_is_accepted_and_activates_the_credential() {
         let dir = tempfile::tempdir().unwrap();
@@ -441,15 +455,21 @@ mod tests {
         }];
         store.call(move |c| provision(c, &creds)).await.unwrap();
         assert_eq!(
-            verify_basic(&store, "gw", "wrong").await.unwrap(),
+            verify_basic(&store, &checker(), "gw", "wrong", None)
+                .await
+                .unwrap(),
             Verdict::BadCredentials
         );
         assert_eq!(
-            verify_basic(&store, "nobody", "s3cret").await.unwrap(),
+            verify_basic(&store, &checker(), "nobody", "s3cret", None)
+                .await
+                .unwrap(),
             Verdict::BadCredentials
         );
         assert_eq!(
-            verify_basic(&store, "gw", "s3cret").await.unwrap(),
+            verify_basic(&store, &checker(), "gw", "s3cret", None)
+                .await
+                .unwrap(),
             Verdict::Accepted
         );
         let state: String = store
@@ -473,7 +493,9 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            verify_basic(&store, "gw", "pw").await.unwrap(),
+            verify_basic(&store, &checker(), "gw", "pw", None)
+                .await
+                .unwrap(),
             Verdict::NotAuthorized
         );
     }

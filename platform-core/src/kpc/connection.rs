@@ -232,7 +232,11 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         .map(|l| (l.username.as_str(), l.password.as_str()));
     let (verdict, identity) = ctx
         .auth
-        .check(login, peer.cert_fingerprint.as_deref())
+        .check(
+            login,
+            peer.cert_fingerprint.as_deref(),
+            Some(peer.addr.ip()),
+        )
         .await
         .unwrap_or_else(|e| {
             log::error!("mqtt {transport} {addr}: credential check failed: {e}");
@@ -242,6 +246,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         Verdict::Accepted => ConnectReturnCode::Success,
         Verdict::BadCredentials => ConnectReturnCode::BadUserNamePassword,
         Verdict::NotAuthorized => ConnectReturnCode::NotAuthorized,
+        Verdict::Busy => ConnectReturnCode::ServiceUnavailable,
     };
     let client_id = connect.client_id.as_str();
     // §3.1.3.1: a persistent session needs a client ID to be found again.
