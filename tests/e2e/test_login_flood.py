@@ -74,6 +74,8 @@ def test_a_login_flood_keeps_memory_bounded_and_good_clients_in(tmp_path):
 
         statuses = flood(FLOOD, wrong_rest)
         assert all(s in (401, 503) for s in statuses), statuses
+        # Every refused admin login is counted (and logged at most once per 10 s).
+        assert core.api("GET", "/api/v1/kpc/stats")[1]["adminLoginsFailed"] == statuses.count(401)
         peak = peak_rss_kib(core.proc.pid)
         assert peak < PEAK_LIMIT_KIB, f"peak RSS {peak} KiB during {2 * FLOOD} bad logins"
         print(f"peak RSS during {2 * FLOOD} concurrent bad logins: {peak / 1024:.1f} MiB")

@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 
 use crate::epr;
 use crate::ext::Extensions;
-use crate::kpc::stats::Stats;
+use crate::kpc::stats::{Incident, Stats};
 use crate::secret::Secret;
 use crate::store::{StoreError, StoreHandle};
 use crate::tsdb;
@@ -346,7 +346,12 @@ async fn authorize(api: &Api, headers: &axum::http::HeaderMap) -> Result<(), Api
                 "too many logins under way; try again".into(),
             ))
         }
-        Check::Bad | Check::Throttled(_) => return Err(denied()),
+        Check::Bad | Check::Throttled(_) => {
+            api.stats.report(Incident::AdminLoginFailed, || {
+                format!("api: admin login as {user:?} failed (wrong user name or password, or backing off)")
+            });
+            return Err(denied());
+        }
     }
     let mut cache = api.verified.lock().unwrap_or_else(|p| p.into_inner());
     if cache.len() >= VERIFIED_CACHE {

@@ -114,6 +114,25 @@ impl CoreConfig {
         }
     }
 
+    /// What is valid but risky: worth a warning at start and in `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(http) = &self.http {
+            if http.tls.is_none() && !http.listen.ip().is_loopback() {
+                let what = if self.api.is_some() {
+                    "the REST API (admin password in HTTP Basic), the 1/KP binding and MQTT over WebSocket"
+                } else {
+                    "the 1/KP binding and MQTT over WebSocket"
+                };
+                w.push(format!(
+                    "core.http.listen: {} is reachable from the network without TLS: {what} travel in clear; set core.http.cert_file and key_file",
+                    http.listen
+                ));
+            }
+        }
+        w
+    }
+
     /// Every address the core listens on, with its config path.
     pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut v = vec![("core.mqtt.listen", self.mqtt.listen)];

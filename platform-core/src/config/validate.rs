@@ -285,5 +285,48 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
         credentials: c.credentials,
     };
     super::check_listen_clashes(&config.listeners(), e);
+    refuse_known_passwords_beyond_loopback(&config, e);
     config
+}
+
+/// Passwords published with kp-gateway (the demo's) or guessed first by anyone.
+pub const KNOWN_PASSWORDS: [&str; 6] = ["demo", "admin", "password", "changeme", "kaa", "kp-gateway"];
+
+/// A credential whose password is one of [`KNOWN_PASSWORDS`] is refused when a listener
+/// it opens is reachable beyond this machine: copying the demo and changing `listen` to
+/// `0.0.0.0` must not serve `admin/demo` to the LAN.
+fn refuse_known_passwords_beyond_loopback(c: &CoreConfig, e: &mut Problems) {
+    let known = |hash: &str| {
+        KNOWN_PASSWORDS
+            .iter()
+            .find(|p| crate::ccm::verify_hash(hash, p))
+            .copied()
+    };
+    let exposed = |addr: std::net::SocketAddr| !addr.ip().is_loopback();
+    if let (Some(api), Some(http)) = (&c.api, &c.http) {
+        if exposed(http.listen) {
+            if let Some(p) = known(api.password_hash.expose()) {
+                e.add(
+                    "core.api.admin_password_hash",
+                    format!(
+                        "is the well-known password {p:?}, and core.http.listen ({}) is reachable from the network: set your own (kp-gateway hash-password) or listen on 127.0.0.1",
+                        http.listen
+                    ),
+                );
+            }
+        }
+    }
+    let mqtt_exposed = c.listeners().into_iter().any(|(_, a)| exposed(a));
+    if mqtt_exposed {
+        for (i, cred) in c.credentials.iter().enumerate() {
+            if let Some(p) = known(cred.password_hash.expose()) {
+                e.add(
+                    format!("core.credentials[{i}].password_hash"),
+                    format!(
+                        "is the well-known password {p:?} on a listener reachable from the network: set your own"
+                    ),
+                );
+            }
+        }
+    }
 }

@@ -30,10 +30,12 @@ pub enum Incident {
     RequestError,
     /// A TLS handshake or WebSocket upgrade that failed.
     TransportError,
+    /// A REST API request with a wrong admin user name or password (or while throttled).
+    AdminLoginFailed,
 }
 
 impl Incident {
-    pub const ALL: [Incident; 8] = [
+    pub const ALL: [Incident; 9] = [
         Incident::Oversized,
         Incident::Malformed,
         Incident::ProtocolViolation,
@@ -42,6 +44,7 @@ impl Incident {
         Incident::SessionCut,
         Incident::RequestError,
         Incident::TransportError,
+        Incident::AdminLoginFailed,
     ];
 
     /// Name in the stats JSON.
@@ -55,6 +58,7 @@ impl Incident {
             Incident::SessionCut => "sessionsCut",
             Incident::RequestError => "requestErrors",
             Incident::TransportError => "transportErrors",
+            Incident::AdminLoginFailed => "adminLoginsFailed",
         }
     }
 
@@ -72,7 +76,7 @@ struct LogGate {
 /// Shared counters; cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
-    counts: Arc<[AtomicU64; 8]>,
+    counts: Arc<[AtomicU64; 9]>,
     gates: Arc<Mutex<HashMap<Incident, LogGate>>>,
 }
 
