@@ -186,7 +186,12 @@ impl Core {
             let secure = https.is_some();
             tasks.push(tokio::spawn(kpc::http::serve(
                 listener,
-                https.map(|a| (a, stats.clone())),
+                https,
+                kpc::http::HttpLimits {
+                    max_connections: http.max_connections,
+                    idle: http.idle_timeout,
+                    stats: stats.clone(),
+                },
                 router.clone(),
                 extra,
                 config.max_payload_bytes,

@@ -20,6 +20,8 @@ fn config(dir: &std::path::Path) -> CoreConfig {
             websocket: true,
             websocket_allow_anonymous: true,
             tls: None,
+            max_connections: 16,
+            idle_timeout: Duration::from_secs(30),
         }),
         ..CoreConfig::new(dir.join("core.sqlite"))
     };

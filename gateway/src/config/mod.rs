@@ -115,7 +115,11 @@ impl Config {
 
     /// What is valid but unwise on this machine: worth a warning, not a refusal.
     pub fn warnings(&self) -> Vec<String> {
-        let mut w = self.core.as_ref().map(CoreConfig::warnings).unwrap_or_default();
+        let mut w = self
+            .core
+            .as_ref()
+            .map(CoreConfig::warnings)
+            .unwrap_or_default();
         if let Some(free) = crate::buffer::free_space(&self.buffer.path) {
             if self.buffer.bounds.max_bytes > free {
                 w.push(format!(

@@ -335,12 +335,17 @@ fn a_small_buffer_has_no_warning(state: &str) -> bool {
 #[test]
 fn the_demo_copied_onto_the_network_is_refused_for_its_published_password() {
     let exposed = crate::DEMO_CONFIG.replace("127.0.0.1:8080", "0.0.0.0:8080");
-    assert_ne!(exposed, crate::DEMO_CONFIG, "the demo's HTTP listener moved");
+    assert_ne!(
+        exposed,
+        crate::DEMO_CONFIG,
+        "the demo's HTTP listener moved"
+    );
     let e = errors(&exposed);
     assert!(
-        e.iter().any(|l| l.starts_with("core.api.admin_password_hash:")
-            && l.contains("\"demo\"")
-            && l.contains("0.0.0.0:8080")),
+        e.iter()
+            .any(|l| l.starts_with("core.api.admin_password_hash:")
+                && l.contains("\"demo\"")
+                && l.contains("0.0.0.0:8080")),
         "{e:?}"
     );
     // On loopback the demo stays valid (it is meant to run as it is).
@@ -356,7 +361,8 @@ fn an_own_password_on_the_network_without_tls_is_a_warning() {
     let c = Config::from_toml(&text).expect("valid: not a well-known password");
     let w = c.warnings();
     assert!(
-        w.iter().any(|l| l.starts_with("core.http.listen:") && l.contains("without TLS")),
+        w.iter()
+            .any(|l| l.starts_with("core.http.listen:") && l.contains("without TLS")),
         "{w:?}"
     );
 }

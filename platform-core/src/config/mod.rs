@@ -164,6 +164,10 @@ pub struct HttpListener {
     pub websocket_allow_anonymous: bool,
     /// Certificate and key for HTTPS (and WSS); `None`: plain HTTP.
     pub tls: Option<crate::kpc::tls::TlsFiles>,
+    /// Most connections at once (one more is closed at once).
+    pub max_connections: usize,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// The MQTT/TLS listener.

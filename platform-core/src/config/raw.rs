@@ -112,6 +112,10 @@ pub struct RawCoreHttp {
     /// HTTPS (and WSS) with this certificate chain and key; both or neither.
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
+    #[serde(default = "defaults::http_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "defaults::http_idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +173,12 @@ impl Default for RawCoreBcx {
 
 /// Defaults of `[core]`, in one place (documented in `config/README.md`).
 pub mod defaults {
+    pub fn http_max_connections() -> usize {
+        256
+    }
+    pub fn http_idle_timeout_secs() -> u64 {
+        30
+    }
     pub fn bcx_directory() -> String {
         "binary".into()
     }

@@ -29,6 +29,8 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
             SocketAddr::from(([127, 0, 0, 1], 0))
         }),
         websocket: h.websocket,
+        max_connections: h.max_connections,
+        idle_timeout: Duration::from_secs(h.idle_timeout_secs),
         websocket_allow_anonymous: h.websocket_allow_anonymous,
         tls: match (&h.cert_file, &h.key_file) {
             (Some(cert), Some(key)) => Some(crate::kpc::tls::TlsFiles {
@@ -158,6 +160,14 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
     }
     if c.mqtt.max_packet_size < 1024 {
         e.add("core.mqtt.max_packet_size", "must be at least 1024 bytes");
+    }
+    if let Some(h) = &c.http {
+        if h.max_connections == 0 {
+            e.add("core.http.max_connections", "must be at least 1");
+        }
+        if h.idle_timeout_secs == 0 {
+            e.add("core.http.idle_timeout_secs", "must be at least 1");
+        }
     }
     if c.mqtt.max_connections == 0 {
         e.add("core.mqtt.max_connections", "must be at least 1");
@@ -290,7 +300,8 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
 }
 
 /// Passwords published with kp-gateway (the demo's) or guessed first by anyone.
-pub const KNOWN_PASSWORDS: [&str; 6] = ["demo", "admin", "password", "changeme", "kaa", "kp-gateway"];
+pub const KNOWN_PASSWORDS: [&str; 6] =
+    ["demo", "admin", "password", "changeme", "kaa", "kp-gateway"];
 
 /// A credential whose password is one of [`KNOWN_PASSWORDS`] is refused when a listener
 /// it opens is reachable beyond this machine: copying the demo and changing `listen` to

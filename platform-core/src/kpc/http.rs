@@ -118,6 +118,20 @@ async fn bcx_upload(
     }
 }
 
+/// The HTTP listener's connection cap and idle deadline (see [`super::guard`]).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub idle: std::time::Duration,
+    pub stats: Stats,
+}
+
+impl HttpLimits {
+    fn guard<L: axum::serve::Listener>(&self, l: L) -> super::guard::GuardedListener<L> {
+        super::guard::GuardedListener::new(l, self.max_connections, self.idle, self.stats.clone())
+    }
+}
+
 /// Binds the HTTP listener (port 0 picks a free port) and returns it with its address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
     let l = TcpListener::bind(addr).await?;
@@ -129,7 +143,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)
 /// `shutdown`; HTTPS when `tls` is given.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<(TlsAcceptor, Stats)>,
+    tls: Option<TlsAcceptor>,
+    limits: HttpLimits,
     router: Dispatcher,
     extra: Vec<HttpRouter>,
     max_payload_bytes: usize,
@@ -149,13 +164,16 @@ pub async fn serve(
                     log::debug!("kpc http: cannot set TCP_NODELAY: {e}");
                 }
             });
+            // (`tap_io` gives the connect-info impl axum has for tapped listeners.)
+            let listener = limits.guard(listener).tap_io(|_| {});
             axum::serve(listener, service)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
                 .await
         }
-        Some((acceptor, stats)) => {
+        Some(acceptor) => {
+            let stats = limits.stats.clone();
             let listener = match HttpsListener::new(listener, acceptor, stats, shutdown.clone()) {
-                Ok(l) => l.tap_io(|_| {}),
+                Ok(l) => limits.guard(l).tap_io(|_| {}),
                 Err(e) => {
                     log::error!("kpc https: {e}");
                     return;

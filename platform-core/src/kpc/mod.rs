@@ -1,6 +1,7 @@
 //! KPC, the Kaa Protocol Communication service: listeners, connections and request routing.
 
 pub mod connection;
+pub mod guard;
 pub mod http;
 pub mod https;
 
