@@ -106,13 +106,20 @@ pub async fn run(
             }
         };
         let ts = crate::now_ms();
-        let values = health_values(
+        let mut values = health_values(
             &stats,
             connected.load(Ordering::Relaxed),
             &devices,
             ts,
             cpu_percent,
         );
+        // Loud until the next clean start: a damaged buffer was found and kept aside.
+        if let Some(kept) = &buffer.recovered_from {
+            values.insert(
+                "buffer_recovered_from".into(),
+                kept.display().to_string().into(),
+            );
+        }
         let sample = Sample::builder(key.clone(), ts).values(values).build();
         if let Err(e) = buffer.append(vec![sample]).await {
             log::warn!("health report not stored: {e}");

@@ -180,17 +180,53 @@ def test_a_full_disk_refuses_new_samples_and_corrupts_nothing(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_a_foreign_buffer_file_stops_the_gateway_and_is_kept(tmp_path):
+def test_a_foreign_database_at_the_buffer_path_stops_the_gateway_and_is_kept(tmp_path):
     state = tmp_path / "state"
     state.mkdir()
     foreign = state / "buffer.sqlite"
-    foreign.write_bytes(b"not a database" * 1000)
+    with closing(sqlite3.connect(foreign)) as c:
+        c.execute("CREATE TABLE accounts(id INTEGER)")
+        c.commit()
+    before = foreign.read_bytes()
     cfg = bridge(tmp_path, 1, devices(1, 100))
     (tmp_path / "g.toml").write_text(cfg)
     out = subprocess.run([str(BIN), "-c", str(tmp_path / "g.toml")], capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
-    assert "is not a kp-gateway buffer" in out.stderr and "left untouched" in out.stderr, out.stderr
-    assert foreign.read_bytes() == b"not a database" * 1000
+    assert f"buffer file {foreign} is not a kp-gateway buffer" in out.stderr, out.stderr
+    assert "left untouched" in out.stderr and "buffer.file" in out.stderr, out.stderr
+    assert foreign.read_bytes() == before
+
+
+def test_a_damaged_buffer_is_moved_aside_and_collection_goes_on(tmp_path):
+    """A buffer cut short (a power cut mid-write, a failing SD card) must not stop the
+    gateway, nor loop it under systemd: the damaged file is kept under a new name, a fresh
+    buffer starts, samples flow, and the log says what happened and where the file is."""
+    broker = Mosquitto(tmp_path)
+    kaa = KaaServer(broker.port)
+    state = tmp_path / "state"
+    cfg = bridge(tmp_path, broker.port, devices(1, 50))
+    gw = Gateway(tmp_path, cfg)
+    wait_for("some samples upstream", lambda: len(kaa.received()) >= 5)
+    assert gw.stop() == 0
+    buffer = state / "buffer.sqlite"
+    # Damage it: keep the first page (a genuine header), cut the rest, garble a page.
+    data = bytearray(buffer.read_bytes())
+    damaged = bytes(data[:4096]) + b"\xff" * 4096 + bytes(data[4096:6000])
+    buffer.write_bytes(damaged)
+    for side in ("buffer.sqlite-wal", "buffer.sqlite-shm"):
+        (state / side).unlink(missing_ok=True)
+    gw = Gateway(tmp_path, cfg, name="gw2")
+    try:
+        before = len(kaa.received())
+        wait_for("samples after the recovery", lambda: len(kaa.received()) >= before + 5)
+        log = gw.proc.output()
+        assert "is damaged" in log and "moved to" in log, log[-2000:]
+        kept = [p for p in state.iterdir() if p.name.startswith("buffer.sqlite.damaged-")]
+        assert len(kept) == 1 and kept[0].read_bytes() == damaged
+    finally:
+        gw.stop()
+        kaa.close()
+        broker.stop()
 
 
 def test_tls_with_a_client_certificate(tmp_path):

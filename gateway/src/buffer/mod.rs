@@ -25,8 +25,11 @@
 //! - A full disk makes `append` fail with [`BufferError::DiskFull`] (counted); SQLite
 //!   rolls the transaction back, so what was stored stays intact.
 //!
-//! The file carries `PRAGMA application_id` = [`APPLICATION_ID`]; a foreign SQLite file or
-//! a non-SQLite file at the buffer path is refused and left untouched.
+//! The file carries `PRAGMA application_id` = [`APPLICATION_ID`]; another program's SQLite
+//! database at the buffer path is refused and left untouched (an operator decides). A
+//! file SQLite cannot read — not a database any more, truncated, malformed — is a damaged
+//! buffer: it is moved aside and kept, a fresh buffer starts, and the log and the health
+//! report say where the kept file is ([`BufferHandle::open`]).
 
 pub mod dead_letter;
 mod store;
@@ -133,6 +136,25 @@ impl DropReason {
     }
 }
 
+/// Renames a damaged buffer file (and its `-wal`, `-shm`) to `<file>.damaged-<unix ms>`.
+fn move_aside(path: &Path) -> Result<PathBuf, BufferError> {
+    let stamp = crate::now_ms();
+    let kept = PathBuf::from(format!("{}.damaged-{stamp}", path.display()));
+    let io = |e: std::io::Error| BufferError::Foreign {
+        path: path.to_owned(),
+        why: format!("damaged, and it cannot be moved aside: {e}"),
+    };
+    std::fs::rename(path, &kept).map_err(io)?;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", path.display()));
+        if side.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", kept.display()));
+            std::fs::rename(&side, to).map_err(io)?;
+        }
+    }
+    Ok(kept)
+}
+
 /// Bytes free for an unprivileged writer on the filesystem holding `path` (or its nearest
 /// existing ancestor); `None` when it cannot be told.
 pub fn free_space(path: &Path) -> Option<u64> {
@@ -175,8 +197,11 @@ pub struct DeadLetter {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BufferError {
-    #[error("buffer file {path} is not a kp-gateway buffer ({why}); it was left untouched")]
+    #[error("buffer file {path} is not a kp-gateway buffer ({why}); it was left untouched: move it away, or set buffer.file to another path")]
     Foreign { path: PathBuf, why: String },
+    /// A kp-gateway buffer (or what was one) that SQLite cannot read: truncated, damaged.
+    #[error("buffer file {path} is damaged ({why})")]
+    Corrupt { path: PathBuf, why: String },
     #[error("cannot open buffer {path}: {source}")]
     Open {
         path: PathBuf,
@@ -248,17 +273,37 @@ pub struct BufferHandle {
     freed: Arc<Notify>,
     /// Cancelled at shutdown: blocked appends give up (and count the drop).
     stopping: CancellationToken,
+    /// Where a damaged buffer found at start was moved (kept); `None` normally.
+    pub recovered_from: Option<Arc<PathBuf>>,
 }
 
 impl BufferHandle {
     /// Opens (or creates) the buffer file and starts its owner thread. Returns the handle
     /// and the thread's join handle (the thread ends when every handle is dropped).
+    ///
+    /// A damaged buffer file is not a reason to stop collecting: it is moved aside (kept,
+    /// never deleted, next to the buffer as `<file>.damaged-<unix ms>`, with its `-wal` and
+    /// `-shm`), a fresh buffer starts, and [`BufferHandle::recovered_from`] names the kept
+    /// file so the health report and the log say so loudly. A foreign file (another
+    /// program's database) is refused and left alone: an operator must decide.
     pub fn open(
         path: &Path,
         synchronous: Synchronous,
         bounds: Bounds,
     ) -> Result<(Self, std::thread::JoinHandle<()>), BufferError> {
-        let mut owner = BufferStore::open(path, synchronous, bounds)?;
+        let (mut owner, recovered_from) = match BufferStore::open(path, synchronous, bounds) {
+            Ok(owner) => (owner, None),
+            Err(BufferError::Corrupt { why, .. }) => {
+                let kept = move_aside(path)?;
+                log::error!(
+                    "buffer {} is damaged ({why}): moved to {} (kept for inspection); a fresh buffer starts, samples in the damaged file are not sent",
+                    path.display(),
+                    kept.display()
+                );
+                (BufferStore::open(path, synchronous, bounds)?, Some(kept))
+            }
+            Err(e) => return Err(e),
+        };
         let (tx, rx) = mpsc::channel(1024);
         let join = std::thread::Builder::new()
             .name("buffer".into())
@@ -273,6 +318,7 @@ impl BufferHandle {
                 new_data: Arc::new(Notify::new()),
                 freed: Arc::new(Notify::new()),
                 stopping: CancellationToken::new(),
+                recovered_from: recovered_from.map(Arc::new),
             },
             join,
         ))

@@ -337,24 +337,63 @@ async fn expired_samples_are_dropped_and_counted() {
 }
 
 #[tokio::test]
-async fn a_foreign_file_is_refused_and_left_untouched() {
+async fn another_programs_database_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("buffer.sqlite");
-    std::fs::write(
-        &path,
-        b"this is not a database, but somebody's notes\n".repeat(100),
-    )
-    .unwrap();
-    let before = std::fs::read(&path).unwrap();
-    let err = BufferHandle::open(&path, Synchronous::Full, Bounds::default()).unwrap_err();
-    assert!(matches!(err, BufferError::Foreign { .. }), "{err}");
-    assert_eq!(std::fs::read(&path).unwrap(), before);
-
     let other = dir.path().join("other.sqlite");
     let c = Connection::open(&other).unwrap();
     c.execute_batch("CREATE TABLE accounts(id INTEGER)")
         .unwrap();
     drop(c);
+    let before = std::fs::read(&other).unwrap();
     let err = BufferHandle::open(&other, Synchronous::Full, Bounds::default()).unwrap_err();
     assert!(matches!(err, BufferError::Foreign { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&other.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&other).unwrap(), before);
+}
+
+#[tokio::test]
+async fn a_file_that_is_no_database_is_kept_aside_and_a_fresh_buffer_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.sqlite");
+    let junk = b"this is not a database any more\n".repeat(100);
+    std::fs::write(&path, &junk).unwrap();
+    let (b, _t) = BufferHandle::open(&path, Synchronous::Full, Bounds::default()).unwrap();
+    let kept = b.recovered_from.clone().expect("recovered");
+    assert_eq!(
+        std::fs::read(kept.as_path()).unwrap(),
+        junk,
+        "kept byte for byte"
+    );
+    b.append(vec![sample("a", 1)]).await.unwrap();
+    assert_eq!(b.stats().await.unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn a_truncated_buffer_is_kept_aside_and_a_fresh_buffer_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.sqlite");
+    {
+        let (b, t) = BufferHandle::open(&path, Synchronous::Full, Bounds::default()).unwrap();
+        for n in 0..200 {
+            b.append(vec![sample("a", n)]).await.unwrap();
+        }
+        drop(b);
+        t.join().unwrap();
+    }
+    // A checkpointed file cut in the middle, as a failing card can leave it.
+    let c = Connection::open(&path).unwrap();
+    c.pragma_update(None, "wal_checkpoint", "TRUNCATE").unwrap();
+    drop(c);
+    let full = std::fs::read(&path).unwrap();
+    assert!(full.len() > 8192, "{}", full.len());
+    std::fs::write(&path, &full[..full.len() / 2]).unwrap();
+    let (b, _t) = BufferHandle::open(&path, Synchronous::Full, Bounds::default()).unwrap();
+    assert!(
+        b.recovered_from.is_some(),
+        "a damaged genuine buffer is recovered"
+    );
+    assert_eq!(b.stats().await.unwrap().pending, 0);
 }

@@ -76,6 +76,15 @@ pub(super) fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connectio
         path: path.to_owned(),
         why,
     };
+    // Unreadable as SQLite: damaged (a buffer cut short by a crash or a failing card), not
+    // another program's database.
+    let unreadable = |e: rusqlite::Error| match damage(&e) {
+        true => BufferError::Corrupt {
+            path: path.to_owned(),
+            why: e.to_string(),
+        },
+        false => foreign(e.to_string()),
+    };
     let existed = path.exists();
     let conn = Connection::open_with_flags(
         path,
@@ -90,10 +99,10 @@ pub(super) fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connectio
     // Reading the header tells a non-database file apart before anything is written.
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|e| foreign(e.to_string()))?;
+        .map_err(unreadable)?;
     let tables: i64 = conn
         .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-        .map_err(|e| foreign(e.to_string()))?;
+        .map_err(unreadable)?;
     if existed && app_id != APPLICATION_ID && (tables > 0 || app_id != 0) {
         return Err(foreign(format!(
             "application_id is {app_id:#x}, not {APPLICATION_ID:#x}"
@@ -109,6 +118,12 @@ pub(super) fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connectio
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     Ok(conn)
+}
+
+/// Does this error mean the file is damaged (not a database any more, or malformed)?
+fn damage(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt))
 }
 
 fn is_disk_full(e: &rusqlite::Error) -> bool {
@@ -128,7 +143,27 @@ impl BufferStore {
         synchronous: Synchronous,
         bounds: Bounds,
     ) -> Result<Self, BufferError> {
+        Self::load(path, synchronous, bounds).map_err(|e| match e {
+            BufferError::Sqlite(s) if damage(&s) => BufferError::Corrupt {
+                path: path.to_owned(),
+                why: s.to_string(),
+            },
+            e => e,
+        })
+    }
+
+    /// Opens the database and reads what it holds (any damage shows up here).
+    fn load(path: &Path, synchronous: Synchronous, bounds: Bounds) -> Result<Self, BufferError> {
         let conn = open_db(path, synchronous)?;
+        // Every page the buffer's tables use is read once: a truncated file fails here,
+        // at start, not in the middle of a lease.
+        let check: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(BufferError::Corrupt {
+                path: path.to_owned(),
+                why: check,
+            });
+        }
         let bytes: i64 = conn.query_row(
             "SELECT coalesce(sum(length(payload)), 0) FROM samples",
             [],
