@@ -7,7 +7,9 @@
 //! - `append` commits a group of samples in one transaction (one poll cycle) and replies
 //!   only after the commit, with `synchronous=FULL` by default: an appended sample
 //!   survives a crash or power cut.
-//! - Bounds: total payload bytes (`max_bytes`) and age (`max_age`). When an append does
+//! - Bounds: total payload bytes (`max_bytes`) and age (`max_age`, measured on the buffer
+//!   clock — the time the buffer has been open — so a wall clock that jumps cannot expire
+//!   anything; see `store`). When an append does
 //!   not fit, the policy decides: `drop_oldest` deletes the oldest unleased samples,
 //!   `drop_newest` refuses the new ones, `block` makes the caller wait (sources slow
 //!   down). Expired samples are deleted. Every dropped sample is counted per endpoint and
@@ -118,7 +120,7 @@ pub enum DropReason {
     BufferFull,
     /// Refused because the buffer was full (`drop_newest`, or `block` at shutdown).
     RefusedFull,
-    /// Older than `max_age`.
+    /// In the buffer longer than `max_age` (buffer-clock time, not wall-clock time).
     Expired,
     /// Refused because the disk holding the buffer was full.
     DiskFull,

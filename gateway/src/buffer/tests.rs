@@ -44,6 +44,13 @@ fn open_with(dir: &tempfile::TempDir, bounds: Bounds) -> BufferHandle {
         .0
 }
 
+fn open_with_thread(
+    dir: &tempfile::TempDir,
+    bounds: Bounds,
+) -> (BufferHandle, std::thread::JoinHandle<()>) {
+    BufferHandle::open(&dir.path().join("buffer.sqlite"), Synchronous::Full, bounds).unwrap()
+}
+
 fn open(dir: &tempfile::TempDir) -> BufferHandle {
     open_with(dir, Bounds::default())
 }
@@ -302,38 +309,61 @@ async fn block_waits_for_room_and_gives_up_only_at_shutdown() {
     );
 }
 
+/// Moves the saved buffer clock of a closed buffer forward, as if it had run that long.
+fn run_buffer_clock_forward(dir: &tempfile::TempDir, by: Duration) {
+    let c = Connection::open(dir.path().join("buffer.sqlite")).unwrap();
+    c.execute(
+        "UPDATE meta SET value = value + ?1 WHERE key = 'buffer_clock_ms'",
+        [by.as_millis() as i64],
+    )
+    .unwrap();
+}
+
 #[tokio::test]
-async fn expired_samples_are_dropped_and_counted() {
+async fn samples_expire_after_max_age_of_buffer_time_and_are_counted() {
     let dir = tempfile::tempdir().unwrap();
-    let b = open_with(
-        &dir,
-        Bounds {
-            max_age: Duration::from_secs(60),
-            ..Bounds::default()
-        },
-    );
-    let old = Sample {
-        ts_ms: crate::now_ms() - 120_000,
-        ..sample("a", 1)
+    let bounds = Bounds {
+        max_age: Duration::from_secs(60),
+        ..Bounds::default()
     };
-    b.append(vec![old]).await.unwrap(); // expiry runs before the insert: this one survives
-    let a = b.append(vec![sample("a", 2)]).await.unwrap();
-    // Expiry runs at most every 10 s; the first append already ran it.
-    assert_eq!(a.dropped_old, 0);
+    let (b, t) = open_with_thread(&dir, bounds);
+    b.append(vec![sample("a", 1)]).await.unwrap();
     drop(b);
-    let b = open_with(
-        &dir,
-        Bounds {
-            max_age: Duration::from_secs(60),
-            ..Bounds::default()
-        },
-    );
-    let a = b.append(vec![sample("a", 3)]).await.unwrap();
+    t.join().unwrap(); // the buffer clock is saved at the end
+    run_buffer_clock_forward(&dir, Duration::from_secs(120));
+    let (b, _t) = open_with_thread(&dir, bounds);
+    let a = b.append(vec![sample("a", 2)]).await.unwrap();
     assert_eq!(a.dropped_old, 1);
     assert_eq!(
         b.stats().await.unwrap().drops[&("app-v1".into(), "a".into())]["expired"],
         1
     );
+    assert_eq!(b.stats().await.unwrap().pending, 1);
+}
+
+#[tokio::test]
+async fn a_wall_clock_jump_expires_nothing() {
+    // A Pi without RTC: samples stamped a year "ago" after NTP jumped the clock forward
+    // (or before, with a stale boot time) are as young as the time they spent here.
+    let dir = tempfile::tempdir().unwrap();
+    let bounds = Bounds {
+        max_age: Duration::from_secs(60),
+        ..Bounds::default()
+    };
+    let (b, _t) = open_with_thread(&dir, bounds);
+    let year = 365 * 24 * 3600 * 1000;
+    let stale = Sample {
+        ts_ms: crate::now_ms() - year,
+        ..sample("a", 1)
+    };
+    let future = Sample {
+        ts_ms: crate::now_ms() + year,
+        ..sample("a", 2)
+    };
+    b.append(vec![stale, future]).await.unwrap();
+    let a = b.append(vec![sample("a", 3)]).await.unwrap();
+    assert_eq!(a.dropped_old, 0);
+    assert_eq!(b.stats().await.unwrap().pending, 3);
 }
 
 #[tokio::test]

@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason      TEXT NOT NULL,
     parked_ms   INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS drops (
     app_version TEXT NOT NULL,
     token       TEXT NOT NULL,
@@ -45,8 +49,10 @@ CREATE TABLE IF NOT EXISTS drops (
 );
 "#;
 
-/// How often expired samples are looked for.
+/// How often expired samples are looked for (and the buffer clock is saved).
 const EXPIRY_EVERY: Duration = Duration::from_secs(10);
+/// Key of the saved buffer clock in `meta`.
+const CLOCK_KEY: &str = "buffer_clock_ms";
 
 /// The state owned by the buffer thread.
 pub(super) struct BufferStore {
@@ -69,6 +75,13 @@ pub(super) struct BufferStore {
     /// `PRAGMA data_version` when `bytes` was last computed: it changes when another
     /// connection (the dead-letter CLI) commits, and then `bytes` is recomputed.
     data_version: i64,
+    /// The buffer clock: milliseconds this buffer has been open, over all runs. Ages for
+    /// `max_age` are measured on it, never on the wall clock, so a clock that jumps (a Pi
+    /// without RTC booting with a stale time, then NTP) cannot expire anything; time the
+    /// gateway was off does not count either. Saved in `meta` every expiry pass and at
+    /// the end; each sample records it in `entered_clock`.
+    clock_base_ms: i64,
+    opened: Instant,
 }
 
 pub(super) fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connection, BufferError> {
@@ -116,6 +129,15 @@ pub(super) fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connectio
     conn.pragma_update(None, "synchronous", sync)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    // Buffers written before the buffer clock existed get the column (their rows enter
+    // the clock when loaded).
+    let has_clock: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('samples') WHERE name = 'entered_clock'")?
+        .exists([])?;
+    if !has_clock {
+        conn.execute_batch("ALTER TABLE samples ADD COLUMN entered_clock INTEGER")?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS samples_entered ON samples(entered_clock)")?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     Ok(conn)
 }
@@ -164,6 +186,16 @@ impl BufferStore {
                 why: check,
             });
         }
+        let clock_base_ms: i64 = conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [CLOCK_KEY], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0);
+        conn.execute(
+            "UPDATE samples SET entered_clock = ?1 WHERE entered_clock IS NULL",
+            [clock_base_ms],
+        )?;
         let bytes: i64 = conn.query_row(
             "SELECT coalesce(sum(length(payload)), 0) FROM samples",
             [],
@@ -195,7 +227,25 @@ impl BufferStore {
             cursor: 0,
             last_expiry: None,
             unsaved_drops: BTreeMap::new(),
+            clock_base_ms,
+            opened: Instant::now(),
         })
+    }
+
+    /// The buffer clock now (see the field's comment).
+    fn clock_ms(&self) -> i64 {
+        self.clock_base_ms + i64::try_from(self.opened.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Saves the buffer clock (a failure only means ages restart a little earlier).
+    fn save_clock(&self) {
+        if let Err(e) = self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![CLOCK_KEY, self.clock_ms()],
+        ) {
+            log::debug!("buffer: cannot save the buffer clock: {e}");
+        }
     }
 
     pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
@@ -240,6 +290,7 @@ impl BufferStore {
                 }
             }
         }
+        self.save_clock();
     }
 
     fn count_drop(&mut self, avn: &str, token: &str, reason: DropReason, n: u64) {
@@ -274,11 +325,12 @@ impl BufferStore {
     }
 
     /// Deletes samples older than `max_age` (at most every EXPIRY_EVERY).
-    fn expire(&mut self, now_ms: i64) -> Result<usize, BufferError> {
+    fn expire(&mut self) -> Result<usize, BufferError> {
         if self.last_expiry.is_some_and(|t| t.elapsed() < EXPIRY_EVERY) {
             return Ok(0);
         }
         self.last_expiry = Some(Instant::now());
+        self.save_clock();
         let version: i64 = self
             .conn
             .pragma_query_value(None, "data_version", |r| r.get(0))?;
@@ -291,11 +343,11 @@ impl BufferStore {
             )?;
             self.bytes = bytes as u64;
         }
-        let cutoff = now_ms - self.bounds.max_age.as_millis() as i64;
+        let cutoff = self.clock_ms() - self.bounds.max_age.as_millis() as i64;
         let leased: HashSet<i64> = self.leased.values().flatten().copied().collect();
         let rows: Vec<(i64, String, String, i64)> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, app_version, token, length(payload) FROM samples WHERE ts_ms < ?1",
+                "SELECT seq, app_version, token, length(payload) FROM samples WHERE entered_clock < ?1",
             )?;
             let rows = stmt.query_map([cutoff], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -342,7 +394,7 @@ impl BufferStore {
 
     pub(super) fn append(&mut self, mut samples: Vec<Sample>) -> Result<Appended, AppendRefusal> {
         let mut out = Appended::default();
-        out.dropped_old += self.expire(crate::now_ms()).map_err(AppendRefusal::Error)?;
+        out.dropped_old += self.expire().map_err(AppendRefusal::Error)?;
         let incoming: u64 = samples.iter().map(|s| s.payload.len() as u64).sum();
         if self.bytes + incoming > self.bounds.max_bytes {
             match self.bounds.when_full {
@@ -403,17 +455,20 @@ impl BufferStore {
     }
 
     fn insert(&mut self, samples: &[Sample]) -> rusqlite::Result<usize> {
+        let entered = self.clock_ms();
         let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO samples(app_version, token, ts_ms, payload) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO samples(app_version, token, ts_ms, payload, entered_clock)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for s in samples {
                 stmt.execute(params![
                     s.endpoint.app_version.as_str(),
                     s.endpoint.token.as_str(),
                     s.ts_ms,
-                    s.payload
+                    s.payload,
+                    entered
                 ])?;
             }
         }
