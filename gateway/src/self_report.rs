@@ -122,7 +122,7 @@ pub async fn run(
         }
         let sample = Sample::builder(key.clone(), ts).values(values).build();
         if let Err(e) = buffer.append(vec![sample]).await {
-            log::warn!("health report not stored: {e}");
+            crate::buffer::log_refusal("health report", &e);
         }
     }
 }

@@ -138,6 +138,29 @@ impl DropReason {
     }
 }
 
+/// Logs a refused append (the sample is counted in `drops` already) at most once per
+/// 10 s, saying how many were held back: a full disk refuses hundreds a second.
+pub fn log_refusal(source: &str, e: &BufferError) {
+    static GATE: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
+        std::sync::Mutex::new((None, 0));
+    let mut g = GATE.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    if g.0
+        .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+    {
+        g.1 += 1;
+        return;
+    }
+    let held_back = std::mem::take(&mut g.1);
+    g.0 = Some(now);
+    let more = if held_back > 0 {
+        format!(" ({held_back} more refusals in the last 10 s, all counted)")
+    } else {
+        String::new()
+    };
+    log::error!("{source}: sample lost, buffer refused it: {e}{more}");
+}
+
 /// Renames a damaged buffer file (and its `-wal`, `-shm`) to `<file>.damaged-<unix ms>`.
 fn move_aside(path: &Path) -> Result<PathBuf, BufferError> {
     let stamp = crate::now_ms();

@@ -62,10 +62,7 @@ pub async fn run_simulated(device: Device, buffer: BufferHandle, shutdown: Cance
             .build();
         // Not cancelled by shutdown: a sample taken is made durable first.
         if let Err(e) = buffer.append(vec![sample]).await {
-            log::error!(
-                "device {}: sample lost, buffer refused it: {e}",
-                device.name
-            );
+            crate::buffer::log_refusal(&format!("device {}", device.name), &e);
         }
     }
 }

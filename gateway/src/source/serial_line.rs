@@ -99,10 +99,7 @@ pub async fn run(
                         h.last_success_ms = Some(ts);
                     });
                     if let Err(e) = buffer.append(vec![sample]).await {
-                        log::error!(
-                            "serial sensor {}: sample lost, buffer refused it: {e}",
-                            device.name
-                        );
+                        crate::buffer::log_refusal(&format!("serial sensor {}", device.name), &e);
                     }
                 }
                 Ok(None) => {}

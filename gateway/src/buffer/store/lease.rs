@@ -141,9 +141,70 @@ impl BufferStore {
         key: &BatchKey,
         park: Option<(u16, &str)>,
     ) -> Result<usize, BufferError> {
-        let Some(seqs) = self.leased.remove(key) else {
+        let Some(seqs) = self.leased.get(key).cloned() else {
             return Ok(0);
         };
+        let mut result = self.delete_batch(&seqs, park);
+        if matches!(&result, Err(e) if is_disk_full(e)) && self.make_room(true) {
+            result = self.delete_batch(&seqs, park);
+        }
+        match result {
+            Ok(n) => {
+                self.leased.remove(key);
+                Ok(n)
+            }
+            Err(e) if is_disk_full(&e) => {
+                // Confirmed (or refused) upstream: never sent again; deleted when there is
+                // room. It stays leased meanwhile.
+                if self.unremoved.is_empty() {
+                    log::warn!(
+                        "buffer: the disk is full; confirmed samples stay until they can be deleted (they are not sent again)"
+                    );
+                }
+                self.unremoved
+                    .insert(key.clone(), park.map(|(s, r)| (s, r.to_owned())));
+                self.retry.failed(std::time::Instant::now());
+                Ok(seqs.len())
+            }
+            Err(e) => {
+                self.leased.remove(key);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Retries the deletes of confirmed batches that failed on a full disk.
+    pub(in crate::buffer) fn retry_unremoved(&mut self) {
+        let keys: Vec<BatchKey> = self.unremoved.keys().cloned().collect();
+        for key in keys {
+            let Some(seqs) = self.leased.get(&key).cloned() else {
+                self.unremoved.remove(&key);
+                continue;
+            };
+            let park = self.unremoved.get(&key).cloned().flatten();
+            let park = park.as_ref().map(|(s, r)| (*s, r.as_str()));
+            let mut result = self.delete_batch(&seqs, park);
+            if matches!(&result, Err(e) if is_disk_full(e)) && self.make_room(true) {
+                result = self.delete_batch(&seqs, park);
+            }
+            match result {
+                Ok(_) => {
+                    self.leased.remove(&key);
+                    self.unremoved.remove(&key);
+                }
+                Err(e) => {
+                    log::debug!("buffer: delete of confirmed samples still failing: {e}");
+                    self.retry.failed(std::time::Instant::now());
+                    return;
+                }
+            }
+        }
+        log::info!("buffer: confirmed samples deleted after the disk had room again");
+        self.retry.clear();
+    }
+
+    /// Deletes (or, with `park`, moves to the dead letters) one batch, in one transaction.
+    fn delete_batch(&mut self, seqs: &[i64], park: Option<(u16, &str)>) -> rusqlite::Result<usize> {
         let tx = self.conn.transaction()?;
         let mut n = 0;
         let mut freed = 0u64;
@@ -156,7 +217,7 @@ impl BufferStore {
             )?;
             let mut del = tx.prepare_cached("DELETE FROM samples WHERE seq = ?1")?;
             let now = crate::now_ms();
-            for s in &seqs {
+            for s in seqs {
                 let l: Option<i64> = len.query_row([s], |r| r.get(0)).ok();
                 if let Some((status, reason)) = park {
                     copy.execute(params![s, status, reason, now])?;

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::*;
 
 mod lease;
+mod room;
 
 /// `PRAGMA application_id` of buffer files ("KPGW").
 pub const APPLICATION_ID: i32 = 0x4B50_4757;
@@ -82,6 +83,12 @@ pub(super) struct BufferStore {
     /// the end; each sample records it in `entered_clock`.
     clock_base_ms: i64,
     opened: Instant,
+    /// Space given back when the disk is full (see `room`).
+    reserve: room::Reserve,
+    /// Confirmed batches whose delete failed (disk full): they stay in `leased`, so no
+    /// lease sends them again, and the delete is retried; the value is the park reason.
+    unremoved: BTreeMap<BatchKey, Option<(u16, String)>>,
+    retry: room::RetryClock,
 }
 
 pub(super) fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connection, BufferError> {
@@ -122,6 +129,14 @@ pub(super) fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connectio
         )));
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Keep the WAL small on small disks: checkpoint every 64 pages (256 KiB; a 4 MiB WAL
+    // never checkpoints on a 2 MiB disk) and cut the file back after a checkpoint. A
+    // checkpoint at start gives back what a killed run left in the WAL.
+    conn.pragma_update(None, "wal_autocheckpoint", 64)?;
+    conn.pragma_update(None, "journal_size_limit", 256 * 1024)?;
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
     let sync = match synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
@@ -138,7 +153,10 @@ pub(super) fn open_db(path: &Path, synchronous: Synchronous) -> Result<Connectio
         conn.execute_batch("ALTER TABLE samples ADD COLUMN entered_clock INTEGER")?;
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS samples_entered ON samples(entered_clock)")?;
-    conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+    if app_id != APPLICATION_ID {
+        // Only on a new file: no write at open that a full disk could refuse.
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+    }
     Ok(conn)
 }
 
@@ -229,7 +247,25 @@ impl BufferStore {
             unsaved_drops: BTreeMap::new(),
             clock_base_ms,
             opened: Instant::now(),
+            reserve: room::Reserve::new(path),
+            unremoved: BTreeMap::new(),
+            retry: room::RetryClock::default(),
         })
+    }
+
+    /// Makes room after a "disk full" (see `room`): a truncating WAL checkpoint and, for
+    /// writes that free space (deleting confirmed samples, saving drop counts), the
+    /// reserve — never for appends, which would only fill it with more samples. True when
+    /// something was freed and the failed write is worth a retry.
+    fn make_room(&mut self, use_reserve: bool) -> bool {
+        let released = use_reserve && self.reserve.release();
+        let checkpointed = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .is_ok_and(|busy| busy == 0);
+        checkpointed | released
     }
 
     /// The buffer clock now (see the field's comment).
@@ -250,6 +286,9 @@ impl BufferStore {
 
     pub(super) fn run(&mut self, mut rx: mpsc::Receiver<Command>) {
         while let Some(cmd) = rx.blocking_recv() {
+            if self.retry.due(Instant::now()) {
+                self.retry_unremoved();
+            }
             // A dropped reply channel means the asker went away; the work still stands.
             match cmd {
                 Command::Append(samples, r) => {
@@ -305,7 +344,19 @@ impl BufferStore {
         if self.unsaved_drops.is_empty() {
             return;
         }
-        let result = (|| -> rusqlite::Result<()> {
+        let mut result = self.write_drops();
+        if matches!(&result, Err(e) if is_disk_full(e)) && self.make_room(true) {
+            result = self.write_drops();
+        }
+        match result {
+            Ok(()) => self.unsaved_drops.clear(),
+            // Kept in memory and saved with the next drop or pass.
+            Err(e) => log::debug!("buffer: drop counters not saved yet: {e}"),
+        }
+    }
+
+    fn write_drops(&mut self) -> rusqlite::Result<()> {
+        (|| -> rusqlite::Result<()> {
             let tx = self.conn.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
@@ -317,11 +368,7 @@ impl BufferStore {
                 }
             }
             tx.commit()
-        })();
-        match result {
-            Ok(()) => self.unsaved_drops.clear(),
-            Err(e) => log::warn!("buffer: drop counters not saved yet: {e}"),
-        }
+        })()
     }
 
     /// Deletes samples older than `max_age` (at most every EXPIRY_EVERY).
@@ -331,6 +378,10 @@ impl BufferStore {
         }
         self.last_expiry = Some(Instant::now());
         self.save_clock();
+        self.save_drops();
+        if self.unremoved.is_empty() && !self.reserve.present() {
+            self.reserve.restore();
+        }
         let version: i64 = self
             .conn
             .pragma_query_value(None, "data_version", |r| r.get(0))?;
@@ -433,7 +484,11 @@ impl BufferStore {
                 }
             }
         }
-        match self.insert(&samples) {
+        let mut inserted = self.insert(&samples);
+        if matches!(&inserted, Err(e) if is_disk_full(e)) && self.make_room(false) {
+            inserted = self.insert(&samples);
+        }
+        match inserted {
             Ok(n) => {
                 out.stored = n;
                 Ok(out)

@@ -454,7 +454,7 @@ impl BusActor {
             return; // nothing changed beyond the deadbands
         }
         if let Err(e) = self.buffer.append(vec![sample.build()]).await {
-            log::error!("modbus {name}: sample lost, buffer refused it: {e}");
+            crate::buffer::log_refusal(&format!("modbus {name}"), &e);
         }
     }
 }
