@@ -1,0 +1,122 @@
+//! The buffer file: its schema, and opening it (WAL, durability, the checks that tell a
+//! kp-gateway buffer from another program's database or from a damaged file).
+
+use super::*;
+
+/// `PRAGMA application_id` of buffer files ("KPGW").
+pub const APPLICATION_ID: i32 = 0x4B50_4757;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS samples (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_version TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    payload     TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_endpoint ON samples(app_version, token, seq);
+CREATE INDEX IF NOT EXISTS samples_ts ON samples(ts_ms);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq         INTEGER PRIMARY KEY,
+    app_version TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    payload     TEXT NOT NULL,
+    status      INTEGER NOT NULL,
+    reason      TEXT NOT NULL,
+    parked_ms   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS drops (
+    app_version TEXT NOT NULL,
+    token       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    count       INTEGER NOT NULL,
+    PRIMARY KEY (app_version, token, reason)
+);
+"#;
+
+pub(in crate::buffer) fn open_db(
+    path: &Path,
+    synchronous: Synchronous,
+) -> Result<Connection, BufferError> {
+    let foreign = |why: String| BufferError::Foreign {
+        path: path.to_owned(),
+        why,
+    };
+    // Unreadable as SQLite: damaged (a buffer cut short by a crash or a failing card), not
+    // another program's database.
+    let unreadable = |e: rusqlite::Error| match damage(&e) {
+        true => BufferError::Corrupt {
+            path: path.to_owned(),
+            why: e.to_string(),
+        },
+        false => foreign(e.to_string()),
+    };
+    let existed = path.exists();
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| BufferError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    // Reading the header tells a non-database file apart before anything is written.
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(unreadable)?;
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(unreadable)?;
+    if existed && app_id != APPLICATION_ID && (tables > 0 || app_id != 0) {
+        return Err(foreign(format!(
+            "application_id is {app_id:#x}, not {APPLICATION_ID:#x}"
+        )));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Keep the WAL small on small disks: checkpoint every 64 pages (256 KiB; a 4 MiB WAL
+    // never checkpoints on a 2 MiB disk) and cut the file back after a checkpoint. A
+    // checkpoint at start gives back what a killed run left in the WAL.
+    conn.pragma_update(None, "wal_autocheckpoint", 64)?;
+    conn.pragma_update(None, "journal_size_limit", 256 * 1024)?;
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    });
+    let sync = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    // Buffers written before the buffer clock existed get the column (their rows enter
+    // the clock when loaded).
+    let has_clock: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('samples') WHERE name = 'entered_clock'")?
+        .exists([])?;
+    if !has_clock {
+        conn.execute_batch("ALTER TABLE samples ADD COLUMN entered_clock INTEGER")?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS samples_entered ON samples(entered_clock)")?;
+    if app_id != APPLICATION_ID {
+        // Only on a new file: no write at open that a full disk could refuse.
+        conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+    }
+    Ok(conn)
+}
+
+/// Does this error mean the file is damaged (not a database any more, or malformed)?
+pub(super) fn damage(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt))
+}
+
+pub(super) fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull)
+}
