@@ -1,5 +1,6 @@
-//! The buffer thread's state and its SQL: schema, appends, bounds and drops, stats (see the
-//! module above); leasing and the ends of a lease (ack, release, park) are in `lease`.
+//! The buffer thread's state and its SQL: appends, bounds, drops, the buffer clock, stats
+//! (see the module above). The file's schema and opening are in `schema`; leasing and the
+//! ends of a lease (ack, release, park) in `lease`; room on a full disk in `room`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
