@@ -178,8 +178,12 @@ def test_app_version_default_configuration_and_endpoint_override(core):
             assert json.loads(body) == {"configId": own["configId"], "config": {"mode": "boost"}}
         finally:
             c1.close()
-        # Changing the default again does not push to the overriding endpoint's follower list.
-        assert core.api("GET", f"/api/v1/app-versions/{AVN}/config")[1]["config"] == {"mode": "eco"}
+        # A new default reaches the follower; the overriding endpoint keeps its own.
+        code, d2 = core.api("PUT", f"/api/v1/app-versions/{AVN}/config", {"mode": "quiet"})
+        topic, payload = c2.wait_message(f"kp1/{AVN}/cmx/tok2/config/json/status")
+        assert json.loads(payload) == {"configId": d2["configId"], "config": {"mode": "quiet"}}
+        assert core.api("GET", "/api/v1/endpoints/ep-tok1/config")[1]["config"] == {"mode": "boost"}
+        assert core.api("GET", f"/api/v1/app-versions/{AVN}/config")[1]["config"] == {"mode": "quiet"}
         assert core.api("GET", "/api/v1/app-versions/nope-v9/config")[0] == 404
     finally:
         c2.close()
