@@ -6,8 +6,11 @@
 
 pub mod buffer;
 pub mod config;
+pub mod config_store;
 pub mod downlink;
 pub mod endpoint;
+pub mod live;
+pub mod logring;
 pub mod modbus;
 pub mod remote_config;
 pub mod sample;
@@ -16,6 +19,7 @@ pub mod source;
 pub mod supervisor;
 pub mod systemd;
 pub mod upstream;
+pub mod web;
 
 /// The demo configuration: simulated devices and the in-process core, no hardware.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");

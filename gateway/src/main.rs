@@ -50,6 +50,21 @@ enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Forget the web page's admin password and print a new one-time setup code (root).
+    ResetAdmin,
+    /// The configuration history kept in the state directory.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// List the kept versions (newest first) and which one is in force.
+    History,
+    /// Use the configuration file again at the next start (the history stays).
+    UseFile,
 }
 
 #[derive(Debug, Subcommand)]
@@ -80,6 +95,10 @@ fn main() -> ExitCode {
         },
         Some(Command::HashPassword) => hash_password(),
         Some(Command::DeadLetters { action }) => dead_letters(&cli.config, action),
+        Some(Command::ResetAdmin) => reset_admin(&cli.config, cli.state_dir.as_deref()),
+        Some(Command::Config { action }) => {
+            config_history(&cli.config, cli.state_dir.as_deref(), action)
+        }
         None => run(cli),
     }
 }
@@ -114,6 +133,95 @@ fn dead_letters(config: &std::path::Path, action: DeadLetterAction) -> ExitCode 
             eprintln!("{}: {e}", path.display());
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The state directory the service uses: `--state-dir`, else the file's.
+fn state_dir_of(
+    config: &std::path::Path,
+    over: Option<&std::path::Path>,
+) -> Result<PathBuf, ExitCode> {
+    if let Some(dir) = over {
+        return Ok(dir.to_owned());
+    }
+    match Config::load(config) {
+        Ok(c) => Ok(c.state_dir),
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn reset_admin(config: &std::path::Path, over: Option<&std::path::Path>) -> ExitCode {
+    let dir = match state_dir_of(config, over) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    match kp_gateway::web::auth::reset_admin(&dir) {
+        Ok(code) => {
+            println!("The web page's admin password is forgotten; every session is ended.");
+            println!("Open the page and claim the gateway again with the setup code: {code}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "{}: {e} (run as root or as the service user)",
+                dir.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_history(
+    config: &std::path::Path,
+    over: Option<&std::path::Path>,
+    action: ConfigAction,
+) -> ExitCode {
+    let dir = match state_dir_of(config, over) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let store = kp_gateway::config_store::ConfigStore::new(&dir);
+    match action {
+        ConfigAction::History => {
+            let active = store.active_number();
+            for v in store.list() {
+                let mark = if Some(v.number) == active {
+                    " (in force)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{:>4}{mark}  {}  {:<12}  {}  {}  {}",
+                    v.number,
+                    v.ts_ms,
+                    v.origin.as_str(),
+                    v.who,
+                    v.from,
+                    v.note
+                );
+            }
+            if active.is_none() {
+                println!("in force: the configuration file {}", config.display());
+            }
+            ExitCode::SUCCESS
+        }
+        ConfigAction::UseFile => match store.clear_active() {
+            Ok(true) => {
+                println!("{} is used again from the next start (restart the service); the history stays.", config.display());
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                println!("the configuration file is already in use");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -171,6 +279,15 @@ fn run(cli: Cli) -> ExitCode {
         rebase_state_dir(&mut config, dir);
     }
     init_logging(config.log_level);
+    let mut text = text.ok();
+    if !cli.demo {
+        if let Some(t) = &text {
+            if let Some((active_config, active_text)) = active_version(&cli.config, t, &config) {
+                config = active_config;
+                text = Some(active_text);
+            }
+        }
+    }
     for w in config.warnings() {
         log::warn!("configuration: {w}");
     }
@@ -208,7 +325,7 @@ fn run(cli: Cli) -> ExitCode {
         }
         let opts = RunOptions {
             status_every,
-            config_text: text.ok(),
+            config_text: text,
         };
         supervisor::run(config, opts, shutdown).await
     });
@@ -217,6 +334,50 @@ fn run(cli: Cli) -> ExitCode {
         Err(e) => {
             log::error!("{e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The version of the configuration history in force, when one is (saved on the web page
+/// or pushed over 7/CMP): it wins over the file. Otherwise the file is recorded in the
+/// history (when it changed) and `None` says "use the file".
+fn active_version(
+    path: &std::path::Path,
+    file_text: &str,
+    file: &Config,
+) -> Option<(Config, String)> {
+    let store = kp_gateway::config_store::ConfigStore::new(&file.state_dir);
+    let Some((v, text)) = store.active() else {
+        if let Err(e) = store.note_file(path, file_text) {
+            log::warn!("{e}");
+        }
+        return None;
+    };
+    match Config::from_toml(&text) {
+        Ok(mut c) => {
+            // The same paths as the file's (a --state-dir override included).
+            c.state_dir = file.state_dir.clone();
+            c.buffer.path = file.buffer.path.clone();
+            if let (Some(core), Some(fc)) = (&mut c.core, &file.core) {
+                core.database = fc.database.clone();
+            }
+            log::info!(
+                "configuration: version {} of the history is in force ({}, {}); {} is not read. `kp-gateway config use-file` goes back to the file",
+                v.number,
+                v.origin.as_str(),
+                v.note,
+                path.display()
+            );
+            Some((c, text))
+        }
+        Err(e) => {
+            log::error!(
+                "configuration: version {} of the history no longer validates ({}); using {} instead",
+                v.number,
+                e.0.join("; "),
+                path.display()
+            );
+            None
         }
     }
 }
@@ -253,21 +414,25 @@ fn rebase_state_dir(config: &mut Config, dir: PathBuf) {
     config.state_dir = dir;
 }
 
+/// Logs to the journal (under systemd) or stderr, with a copy of the last lines in
+/// memory for the web page.
 fn init_logging(level: log::LevelFilter) {
     // Under systemd (JOURNAL_STREAM set) log to the journal with structured fields.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(j) = systemd_journal_logger::JournalLog::new() {
-            if j.install().is_ok() {
-                log::set_max_level(level);
+            if kp_gateway::logring::install(Box::new(j), level).is_ok() {
                 return;
             }
         }
     }
-    env_logger::Builder::new()
+    let logger = env_logger::Builder::new()
         .filter_level(level)
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
-        .init();
+        .build();
+    // RUST_LOG may ask for more than the config's level.
+    let max = logger.filter().max(level);
+    let _ = kp_gateway::logring::install(Box::new(logger), max);
 }
 
 async fn watch_signals(

@@ -59,6 +59,36 @@ pub fn save(state_dir: &Path, remote: &RemoteConfig) -> std::io::Result<()> {
     std::fs::rename(&tmp, &path)
 }
 
+/// The local text with its field side replaced by `remote`'s (for the configuration
+/// history; comments elsewhere in the file stay). `None` when the remote part cannot be
+/// written as TOML (it is still applied; only its history entry is missing).
+pub fn merged_text(base: &str, remote: &RemoteConfig) -> Option<String> {
+    let mut doc: toml_edit::DocumentMut = base.parse().ok()?;
+    let obj = remote.config.as_object()?;
+    let mut part = toml::Table::new();
+    for key in ["modbus", "devices"] {
+        if let Some(v) = obj.get(key) {
+            part.insert(key.into(), toml::Value::try_from(v).ok()?);
+        }
+    }
+    let part: toml_edit::DocumentMut = toml::to_string(&part).ok()?.parse().ok()?;
+    doc.remove("modbus");
+    doc.remove("devices");
+    for (k, v) in part.iter() {
+        doc.insert(k, v.clone());
+    }
+    Some(doc.to_string())
+}
+
+/// Forgets the saved remote configuration (a local save replaced it).
+pub fn forget(state_dir: &Path) {
+    match std::fs::remove_file(saved_path(state_dir)) {
+        Ok(()) => log::info!("the saved remote configuration is replaced by a local one"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot remove the saved remote configuration: {e}"),
+    }
+}
+
 /// The saved remote configuration, if any (an unreadable file is reported and ignored).
 pub fn load(state_dir: &Path) -> Option<RemoteConfig> {
     let path = saved_path(state_dir);
@@ -134,6 +164,22 @@ app_version = "gw-v1"
             e.iter().any(|l| l.starts_with("devices[0].points")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn the_merged_text_keeps_the_local_sections_and_validates_the_same() {
+        let remote = RemoteConfig {
+            config_id: "c4".into(),
+            config: json!({
+                "modbus": {"buses": [{"name": "b", "kind": "tcp", "address": "127.0.0.1:502"}]},
+                "devices": [{"name": "d", "token": "t", "app_version": "a-v1",
+                             "modbus": {"bus": "b"}, "points": [{"name": "x", "address": 1, "type": "u16"}]}]
+            }),
+        };
+        let text = merged_text(&format!("# local\n{BASE}"), &remote).unwrap();
+        assert!(text.contains("# local") && text.contains("host = \"h\""));
+        let c = Config::from_toml(&text).unwrap();
+        assert_eq!((c.buses.len(), c.devices.len()), (1, 1));
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! sample (buffer depth and age, drops, dead letters, upstream state, device health,
 //! CPU and memory) in the buffer, so it reaches the platform like any reading.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +14,7 @@ use std::time::Duration;
 use crate::endpoint::Endpoint;
 use crate::sample::Sample;
 use crate::source::health::{HealthRegistry, HealthState};
+use crate::upstream::LinkStatus;
 use platform_core::kp1::{AppVersionName, EndpointToken};
 
 /// Kernel clock ticks per second for /proc CPU times (USER_HZ, 100 on Linux everywhere).
@@ -79,7 +79,7 @@ pub async fn run(
     own: OwnEndpoint,
     buffer: BufferHandle,
     devices: HealthRegistry,
-    connected: Arc<AtomicBool>,
+    link: Arc<LinkStatus>,
     shutdown: CancellationToken,
 ) {
     let key = Endpoint::new(own.app_version.clone(), own.token.clone());
@@ -106,13 +106,7 @@ pub async fn run(
             }
         };
         let ts = crate::now_ms();
-        let mut values = health_values(
-            &stats,
-            connected.load(Ordering::Relaxed),
-            &devices,
-            ts,
-            cpu_percent,
-        );
+        let mut values = health_values(&stats, link.is_connected(), &devices, ts, cpu_percent);
         // Loud until the next clean start: a damaged buffer was found and kept aside.
         if let Some(kept) = &buffer.recovered_from {
             values.insert(

@@ -2,13 +2,16 @@
 //!
 //! Start: buffer → core (optional) → one *generation*: the field side (bus tasks, serial
 //! sensors, simulated devices, the health report) and the upstream session.
-//! A remote configuration (7/CMP) ends the generation and starts a new one with the new
-//! field side; the buffer, the core and everything buffered stay.
+//! A remote configuration (7/CMP) or one saved on the web page ends the generation and
+//! starts a new one with the new field side (and, from the web, upstream); the buffer, the
+//! core, the web page and everything buffered stay. Every applied configuration is kept in
+//! the state directory's history (`config_store`).
 //! Stop (SIGTERM/SIGINT or the token): devices first (a sample being taken is made
 //! durable before its task ends), then the upstream (DISCONNECT; unconfirmed batches stay
 //! buffered), then the core, then the buffer thread. Nothing taken is lost.
 
 use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -20,16 +23,19 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::buffer::BufferHandle;
+use crate::buffer::{BufferHandle, SampleTap};
 use crate::config::Config;
+use crate::config_store::{ConfigStore, Origin, Version};
 use crate::downlink::{CommandTarget, CommandTargets};
 use crate::endpoint::Endpoint;
+use crate::live::LiveValues;
 use crate::remote_config::{self, RemoteConfig, Verdict};
 use crate::self_report;
 use crate::source::health::{HealthRegistry, HealthState};
 use crate::source::DeviceSource;
 use crate::source::{self, modbus::BusActor, modbus::BusHandle};
-use crate::upstream::{ClientState, ConfigLink, OwnConfig, Upstream, UpstreamSession};
+use crate::upstream::{ClientState, ConfigLink, LinkStatus, OwnConfig, Upstream, UpstreamSession};
+use crate::web::{self, ApplyRequest, Running, Web};
 
 /// User name of the gateway's own credential in the in-process core (standalone site).
 pub const INTERNAL_USER: &str = "kp-gateway-internal";
@@ -39,9 +45,17 @@ pub const INTERNAL_USER: &str = "kp-gateway-internal";
 pub struct RunOptions {
     /// Log a status line (buffer depth, samples stored by the core) this often.
     pub status_every: Option<Duration>,
-    /// The configuration file's text: the base a remote field side is merged into.
-    /// `None`: remote configuration is off.
+    /// The configuration text in force (the file's, or the active version of the
+    /// history): the base a remote field side is merged into and what the web page edits.
+    /// `None`: remote configuration and the web page's editing are off.
     pub config_text: Option<String>,
+}
+
+/// What stays from one generation to the next.
+struct Shared {
+    buffer: BufferHandle,
+    health: HealthRegistry,
+    link: Arc<LinkStatus>,
 }
 
 /// What a generation's session needs for remote configuration.
@@ -53,6 +67,8 @@ struct RemoteSetup {
 
 /// The running field side and upstream session of one configuration.
 struct Generation {
+    /// The bus tasks ("read now" on the web page goes through them).
+    buses: Vec<(String, BusHandle)>,
     sources: JoinSet<()>,
     sources_stop: CancellationToken,
     upstream: JoinHandle<()>,
@@ -89,11 +105,16 @@ pub async fn run(
         config.buffer.synchronous,
         config.buffer.bounds,
     )?;
+    let live = Arc::new(LiveValues::default());
+    let tap_live = live.clone();
+    let buffer = buffer.with_tap(SampleTap(Arc::new(move |s| tap_live.record(s))));
+    let store = ConfigStore::new(&config.state_dir);
+    let mut text = opts.config_text.clone();
 
     // A remote field side saved by an earlier run wins over the file's, if still valid.
     let mut config = config;
     let mut remote_id = None;
-    if let (Some(text), Some(saved)) = (&opts.config_text, remote_config::load(&config.state_dir)) {
+    if let (Some(text), Some(saved)) = (&text, remote_config::load(&config.state_dir)) {
         match remote_config::validate(text, &saved) {
             Ok(c) => {
                 log::info!("using the saved remote configuration {:?}", saved.config_id);
@@ -113,11 +134,10 @@ pub async fn run(
     if let Some(core_cfg) = config.core.clone() {
         core = Some(Core::start(core_cfg, core_stop.clone()).await?);
     }
-    // The upstream connection settings never change at run time.
-    let upstream = match (&config.upstream, &core) {
-        (Some(u), _) => u.clone(),
-        (None, Some(core)) => internal_upstream(core).await?,
-        (None, None) => anyhow::bail!("no upstream and no core configured"),
+    // Standalone site: the gateway's own credential in the embedded core.
+    let internal = match (&config.upstream, &core) {
+        (None, Some(core)) => Some(internal_upstream(core).await?),
+        _ => None,
     };
 
     let stats = buffer.stats().await?;
@@ -139,31 +159,87 @@ pub async fn run(
                 .unwrap_or_default()
         ),
         _ => log::info!(
-            "bridge: {} device(s) → upstream mqtt://{}:{}",
+            "bridge: {} device(s) → upstream {}",
             config.devices.len(),
-            upstream.host,
-            upstream.port
+            config
+                .upstream
+                .as_ref()
+                .map(|u| format!("mqtt://{}:{}", u.host, u.port))
+                .unwrap_or_default()
         ),
     }
 
-    let health = HealthRegistry::default();
+    let shared = Shared {
+        buffer: buffer.clone(),
+        health: HealthRegistry::default(),
+        link: Arc::default(),
+    };
+    let running = Arc::new(RwLock::new(Running {
+        config: config.clone(),
+        text: text.clone().unwrap_or_default(),
+        buses: Vec::new(),
+    }));
+    let (apply_tx, mut apply_rx) = mpsc::channel::<ApplyRequest>(1);
+    let web_stop = CancellationToken::new();
+    let web_task = match (&config.web, &text) {
+        (Some(settings), Some(_)) => {
+            let page = Web {
+                settings: settings.clone(),
+                state_dir: config.state_dir.clone(),
+                buffer: buffer.clone(),
+                health: shared.health.clone(),
+                link: shared.link.clone(),
+                live: live.clone(),
+                running: running.clone(),
+                store: store.clone(),
+                apply: apply_tx.clone(),
+                core: core.as_ref().map(|c| web::CoreView {
+                    api: platform_core::api::router_for_authenticated_caller(
+                        c.extensions.clone(),
+                        c.stats.clone(),
+                    ),
+                    stats: c.stats.clone(),
+                    extensions: c.extensions.clone(),
+                }),
+                auth: Arc::new(web::auth::Auth::new(
+                    &config.state_dir,
+                    settings.session_idle,
+                )),
+                started: std::time::Instant::now(),
+                depth: Arc::default(),
+            };
+            Some(web::serve(page, web_stop.clone()).await?.1)
+        }
+        (Some(_), None) => {
+            log::warn!("web page: off in the demo without a configuration text");
+            None
+        }
+        _ => None,
+    };
+    drop(apply_tx);
+
     let mut announce = remote_id.clone();
+    let mut pending_reply: Option<tokio::sync::oneshot::Sender<()>> = None;
     crate::systemd::notify("READY=1");
     let watchdog = tokio::spawn(crate::systemd::watchdog_loop());
     loop {
         if let (Some(core), None) = (&core, &config.upstream) {
             provision_in_core(core, &config).await?;
         }
+        let upstream = match (&config.upstream, &internal) {
+            (Some(u), _) => u.clone(),
+            (None, Some(i)) => i.clone(),
+            (None, None) => anyhow::bail!("no upstream and no core configured"),
+        };
         // Pushed configurations come from the session and are judged here, off the MQTT
         // task (validation and an fsync'ed save); refusals go back to be reported.
         let (pushed_tx, mut pushed_rx) = mpsc::channel::<RemoteConfig>(1);
         let (verdict_tx, verdict_rx) = mpsc::channel::<Verdict>(4);
         let generation = start_generation(
             &config,
-            &buffer,
-            &health,
-            upstream.clone(),
-            opts.config_text.as_ref().map(|_| RemoteSetup {
+            &shared,
+            upstream,
+            text.as_ref().map(|_| RemoteSetup {
                 current_id: remote_id.clone(),
                 announce: announce.take(),
                 link: ConfigLink {
@@ -172,26 +248,41 @@ pub async fn run(
                 },
             }),
         );
+        {
+            let mut r = running.write().unwrap_or_else(|p| p.into_inner());
+            r.config = config.clone();
+            r.text = text.clone().unwrap_or_default();
+            r.buses = generation.buses.clone();
+        }
+        shared.live_keep(&live, &config);
+        if let Some(done) = pending_reply.take() {
+            let _ = done.send(());
+        }
         let mut status = std::pin::pin!(status_loop(
             &buffer,
             core.as_ref(),
-            &health,
+            &shared.health,
             opts.status_every
         ));
         let applied = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break None,
+                Some(req) = apply_rx.recv() => break Some(Change::Local(req)),
                 Some(remote) = pushed_rx.recv() => {
-                    let base = opts.config_text.clone().unwrap_or_default();
+                    let base = text.clone().unwrap_or_default();
                     let dir = config.state_dir.clone();
+                    let store = store.clone();
                     let judged = tokio::task::spawn_blocking(move || {
                         let verdict = remote_config::judge(&base, &dir, &remote);
-                        (remote, verdict)
+                        let merged = verdict.is_ok().then(|| record_remote(&store, &base, &remote)).flatten();
+                        (remote, verdict, merged)
                     })
                     .await;
                     match judged {
-                        Ok((remote, Ok(new_config))) => break Some((remote, new_config)),
-                        Ok((_, Err(verdict))) => {
+                        Ok((remote, Ok(new_config), merged)) => {
+                            break Some(Change::Remote(remote, new_config, merged))
+                        }
+                        Ok((_, Err(verdict), _)) => {
                             let _ = verdict_tx.send(verdict).await;
                         }
                         Err(e) => log::error!("remote configuration check failed: {e}"),
@@ -208,16 +299,39 @@ pub async fn run(
                 generation.stop().await;
                 break;
             }
-            Some((remote, new_config)) => {
+            Some(Change::Remote(remote, new_config, merged)) => {
                 log::info!(
                     "applying remote configuration {:?}: restarting the field side",
                     remote.config_id
                 );
                 generation.stop().await;
                 config = with_field_side(&config, new_config);
+                if merged.is_some() {
+                    text = merged;
+                }
                 remote_id = Some(remote.config_id.clone());
                 announce = Some(remote.config_id);
             }
+            Some(Change::Local(req)) => {
+                log::info!(
+                    "applying the configuration saved on the web page: restarting the field side"
+                );
+                generation.stop().await;
+                config = with_live_changes(&config, req.config);
+                log::set_max_level(config.log_level);
+                text = Some(req.text);
+                remote_id = None;
+                pending_reply = Some(req.done);
+            }
+        }
+    }
+    web_stop.cancel();
+    if let Some(task) = web_task {
+        if tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            log::warn!("web page: open connections did not close within 5 s; stopping anyway");
         }
     }
     if let Some(core) = core {
@@ -226,6 +340,7 @@ pub async fn run(
     }
     watchdog.abort();
     let stats = buffer.stats().await?;
+    drop(shared);
     drop(buffer);
     let _ = tokio::task::spawn_blocking(move || buffer_thread.join()).await;
     log::info!(
@@ -252,6 +367,61 @@ async fn run_core_only(config: CoreConfig, shutdown: CancellationToken) -> anyho
     Ok(())
 }
 
+/// What ends a generation.
+enum Change {
+    /// Pushed over 7/CMP, judged good; with its text for the history when it could be made.
+    Remote(RemoteConfig, Config, Option<String>),
+    /// Saved on the web page (already validated and kept in the history).
+    Local(ApplyRequest),
+}
+
+impl Shared {
+    /// The live values of devices no longer configured are forgotten.
+    fn live_keep(&self, live: &LiveValues, config: &Config) {
+        let mut keep: Vec<Endpoint> = config.devices.iter().map(source::endpoint_of).collect();
+        if let Some(own) = &config.own_endpoint {
+            keep.push(Endpoint::new(own.app_version.clone(), own.token.clone()));
+        }
+        live.retain(&keep);
+    }
+}
+
+/// Keeps a remote configuration's text in the history as the active version (blocking).
+fn record_remote(store: &ConfigStore, base: &str, remote: &RemoteConfig) -> Option<String> {
+    let Some(text) = remote_config::merged_text(base, remote) else {
+        log::warn!(
+            "remote configuration {:?} cannot be written as TOML; applied, but not kept in the history",
+            remote.config_id
+        );
+        return None;
+    };
+    let meta = Version {
+        number: 0,
+        ts_ms: crate::now_ms(),
+        origin: Origin::Remote,
+        who: remote.config_id.clone(),
+        from: String::new(),
+        note: "pushed by the platform (7/CMP)".into(),
+    };
+    if let Err(e) = store.save(&text, meta, true) {
+        log::error!("{e}; the remote configuration is applied but not kept in the history");
+    }
+    Some(text)
+}
+
+/// `current` with everything the web page may change live: the field side, the
+/// upstream, the gateway's own endpoint and the log level. Paths, the buffer, the core and
+/// the web page itself stay as the process started them (they wait for a restart).
+fn with_live_changes(current: &Config, new: Config) -> Config {
+    let mut c = current.clone();
+    c.buses = new.buses;
+    c.devices = new.devices;
+    c.upstream = new.upstream;
+    c.own_endpoint = new.own_endpoint;
+    c.log_level = new.log_level;
+    c
+}
+
 /// `current` with the field side (buses and devices) of `remote`: everything else —
 /// paths, the core, the upstream — stays as the process started it (command-line
 /// overrides included).
@@ -265,11 +435,11 @@ fn with_field_side(current: &Config, remote: Config) -> Config {
 /// Starts the field side and the upstream session for `config`.
 fn start_generation(
     config: &Config,
-    buffer: &BufferHandle,
-    health: &HealthRegistry,
+    shared: &Shared,
     upstream: Upstream,
     remote: Option<RemoteSetup>,
 ) -> Generation {
+    let (buffer, health) = (&shared.buffer, &shared.health);
     let sources_stop = CancellationToken::new();
     let upstream_stop = CancellationToken::new();
     let mut sources = JoinSet::new();
@@ -332,22 +502,23 @@ fn start_generation(
         });
         link = Some(r.link);
     }
-    let mut session = UpstreamSession::new(upstream, buffer.clone(), state, targets);
+    let mut session = UpstreamSession::new(upstream, buffer.clone(), state, targets)
+        .with_status(shared.link.clone());
     if let Some(link) = link {
         session = session.with_config_link(link);
     }
     if let Some(own) = config.own_endpoint.clone() {
-        let connected = session.connected_flag();
         sources.spawn(self_report::run(
             own,
             buffer.clone(),
             health.clone(),
-            connected,
+            session.status(),
             sources_stop.clone(),
         ));
     }
     let upstream = tokio::spawn(session.run(upstream_stop.clone()));
     Generation {
+        buses: bus_handles.clone(),
         sources,
         sources_stop,
         upstream,

@@ -116,7 +116,7 @@ async fn a_server_restart_is_survived_and_what_waited_is_delivered_once() {
     let dev = ep(APP_VERSION, "dev1");
     let state = ClientState::new(vec![dev.clone()], BTreeMap::new(), Duration::from_secs(1));
     let session = UpstreamSession::new(upstream(port), buffer.clone(), state, HashMap::new());
-    let connected = session.connected_flag();
+    let connected = session.status();
     let stop = CancellationToken::new();
     let task = tokio::spawn(session.run(stop.clone()));
 
@@ -132,7 +132,7 @@ async fn a_server_restart_is_survived_and_what_waited_is_delivered_once() {
     // The server goes away; samples taken meanwhile wait in the buffer.
     core.shut().await;
     wait_for("the session to notice", || async {
-        (!connected.load(std::sync::atomic::Ordering::Relaxed)).then_some(())
+        (!connected.is_connected()).then_some(())
     })
     .await;
     buffer.append(samples(&dev, 20)).await.unwrap();
@@ -221,7 +221,7 @@ writable = true
     let state = ClientState::new(vec![valve], devices, Duration::from_secs(1));
     let up = upstream(core.core.mqtt_addr.port());
     let session = UpstreamSession::new(up, buffer.clone(), state, targets);
-    let connected = session.connected_flag();
+    let connected = session.status();
     tokio::spawn(session.run(stop.clone()));
     common::wait_connected(&connected).await;
 
@@ -284,7 +284,7 @@ async fn a_pushed_configuration_is_handed_over_and_a_refusal_is_reported_on_appl
         pushed: pushed_tx,
         verdicts,
     });
-    let connected = session.connected_flag();
+    let connected = session.status();
     let stop = CancellationToken::new();
     tokio::spawn(session.run(stop.clone()));
     common::wait_connected(&connected).await;

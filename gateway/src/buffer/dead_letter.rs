@@ -41,6 +41,51 @@ pub fn list(path: &Path) -> Result<Vec<DeadLetter>, BufferError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// A sample waiting in the queue, for export.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub seq: i64,
+    pub app_version: String,
+    pub token: String,
+    pub ts_ms: i64,
+    pub payload: String,
+}
+
+/// Hands every waiting sample to `each`, oldest first, in pages of `page` rows (so a
+/// large buffer is never held in memory at once). Stops when `each` returns false.
+pub fn each_pending(
+    path: &Path,
+    page: usize,
+    mut each: impl FnMut(Vec<Pending>) -> bool,
+) -> Result<(), BufferError> {
+    let conn = open_db(path, Synchronous::Full)?;
+    let mut stmt = conn.prepare(
+        "SELECT seq, app_version, token, ts_ms, payload FROM samples WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let mut after = i64::MIN;
+    loop {
+        let rows = stmt
+            .query_map(rusqlite::params![after, page as i64], |r| {
+                Ok(Pending {
+                    seq: r.get(0)?,
+                    app_version: r.get(1)?,
+                    token: r.get(2)?,
+                    ts_ms: r.get(3)?,
+                    payload: r.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(last) = rows.last() else {
+            return Ok(());
+        };
+        after = last.seq;
+        let full = rows.len() == page;
+        if !each(rows) || !full {
+            return Ok(());
+        }
+    }
+}
+
 /// Moves dead letters (all, or the given sequence numbers) back into the queue.
 pub fn retry(path: &Path, seqs: &[i64]) -> Result<usize, BufferError> {
     let mut conn = open_db(path, Synchronous::Full)?;

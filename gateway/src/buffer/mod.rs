@@ -300,6 +300,21 @@ pub struct BufferHandle {
     stopping: CancellationToken,
     /// Where a damaged buffer found at start was moved (kept); `None` normally.
     pub recovered_from: Option<Arc<PathBuf>>,
+    /// Sees every sample offered to the buffer (the web page's live values).
+    tap: Option<SampleTap>,
+}
+
+/// What a [`SampleTap`] calls with every batch of samples offered.
+pub type TapFn = dyn Fn(&[Sample]) + Send + Sync;
+
+/// A reader of every sample offered to the buffer; it must be quick and never block.
+#[derive(Clone)]
+pub struct SampleTap(pub Arc<TapFn>);
+
+impl std::fmt::Debug for SampleTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SampleTap")
+    }
 }
 
 impl BufferHandle {
@@ -344,9 +359,16 @@ impl BufferHandle {
                 freed: Arc::new(Notify::new()),
                 stopping: CancellationToken::new(),
                 recovered_from: recovered_from.map(Arc::new),
+                tap: None,
             },
             join,
         ))
+    }
+
+    /// Shows every sample offered from now on to `tap` too.
+    pub fn with_tap(mut self, tap: SampleTap) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     async fn ask<T>(
@@ -365,6 +387,9 @@ impl BufferHandle {
     /// `block` it waits for room; when the gateway stops meanwhile the samples are
     /// counted as dropped and [`BufferError::FullAtShutdown`] is returned.
     pub async fn append(&self, samples: Vec<Sample>) -> Result<Appended, BufferError> {
+        if let Some(tap) = &self.tap {
+            (tap.0)(&samples);
+        }
         let mut samples = samples;
         let mut waited = false;
         loop {

@@ -2,7 +2,7 @@
 //!
 //! This module only parses and assembles: each feature owns its runtime settings type
 //! (`upstream::Upstream`, `buffer::Buffer`, `source::Device`, `source::modbus::Bus`,
-//! `source::serial::SerialSettings`, `self_report::OwnEndpoint`) and the embedded core
+//! `source::serial::SerialSettings`, `self_report::OwnEndpoint`, `web::WebSettings`) and the embedded core
 //! owns `[core]` (`platform_core::config`). Imports point from here to them, never back.
 //!
 //! [`Config::from_toml`] reports every problem at once, each as `path: message`
@@ -21,6 +21,7 @@ use crate::self_report::OwnEndpoint;
 use crate::source::modbus::Bus;
 use crate::source::Device;
 use crate::upstream::Upstream;
+use crate::web::WebSettings;
 
 pub use platform_core::config::ConfigErrors;
 
@@ -37,6 +38,8 @@ pub struct Config {
     pub core: Option<CoreConfig>,
     pub buses: Vec<Bus>,
     pub devices: Vec<Device>,
+    /// The local web page; `None`: off.
+    pub web: Option<WebSettings>,
 }
 
 impl Config {

@@ -23,6 +23,28 @@ pub struct RawConfig {
     pub modbus: RawModbus,
     #[serde(default)]
     pub devices: Vec<RawDevice>,
+    /// The local web page; absent: no web page.
+    pub web: Option<RawWeb>,
+}
+
+/// `[web]`: the local web page (claim, dashboard, configuration, diagnostics).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    #[serde(default = "defaults::web_enabled")]
+    pub enabled: bool,
+    #[serde(default = "defaults::web_listen")]
+    pub listen: String,
+    /// HTTPS: both files, or neither.
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    #[serde(default = "defaults::web_session_idle_mins")]
+    pub session_idle_mins: u64,
+    /// Serve `/metrics` (Prometheus text format).
+    #[serde(default = "defaults::web_enabled")]
+    pub metrics: bool,
+    /// Bearer token that opens `/metrics` to a scraper beyond loopback.
+    pub metrics_token: Option<Secret>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,6 +245,8 @@ pub struct RawSimulated {
 #[serde(deny_unknown_fields)]
 pub struct RawPoint {
     pub name: String,
+    /// Unit shown on the web page (`°C`, `kWh`); not sent upstream.
+    pub unit: Option<String>,
     // Modbus points
     pub table: Option<String>,
     pub address: Option<u16>,
@@ -248,6 +272,15 @@ pub struct RawPoint {
 pub mod defaults {
     use crate::upstream::defaults as up;
 
+    pub fn web_enabled() -> bool {
+        true
+    }
+    pub fn web_listen() -> String {
+        "0.0.0.0:8088".into()
+    }
+    pub fn web_session_idle_mins() -> u64 {
+        30
+    }
     pub fn state_dir() -> String {
         "/var/lib/kp-gateway".into()
     }

@@ -45,6 +45,26 @@ pub struct DeviceHealth {
     pub last_error: Option<String>,
     /// Duration of the last successful poll (all its requests), in milliseconds.
     pub last_latency_ms: Option<f64>,
+    /// Successful poll durations: counts per [`LATENCY_BUCKETS`] (cumulative is made at
+    /// export), their sum in seconds, and their number.
+    pub latency_buckets: [u64; LATENCY_BUCKETS.len()],
+    pub latency_sum_secs: f64,
+    pub latency_count: u64,
+}
+
+/// Upper bounds (seconds) of the poll latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+impl DeviceHealth {
+    /// Records one successful poll's duration.
+    pub fn observe_latency(&mut self, secs: f64) {
+        self.last_latency_ms = Some(secs * 1000.0);
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency_buckets[i] += 1;
+        }
+        self.latency_sum_secs += secs;
+        self.latency_count += 1;
+    }
 }
 
 /// Shared map device name → health; cheap to clone.

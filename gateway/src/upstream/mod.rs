@@ -11,6 +11,8 @@
 
 pub mod cmp;
 pub mod inflight;
+pub mod link;
+pub mod probe;
 pub mod protocol;
 pub mod session;
 
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 use platform_core::secret::Secret;
 
+pub use link::{LinkSnapshot, LinkStatus};
 pub use protocol::{ClientState, Effect, OwnConfig};
 pub use session::{ConfigLink, UpstreamSession, MAX_PACKET_SIZE};
 

@@ -4,7 +4,6 @@
 //! configuration over). rumqttc reconnects on the next poll after an error; the loop only
 //! waits a capped backoff between attempts.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::cmp::{RemoteConfig, Verdict};
+use super::link::LinkStatus;
 use super::protocol::{ClientState, Effect};
 use super::{Tls, Upstream};
 use crate::buffer::{BufferHandle, LeaseLimits};
@@ -55,8 +55,8 @@ pub struct UpstreamSession {
     pushed: Option<mpsc::Sender<RemoteConfig>>,
     /// Where refusals come back from; taken by `run`.
     verdicts: Option<mpsc::Receiver<Verdict>>,
-    /// True while connected (read by the health report and the web page).
-    connected: Arc<AtomicBool>,
+    /// Up or down, since when (read by the health report and the web page).
+    status: Arc<LinkStatus>,
 }
 
 impl UpstreamSession {
@@ -73,7 +73,7 @@ impl UpstreamSession {
             targets,
             pushed: None,
             verdicts: None,
-            connected: Arc::new(AtomicBool::new(false)),
+            status: Arc::default(),
         }
     }
 
@@ -84,9 +84,15 @@ impl UpstreamSession {
         self
     }
 
-    /// A flag that is true while the session is connected.
-    pub fn connected_flag(&self) -> Arc<AtomicBool> {
-        self.connected.clone()
+    /// Reports the link's state to `status` (shared with the health report and the web page).
+    pub fn with_status(mut self, status: Arc<LinkStatus>) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The link's state, as this session reports it.
+    pub fn status(&self) -> Arc<LinkStatus> {
+        self.status.clone()
     }
 
     /// Runs until `shutdown`; then sends DISCONNECT (leased batches stay in the buffer).
@@ -100,6 +106,7 @@ impl UpstreamSession {
                 return;
             }
         };
+        self.status.starting(format!("{}:{}", c.host, c.port));
         let (client, mut events) = AsyncClient::new(opts, 1024);
         let (finished_tx, mut finished) = mpsc::channel::<Finished>(256);
         let mut verdicts = self.verdicts.take();
@@ -161,7 +168,7 @@ impl UpstreamSession {
                     connected: true,
                     failures: 0,
                 };
-                self.connected.store(true, Ordering::Relaxed);
+                self.status.up();
                 log::info!("upstream: connected to {}:{}", c.host, c.port);
                 let mut effects = self.state.connected();
                 effects.extend(self.lease().await);
@@ -190,7 +197,7 @@ impl UpstreamSession {
                     connected: false,
                     failures,
                 };
-                self.connected.store(false, Ordering::Relaxed);
+                self.status.down(e.to_string());
                 let effects = self.state.disconnected();
                 self.apply(client, effects, finished).await;
                 tokio::select! {
@@ -338,7 +345,7 @@ async fn disconnect(client: &AsyncClient, events: &mut EventLoop) {
     .await;
 }
 
-fn mqtt_options(c: &Upstream) -> std::io::Result<MqttOptions> {
+pub(super) fn mqtt_options(c: &Upstream) -> std::io::Result<MqttOptions> {
     let mut opts = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
     opts.set_keep_alive(c.keepalive)
         .set_clean_session(true)

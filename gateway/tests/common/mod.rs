@@ -38,10 +38,9 @@ where
 }
 
 /// Waits until an upstream session's connected flag is up.
-pub async fn wait_connected(flag: &std::sync::atomic::AtomicBool) {
+pub async fn wait_connected(link: &kp_gateway::upstream::LinkStatus) {
     wait_for("the upstream session to connect", || async {
-        flag.load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(())
+        link.is_connected().then_some(())
     })
     .await;
 }

@@ -164,7 +164,16 @@ pub(super) async fn list_endpoints(
         })
         .await
         .map_err(storage)?;
-    Ok(Json(list.iter().map(endpoint_json).collect()))
+    let online = api.extensions.hub.online_endpoints();
+    Ok(Json(
+        list.iter()
+            .map(|e| {
+                let mut v = endpoint_json(e);
+                v["connected"] = online.contains_key(&e.endpoint_id).into();
+                v
+            })
+            .collect(),
+    ))
 }
 
 /// `appVersion` as Kaa writes it (`{"name": "..."}`) or as a plain string.

@@ -122,6 +122,12 @@ struct Api {
     store: StoreHandle,
     extensions: Extensions,
     stats: Stats,
+}
+
+/// The admin check in front of every route.
+#[derive(Clone)]
+struct AdminGuard {
+    stats: Stats,
     auth: AdminAuth,
     passwords: crate::ccm::password::PasswordChecker,
     verified: Arc<Mutex<HashSet<String>>>,
@@ -168,16 +174,37 @@ fn storage(e: StoreError) -> ApiError {
     }
 }
 
-/// The API router (mounted by the HTTP listener).
+/// The API router (mounted by the HTTP listener): every route needs the admin.
 pub fn router(ctx: ApiContext) -> Router {
-    let api = Api {
-        store: ctx.extensions.store.clone(),
-        extensions: ctx.extensions,
-        stats: ctx.stats,
+    let guard = AdminGuard {
+        stats: ctx.stats.clone(),
         auth: ctx.auth,
         passwords: ctx.passwords,
         verified: Arc::default(),
     };
+    routes()
+        .route_layer(middleware::from_fn_with_state(guard, require_admin))
+        .with_state(Api {
+            store: ctx.extensions.store.clone(),
+            extensions: ctx.extensions,
+            stats: ctx.stats,
+        })
+}
+
+/// The same routes and handlers for a caller that has authenticated the user itself
+/// (the gateway's web console, behind its session and CSRF checks). Never mount this on
+/// a listener without such a check in front.
+pub fn router_for_authenticated_caller(extensions: Extensions, stats: Stats) -> Router {
+    routes()
+        .route_layer(middleware::from_fn(json_errors))
+        .with_state(Api {
+            store: extensions.store.clone(),
+            extensions,
+            stats,
+        })
+}
+
+fn routes() -> Router<Api> {
     Router::new()
         .route(
             "/api/v1/applications",
@@ -278,16 +305,19 @@ pub fn router(ctx: ApiContext) -> Router {
             get(ts_data),
         )
         .route("/api/v1/kpc/stats", get(control::kpc_stats))
-        .route_layer(middleware::from_fn_with_state(api.clone(), require_admin))
-        .with_state(api)
 }
 
-/// Checks the admin, runs the handler, and turns axum's plain-text rejections (bad JSON
-/// body, bad query or path) into the API's JSON errors (as 400).
-async fn require_admin(State(api): State<Api>, req: Request, next: Next) -> Response {
-    if let Err(e) = authorize(&api, req.headers()).await {
+/// Checks the admin, then runs the route (see [`json_errors`]).
+async fn require_admin(State(guard): State<AdminGuard>, req: Request, next: Next) -> Response {
+    if let Err(e) = authorize(&guard, req.headers()).await {
         return e.into_response();
     }
+    json_errors(req, next).await
+}
+
+/// Runs the handler and turns axum's plain-text rejections (bad JSON body, bad query or
+/// path) into the API's JSON errors (as 400).
+async fn json_errors(req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let is_json = resp
         .headers()
@@ -308,7 +338,7 @@ async fn require_admin(State(api): State<Api>, req: Request, next: Next) -> Resp
     resp
 }
 
-async fn authorize(api: &Api, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+async fn authorize(api: &AdminGuard, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     let denied = || {
         ApiError(
             StatusCode::UNAUTHORIZED,

@@ -264,6 +264,7 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         return Ok(None);
     }
     let attached = ctx.hub.register(client_id, identity.clone());
+    ctx.stats.connection_accepted();
     if !client_id.is_empty() {
         // Takeover: give the old connection of this client ID a moment to park its session.
         let deadline = Instant::now() + Duration::from_secs(2);
@@ -403,6 +404,7 @@ impl Live {
         ctx: &ConnContext,
     ) -> Result<(), ConnError> {
         let sid = self.attached.registration.id;
+        ctx.stats.request();
         let Some(reply) = ctx
             .router
             .route(&publish.topic, &publish.payload, Some(sid))

@@ -77,12 +77,32 @@ struct LogGate {
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
     counts: Arc<[AtomicU64; 9]>,
+    /// [connections accepted (CONNACK 0), 1/KP requests routed] — for `/metrics`.
+    traffic: Arc<[AtomicU64; 2]>,
     gates: Arc<Mutex<HashMap<Incident, LogGate>>>,
 }
 
 impl Stats {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Counts a connection whose CONNECT was accepted.
+    pub fn connection_accepted(&self) {
+        self.traffic[0].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a 1/KP request routed (any transport).
+    pub fn request(&self) {
+        self.traffic[1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (connections accepted, requests routed) so far.
+    pub fn traffic(&self) -> (u64, u64) {
+        (
+            self.traffic[0].load(Ordering::Relaxed),
+            self.traffic[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Counts one event without logging.

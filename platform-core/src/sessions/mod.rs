@@ -391,6 +391,17 @@ impl Hub {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Endpoints some live session has used, with how many sessions use each.
+    pub fn online_endpoints(&self) -> std::collections::HashMap<String, usize> {
+        let mut out = std::collections::HashMap::new();
+        for e in self.lock().live.values() {
+            for id in e.used.keys() {
+                *out.entry(id.clone()).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
     /// Number of live sessions.
     pub fn sessions(&self) -> usize {
         self.lock().live.len()

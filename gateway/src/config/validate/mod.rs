@@ -3,13 +3,14 @@
 //! One file per section: `upstream`, `devices` (the device list and resource conflicts),
 //! `modbus` (buses and register points), `serial` (serial ports and line sensors);
 //! `[core]` is platform-core's own (`platform_core::config::validate`). Cross-section
-//! checks — listen-address clashes, the buffer against the disk, the standalone site's
+//! checks — listen-address clashes (the core's and the web page's), the buffer against the disk, the standalone site's
 //! app versions — are here.
 
 mod devices;
 mod modbus;
 mod serial;
 mod upstream;
+mod web;
 
 use crate::buffer::{Buffer, Synchronous};
 use crate::self_report::OwnEndpoint;
@@ -133,6 +134,14 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         .core
         .map(|c| platform_core::config::validate::validate(c, &state_dir, &mut e));
 
+    let web = raw.web.and_then(|w| web::web(w, &mut e));
+    if let (Some(w), Some(core)) = (&web, &core) {
+        for core_listener in core.listeners() {
+            let pair = [core_listener, ("web.listen", w.listen)];
+            platform_core::config::check_listen_clashes(&pair, &mut e);
+        }
+    }
+
     let mut buses = Vec::new();
     let mut bus_gaps: Vec<(String, u16)> = Vec::new();
     let mut bus_names = HashSet::new();
@@ -212,5 +221,6 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         core,
         buses,
         devices,
+        web,
     })
 }

@@ -15,6 +15,7 @@
 //!   restarted TCP server, is picked up without a restart.
 //! - Writes (from 11/CEP commands) arrive on a channel that is served before any due poll.
 
+mod read_now;
 pub mod schedule;
 pub mod settings;
 pub mod transport;
@@ -37,6 +38,7 @@ use crate::modbus::planner::ReadRequest;
 use crate::modbus::types::RegisterTable;
 use crate::sample::Sample;
 use crate::source::{Device, DeviceSource};
+pub use read_now::{PointRead, RawRead, ReadNow};
 use schedule::Schedule;
 pub use settings::{Bus, BusTransport, ModbusDevice, ModbusPoint};
 
@@ -85,10 +87,17 @@ struct WriteJob {
     reply: oneshot::Sender<WriteOutcome>,
 }
 
-/// Sends writes to a bus task; cheap to clone.
+/// What a bus task is asked to do besides polling.
+#[derive(Debug)]
+enum Job {
+    Write(WriteJob),
+    ReadNow(read_now::ReadNowJob),
+}
+
+/// Sends writes (and one-off diagnostic reads) to a bus task; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct BusHandle {
-    tx: mpsc::Sender<WriteJob>,
+    tx: mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for WriteJob {
@@ -107,7 +116,7 @@ impl BusHandle {
             value,
             reply,
         };
-        if self.tx.send(job).await.is_err() {
+        if self.tx.send(Job::Write(job)).await.is_err() {
             return Err(WriteError::BusNotRunning("the bus is not running"));
         }
         rx.await.unwrap_or(Err(WriteError::BusNotRunning(
@@ -143,7 +152,7 @@ pub struct BusActor {
     slaves: Vec<SlaveState>,
     buffer: BufferHandle,
     health: HealthRegistry,
-    writes: mpsc::Receiver<WriteJob>,
+    writes: mpsc::Receiver<Job>,
     ctx: Option<Context>,
     /// When the last frame on the wire ended (inter-frame delay).
     last_frame: Option<Instant>,
@@ -223,10 +232,16 @@ impl BusActor {
                 // Shutdown: finish nothing new; a poll already running has completed.
                 _ = shutdown.cancelled() => break,
                 // Writes go before any due poll.
-                Some(job) = self.writes.recv() => {
-                    let outcome = self.write(&job.device, &job.point, &job.value).await;
-                    let _ = job.reply.send(outcome);
-                }
+                Some(job) = self.writes.recv() => match job {
+                    Job::Write(job) => {
+                        let outcome = self.write(&job.device, &job.point, &job.value).await;
+                        let _ = job.reply.send(outcome);
+                    }
+                    Job::ReadNow(job) => {
+                        let outcome = self.read_now(&job.device).await;
+                        let _ = job.reply.send(outcome);
+                    }
+                },
                 _ = tokio::time::sleep_until(at.into()) => {
                     if let Some(i) = idx {
                         self.poll(i).await;
@@ -445,7 +460,7 @@ impl BusActor {
             h.exceptions += exceptions;
             h.consecutive_failures = 0;
             h.last_success_ms = Some(ts);
-            h.last_latency_ms = Some(latency.as_secs_f64() * 1000.0);
+            h.observe_latency(latency.as_secs_f64());
             if !has_bad {
                 h.last_error = None;
             }
