@@ -15,18 +15,21 @@ function coreConsole() {
       KP.el('li', {}, a.name, ' ', KP.el('span', { class: 'muted' }, (a.appVersions || []).join(', ')))));
   }
 
-  const stateButtons = (states, act) => states.map(([label, to]) =>
-    KP.el('button', { class: to === 'revoked' ? 'danger' : 'secondary', type: 'button', 'data-action': to,
+  // States as the API writes them (ACTIVE, SUSPENDED, REVOKED, INACTIVE).
+  const ACTIONS = [['Activate', 'ACTIVE'], ['Suspend', 'SUSPENDED'], ['Revoke', 'REVOKED']];
+  const stateButtons = (current, act) => ACTIONS.filter(([, s]) => s !== current).map(([label, to]) =>
+    KP.el('button', { class: to === 'REVOKED' ? 'danger' : 'secondary', type: 'button', 'data-action': to.toLowerCase(),
       onclick: () => act(to).catch(fail) }, label));
+  // The gateway's own credential in its embedded core: revoking it would cut the gateway off.
+  const INTERNAL = 'kp-gateway-internal';
 
   async function creds() {
     const list = await KP.getJSON(`${api}/credentials/basic`);
     document.querySelector('#creds tbody').replaceChildren(...list.map(c => KP.el('tr', { 'data-user': c.username },
-      KP.el('td', {}, c.username), KP.el('td', {}, c.state),
-      KP.el('td', {}, ...(c.state === 'revoked' ? [] : stateButtons(
-        [['Activate', 'active'], ['Suspend', 'suspended'], ['Revoke', 'revoked']].filter(([, s]) => s !== c.state),
+      KP.el('td', {}, c.username), KP.el('td', {}, c.state.toLowerCase()),
+      KP.el('td', {}, ...(c.state === 'REVOKED' ? [] : c.username === INTERNAL ? [KP.el('span', { class: 'muted' }, 'the gateway\'s own')] : stateButtons(c.state,
         async (to) => {
-          if (to === 'revoked' && !confirm(`Revoke ${c.username} for good? Its sessions are cut.`)) return;
+          if (to === 'REVOKED' && !confirm(`Revoke ${c.username} for good? Its sessions are cut.`)) return;
           await KP.send('PUT', `${api}/credentials/basic/${encodeURIComponent(c.username)}/state`, { state: to });
           ok(); await creds();
         }))))));
@@ -45,12 +48,11 @@ function coreConsole() {
   async function tokens() {
     const id = current.endpointId;
     const list = await KP.getJSON(`${api}/endpoints/${id}/tokens`);
-    document.querySelector('#tokens tbody').replaceChildren(...list.map(t => KP.el('tr', { 'data-token-state': t.state },
-      KP.el('td', {}, KP.el('code', {}, t.token)), KP.el('td', {}, t.state),
-      KP.el('td', {}, ...(t.state === 'revoked' ? [] : stateButtons(
-        [['Activate', 'active'], ['Suspend', 'suspended'], ['Revoke', 'revoked']].filter(([, s]) => s !== t.state),
+    document.querySelector('#tokens tbody').replaceChildren(...list.map(t => KP.el('tr', { 'data-token-state': t.state.toLowerCase() },
+      KP.el('td', {}, KP.el('code', {}, t.token)), KP.el('td', {}, t.state.toLowerCase()),
+      KP.el('td', {}, ...(t.state === 'REVOKED' ? [] : stateButtons(t.state,
         async (to) => {
-          if (to === 'revoked' && !confirm('Revoke this token for good? Sessions using it are cut.')) return;
+          if (to === 'REVOKED' && !confirm('Revoke this token for good? Sessions using it are cut.')) return;
           await KP.send('PUT', `${api}/endpoints/${id}/tokens/${encodeURIComponent(t.token)}/state`, { state: to });
           ok(); await tokens(); await endpoints();
         }))))));

@@ -382,14 +382,17 @@ fn active_version(
     }
 }
 
-/// The demo's core wants 127.0.0.1:1883 and :8080; if either is taken, take a free port.
+/// The demo wants 127.0.0.1:1883, :8080 and :8088; any that is taken becomes a free port.
 fn demo_port_fallback(config: &mut Config) {
-    let Some(core) = &mut config.core else {
+    let Some(core) = config.core.as_mut() else {
         return;
     };
     let mut listens = vec![&mut core.mqtt.listen];
     if let Some(http) = &mut core.http {
         listens.push(&mut http.listen);
+    }
+    if let Some(web) = &mut config.web {
+        listens.push(&mut web.listen);
     }
     for listen in listens {
         if std::net::TcpListener::bind(*listen).is_err() {

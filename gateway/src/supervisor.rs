@@ -461,6 +461,7 @@ fn start_generation(
                 sources.spawn(source::run_simulated(
                     d,
                     buffer.clone(),
+                    health.clone(),
                     sources_stop.clone(),
                 ));
             }

@@ -9,6 +9,7 @@
 //! (`devices[1].points[0].type: unknown data type "u17"`), and never panics. Secrets
 //! (upstream password, tokens) are redacted from `Debug` output.
 
+mod locate;
 pub mod raw;
 mod validate;
 
@@ -90,9 +91,11 @@ impl Config {
         validate::validate(raw)
     }
 
+    /// Parses the TOML; an error names its key path when one is found (`devices[1].modbus.
+    /// unit_id: ...`), with the line, so it reads like a validation error.
     fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
         toml::from_str(text).map_err(|e| {
-            let msg = e.message().to_owned();
+            let msg = e.message().trim_end().to_owned();
             let place = e
                 .span()
                 .map(|s| {
@@ -101,10 +104,13 @@ impl Config {
                         .filter(|b| **b == b'\n')
                         .count()
                         + 1;
-                    format!("line {line}")
+                    match locate::path_at(text, s.start) {
+                        Some(path) => format!("{path}: (line {line})"),
+                        None => format!("line {line}:"),
+                    }
                 })
-                .unwrap_or_else(|| "file".into());
-            ConfigErrors(vec![format!("{place}: {msg}")])
+                .unwrap_or_else(|| "file:".into());
+            ConfigErrors(vec![format!("{place} {msg}")])
         })
     }
 

@@ -167,7 +167,7 @@ fn an_unknown_key_is_an_error_with_its_line() {
     let e = errors("[gateway]\nstate_dir = \"/tmp\"\nlog_levle = \"info\"\n");
     assert_eq!(e.len(), 1);
     assert!(
-        e[0].starts_with("line 3: unknown field `log_levle`"),
+        e[0].starts_with("gateway.log_levle: (line 3) unknown field `log_levle`"),
         "{}",
         e[0]
     );

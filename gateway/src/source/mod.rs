@@ -39,7 +39,12 @@ pub fn endpoint_of(device: &Device) -> Endpoint {
 }
 
 /// Runs a simulated device every `poll_interval` until `shutdown`.
-pub async fn run_simulated(device: Device, buffer: BufferHandle, shutdown: CancellationToken) {
+pub async fn run_simulated(
+    device: Device,
+    buffer: BufferHandle,
+    health: health::HealthRegistry,
+    shutdown: CancellationToken,
+) {
     let DeviceSource::Simulated(sim) = &device.source else {
         return;
     };
@@ -53,6 +58,11 @@ pub async fn run_simulated(device: Device, buffer: BufferHandle, shutdown: Cance
             _ = tick.tick() => {}
         }
         let now = crate::now_ms();
+        health.update(&device.name, |h| {
+            h.state = health::HealthState::Ok;
+            h.polls += 1;
+            h.last_success_ms = Some(now);
+        });
         let sample = poller
             .poll(now)
             .into_iter()

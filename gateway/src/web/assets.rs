@@ -38,3 +38,8 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         None => (StatusCode::NOT_FOUND, "no such asset").into_response(),
     }
 }
+
+/// `GET /favicon.ico`: no icon (an empty answer rather than a 404 in the browser's log).
+pub async fn favicon() -> StatusCode {
+    StatusCode::NO_CONTENT
+}

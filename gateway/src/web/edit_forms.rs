@@ -279,6 +279,31 @@ const POINT: &[Spec] = &[
     ("writable", "Writable", "checkbox", Kind::Bool, &[], ""),
 ];
 
+/// What kind of device a table describes (`modbus`, `serial_line`, `simulated`).
+fn kind_of(t: &Table) -> Option<&'static str> {
+    ["modbus", "serial_line", "simulated"]
+        .into_iter()
+        .find(|k| t.contains_key(k))
+}
+
+/// The device fields that apply to `kind` (a Modbus device has no serial line settings).
+fn device_specs(kind: &str) -> Vec<Spec> {
+    DEVICE
+        .iter()
+        .filter(|s| match s.0.split_once('.') {
+            Some((section, _)) => section == kind,
+            None => true,
+        })
+        .copied()
+        .collect()
+}
+
+/// `?kind=` of a new device's form.
+#[derive(Debug, serde::Deserialize)]
+pub struct KindQuery {
+    kind: Option<String>,
+}
+
 /// Empty point rows offered under the existing ones.
 const BLANK_POINTS: usize = 2;
 
@@ -330,10 +355,14 @@ fn apply(
             errors.entry(full).or_default().push(msg);
         }
     }
-    // Sub-tables left empty by the form (no TLS, not a serial sensor) go away.
+    // Sub-tables of this form left empty (no TLS files) go away; others stay as they were.
+    let sections: Vec<&str> = specs
+        .iter()
+        .filter_map(|s| s.0.split_once('.').map(|(sub, _)| sub))
+        .collect();
     let empty: Vec<String> = t
         .iter()
-        .filter(|(_, v)| v.as_table().is_some_and(Table::is_empty))
+        .filter(|(k, v)| sections.contains(k) && v.as_table().is_some_and(Table::is_empty))
         .map(|(k, _)| k.to_owned())
         .collect();
     for k in empty {
@@ -355,6 +384,8 @@ struct FormPage {
     /// The device's name, for "read now".
     read_now: Option<String>,
     test_upstream: bool,
+    /// The device's kind (devices only).
+    kind: &'static str,
 }
 
 page!(FormPage);
@@ -372,6 +403,7 @@ impl FormPage {
             delete: None,
             read_now: None,
             test_upstream: false,
+            kind: "",
         }
     }
 }
@@ -590,7 +622,8 @@ fn device_page(
     e: &FieldErrors,
 ) -> FormPage {
     let slot = at.map_or("new".to_owned(), |i| i.to_string());
-    let mut fs = fields(DEVICE, t, e, "");
+    let kind = kind_of(t).unwrap_or("modbus");
+    let mut fs = fields(&device_specs(kind), t, e, "");
     let bus_names: Vec<String> = forms::tables(doc, &["modbus", "buses"])
         .iter()
         .map(|b| forms::shown(b, "name"))
@@ -628,12 +661,18 @@ fn device_page(
         .and_then(Item::as_array_of_tables)
         .map(|a| a.iter().cloned().collect())
         .unwrap_or_default();
-    let points = existing
-        .iter()
-        .chain(std::iter::repeat_n(&Table::new(), BLANK_POINTS))
-        .enumerate()
-        .map(|(j, p)| fields(POINT, p, e, &format!("points[{j}].")))
-        .collect();
+    // Points are Modbus registers here; a serial sensor's fields come from its lines, and
+    // a simulated device's waveforms are edited in the raw editor.
+    let points = if kind == "modbus" {
+        existing
+            .iter()
+            .chain(std::iter::repeat_n(&Table::new(), BLANK_POINTS))
+            .enumerate()
+            .map(|(j, p)| fields(POINT, p, e, &format!("points[{j}].")))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let name = forms::shown(t, "name");
     let mut page = FormPage::new(
         Chrome::new(web, who, "Device", "config"),
@@ -643,16 +682,29 @@ fn device_page(
     );
     page.point_labels = POINT.iter().map(|s| s.1).collect();
     page.points = points;
+    page.kind = kind;
     page.delete = at.map(|i| format!("/config/devices/{i}/delete"));
     page.read_now = at.filter(|_| t.contains_key("modbus")).map(|_| name);
     page
 }
 
-/// `GET /config/devices/{index|new}`.
+/// An empty device of `kind` (from `?kind=` or the form's hidden field).
+fn new_device(kind: Option<&str>) -> Table {
+    let mut t = Table::new();
+    let kind = match kind {
+        Some("serial_line") => "serial_line",
+        _ => "modbus",
+    };
+    forms::subtable(&mut t, kind);
+    t
+}
+
+/// `GET /config/devices/{index|new}` (`?kind=modbus|serial_line` for a new one).
 pub async fn device_form(
     State(web): State<Web>,
     Extension(who): Extension<Authed>,
     Path(index): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<KindQuery>,
 ) -> Response {
     let (doc, _) = doc_of(&web);
     let devices = forms::tables(&doc, &["devices"]);
@@ -660,7 +712,9 @@ pub async fn device_form(
         Ok(at) => at,
         Err(r) => return *r,
     };
-    let t = at.map(|i| devices[i].clone()).unwrap_or_default();
+    let t = at
+        .map(|i| devices[i].clone())
+        .unwrap_or_else(|| new_device(q.kind.as_deref()));
     html(device_page(&web, &who, &doc, at, &t, &FieldErrors::new()))
 }
 
@@ -708,9 +762,16 @@ pub async fn device_save(
         Err(r) => return *r,
     };
     let slot = at.unwrap_or(devices.len());
-    let mut t = at.and_then(|i| devices.get(i).cloned()).unwrap_or_default();
+    let kind_field = form
+        .iter()
+        .find(|(k, _)| k == "kind")
+        .map(|(_, v)| v.as_str());
+    let mut t = at
+        .and_then(|i| devices.get(i).cloned())
+        .unwrap_or_else(|| new_device(kind_field));
+    let kind = kind_of(&t).unwrap_or("modbus");
     let mut errors = FieldErrors::new();
-    apply(DEVICE, &mut t, &form, "", &mut errors);
+    apply(&device_specs(kind), &mut t, &form, "", &mut errors);
     let meta = form
         .iter()
         .find(|(k, _)| k == "metadata")
@@ -722,14 +783,15 @@ pub async fn device_save(
     } else {
         t.insert("metadata", Item::Table(meta));
     }
-    // Point rows: a row without a name is no point (that is how one is removed).
+    // Point rows: a row without a name is no point (that is how one is removed). Only
+    // Modbus devices edit points here.
     let old_points: Vec<Table> = t
         .get("points")
         .and_then(Item::as_array_of_tables)
         .map(|a| a.iter().cloned().collect())
         .unwrap_or_default();
     let mut points = ArrayOfTables::new();
-    for j in 0..old_points.len() + BLANK_POINTS {
+    for j in (0..old_points.len() + BLANK_POINTS).filter(|_| kind == "modbus") {
         let prefix = format!("points[{j}].");
         let named = form
             .iter()
@@ -741,10 +803,12 @@ pub async fn device_save(
         apply(POINT, &mut p, &form, &prefix, &mut errors);
         points.push(p);
     }
-    if points.is_empty() {
-        t.remove("points");
-    } else {
-        t.insert("points", Item::ArrayOfTables(points));
+    if kind == "modbus" {
+        if points.is_empty() {
+            t.remove("points");
+        } else {
+            t.insert("points", Item::ArrayOfTables(points));
+        }
     }
     match at {
         Some(i) => {

@@ -2,7 +2,8 @@
 //! they (pages → login, API → 401), did the form come from our page (CSRF), and the
 //! security headers on every answer.
 //!
-//! Open without a session: `/setup`, `/login`, `/assets/*`, `/healthz`, and `/metrics`
+//! Open without a session: `/setup`, `/login`, `/assets/*`, `/favicon.ico`, `/healthz`,
+//! and `/metrics`
 //! (which checks its own rule, see [`super::metrics`]). Every POST needs a CSRF token: the
 //! session's (form field `csrf` or header `X-CSRF-Token`), or before login the
 //! double-submit cookie `kpgw_pre`.
@@ -62,7 +63,10 @@ pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<u64>) -
 }
 
 fn is_public(path: &str) -> bool {
-    matches!(path, "/setup" | "/login" | "/healthz" | "/metrics") || path.starts_with("/assets/")
+    matches!(
+        path,
+        "/setup" | "/login" | "/healthz" | "/metrics" | "/favicon.ico"
+    ) || path.starts_with("/assets/")
 }
 
 fn wants_json(path: &str) -> bool {

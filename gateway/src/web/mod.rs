@@ -158,7 +158,8 @@ pub fn router(web: Web) -> Router {
         .route("/console", get(pages::console))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
-        .route("/assets/{file}", get(assets::asset));
+        .route("/assets/{file}", get(assets::asset))
+        .route("/favicon.ico", get(assets::favicon));
     if let Some(core) = &web.core {
         app = app.nest_service("/core", core.api.clone());
     }
@@ -268,3 +269,6 @@ pub async fn serve(
     };
     Ok((addr, task))
 }
+
+#[cfg(test)]
+mod tests;
