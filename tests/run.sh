@@ -4,7 +4,8 @@
 #   1. the Rust unit and property tests (cargo test),
 #   2. the end-to-end tests of the real binary against real peers (pytest): paho-mqtt,
 #      mosquitto_pub/mosquitto_sub, a Mosquitto broker, MQTT.js (npm `mqtt`) over
-#      WebSocket, curl, pymodbus devices over TCP and over socat pseudo-terminals, mbpoll.
+#      WebSocket, curl, pymodbus devices over TCP and over socat pseudo-terminals, mbpoll,
+#      and Debian's chromium driven by npm playwright-core for the web page.
 # Usage: tests/run.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# A real browser for the web page's end-to-end walk (driven by npm playwright-core).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if ! command -v cargo >/dev/null 2>&1; then
     # Debian 12 ships a current Rust as rustc-web/cargo-web; newer releases as rustc/cargo.
     if apt-cache show cargo-web >/dev/null 2>&1; then need+=(cargo-web rustc-web); else need+=(cargo rustc); fi
@@ -47,9 +50,9 @@ if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r tests/r
     exit 1
 fi
 
-# --- MQTT.js (pinned by tests/js/package-lock.json) -----------------------------------
-if [ ! -d tests/js/node_modules/mqtt ]; then
-    log "npm ci (MQTT.js)"
+# --- MQTT.js and playwright-core (pinned by tests/js/package-lock.json) ---------------
+if [ ! -d tests/js/node_modules/mqtt ] || [ ! -d tests/js/node_modules/playwright-core ]; then
+    log "npm ci (MQTT.js, playwright-core)"
     npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
 

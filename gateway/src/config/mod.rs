@@ -95,7 +95,7 @@ impl Config {
     /// unit_id: ...`), with the line, so it reads like a validation error.
     fn parse_raw(text: &str) -> Result<raw::RawConfig, ConfigErrors> {
         toml::from_str(text).map_err(|e| {
-            let msg = e.message().trim_end().to_owned();
+            let msg = plain_words(e.message().trim_end());
             let place = e
                 .span()
                 .map(|s| {
@@ -149,6 +149,24 @@ impl Config {
             .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
         Self::from_toml(&text)
     }
+}
+
+/// The TOML reader's Rust type names in words a user knows.
+fn plain_words(msg: &str) -> String {
+    [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number of at least 0"),
+        ("expected usize", "expected a whole number of at least 0"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ]
+    .iter()
+    .fold(msg.to_owned(), |m, (from, to)| m.replace(from, to))
 }
 
 #[cfg(test)]
