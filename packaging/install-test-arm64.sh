@@ -2,7 +2,8 @@
 # Release check (slow; not run on every push): installs the arm64 .deb into an arm64
 # Debian 12 chroot (debootstrap --foreign, second stage and everything after it run
 # through qemu-user-static + binfmt_misc), starts the daemon there with the demo config,
-# as the package's system user, and checks that it answers on its MQTT port and stores
+# as the package's system user, and checks that it answers on its MQTT port and its web
+# page (unclaimed, the setup code private to the service user), and stores
 # samples. Needs root. Usage: packaging/install-test-arm64.sh [path/to/kp-gateway_*_arm64.deb]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,23 @@ with socket.create_connection((host, int(port)), timeout=10) as s:
 assert ack == b"\x20\x02\x00\x05", ack
 print("CONNACK:", ack.hex())
 PY
+# The web page answers, unclaimed: it sends every visitor to the setup form, and the
+# one-time code is in the state directory, readable by the service user only.
+WEB=$(grep -o "web page: http://[0-9.]*:[0-9]*" "$LOG" | awk '{print $3}')
+[ -n "$WEB" ] || { cat "$LOG"; echo "the web page did not start" >&2; exit 1; }
+python3 - "$WEB" <<'PY'
+import sys, urllib.request, urllib.error
+class Stay(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **k):
+        return None
+try:
+    urllib.request.build_opener(Stay).open(sys.argv[1] + "/", timeout=10)
+    raise SystemExit("expected a redirect to /setup")
+except urllib.error.HTTPError as e:
+    assert e.code == 303 and e.headers["location"] == "/setup", (e.code, e.headers)
+print("web page: unclaimed, / -> /setup")
+PY
+test "$(stat -c '%a %U' "$ROOTFS/var/lib/kp-gateway/demo/web/setup-code")" = "600 kp-gateway"
 for _ in $(seq 60); do
     grep -q "core has stored [1-9]" "$LOG" && break
     sleep 1

@@ -105,9 +105,14 @@ pub async fn run(
         config.buffer.synchronous,
         config.buffer.bounds,
     )?;
+    // The live values exist for the web page only (no page, no copy of every sample).
     let live = Arc::new(LiveValues::default());
-    let tap_live = live.clone();
-    let buffer = buffer.with_tap(SampleTap(Arc::new(move |s| tap_live.record(s))));
+    let buffer = if config.web.is_some() {
+        let tap_live = live.clone();
+        buffer.with_tap(SampleTap(Arc::new(move |s| tap_live.record(s))))
+    } else {
+        buffer
+    };
     let store = ConfigStore::new(&config.state_dir);
     let mut text = opts.config_text.clone();
 
