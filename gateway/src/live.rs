@@ -61,6 +61,10 @@ impl PointLive {
             // An older bucket than the open one (a clock step back): start afresh there.
             open => {
                 if let Some((s, sum, n)) = open.take() {
+                    if self.history.capacity() == 0 {
+                        // Exactly an hour's worth, once: no doubling beyond the bound.
+                        self.history.reserve_exact(HISTORY_BUCKETS);
+                    }
                     self.history.push_back((s, (sum / f64::from(n)) as f32));
                     while self.history.len() >= HISTORY_BUCKETS {
                         self.history.pop_front();
