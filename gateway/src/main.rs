@@ -396,7 +396,7 @@ fn demo_port_fallback(config: &mut Config) {
     }
     for listen in listens {
         if std::net::TcpListener::bind(*listen).is_err() {
-            log::warn!("{listen} is taken; the demo core takes a free port instead (logged below)");
+            log::warn!("{listen} is taken; the demo takes a free port instead (logged below)");
             listen.set_port(0);
         }
     }

@@ -201,7 +201,7 @@ impl Auth {
         make_private_dir(&self.dir)?;
         let code = new_setup_code();
         write_atomic(&path, format!("{code}\n").as_bytes())?;
-        log::warn!(
+        log::info!(
             "web page: not claimed yet. Open the page and enter the setup code {code} (also in {})",
             path.display()
         );
