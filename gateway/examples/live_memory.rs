@@ -35,7 +35,10 @@ fn main() {
         for (d, ep) in endpoints.iter().enumerate() {
             let mut b = Sample::builder(ep.clone(), 1_700_000_000_000 + s * 1000);
             for p in 0..points {
-                b = b.value(format!("p{p}"), serde_json::json!((s as f64 + d as f64) * 0.1 + p as f64));
+                b = b.value(
+                    format!("p{p}"),
+                    serde_json::json!((s as f64 + d as f64) * 0.1 + p as f64),
+                );
             }
             live.record(&[b.build()]);
             samples += 1;

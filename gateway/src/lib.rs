@@ -20,6 +20,7 @@ pub mod supervisor;
 pub mod systemd;
 pub mod upstream;
 pub mod web;
+pub mod web_settings;
 
 /// The demo configuration: simulated devices and the in-process core, no hardware.
 pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");

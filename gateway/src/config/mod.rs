@@ -2,7 +2,7 @@
 //!
 //! This module only parses and assembles: each feature owns its runtime settings type
 //! (`upstream::Upstream`, `buffer::Buffer`, `source::Device`, `source::modbus::Bus`,
-//! `source::serial::SerialSettings`, `self_report::OwnEndpoint`, `web::WebSettings`) and the embedded core
+//! `source::serial::SerialSettings`, `self_report::OwnEndpoint`, `web_settings::WebSettings`) and the embedded core
 //! owns `[core]` (`platform_core::config`). Imports point from here to them, never back.
 //!
 //! [`Config::from_toml`] reports every problem at once, each as `path: message`
@@ -22,7 +22,7 @@ use crate::self_report::OwnEndpoint;
 use crate::source::modbus::Bus;
 use crate::source::Device;
 use crate::upstream::Upstream;
-use crate::web::WebSettings;
+use crate::web_settings::WebSettings;
 
 pub use platform_core::config::ConfigErrors;
 

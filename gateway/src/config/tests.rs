@@ -348,7 +348,10 @@ fn a_published_password_on_the_network_is_refused_and_the_demo_ships_none() {
                 && l.contains("0.0.0.0:8080")),
         "{e:?}"
     );
-    assert!(Config::from_toml(&text("127.0.0.1:8080")).is_ok(), "loopback only: allowed");
+    assert!(
+        Config::from_toml(&text("127.0.0.1:8080")).is_ok(),
+        "loopback only: allowed"
+    );
     // No password ships with kp-gateway: the demo has no REST admin at all.
     assert!(!crate::DEMO_CONFIG.contains("[core.api]"));
     assert!(Config::from_toml(crate::DEMO_CONFIG).is_ok());

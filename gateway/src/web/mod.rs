@@ -1,7 +1,7 @@
 //! The local web page: claim the gateway, watch it, configure it and diagnose it from a
 //! browser on the site LAN (axum + askama, server-rendered, every asset in the binary).
 //!
-//! - [`settings`]: `[web]` at run time;
+//! - [`crate::web_settings`]: `[web]` at run time (a leaf module, built by `config`);
 //! - [`auth`]: setup code, admin password, sessions, CSRF tokens, login throttling;
 //! - [`guard`]: the middleware every request passes (session, CSRF, security headers);
 //! - [`pages`]: dashboard, devices and live values, logs; [`buffer_page`]: dead letters,
@@ -25,7 +25,6 @@ pub mod forms;
 pub mod guard;
 pub mod metrics;
 pub mod pages;
-pub mod settings;
 pub mod tools;
 
 use std::net::SocketAddr;
@@ -46,7 +45,7 @@ use crate::live::LiveValues;
 use crate::source::health::HealthRegistry;
 use crate::source::modbus::BusHandle;
 use crate::upstream::LinkStatus;
-pub use settings::WebSettings;
+pub use crate::web_settings::WebSettings;
 
 /// Largest request body (the raw configuration editor is the biggest).
 pub const MAX_BODY: usize = 2 * 1024 * 1024;

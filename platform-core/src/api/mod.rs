@@ -9,6 +9,7 @@
 //! in `manage`, commands and configurations in `control`, time series here.
 
 mod control;
+mod credentials;
 mod files;
 mod manage;
 
@@ -242,27 +243,27 @@ fn routes() -> Router<Api> {
         )
         .route(
             "/api/v1/credentials/basic",
-            get(manage::list_basic).post(manage::create_basic),
+            get(credentials::list_basic).post(credentials::create_basic),
         )
         .route(
             "/api/v1/credentials/basic/{username}",
-            get(manage::get_basic),
+            get(credentials::get_basic),
         )
         .route(
             "/api/v1/credentials/basic/{username}/state",
-            put(manage::set_basic_state),
+            put(credentials::set_basic_state),
         )
         .route(
             "/api/v1/credentials/x509",
-            get(manage::list_x509).post(manage::create_x509),
+            get(credentials::list_x509).post(credentials::create_x509),
         )
         .route(
             "/api/v1/credentials/x509/{fingerprint}",
-            get(manage::get_x509),
+            get(credentials::get_x509),
         )
         .route(
             "/api/v1/credentials/x509/{fingerprint}/state",
-            put(manage::set_x509_state),
+            put(credentials::set_x509_state),
         )
         .route(
             "/api/v1/endpoints/{endpointId}/commands/{commandType}",

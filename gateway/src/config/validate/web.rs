@@ -8,7 +8,7 @@ use platform_core::config::Problems;
 use platform_core::kpc::tls::TlsFiles;
 
 use crate::config::raw::RawWeb;
-use crate::web::WebSettings;
+use crate::web_settings::WebSettings;
 
 /// `None` when the page is turned off (or the section is unusable; the errors say why).
 pub(super) fn web(raw: RawWeb, e: &mut Problems) -> Option<WebSettings> {

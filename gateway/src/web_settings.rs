@@ -1,5 +1,6 @@
 //! `[web]` at run time: where the page listens, with or without TLS, and its session and
-//! metrics rules.
+//! metrics rules. A leaf module (the configuration builds it, the web page reads it), so
+//! imports point one way: `config` → `web_settings` ← `web`.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,272 @@
+//! The device form: a Modbus device (with its points) or a serial line sensor; a simulated
+//! device's waveforms are edited in the raw editor.
+
+use super::*;
+
+/// What kind of device a table describes (`modbus`, `serial_line`, `simulated`).
+pub(super) fn kind_of(t: &Table) -> Option<&'static str> {
+    ["modbus", "serial_line", "simulated"]
+        .into_iter()
+        .find(|k| t.contains_key(k))
+}
+
+/// The device fields that apply to `kind` (a Modbus device has no serial line settings).
+pub(super) fn device_specs(kind: &str) -> Vec<Spec> {
+    DEVICE
+        .iter()
+        .filter(|s| match s.0.split_once('.') {
+            Some((section, _)) => section == kind,
+            None => true,
+        })
+        .copied()
+        .collect()
+}
+
+/// `?kind=` of a new device's form.
+#[derive(Debug, serde::Deserialize)]
+pub struct KindQuery {
+    kind: Option<String>,
+}
+
+/// Empty point rows offered under the existing ones.
+const BLANK_POINTS: usize = 2;
+
+// ---- devices ---------------------------------------------------------------------------
+
+pub(super) fn device_page(
+    web: &Web,
+    who: &Authed,
+    doc: &DocumentMut,
+    at: Option<usize>,
+    t: &Table,
+    e: &FieldErrors,
+) -> FormPage {
+    let slot = at.map_or("new".to_owned(), |i| i.to_string());
+    let kind = kind_of(t).unwrap_or("modbus");
+    let mut fs = fields(&device_specs(kind), t, e, "");
+    let bus_names: Vec<String> = forms::tables(doc, &["modbus", "buses"])
+        .iter()
+        .map(|b| forms::shown(b, "name"))
+        .collect();
+    if let Some(f) = fs.iter_mut().find(|f| f.name == "modbus.bus") {
+        f.options = std::iter::once(String::new()).chain(bus_names).collect();
+    }
+    let metadata = t
+        .get("metadata")
+        .and_then(Item::as_table_like)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{k} = {}",
+                        v.as_str()
+                            .map_or_else(|| v.to_string().trim().to_owned(), str::to_owned)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default();
+    fs.push(Field {
+        name: "metadata".into(),
+        label: "Metadata",
+        input: "textarea",
+        value: metadata,
+        options: Vec::new(),
+        errors: e.get("metadata").cloned().unwrap_or_default(),
+        help: "one key = value per line (sent to the platform's endpoint metadata)",
+    });
+    let existing: Vec<Table> = t
+        .get("points")
+        .and_then(Item::as_array_of_tables)
+        .map(|a| a.iter().cloned().collect())
+        .unwrap_or_default();
+    // Points are Modbus registers here; a serial sensor's fields come from its lines, and
+    // a simulated device's waveforms are edited in the raw editor.
+    let points = if kind == "modbus" {
+        existing
+            .iter()
+            .chain(std::iter::repeat_n(&Table::new(), BLANK_POINTS))
+            .enumerate()
+            .map(|(j, p)| fields(POINT, p, e, &format!("points[{j}].")))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let name = forms::shown(t, "name");
+    let mut page = FormPage::new(
+        Chrome::new(web, who, "Device", "config"),
+        at.map_or("New device".into(), |_| format!("Device {name}")),
+        format!("/config/devices/{slot}"),
+        fs,
+    );
+    page.point_labels = POINT.iter().map(|s| s.1).collect();
+    page.points = points;
+    page.kind = kind;
+    page.delete = at.map(|i| format!("/config/devices/{i}/delete"));
+    page.read_now = at.filter(|_| t.contains_key("modbus")).map(|_| name);
+    page
+}
+
+/// An empty device of `kind` (from `?kind=` or the form's hidden field).
+pub(super) fn new_device(kind: Option<&str>) -> Table {
+    let mut t = Table::new();
+    let kind = match kind {
+        Some("serial_line") => "serial_line",
+        _ => "modbus",
+    };
+    forms::subtable(&mut t, kind);
+    t
+}
+
+/// `GET /config/devices/{index|new}` (`?kind=modbus|serial_line` for a new one).
+pub async fn device_form(
+    State(web): State<Web>,
+    Extension(who): Extension<Authed>,
+    Path(index): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<KindQuery>,
+) -> Response {
+    let (doc, _) = doc_of(&web);
+    let devices = forms::tables(&doc, &["devices"]);
+    let at = match index_of(&index, devices.len()) {
+        Ok(at) => at,
+        Err(r) => return *r,
+    };
+    let t = at
+        .map(|i| devices[i].clone())
+        .unwrap_or_else(|| new_device(q.kind.as_deref()));
+    html(device_page(&web, &who, &doc, at, &t, &FieldErrors::new()))
+}
+
+/// Metadata lines `key = value` → a table (numbers and booleans keep their type).
+pub(super) fn metadata_table(text: &str, errors: &mut FieldErrors) -> Table {
+    let mut t = Table::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            errors
+                .entry("metadata".into())
+                .or_default()
+                .push(format!("line {}: write key = value", n + 1));
+            continue;
+        };
+        let v = v.trim();
+        let item = if let Ok(i) = v.parse::<i64>() {
+            toml_edit::value(i)
+        } else if let Some(f) = v.parse::<f64>().ok().filter(|f| f.is_finite()) {
+            toml_edit::value(f)
+        } else if let Ok(b) = v.parse::<bool>() {
+            toml_edit::value(b)
+        } else {
+            toml_edit::value(v.trim_matches('"'))
+        };
+        t.insert(k.trim(), item);
+    }
+    t
+}
+
+/// `POST /config/devices/{index|new}`.
+pub async fn device_save(
+    State(web): State<Web>,
+    Extension(who): Extension<Authed>,
+    Path(index): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let (mut doc, _) = doc_of(&web);
+    let devices = forms::tables_at(&mut doc, &["devices"]);
+    let at = match index_of(&index, devices.len()) {
+        Ok(at) => at,
+        Err(r) => return *r,
+    };
+    let slot = at.unwrap_or(devices.len());
+    let kind_field = form
+        .iter()
+        .find(|(k, _)| k == "kind")
+        .map(|(_, v)| v.as_str());
+    let mut t = at
+        .and_then(|i| devices.get(i).cloned())
+        .unwrap_or_else(|| new_device(kind_field));
+    let kind = kind_of(&t).unwrap_or("modbus");
+    let mut errors = FieldErrors::new();
+    apply(&device_specs(kind), &mut t, &form, "", &mut errors);
+    let meta = form
+        .iter()
+        .find(|(k, _)| k == "metadata")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let meta = metadata_table(meta, &mut errors);
+    if meta.is_empty() {
+        t.remove("metadata");
+    } else {
+        t.insert("metadata", Item::Table(meta));
+    }
+    // Point rows: a row without a name is no point (that is how one is removed). Only
+    // Modbus devices edit points here.
+    let old_points: Vec<Table> = t
+        .get("points")
+        .and_then(Item::as_array_of_tables)
+        .map(|a| a.iter().cloned().collect())
+        .unwrap_or_default();
+    let mut points = ArrayOfTables::new();
+    for j in (0..old_points.len() + BLANK_POINTS).filter(|_| kind == "modbus") {
+        let prefix = format!("points[{j}].");
+        let named = form
+            .iter()
+            .any(|(k, v)| *k == format!("{prefix}name") && !v.trim().is_empty());
+        if !named {
+            continue;
+        }
+        let mut p = old_points.get(j).cloned().unwrap_or_default();
+        apply(POINT, &mut p, &form, &prefix, &mut errors);
+        points.push(p);
+    }
+    if kind == "modbus" {
+        if points.is_empty() {
+            t.remove("points");
+        } else {
+            t.insert("points", Item::ArrayOfTables(points));
+        }
+    }
+    match at {
+        Some(i) => {
+            if let Some(d) = devices.get_mut(i) {
+                *d = t.clone();
+            }
+        }
+        None => devices.push(t.clone()),
+    }
+    let note = format!(
+        "device {} {}",
+        forms::shown(&t, "name"),
+        if at.is_some() { "edited" } else { "added" }
+    );
+    let result = if errors.is_empty() {
+        commit(
+            &web,
+            &who,
+            doc.to_string(),
+            Origin::Web,
+            note,
+            &format!("devices[{slot}]"),
+        )
+        .await
+    } else {
+        Err(errors)
+    };
+    match result {
+        Ok(a) => after_save(&a),
+        Err(e) => failed(device_page(&web, &who, &doc, at, &t, &e), e),
+    }
+}
+
+/// `POST /config/devices/{index}/delete`.
+pub async fn device_delete(
+    State(web): State<Web>,
+    Extension(who): Extension<Authed>,
+    Path(index): Path<usize>,
+) -> Response {
+    remove_at(&web, &who, &["devices"], index, "device").await
+}
