@@ -26,14 +26,33 @@ apt_install() {
 }
 
 apt_install lintian systemd dpkg-dev gzip
-command -v cargo-deb >/dev/null 2>&1 || cargo install --locked cargo-deb
+# Pinned: a new cargo-deb must not change the package behind our back.
+CARGO_DEB_VERSION=3.8.0
+if ! cargo-deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+    cargo install --locked --force cargo-deb --version "$CARGO_DEB_VERSION"
+fi
 
 # The man page is architecture-independent.
 mkdir -p target/man
 gzip -9n -c debian/kp-gateway.8 > target/man/kp-gateway.8.gz
 
+# cargo-deb writes no DEBIAN/md5sums; dpkg --verify and debsums need one. Unpack, add
+# it, repack (same contents, owner root:root).
+add_md5sums() {
+    local deb=$1 dir
+    dir=$(mktemp -d)
+    dpkg-deb -R "$deb" "$dir"
+    # Conffiles are left out, as dh_md5sums does (dpkg tracks them with their own sums).
+    (cd "$dir" && find . -type f ! -path './DEBIAN/*' -printf '%P\n' | sort \
+        | grep -vxF -f <(sed 's|^/||' DEBIAN/conffiles 2>/dev/null || true) \
+        | tr '\n' '\0' | xargs -0 md5sum > DEBIAN/md5sums)
+    dpkg-deb --root-owner-group -Zxz -b "$dir" "$deb" >/dev/null
+    rm -rf "$dir"
+}
+
 check() {
     local deb=$1
+    add_md5sums "$deb"
     echo "== lintian $deb"
     # Errors fail; warnings are shown. The unit and maintainer scripts are ours, not debhelper's.
     lintian --fail-on error --suppress-tags-from-file packaging/lintian-suppressed "$deb"

@@ -103,6 +103,12 @@ chroot "$ROOTFS" dpkg -i --force-confold /tmp/kp-gateway.deb
 grep -q "edited by the install test" "$ROOTFS/etc/kp-gateway/gateway.toml"
 test -f "$ROOTFS/var/lib/kp-gateway/demo/buffer.sqlite"
 
+echo "== a deleted conffile: reinstalling still configures the package (Debian Policy 10.7.3)"
+rm "$ROOTFS/etc/kp-gateway/gateway.toml"
+chroot "$ROOTFS" dpkg -i /tmp/kp-gateway.deb
+test "$(chroot "$ROOTFS" dpkg-query -W -f '${Status}' kp-gateway)" = "install ok installed"
+test ! -e "$ROOTFS/etc/kp-gateway/gateway.toml"
+
 echo "== purge removes the state and the user"
 chroot "$ROOTFS" dpkg --purge kp-gateway
 test ! -e "$ROOTFS/var/lib/kp-gateway"

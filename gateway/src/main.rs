@@ -278,6 +278,10 @@ fn run(cli: Cli) -> ExitCode {
     {
         rebase_state_dir(&mut config, dir);
     }
+    if let Some(why) = root_on_a_service_dir(&config.state_dir) {
+        eprintln!("{why}");
+        return ExitCode::from(2);
+    }
     init_logging(config.log_level);
     let mut text = text.ok();
     if !cli.demo {
@@ -323,9 +327,25 @@ fn run(cli: Cli) -> ExitCode {
             }
             _ => log::error!("cannot install signal handlers; stop with SIGKILL only"),
         }
+        // SIGHUP (systemctl reload): read the configuration again, apply it if valid.
+        let reload = std::sync::Arc::new(tokio::sync::Notify::new());
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                let reload = reload.clone();
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        log::info!("SIGHUP received: reading the configuration again");
+                        reload.notify_one();
+                    }
+                });
+            }
+            Err(e) => log::warn!("cannot install the SIGHUP handler (no reload): {e}"),
+        }
         let opts = RunOptions {
             status_every,
             config_text: text,
+            config_file: (!cli.demo).then(|| cli.config.clone()),
+            reload: Some(reload),
         };
         supervisor::run(config, opts, shutdown).await
     });
@@ -380,6 +400,26 @@ fn active_version(
             None
         }
     }
+}
+
+/// Run as root on a state directory that belongs to another user (the package's
+/// `kp-gateway`), the files made now would be root's and the service could not write them
+/// afterwards ("attempt to write a readonly database"). Refused, with the way out.
+fn root_on_a_service_dir(dir: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return None;
+    }
+    let owner = std::fs::metadata(dir).ok()?.uid();
+    (owner != 0).then(|| {
+        format!(
+            "refusing to run as root on {} (it belongs to uid {owner}, the service's user): files made now \
+             would be root's and the service could not write them later. Start the service instead \
+             (`sudo systemctl start kp-gateway`), or run as its user (`sudo -u kp-gateway kp-gateway ...`), \
+             or use another --state-dir",
+            dir.display()
+        )
+    })
 }
 
 /// The demo wants 127.0.0.1:1883, :8080 and :8088; any that is taken becomes a free port.

@@ -145,8 +145,17 @@ impl Config {
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                " (the packaged file is readable by root and the kp-gateway group only: run this with sudo)"
+            } else {
+                ""
+            };
+            ConfigErrors(vec![format!(
+                "{}: cannot read: {e}{hint}",
+                path.display()
+            )])
+        })?;
         Self::from_toml(&text)
     }
 }

@@ -11,6 +11,7 @@
 //! buffered), then the core, then the buffer thread. Nothing taken is lost.
 
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -49,6 +50,11 @@ pub struct RunOptions {
     /// history): the base a remote field side is merged into and what the web page edits.
     /// `None`: remote configuration and the web page's editing are off.
     pub config_text: Option<String>,
+    /// The configuration file, read again on a reload (SIGHUP) when no version of the
+    /// history is active.
+    pub config_file: Option<PathBuf>,
+    /// Fired on SIGHUP: read the configuration again and apply it if it is valid.
+    pub reload: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// What stays from one generation to the next.
@@ -252,6 +258,22 @@ pub async fn run(
             tokio::select! {
                 _ = shutdown.cancelled() => break None,
                 Some(req) = apply_rx.recv() => break Some(Change::Local(req)),
+                _ = reloaded(opts.reload.as_deref()) => {
+                    let file = opts.config_file.clone();
+                    let store = store.clone();
+                    let read = tokio::task::spawn_blocking(move || reread(file.as_deref(), &store)).await;
+                    match read {
+                        Ok(Ok((_, t, what))) if Some(&t) == text.as_ref() => {
+                            log::info!("reload: {what} is unchanged; nothing to do");
+                        }
+                        Ok(Ok((c, t, what))) => break Some(Change::Reload(c, t, what)),
+                        Ok(Err(e)) => log::error!(
+                            "reload refused, the running configuration stays: {}",
+                            e.0.join("; ")
+                        ),
+                        Err(e) => log::error!("reload failed: {e}"),
+                    }
+                }
                 Some(remote) = pushed_rx.recv() => {
                     let base = text.clone().unwrap_or_default();
                     let dir = config.state_dir.clone();
@@ -295,6 +317,17 @@ pub async fn run(
                 }
                 remote_id = Some(remote.config_id.clone());
                 announce = Some(remote.config_id);
+            }
+            Some(Change::Reload(new_config, new_text, what)) => {
+                log::info!("reload: applying {what}: restarting the field side");
+                crate::systemd::notify("RELOADING=1");
+                generation.stop().await;
+                config = with_live_changes(&config, new_config);
+                log::set_max_level(config.log_level);
+                text = Some(new_text);
+                remote_id = None;
+                remote_config::forget(&config.state_dir);
+                crate::systemd::notify("READY=1");
             }
             Some(Change::Local(req)) => {
                 log::info!(
@@ -340,6 +373,54 @@ enum Change {
     Remote(RemoteConfig, Config, Option<String>),
     /// Saved on the web page (already validated and kept in the history).
     Local(ApplyRequest),
+    /// Read again on SIGHUP: the configuration, its text, and what it is.
+    Reload(Config, String, String),
+}
+
+/// Waits for a reload request (never, without one).
+async fn reloaded(reload: Option<&tokio::sync::Notify>) {
+    match reload {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The configuration to use after a reload (blocking): the active version of the
+/// history if one is set, else the file (recorded in the history when it changed).
+fn reread(
+    file: Option<&Path>,
+    store: &ConfigStore,
+) -> Result<(Config, String, String), crate::config::ConfigErrors> {
+    if let Some((v, text)) = store.active() {
+        let c = Config::from_toml(&text)?;
+        return Ok((
+            c,
+            text,
+            format!(
+                "version {} of the history (the file is not read while a version is active: `kp-gateway config use-file`)",
+                v.number
+            ),
+        ));
+    }
+    let Some(file) = file else {
+        return Err(crate::config::ConfigErrors(vec![
+            "no configuration file to read again (the demo)".into(),
+        ]));
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        crate::config::ConfigErrors(vec![format!("{}: cannot read: {e}", file.display())])
+    })?;
+    let c = Config::from_toml(&text).map_err(|e| {
+        crate::config::ConfigErrors(
+            e.0.into_iter()
+                .map(|m| format!("{}: {m}", file.display()))
+                .collect(),
+        )
+    })?;
+    if let Err(e) = store.note_file(file, &text) {
+        log::warn!("{e}");
+    }
+    Ok((c, text, file.display().to_string()))
 }
 
 /// Keeps a remote configuration's text in the history as the active version (blocking).
