@@ -257,12 +257,12 @@ class Gateway:
     """The kp-gateway binary with a config written by the test; returns once it told its
     readiness over `$NOTIFY_SOCKET` (buffer open, core and listeners up)."""
 
-    def __init__(self, tmp_path: Path, config: str, name: str = "gateway", args=()):
+    def __init__(self, tmp_path: Path, config: str, name: str = "gateway", args=(), env=None):
         self.tmp_path = tmp_path
         self.config = tmp_path / f"{name}.toml"
         self.config.write_text(config)
         self.notify = ReadyListener()
-        env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path)}
+        env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify.path)}
         self.proc = Proc(name, [str(BIN), "-c", str(self.config), *args], tmp_path / f"{name}.log", env=env)
 
         def started():

@@ -308,6 +308,33 @@ def test_tls_with_a_client_certificate(tmp_path):
         broker.stop()
 
 
+def test_tls_without_a_ca_file_trusts_the_system_store(tmp_path):
+    make_pki(tmp_path)
+    from conftest import free_port
+    tls_port = free_port()
+    extra = (f"listener {tls_port} 127.0.0.1\n"
+             f"certfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}\n")
+    broker = Mosquitto(tmp_path, extra=extra)
+    kaa = KaaServer(broker.port)
+    cfg = bridge(tmp_path, tls_port, devices(1, 100), tls={})
+    # The test CA is not in the machine's store: the server is not trusted (verification on).
+    gw = Gateway(tmp_path, cfg, name="gw-untrusted", env={"SSL_CERT_FILE": "/nonexistent"})
+    try:
+        wait_for("a refused server", lambda: "cannot connect" in gw.proc.output(), timeout=30)
+        assert len(kaa.received()) == 0
+    finally:
+        gw.stop()
+    # The system store, pointed at the test CA (as ca-certificates would hold a real one).
+    gw = Gateway(tmp_path, cfg, name="gw-system", env={"SSL_CERT_FILE": str(tmp_path / "ca.pem")})
+    try:
+        wait_for("samples over TLS with the system store", lambda: len(kaa.received()) >= 5, timeout=30)
+    finally:
+        code = gw.stop()
+        kaa.close()
+        broker.stop()
+    assert code == 0, gw.proc.output()
+
+
 def test_5xx_and_slow_answers_are_retried_and_4xx_parks(tmp_path):
     broker = Mosquitto(tmp_path)
     kaa = KaaServer(broker.port, mode="error:503")

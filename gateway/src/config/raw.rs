@@ -138,12 +138,13 @@ pub struct RawUpstream {
     pub tls: Option<RawTls>,
 }
 
-/// TLS to the upstream: the server is checked against `ca_file`; a client certificate
-/// is presented when both client files are set.
+/// TLS to the upstream: the server is checked against `ca_file`, or the system's trust
+/// store without one; a client certificate is presented when both client files are set.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
-    pub ca_file: String,
+    /// None: the system's trust store (`/etc/ssl/certs`, `SSL_CERT_FILE`).
+    pub ca_file: Option<String>,
     pub client_cert_file: Option<String>,
     pub client_key_file: Option<String>,
 }

@@ -85,7 +85,8 @@ impl Upstream {
 /// TLS settings of the upstream connection (files are read at start).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tls {
-    pub ca_file: PathBuf,
+    /// The CA certificates the server must chain to; `None`: the system's trust store.
+    pub ca_file: Option<PathBuf>,
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
 }

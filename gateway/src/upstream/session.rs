@@ -360,21 +360,70 @@ pub(super) fn mqtt_options(c: &Upstream) -> std::io::Result<MqttOptions> {
     Ok(opts)
 }
 
-/// Builds rumqttc's TLS transport from PEM files (rustls, the ring provider).
+/// Builds rumqttc's TLS transport from PEM files (rustls, the ring provider): the server
+/// is checked against `ca_file`, or against the system's trust store when there is none.
+/// Verification is always on.
 fn tls_transport(tls: &Tls) -> std::io::Result<rumqttc::Transport> {
     let read = |p: &std::path::Path| {
         std::fs::read(p).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
     };
-    let ca = read(&tls.ca_file)?;
     let client_auth = match (&tls.client_cert_file, &tls.client_key_file) {
         (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
         _ => None,
     };
-    Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
-        ca,
-        alpn: None,
-        client_auth,
-    }))
+    if let Some(ca_file) = &tls.ca_file {
+        return Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Simple {
+            ca: read(ca_file)?,
+            alpn: None,
+            client_auth,
+        }));
+    }
+    Ok(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+        std::sync::Arc::new(system_trust_config(client_auth)?),
+    )))
+}
+
+/// A rustls client configuration trusting the system's CA certificates.
+fn system_trust_config(
+    client_auth: Option<(Vec<u8>, Vec<u8>)>,
+) -> std::io::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(invalid(format!(
+            "no trusted CA certificates in the system store (install ca-certificates, or set upstream.tls.ca_file){}",
+            if why.is_empty() { String::new() } else { format!(": {why}") }
+        )));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| invalid(e.to_string()))?
+    .with_root_certificates(roots);
+    match client_auth {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_slice_iter(&cert)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(format!("client certificate: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(&key)
+                .map_err(|e| invalid(format!("client key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| invalid(format!("client certificate and key: {e}")))
+        }
+    }
 }
 
 /// Capped exponential backoff for reconnects: 0.5 s, 1 s, 2 s, ... up to `max`.

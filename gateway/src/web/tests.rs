@@ -405,3 +405,34 @@ async fn metrics_are_open_to_loopback_only_and_healthz_to_all() {
     let r = call(&h.web, req).await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn the_tls_checkbox_turns_tls_on_with_the_system_store_and_off_again() {
+    let h = harness().await;
+    let (cookie, csrf) = claimed(&h.web).await;
+    let form = |tls: &str| {
+        format!("csrf={csrf}&host=mqtt.example&port=8883&client_id=kp-gateway&username=gw{tls}")
+    };
+    let r = call(
+        &h.web,
+        post("/config/upstream", Some(&cookie), &form("&tls_on=true")),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let (config, text) = h.web.running();
+    let tls = config.upstream.unwrap().tls.expect("TLS on");
+    assert_eq!(tls.ca_file, None, "no CA file: the system's trust store");
+    assert!(text.contains("[upstream.tls]") && text.contains("upstream-secret-pw"));
+    let r = call(&h.web, post("/config/upstream", Some(&cookie), &form(""))).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(h.web.running().0.upstream.unwrap().tls.is_none());
+    let page = body(
+        call(
+            &h.web,
+            get("/config/upstream?preset=kaa-cloud", Some(&cookie)),
+        )
+        .await,
+    )
+    .await;
+    assert!(page.contains("mqtt.cloud.kaaiot.com") && page.contains("checked"));
+}

@@ -62,7 +62,7 @@ pub(super) fn upstream(u: RawUpstream, e: &mut Problems) -> Upstream {
             );
         }
         for (key, file) in [
-            ("ca_file", Some(&t.ca_file)),
+            ("ca_file", t.ca_file.as_ref()),
             ("client_cert_file", t.client_cert_file.as_ref()),
             ("client_key_file", t.client_key_file.as_ref()),
         ] {
@@ -76,7 +76,7 @@ pub(super) fn upstream(u: RawUpstream, e: &mut Problems) -> Upstream {
             }
         }
         Tls {
-            ca_file: t.ca_file.into(),
+            ca_file: t.ca_file.map(Into::into),
             client_cert_file: t.client_cert_file.map(Into::into),
             client_key_file: t.client_key_file.map(Into::into),
         }

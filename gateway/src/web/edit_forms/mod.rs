@@ -173,27 +173,54 @@ fn failed(mut page: FormPage, errors: FieldErrors) -> Response {
 
 // ---- upstream --------------------------------------------------------------------------
 
+/// The "Use TLS" checkbox: not a key of its own, but whether `[upstream.tls]` exists.
+const TLS_ON: &str = "tls_on";
+
 fn upstream_page(web: &Web, who: &Authed, t: &Table, errors: &FieldErrors) -> FormPage {
+    let mut shown = t.clone();
+    if t.contains_key("tls") {
+        shown.insert(TLS_ON, toml_edit::value(true));
+    }
     let mut page = FormPage::new(
         Chrome::new(web, who, "Upstream", "config"),
         "Upstream (the Kaa server)".into(),
         "/config/upstream".into(),
-        fields(UPSTREAM, t, errors, ""),
+        fields(UPSTREAM, &shown, errors, ""),
     );
     page.test_upstream = true;
     page
 }
 
-/// `GET /config/upstream`.
-pub async fn upstream_form(State(web): State<Web>, Extension(who): Extension<Authed>) -> Response {
+/// `?preset=` of the upstream form.
+#[derive(Debug, serde::Deserialize)]
+pub struct PresetQuery {
+    preset: Option<String>,
+}
+
+/// `GET /config/upstream` (`?preset=kaa-cloud` fills in KaaIoT's cloud: its MQTT host,
+/// port 8883 and TLS checked against the system's trust store; credentials stay yours).
+pub async fn upstream_form(
+    State(web): State<Web>,
+    Extension(who): Extension<Authed>,
+    axum::extract::Query(q): axum::extract::Query<PresetQuery>,
+) -> Response {
     let (doc, _) = doc_of(&web);
-    let t = doc
+    let mut t = doc
         .get("upstream")
         .and_then(Item::as_table)
         .cloned()
         .unwrap_or_default();
+    if q.preset.as_deref() == Some("kaa-cloud") {
+        t.insert("host", toml_edit::value(KAA_CLOUD_HOST));
+        t.insert("port", toml_edit::value(8883));
+        t.remove("tls");
+        forms::subtable(&mut t, "tls");
+    }
     html(upstream_page(&web, &who, &t, &FieldErrors::new()))
 }
+
+/// KaaIoT's cloud MQTT host (as its own example clients use it).
+pub const KAA_CLOUD_HOST: &str = "mqtt.cloud.kaaiot.com";
 
 /// Sets `[upstream]` of `doc` from the upstream form; returns the table as set.
 pub fn apply_upstream(
@@ -203,6 +230,12 @@ pub fn apply_upstream(
 ) -> Table {
     let t = forms::subtable(doc.as_table_mut(), "upstream");
     apply(UPSTREAM, t, form, "", errors);
+    // The checkbox decides whether there is TLS; without a CA file the system's store.
+    if t.remove(TLS_ON).is_some() {
+        forms::subtable(t, "tls");
+    } else {
+        t.remove("tls");
+    }
     t.clone()
 }
 
