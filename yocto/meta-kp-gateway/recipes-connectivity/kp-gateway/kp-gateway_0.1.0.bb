@@ -52,3 +52,6 @@ do_install:append() {
 }
 
 CONFFILES:${PN} = "${sysconfdir}/kp-gateway/gateway.toml"
+
+# Upstream TLS without a ca_file trusts the system's store (public Kaa clouds).
+RRECOMMENDS:${PN} += "ca-certificates"
