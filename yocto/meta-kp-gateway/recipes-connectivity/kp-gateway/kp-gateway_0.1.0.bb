@@ -13,12 +13,14 @@ LIC_FILES_CHKSUM = "file://LICENSE;md5=e3fc50a88d0a364313df4b21ef20c29e"
 
 PV = "0.1.0+git"
 
-# Point KP_GATEWAY_GIT at your clone (e.g. in local.conf) and pin KP_GATEWAY_SRCREV to
-# a release commit there for reproducible builds.
+# The source: a pinned commit by default, so parsing never touches the network (a moving
+# branch would make BitBake run `git ls-remote` while parsing every build). Point
+# KP_GATEWAY_GIT at your clone if needed; follow the branch head only on purpose with
+# KP_GATEWAY_SRCREV = "${AUTOREV}" in local.conf.
 KP_GATEWAY_GIT ?= "git://example.invalid/kp-gateway.git;protocol=https;branch=main"
 SRC_URI = "${KP_GATEWAY_GIT}"
 SRCREV = "${KP_GATEWAY_SRCREV}"
-KP_GATEWAY_SRCREV ?= "${AUTOREV}"
+KP_GATEWAY_SRCREV ?= "ac641f887a6e4970e7378b443330dc31e76832ad"
 
 S = "${UNPACKDIR}/${BP}"
 
