@@ -18,7 +18,9 @@ PV = "0.1.0+git"
 # KP_GATEWAY_GIT at your clone if needed; follow the branch head only on purpose with
 # KP_GATEWAY_SRCREV = "${AUTOREV}" in local.conf.
 KP_GATEWAY_GIT ?= "git://example.invalid/kp-gateway.git;protocol=https;branch=main"
-SRC_URI = "${KP_GATEWAY_GIT}"
+# gateway.toml comes from the layer (files/), so a .bbappend with
+# FILESEXTRAPATHS:prepend := "${THISDIR}/files:" ships a site's own configuration.
+SRC_URI = "${KP_GATEWAY_GIT} file://gateway.toml"
 SRCREV = "${KP_GATEWAY_SRCREV}"
 KP_GATEWAY_SRCREV ?= "ac641f887a6e4970e7378b443330dc31e76832ad"
 
@@ -44,7 +46,7 @@ do_install:append() {
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/debian/kp-gateway.service ${D}${systemd_system_unitdir}/
     install -d ${D}${sysconfdir}/kp-gateway
-    install -m 0640 -g kp-gateway ${S}/config/gateway.toml ${D}${sysconfdir}/kp-gateway/
+    install -m 0640 -g kp-gateway ${UNPACKDIR}/gateway.toml ${D}${sysconfdir}/kp-gateway/
     install -d ${D}${datadir}/kp-gateway
     install -m 0644 ${S}/config/demo.toml ${D}${datadir}/kp-gateway/
     install -d ${D}${mandir}/man8

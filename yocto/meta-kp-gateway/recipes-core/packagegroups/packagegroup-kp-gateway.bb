@@ -6,3 +6,5 @@ LICENSE = "MIT"
 inherit packagegroup
 
 RDEPENDS:${PN} = "kp-gateway"
+# The system trust store (upstream TLS to public clouds), Wi-Fi configuration, sudo.
+RRECOMMENDS:${PN} = "ca-certificates wpa-supplicant iw sudo"
