@@ -179,7 +179,7 @@ fn nothing_to_send_to_is_an_error() {
     assert_eq!(
         e,
         vec![
-            "upstream: missing: configure [upstream] (a Kaa server) or [core] (the embedded core)"
+            "upstream: missing: configure [upstream] (a Kaa server) or [core] (the embedded core), or [web] to do it on the web page"
         ]
     );
 }
@@ -230,8 +230,10 @@ fn upstream_password_is_redacted_in_debug_output() {
 
 #[test]
 fn the_shipped_default_config_is_valid() {
+    // The first run: no upstream and no devices yet, the web page to set them.
     let c = Config::from_toml(include_str!("../../../config/gateway.toml")).unwrap();
-    assert!(c.upstream.is_some() && c.core.is_none() && c.devices.is_empty());
+    assert!(c.upstream.is_none() && c.core.is_none() && c.devices.is_empty());
+    assert!(c.web.is_some());
 }
 
 #[test]

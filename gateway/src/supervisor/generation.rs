@@ -46,7 +46,7 @@ impl Shared {
 pub(super) fn start_generation(
     config: &Config,
     shared: &Shared,
-    upstream: Upstream,
+    upstream: Option<Upstream>,
     remote: Option<RemoteSetup>,
 ) -> Generation {
     let (buffer, health) = (&shared.buffer, &shared.health);
@@ -102,8 +102,12 @@ pub(super) fn start_generation(
         .iter()
         .map(|(ep, t)| (ep.clone(), t.device.clone()))
         .collect();
-    let mut state =
-        ClientState::new(endpoints, devices, upstream.reconnect_max).with_metadata(metadata);
+    let reconnect_max = upstream
+        .as_ref()
+        .map_or(crate::upstream::defaults::RECONNECT_MAX, |u| {
+            u.reconnect_max
+        });
+    let mut state = ClientState::new(endpoints, devices, reconnect_max).with_metadata(metadata);
     let mut link = None;
     if let (Some(endpoint), Some(r)) = (own, remote) {
         state = state.with_own_config(OwnConfig {
@@ -113,21 +117,31 @@ pub(super) fn start_generation(
         });
         link = Some(r.link);
     }
-    let mut session = UpstreamSession::new(upstream, buffer.clone(), state, targets)
-        .with_status(shared.link.clone());
-    if let Some(link) = link {
-        session = session.with_config_link(link);
-    }
     if let Some(own) = config.own_endpoint.clone() {
         sources.spawn(self_report::run(
             own,
             buffer.clone(),
             health.clone(),
-            session.status(),
+            shared.link.clone(),
             sources_stop.clone(),
         ));
     }
-    let upstream = tokio::spawn(session.run(upstream_stop.clone()));
+    let upstream = match upstream {
+        Some(upstream) => {
+            let mut session = UpstreamSession::new(upstream, buffer.clone(), state, targets)
+                .with_status(shared.link.clone());
+            if let Some(link) = link {
+                session = session.with_config_link(link);
+            }
+            tokio::spawn(session.run(upstream_stop.clone()))
+        }
+        // Not configured yet (first run): samples wait in the buffer for an upstream.
+        None => {
+            shared.link.starting("(not configured yet)".into());
+            let stop = upstream_stop.clone();
+            tokio::spawn(async move { stop.cancelled().await })
+        }
+    };
     Generation {
         buses: bus_handles.clone(),
         sources,

@@ -217,9 +217,15 @@ pub async fn run(
             provision_in_core(core, &config).await?;
         }
         let upstream = match (&config.upstream, &internal) {
-            (Some(u), _) => u.clone(),
-            (None, Some(i)) => i.clone(),
-            (None, None) => anyhow::bail!("no upstream and no core configured"),
+            (Some(u), _) => Some(u.clone()),
+            (None, Some(i)) => Some(i.clone()),
+            (None, None) => {
+                log::info!(
+                    "first run: no upstream configured yet; samples are kept in the buffer until one is. \
+                     Open the web page and claim the gateway with its setup code"
+                );
+                None
+            }
         };
         // Pushed configurations come from the session and are judged here, off the MQTT
         // task (validation and an fsync'ed save); refusals go back to be reported.

@@ -337,7 +337,7 @@ pub async fn status_value(web: &Web) -> Value {
     json!({
         "upstream": {
             "connected": link.connected,
-            "broker": if config.upstream.is_none() { format!("{} (embedded core)", link.broker) } else { link.broker },
+            "broker": if config.upstream.is_none() && config.core.is_some() { format!("{} (embedded core)", link.broker) } else { link.broker },
             "since": link.since_ms.map(when),
             "last_error": link.last_error,
         },

@@ -47,10 +47,11 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     });
 
     let upstream = raw.upstream.map(|u| upstream(u, &mut e));
-    if upstream.is_none() && raw.core.is_none() {
+    // With the web page, no upstream yet is the first run: configured on the page.
+    if upstream.is_none() && raw.core.is_none() && !raw.web.as_ref().is_some_and(|w| w.enabled) {
         e.add(
             "upstream",
-            "missing: configure [upstream] (a Kaa server) or [core] (the embedded core)",
+            "missing: configure [upstream] (a Kaa server) or [core] (the embedded core), or [web] to do it on the web page",
         );
     }
 
