@@ -24,9 +24,9 @@ def test_first_run_starts_quietly_and_the_page_sets_the_upstream(tmp_path):
     gw = Gateway(tmp_path, text)
     base = f"http://127.0.0.1:{web_port}"
     try:
-        log = gw.proc.output()
-        assert "first run: no upstream configured yet" in log
-        assert "setup code" in log
+        # Readiness is told before the first generation logs its start: wait for the line.
+        wait_for("the first-run line", lambda: "first run: no upstream configured yet" in gw.proc.output())
+        assert "setup code" in gw.proc.output()
         jar = http.cookiejar.CookieJar()
         op = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         op.open(base + "/setup", timeout=10).read()
