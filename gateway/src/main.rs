@@ -85,6 +85,10 @@ fn main() -> ExitCode {
                 for w in config.warnings() {
                     println!("{}: warning: {w}", file.display());
                 }
+                let parts = kp_gateway::config::dropins::fragments(&file).unwrap_or_default();
+                for p in &parts {
+                    println!("{}: merged", p.display());
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -252,12 +256,7 @@ fn run(cli: Cli) -> ExitCode {
     let text = if cli.demo {
         Ok(kp_gateway::DEMO_CONFIG.to_owned())
     } else {
-        std::fs::read_to_string(&cli.config).map_err(|e| {
-            kp_gateway::config::ConfigErrors(vec![format!(
-                "{}: cannot read: {e}",
-                cli.config.display()
-            )])
-        })
+        kp_gateway::config::dropins::read(&cli.config)
     };
     let loaded = text.clone().and_then(|t| Config::from_toml(&t));
     let mut config = match loaded {

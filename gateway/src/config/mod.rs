@@ -9,6 +9,7 @@
 //! (`devices[1].points[0].type: unknown data type "u17"`), and never panics. Secrets
 //! (upstream password, tokens) are redacted from `Debug` output.
 
+pub mod dropins;
 mod locate;
 pub mod raw;
 mod validate;
@@ -143,20 +144,9 @@ impl Config {
         w
     }
 
-    /// Reads, parses and validates a file.
+    /// Reads a file and its `conf.d` fragments, parses and validates them.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            let hint = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                " (the packaged file is readable by root and the kp-gateway group only: run this with sudo)"
-            } else {
-                ""
-            };
-            ConfigErrors(vec![format!(
-                "{}: cannot read: {e}{hint}",
-                path.display()
-            )])
-        })?;
-        Self::from_toml(&text)
+        Self::from_toml(&dropins::read(path)?)
     }
 }
 

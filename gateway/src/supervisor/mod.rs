@@ -413,9 +413,7 @@ fn reread(
             "no configuration file to read again (the demo)".into(),
         ]));
     };
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        crate::config::ConfigErrors(vec![format!("{}: cannot read: {e}", file.display())])
-    })?;
+    let text = crate::config::dropins::read(file)?;
     let c = Config::from_toml(&text).map_err(|e| {
         crate::config::ConfigErrors(
             e.0.into_iter()
