@@ -67,7 +67,7 @@ log "module graph (imports point one way)"
 python3 tests/tools/module_graph.py
 
 log "pyflakes (test and benchmark scripts)"
-"$VENV/bin/python" -m pyflakes tests/e2e tests/bench
+"$VENV/bin/python" -m pyflakes tests/e2e tests/bench packaging
 
 # --- end-to-end tests against the real binary -----------------------------------------
 log "end-to-end tests (pytest)"

@@ -35,6 +35,8 @@ CARGO_BUILD_FLAGS += "-p kp-gateway"
 
 SYSTEMD_SERVICE:${PN} = "kp-gateway.service"
 SYSTEMD_AUTO_ENABLE = "enable"
+# The unit's ExecReload runs /bin/kill (procps; busybox's applet would do as well).
+RDEPENDS:${PN} += "procps"
 
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system kp-gateway"
@@ -47,6 +49,7 @@ do_install:append() {
     install -m 0644 ${S}/debian/kp-gateway.service ${D}${systemd_system_unitdir}/
     install -d ${D}${sysconfdir}/kp-gateway
     install -m 0640 -g kp-gateway ${UNPACKDIR}/gateway.toml ${D}${sysconfdir}/kp-gateway/
+    install -d -m 0750 -g kp-gateway ${D}${sysconfdir}/kp-gateway/conf.d
     install -d ${D}${datadir}/kp-gateway
     install -m 0644 ${S}/config/demo.toml ${D}${datadir}/kp-gateway/
     install -d ${D}${mandir}/man8
