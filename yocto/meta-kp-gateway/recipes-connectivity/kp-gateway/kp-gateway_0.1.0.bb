@@ -7,9 +7,10 @@ DESCRIPTION = "kp-gateway polls Modbus RTU/TCP devices and serial-line sensors, 
 # nooelint: oelint.vars.homepageping - placeholder (and CI has no network)
 HOMEPAGE = "https://example.invalid/kp-gateway"
 SECTION = "net"
-# LICENSE: kp-gateway's own and every linked crate's (generated from Cargo.lock).
-require ${BPN}-licenses.inc
 LIC_FILES_CHKSUM = "file://LICENSE;md5=e3fc50a88d0a364313df4b21ef20c29e"
+# LICENSE and the crates' license files (added to LIC_FILES_CHKSUM): kp-gateway's own and
+# every linked crate's, generated from Cargo.lock by packaging/gen-copyright.py.
+require ${BPN}-licenses.inc
 
 PV = "0.1.0+git"
 
