@@ -5,7 +5,8 @@ SPEC_JSON = {
   "transport": "tcp" | "rtu_over_tcp" | "rtu",
   "port": <tcp port> (tcp, rtu_over_tcp),
   "serial": "<device path>" (rtu),
-  "slaves": {"<unit id>": {"hr": [...], "ir": [...], "co": [...], "di": [...]}}
+  "slaves": {"<unit id>": {"hr": [...], "ir": [...], "co": [...], "di": [...]}},
+  "log": "<path>" (optional: one line "<unit> <table> <address> <count>" per read served)
 }
 Each table is a list of values starting at protocol address 0; reading past its end is
 answered with an "illegal data address" exception. Unit IDs not listed get no answer.
@@ -21,16 +22,33 @@ from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock, M
 from pymodbus.server import StartSerialServer, StartTcpServer
 
 
-def block(values):
+class LoggedBlock(ModbusSequentialDataBlock):
+    """A data block that appends every read it serves to the request log."""
+
+    def __init__(self, values, log, unit, table):
+        super().__init__(1, values)
+        self.log, self.unit, self.table = log, unit, table
+
+    def getValues(self, address, count=1):  # noqa: N802 (pymodbus' name)
+        self.log.write(f"{self.unit} {self.table} {address - 1} {count}\n")
+        self.log.flush()
+        return super().getValues(address, count)
+
+
+def block(values, log=None, unit=0, table=""):
     # pymodbus maps protocol address N to block index N+1, so blocks start at 1.
-    return ModbusSequentialDataBlock(1, list(values) if values else [0])
+    values = list(values) if values else [0]
+    if log is None:
+        return ModbusSequentialDataBlock(1, values)
+    return LoggedBlock(values, log, unit, table)
 
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    log = open(spec["log"], "a", encoding="ascii") if spec.get("log") else None  # noqa: SIM115
     devices = {
         int(unit): ModbusDeviceContext(
-            hr=block(t.get("hr")), ir=block(t.get("ir")), co=block(t.get("co")), di=block(t.get("di"))
+            **{table: block(t.get(table), log, unit, table) for table in ("hr", "ir", "co", "di")}
         )
         for unit, t in spec["slaves"].items()
     }

@@ -217,3 +217,50 @@ def test_an_rtu_bus_recovers_after_the_adapter_is_unplugged(tmp_path):
         assert gw.stop() == 0, gw.proc.output()
         device.stop()
         pty.stop()
+
+
+def test_points_with_their_own_period_are_polled_at_it_and_still_merged(tmp_path):
+    """Two points at 100 ms and two at the device's 1 s: the device serves exactly two kinds
+    of read (each group merged into one), at rates that follow the two periods."""
+    port = free_port()
+    log = tmp_path / "requests.log"
+    spec = {"transport": "tcp", "port": port, "log": str(log), "slaves": {"1": {"hr": list(range(100, 120))}}}
+    device = start_modbus_device(tmp_path, spec)
+    points = [
+        configs.point("slow_a", 0, "u16"),
+        configs.point("slow_b", 1, "u16"),
+        configs.point("fast_a", 10, "u16", poll_interval_ms=100),
+        configs.point("fast_b", 11, "u16", poll_interval_ms=100),
+    ]
+    dev = configs.modbus_device("meter", "field", points, poll_interval_ms=1000)
+    gw = Gateway(tmp_path, standalone(tmp_path, [configs.tcp_bus("field", port)], [dev]))
+    db = tmp_path / "state" / "core.sqlite"
+
+    def reads():
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [tuple(line.split()[1:]) for line in lines]
+
+    try:
+        wait_for("both groups polled", lambda: {("hr", "0", "2"), ("hr", "10", "2")} <= set(reads()))
+        before, t0 = reads(), time.monotonic()
+        wait_for("4 s of polling", lambda: time.monotonic() - t0 >= 4.0, timeout=30)
+        after, window = reads(), time.monotonic() - t0
+        samples = core_samples(db, "meter")
+    finally:
+        assert gw.stop() == 0, gw.proc.output()
+        device.stop()
+    assert set(after) == {("hr", "0", "2"), ("hr", "10", "2")}, "reads merged within each group only"
+    new = after[len(before):]
+    slow, fast = new.count(("hr", "0", "2")), new.count(("hr", "10", "2"))
+    # The grid bounds the counts from above whatever the machine's speed (+1 for each end of
+    # the window); from below only loosely, since a loaded machine skips missed slots.
+    assert 2 <= slow <= window / 1.0 + 2, (slow, window)
+    assert fast <= window / 0.1 + 2, (fast, window)
+    assert fast >= 5 * (slow - 1), (fast, slow, window)
+    # Each group's poll is its own sample with only its points.
+    kinds = {frozenset(k for k in s if k != "timestamp") for s in samples}
+    assert kinds == {frozenset({"slow_a", "slow_b"}), frozenset({"fast_a", "fast_b"})}, kinds
+    slow_values = [s for s in samples if "slow_a" in s][-1]
+    fast_values = [s for s in samples if "fast_a" in s][-1]
+    assert (slow_values["slow_a"], slow_values["slow_b"]) == (100, 101)
+    assert (fast_values["fast_a"], fast_values["fast_b"]) == (110, 111)

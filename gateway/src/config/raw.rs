@@ -262,6 +262,8 @@ pub struct RawPoint {
     pub writable: Option<bool>,
     pub readback: Option<bool>,
     pub write_function: Option<String>,
+    /// Poll this point every so often instead of at the device's period.
+    pub poll_interval_ms: Option<u64>,
     // Simulated points
     pub waveform: Option<String>,
     pub period_secs: Option<f64>,

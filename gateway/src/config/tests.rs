@@ -67,11 +67,14 @@ fn a_minimal_bridge_config_gets_the_documented_defaults() {
             writable: false,
             readback: false,
             write_multiple: false,
+            poll_interval: None,
         }
     );
     assert_eq!(c.buses[0].timeout, Duration::from_secs(1));
     assert_eq!(c.buses[0].inter_frame_delay, Duration::ZERO);
-    assert_eq!(m.plan.len(), 1);
+    assert_eq!(m.groups.len(), 1);
+    assert_eq!(m.groups[0].period, Duration::from_secs(1));
+    assert_eq!(m.groups[0].plan.len(), 1);
     assert_eq!(c.devices[0].metadata["bus"], "plant");
     assert_eq!(c.devices[0].poll_interval, Duration::from_secs(1));
 }
@@ -371,5 +374,42 @@ fn an_own_password_on_the_network_without_tls_is_a_warning() {
         w.iter()
             .any(|l| l.starts_with("core.http.listen:") && l.contains("without TLS")),
         "{w:?}"
+    );
+}
+
+#[test]
+fn points_with_their_own_period_are_planned_apart_and_merged_within_it() {
+    let text = MINIMAL_BRIDGE.replace(
+        "scale = 0.1\n",
+        "scale = 0.1\n\
+         [[devices.points]]\nname = \"fast_a\"\naddress = 10\ntype = \"u16\"\npoll_interval_ms = 100\n\
+         [[devices.points]]\nname = \"fast_b\"\naddress = 11\ntype = \"u16\"\npoll_interval_ms = 100\n\
+         [[devices.points]]\nname = \"slow\"\naddress = 1\ntype = \"u16\"\n",
+    );
+    let c = Config::from_toml(&text).unwrap();
+    let DeviceSource::Modbus(m) = &c.devices[0].source else {
+        panic!("not modbus")
+    };
+    let shape: Vec<(Duration, Vec<(u16, u16)>)> = m
+        .groups
+        .iter()
+        .map(|g| {
+            (
+                g.period,
+                g.plan.iter().map(|r| (r.start, r.count)).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![
+            (Duration::from_secs(1), vec![(0, 2)]),
+            (Duration::from_millis(100), vec![(10, 2)]),
+        ]
+    );
+    let too_fast = text.replacen("poll_interval_ms = 100", "poll_interval_ms = 5", 1);
+    assert_eq!(
+        errors(&too_fast),
+        vec!["devices[0].points[1].poll_interval_ms: 5 is below the minimum of 10 ms"]
     );
 }

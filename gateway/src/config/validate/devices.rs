@@ -103,7 +103,15 @@ pub(super) fn device(
         + usize::from(d.simulated.is_some())
         + usize::from(d.serial_line.is_some());
     let source = match (d.modbus, d.simulated, d.serial_line) {
-        (Some(m), None, None) => modbus(m, &d.points, buses, path, e).map(DeviceSource::Modbus),
+        (Some(m), None, None) => modbus(
+            m,
+            &d.points,
+            buses,
+            Duration::from_millis(d.poll_interval_ms),
+            path,
+            e,
+        )
+        .map(DeviceSource::Modbus),
         (None, Some(s), None) => simulated(s, &d.points, path, e).map(DeviceSource::Simulated),
         (None, None, Some(s)) => serial_line(s, &d.points, path, e).map(DeviceSource::SerialLine),
         _ if sources == 0 => {
@@ -205,6 +213,7 @@ fn simulated(
                 ("type", p.data_type.is_some()),
                 ("scale", p.scale.is_some()),
                 ("offset", p.offset.is_some()),
+                ("poll_interval_ms", p.poll_interval_ms.is_some()),
             ],
             "simulated",
             e,

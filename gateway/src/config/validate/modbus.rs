@@ -1,6 +1,6 @@
 //! `[[modbus.buses]]` and the Modbus side of devices: points, codecs and read plans.
 
-use crate::source::modbus::{Bus, BusTransport, ModbusDevice, ModbusPoint};
+use crate::source::modbus::{Bus, BusTransport, ModbusDevice, ModbusPoint, PollGroup};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
@@ -101,6 +101,7 @@ pub(super) fn modbus(
     m: RawDeviceModbus,
     points: &[RawPoint],
     buses: &[(String, u16)],
+    device_period: Duration,
     path: &str,
     e: &mut Problems,
 ) -> Option<ModbusDevice> {
@@ -152,29 +153,49 @@ pub(super) fn modbus(
             out.push(point);
         }
     }
-    let plan_points: Vec<PlanPoint> = out
-        .iter()
-        .enumerate()
-        .map(|(index, p)| PlanPoint {
-            index,
-            table: p.codec.table,
-            address: p.address,
-            width: p.codec.data_type.width(),
-        })
-        .collect();
-    let plan = match plan(&plan_points, limits) {
-        Ok(plan) => plan,
-        Err(err) => {
-            e.add(format!("{path}.points[{}]", err.index), err.to_string());
-            Vec::new()
-        }
-    };
     Some(ModbusDevice {
         bus: m.bus,
         unit_id: m.unit_id,
+        groups: poll_groups(&out, device_period, limits, path, e),
         points: out,
-        plan,
     })
+}
+
+/// Groups the points by poll period (the device's first, then shorter to longer) and plans
+/// each group's reads: merged reads never mix periods.
+fn poll_groups(
+    points: &[ModbusPoint],
+    device_period: Duration,
+    limits: Limits,
+    path: &str,
+    e: &mut Problems,
+) -> Vec<PollGroup> {
+    let mut periods: Vec<Duration> = points
+        .iter()
+        .map(|p| p.poll_interval.unwrap_or(device_period))
+        .collect();
+    periods.sort();
+    periods.dedup();
+    periods.sort_by_key(|p| *p != device_period);
+    let mut groups = Vec::new();
+    for period in periods {
+        let members: Vec<PlanPoint> = points
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.poll_interval.unwrap_or(device_period) == period)
+            .map(|(index, p)| PlanPoint {
+                index,
+                table: p.codec.table,
+                address: p.address,
+                width: p.codec.data_type.width(),
+            })
+            .collect();
+        match plan(&members, limits) {
+            Ok(plan) => groups.push(PollGroup { period, plan }),
+            Err(err) => e.add(format!("{path}.points[{}]", err.index), err.to_string()),
+        }
+    }
+    groups
 }
 
 fn modbus_point(p: &RawPoint, pp: &str, e: &mut Problems) -> Option<ModbusPoint> {
@@ -281,6 +302,14 @@ fn modbus_point(p: &RawPoint, pp: &str, e: &mut Problems) -> Option<ModbusPoint>
             "a register bit is written with read-modify-write (FC 6)",
         );
     }
+    if let Some(ms) = p.poll_interval_ms {
+        if ms < 10 {
+            e.add(
+                format!("{pp}.poll_interval_ms"),
+                format!("{ms} is below the minimum of 10 ms"),
+            );
+        }
+    }
     if e.len() != before {
         return None;
     }
@@ -299,5 +328,6 @@ fn modbus_point(p: &RawPoint, pp: &str, e: &mut Problems) -> Option<ModbusPoint>
         writable,
         readback: p.readback.unwrap_or(writable),
         write_multiple,
+        poll_interval: p.poll_interval_ms.map(Duration::from_millis),
     })
 }

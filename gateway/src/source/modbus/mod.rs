@@ -1,9 +1,11 @@
 //! The Modbus bus scheduler: one task owns one bus (a serial port or a TCP connection)
 //! and every request to every slave on it goes through that task, one at a time.
 //!
-//! - Polls: each slave has its own period ([`schedule::Schedule`]); the task sleeps until
-//!   the earliest due slave, runs its planned reads (`modbus::planner`) and turns them
-//!   into one data sample, which is durable in the buffer before the next poll.
+//! - Polls: each slave's points are grouped by poll period (the device's, or a point's
+//!   own `poll_interval_ms`), each group with its own [`schedule::Schedule`]; the task
+//!   sleeps until the earliest due group, runs its planned reads (`modbus::planner`,
+//!   merged within the group only) and turns them into one data sample, which is durable
+//!   in the buffer before the next poll.
 //! - Serial timing: at least `inter_frame_delay` of silence before every frame (Modbus
 //!   over serial line §2.5.1.1).
 //! - Failures: a timeout or transport error is retried `retries` times; a slave whose
@@ -40,7 +42,7 @@ use crate::sample::Sample;
 use crate::source::{Device, DeviceSource};
 pub use read_now::{PointRead, RawRead, ReadNow};
 use schedule::Schedule;
-pub use settings::{Bus, BusTransport, ModbusDevice, ModbusPoint};
+pub use settings::{Bus, BusTransport, ModbusDevice, ModbusPoint, PollGroup};
 
 /// Why a request produced no answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,7 +143,10 @@ struct SlaveState {
     name: String,
     endpoint: Endpoint,
     dev: ModbusDevice,
-    schedule: Schedule,
+    /// One schedule per poll group (`dev.groups`, same order).
+    schedules: Vec<Schedule>,
+    /// Whether the slave is failing (its last poll of any group failed): logs once per outage.
+    failing: bool,
     /// Last reported value per point (deadband / report-on-change).
     last_reported: Vec<Option<Value>>,
 }
@@ -187,8 +192,13 @@ impl BusActor {
                         token: d.token.clone(),
                     },
                     last_reported: vec![None; m.points.len()],
+                    schedules: m
+                        .groups
+                        .iter()
+                        .map(|g| Schedule::new(g.period, bus.backoff_max, now))
+                        .collect(),
+                    failing: false,
                     dev: m.clone(),
-                    schedule: Schedule::new(d.poll_interval, bus.backoff_max, now),
                 }),
                 _ => None,
             })
@@ -222,9 +232,15 @@ impl BusActor {
                 .slaves
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, s)| s.schedule.next_due());
+                .flat_map(|(i, s)| {
+                    s.schedules
+                        .iter()
+                        .enumerate()
+                        .map(move |(g, sch)| (i, g, sch.next_due()))
+                })
+                .min_by_key(|(_, _, at)| *at);
             let (idx, at) = match due {
-                Some((i, s)) => (Some(i), s.schedule.next_due()),
+                Some((i, g, at)) => (Some((i, g)), at),
                 None => (None, Instant::now() + Duration::from_secs(3600)),
             };
             tokio::select! {
@@ -243,8 +259,8 @@ impl BusActor {
                     }
                 },
                 _ = tokio::time::sleep_until(at.into()) => {
-                    if let Some(i) = idx {
-                        self.poll(i).await;
+                    if let Some((i, g)) = idx {
+                        self.poll(i, g).await;
                     }
                 }
             }
@@ -367,10 +383,11 @@ impl BusActor {
         }
     }
 
-    async fn poll(&mut self, i: usize) {
+    /// Polls group `g` of slave `i`.
+    async fn poll(&mut self, i: usize, g: usize) {
         let started = Instant::now();
         let unit = self.slaves[i].dev.unit_id;
-        let plan: Vec<ReadRequest> = self.slaves[i].dev.plan.clone();
+        let plan: Vec<ReadRequest> = self.slaves[i].dev.groups[g].plan.clone();
         let n = self.slaves[i].dev.points.len();
         let mut values: Vec<Option<Value>> = vec![None; n];
         let mut bad: Vec<(String, String)> = Vec::new();
@@ -417,9 +434,18 @@ impl BusActor {
             )));
         }
         if let Some(err) = failure {
-            let delay = self.slaves[i].schedule.failed(now);
-            let failures = self.slaves[i].schedule.failures();
-            if failures == 1 {
+            // A slave that does not answer is backed off as a whole: every group probes
+            // at its own backed-off time, and the first success returns that group.
+            let slave = &mut self.slaves[i];
+            let delay = slave.schedules[g].failed(now);
+            for (other, sch) in slave.schedules.iter_mut().enumerate() {
+                if other != g && sch.failures() == 0 {
+                    sch.failed(now);
+                }
+            }
+            let failures = slave.schedules[g].failures();
+            let first = !std::mem::replace(&mut slave.failing, true);
+            if first {
                 log::warn!("modbus {name} (unit {unit} on {}): poll failed: {err}; backing off, next probe in {delay:?}", self.bus.name);
             } else {
                 log::debug!("modbus {name}: probe {failures} failed: {err}; next in {delay:?}");
@@ -434,10 +460,10 @@ impl BusActor {
             });
             return;
         }
-        if self.slaves[i].schedule.failures() > 0 {
+        if std::mem::replace(&mut self.slaves[i].failing, false) {
             log::info!("modbus {name} (unit {unit}): answering again");
         }
-        self.slaves[i].schedule.succeeded(now);
+        self.slaves[i].schedules[g].succeeded(now);
         let latency = now.duration_since(started);
         let ts = crate::now_ms();
         let slave = &mut self.slaves[i];

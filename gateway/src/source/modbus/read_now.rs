@@ -72,7 +72,7 @@ impl BusActor {
             .position(|s| s.name == device)
             .ok_or_else(|| format!("no Modbus device {device:?} on this bus"))?;
         let unit = self.slaves[i].dev.unit_id;
-        let plan = self.slaves[i].dev.plan.clone();
+        let plan = self.slaves[i].dev.all_reads();
         let mut requests = Vec::new();
         let mut points: Vec<PointRead> = self.slaves[i]
             .dev

@@ -36,8 +36,23 @@ pub struct ModbusDevice {
     pub bus: String,
     pub unit_id: u8,
     pub points: Vec<ModbusPoint>,
-    /// The read plan, computed once at validation.
+    /// The points grouped by poll period, each group with its read plan (computed once at
+    /// validation; reads merge within a group only). The device's own period comes first.
+    pub groups: Vec<PollGroup>,
+}
+
+/// Points polled at one period, and their merged reads.
+#[derive(Debug, Clone)]
+pub struct PollGroup {
+    pub period: Duration,
     pub plan: Vec<ReadRequest>,
+}
+
+impl ModbusDevice {
+    /// Every read of every group (a diagnostic read of the whole device).
+    pub fn all_reads(&self) -> Vec<ReadRequest> {
+        self.groups.iter().flat_map(|g| g.plan.clone()).collect()
+    }
 }
 
 /// One value in Modbus registers or bits.
@@ -53,4 +68,6 @@ pub struct ModbusPoint {
     pub readback: bool,
     /// Use FC 15/16 even for a single coil/register (some devices lack FC 5/6).
     pub write_multiple: bool,
+    /// This point's own poll period, when it differs from the device's.
+    pub poll_interval: Option<Duration>,
 }

@@ -61,5 +61,6 @@ pub(super) const POINT: &[Spec] = &[
     ("scale", "Scale", "text", Kind::Float, &[], ""),
     ("offset", "Offset", "text", Kind::Float, &[], ""),
     ("deadband", "Deadband", "text", Kind::Float, &[], ""),
+    ("poll_interval_ms", "Own period (ms)", "number", Kind::Int, &[], "empty: the device's period"),
     ("writable", "Writable", "checkbox", Kind::Bool, &[], ""),
 ];
