@@ -50,6 +50,14 @@ impl Config {
         validate::validate(Self::parse_raw(text)?)
     }
 
+    /// One `[[modbus.buses]]` table on its own (the command-line tools' `--rtu`/`--tcp`
+    /// options are turned into one), checked by the same rules as in a file.
+    pub fn bus_from_toml(text: &str) -> Result<Bus, ConfigErrors> {
+        let raw: raw::RawBus =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![e.message().to_owned()]))?;
+        validate::one_bus(raw)
+    }
+
     /// The local TOML document with its field side (`modbus`, `devices`) replaced by a
     /// remote configuration (7/CMP JSON), validated as a whole.
     pub fn with_remote_field_side(

@@ -2,6 +2,7 @@
 //! decoding, and the read planner. The bus actor that does the I/O is `source::modbus`.
 
 pub mod codec;
+pub mod interpret;
 pub mod planner;
 pub mod rtu;
 pub mod types;

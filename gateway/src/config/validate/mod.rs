@@ -29,6 +29,13 @@ use devices::{check_resources, device};
 use modbus::bus;
 use upstream::upstream;
 
+/// One bus on its own (see `Config::bus_from_toml`).
+pub(super) fn one_bus(raw: RawBus) -> Result<Bus, ConfigErrors> {
+    let mut e = Problems::default();
+    let b = bus(raw, 0, &mut e);
+    e.into_result(b)
+}
+
 pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut e = Problems::default();
     let state_dir = PathBuf::from(&raw.gateway.state_dir);

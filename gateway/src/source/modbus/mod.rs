@@ -17,9 +17,11 @@
 //!   restarted TCP server, is picked up without a restart.
 //! - Writes (from 11/CEP commands) arrive on a channel that is served before any due poll.
 
+mod link;
 mod read_now;
 pub mod schedule;
 pub mod settings;
+pub mod tools;
 pub mod transport;
 mod write;
 
@@ -27,9 +29,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tokio_modbus::client::{Client, Context, Reader, Writer};
-use tokio_modbus::slave::SlaveContext;
-use tokio_modbus::{ExceptionCode, Slave};
 use tokio_util::sync::CancellationToken;
 
 use super::health::{HealthRegistry, HealthState};
@@ -40,6 +39,7 @@ use crate::modbus::planner::ReadRequest;
 use crate::modbus::types::RegisterTable;
 use crate::sample::Sample;
 use crate::source::{Device, DeviceSource};
+pub use link::{Answer, Link, Op};
 pub use read_now::{PointRead, RawRead, ReadNow};
 use schedule::Schedule;
 pub use settings::{Bus, BusTransport, ModbusDevice, ModbusPoint, PollGroup};
@@ -94,6 +94,7 @@ struct WriteJob {
 enum Job {
     Write(WriteJob),
     ReadNow(read_now::ReadNowJob),
+    Tool(tools::ToolJob),
 }
 
 /// Sends writes (and one-off diagnostic reads) to a bus task; cheap to clone.
@@ -127,18 +128,6 @@ impl BusHandle {
     }
 }
 
-enum Op {
-    Read(RegisterTable, u16, u16),
-    WriteBits(u16, Vec<bool>, bool),
-    WriteWords(u16, Vec<u16>, bool),
-}
-
-enum Answer {
-    Bits(Vec<bool>),
-    Words(Vec<u16>),
-    Done,
-}
-
 struct SlaveState {
     name: String,
     endpoint: Endpoint,
@@ -153,22 +142,18 @@ struct SlaveState {
 
 /// The task that owns one bus.
 pub struct BusActor {
-    bus: Bus,
     slaves: Vec<SlaveState>,
     buffer: BufferHandle,
     health: HealthRegistry,
     writes: mpsc::Receiver<Job>,
-    ctx: Option<Context>,
-    /// When the last frame on the wire ended (inter-frame delay).
-    last_frame: Option<Instant>,
-    /// Whether the last attempt to open the bus failed (to log once per outage).
-    open_failing: bool,
+    /// The connection to the bus (the only one: this task is its owner).
+    link: Link,
 }
 
 impl std::fmt::Debug for BusActor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusActor")
-            .field("bus", &self.bus.name)
+            .field("bus", &self.link.bus.name)
             .finish_non_exhaustive()
     }
 }
@@ -206,14 +191,11 @@ impl BusActor {
         let (tx, writes) = mpsc::channel(64);
         (
             Self {
-                bus,
+                link: Link::new(bus),
                 slaves,
                 buffer,
                 health,
                 writes,
-                ctx: None,
-                last_frame: None,
-                open_failing: false,
             },
             BusHandle { tx },
         )
@@ -223,9 +205,9 @@ impl BusActor {
     pub async fn run(mut self, shutdown: CancellationToken) {
         log::info!(
             "modbus bus {}: {} slave(s) on {}",
-            self.bus.name,
+            self.link.bus.name,
             self.slaves.len(),
-            describe(&self.bus.transport)
+            describe(&self.link.bus.transport)
         );
         loop {
             let due = self
@@ -257,6 +239,7 @@ impl BusActor {
                         let outcome = self.read_now(&job.device).await;
                         let _ = job.reply.send(outcome);
                     }
+                    Job::Tool(job) => self.run_tool(job).await,
                 },
                 _ = tokio::time::sleep_until(at.into()) => {
                     if let Some((i, g)) = idx {
@@ -265,122 +248,8 @@ impl BusActor {
                 }
             }
         }
-        if let Some(mut ctx) = self.ctx.take() {
-            let _ = ctx.disconnect().await;
-        }
-        log::info!("modbus bus {}: stopped", self.bus.name);
-    }
-
-    /// One request with retries. `Ok(Err(code))` is a Modbus exception answer.
-    async fn request(
-        &mut self,
-        unit: u8,
-        op: &Op,
-    ) -> Result<Result<Answer, ExceptionCode>, BusError> {
-        let mut last_err = BusError::Timeout(self.bus.timeout);
-        for attempt in 0..=self.bus.retries {
-            if attempt > 0 {
-                log::debug!(
-                    "modbus bus {}: unit {unit}: retry {attempt} after {last_err}",
-                    self.bus.name
-                );
-            }
-            if self.ctx.is_none() {
-                match transport::open(&self.bus.transport, unit, self.bus.timeout).await {
-                    Ok(c) => {
-                        if self.open_failing {
-                            log::info!("modbus bus {}: open again", self.bus.name);
-                            self.open_failing = false;
-                        }
-                        self.ctx = Some(c);
-                    }
-                    Err(e) => {
-                        if !self.open_failing {
-                            log::warn!(
-                                "modbus bus {}: cannot open {}: {e}",
-                                self.bus.name,
-                                describe(&self.bus.transport)
-                            );
-                            self.open_failing = true;
-                        }
-                        return Err(BusError::Transport(format!("cannot open the bus: {e}")));
-                    }
-                }
-            }
-            if let Some(t) = self.last_frame {
-                tokio::time::sleep_until((t + self.bus.inter_frame_delay).into()).await;
-            }
-            let Some(ctx) = self.ctx.as_mut() else {
-                continue;
-            };
-            ctx.set_slave(Slave(unit));
-            let call = async {
-                Ok::<_, tokio_modbus::Error>(match op {
-                    Op::Read(RegisterTable::Coil, a, n) => {
-                        ctx.read_coils(*a, *n).await?.map(Answer::Bits)
-                    }
-                    Op::Read(RegisterTable::DiscreteInput, a, n) => {
-                        ctx.read_discrete_inputs(*a, *n).await?.map(Answer::Bits)
-                    }
-                    Op::Read(RegisterTable::Holding, a, n) => {
-                        ctx.read_holding_registers(*a, *n).await?.map(Answer::Words)
-                    }
-                    Op::Read(RegisterTable::Input, a, n) => {
-                        ctx.read_input_registers(*a, *n).await?.map(Answer::Words)
-                    }
-                    Op::WriteBits(a, bits, multiple) => {
-                        if *multiple || bits.len() != 1 {
-                            ctx.write_multiple_coils(*a, bits)
-                                .await?
-                                .map(|_| Answer::Done)
-                        } else {
-                            ctx.write_single_coil(*a, bits[0])
-                                .await?
-                                .map(|_| Answer::Done)
-                        }
-                    }
-                    Op::WriteWords(a, words, multiple) => {
-                        if *multiple || words.len() != 1 {
-                            ctx.write_multiple_registers(*a, words)
-                                .await?
-                                .map(|_| Answer::Done)
-                        } else {
-                            ctx.write_single_register(*a, words[0])
-                                .await?
-                                .map(|_| Answer::Done)
-                        }
-                    }
-                })
-            };
-            let result = tokio::time::timeout(self.bus.timeout, call).await;
-            self.last_frame = Some(Instant::now());
-            match result {
-                Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(tokio_modbus::Error::Transport(e))) => {
-                    // The link itself failed (port gone, connection reset): re-open next time.
-                    last_err = BusError::Transport(e.to_string());
-                    self.drop_link().await;
-                }
-                Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                    // A garbled or stray frame: the link is fine, the answer was not.
-                    last_err = BusError::Transport(e.to_string());
-                }
-                Err(_) => {
-                    last_err = BusError::Timeout(self.bus.timeout);
-                    // A late TCP answer would be taken for the next one's: reconnect.
-                    if !matches!(self.bus.transport, BusTransport::Rtu(_)) {
-                        self.drop_link().await;
-                    }
-                }
-            }
-        }
-        Err(last_err)
-    }
-
-    async fn drop_link(&mut self) {
-        if let Some(mut ctx) = self.ctx.take() {
-            let _ = tokio::time::timeout(Duration::from_millis(200), ctx.disconnect()).await;
-        }
+        self.link.close().await;
+        log::info!("modbus bus {}: stopped", self.link.bus.name);
     }
 
     /// Polls group `g` of slave `i`.
@@ -395,6 +264,7 @@ impl BusActor {
         let mut failure: Option<BusError> = None;
         for req in &plan {
             match self
+                .link
                 .request(unit, &Op::Read(req.table, req.start, req.count))
                 .await
             {
@@ -446,7 +316,7 @@ impl BusActor {
             let failures = slave.schedules[g].failures();
             let first = !std::mem::replace(&mut slave.failing, true);
             if first {
-                log::warn!("modbus {name} (unit {unit} on {}): poll failed: {err}; backing off, next probe in {delay:?}", self.bus.name);
+                log::warn!("modbus {name} (unit {unit} on {}): poll failed: {err}; backing off, next probe in {delay:?}", self.link.bus.name);
             } else {
                 log::debug!("modbus {name}: probe {failures} failed: {err}; next in {delay:?}");
             }

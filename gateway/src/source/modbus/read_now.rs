@@ -93,6 +93,7 @@ impl BusActor {
                 error: None,
             };
             match self
+                .link
                 .request(unit, &Op::Read(req.table, req.start, req.count))
                 .await
             {

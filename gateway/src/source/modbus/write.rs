@@ -13,7 +13,7 @@ impl BusActor {
         let Some(slave) = self.slaves.iter().find(|s| s.name == device) else {
             return Err(WriteError::NoDevice {
                 device: device.to_owned(),
-                bus: self.bus.name.clone(),
+                bus: self.link.bus.name.clone(),
             });
         };
         let Some(p) = slave.dev.points.iter().find(|p| p.name == point).cloned() else {
@@ -42,6 +42,7 @@ impl BusActor {
             WriteData::RegisterBit { bit, value } => {
                 // Read-modify-write; safe because this task is the bus's only user.
                 let current = match self
+                    .link
                     .request(unit, &Op::Read(RegisterTable::Holding, p.address, 1))
                     .await
                 {
@@ -66,7 +67,7 @@ impl BusActor {
                 Op::WriteWords(p.address, vec![word], false)
             }
         };
-        match self.request(unit, &op).await {
+        match self.link.request(unit, &op).await {
             Ok(Ok(_)) => {}
             Ok(Err(code)) => {
                 return Err(WriteError::Refused(format!(
@@ -81,6 +82,7 @@ impl BusActor {
         }
         let width = p.codec.data_type.width();
         let read = match self
+            .link
             .request(unit, &Op::Read(p.codec.table, p.address, width))
             .await
         {
