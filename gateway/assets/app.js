@@ -175,6 +175,28 @@ function logs() {
   KP.every(3000, refresh);
 }
 
+// The bus scan: follows the running scan's progress; the finished page is the server's.
+function scan() {
+  const box = document.getElementById('scan');
+  if (!box || box.dataset.finished === 'true') return;
+  const url = '/tools/scan/progress.json?bus=' + encodeURIComponent(box.dataset.bus);
+  const bar = document.getElementById('scan-progress');
+  const status = document.getElementById('scan-status');
+  const tbody = document.querySelector('#scan-found tbody');
+  const stop = KP.every(500, async () => {
+    const { progress: p, add } = await KP.getJSON(url);
+    bar.max = p.total; bar.value = p.done;
+    status.textContent = p.done + ' of ' + p.total + ' IDs, ' + p.found.length + ' found, about ' +
+      Math.ceil(p.eta_ms / 1000) + ' s left';
+    while (tbody.rows.length < p.found.length) {
+      const i = tbody.rows.length, h = p.found[i];
+      tbody.append(KP.el('tr', { 'data-unit': h.unit }, KP.el('td', {}, h.unit), KP.el('td', {}, h.answer),
+        KP.el('td', {}, KP.el('a', { class: 'add-device', href: add[i] }, 'Add as device'))));
+    }
+    if (p.finished) { stop(); location.reload(); }
+  });
+}
+
 // Forms that ask before doing something that cannot be undone lightly.
 function confirmations() {
   document.querySelectorAll('form.confirm').forEach(f => f.addEventListener('submit', e => {
@@ -188,4 +210,5 @@ document.addEventListener('DOMContentLoaded', () => {
   if (page === 'dashboard') dashboard();
   if (page === 'devices') devices();
   if (page === 'logs') logs();
+  if (page === 'scan') scan();
 });

@@ -109,6 +109,12 @@ pub fn render_scan(p: &ScanProgress) -> String {
     for hit in &p.found {
         out.push_str(&format!("unit {:>3}: {}\n", hit.unit, hit.answer));
     }
+    for g in &p.garbled {
+        out.push_str(&format!(
+            "unit {:>3}: garbled answer: {}\n",
+            g.unit, g.answer
+        ));
+    }
     out.push_str(&format!(
         "found {} of {} ID(s) in {:.1} s",
         p.found.len(),

@@ -197,6 +197,7 @@ pub async fn run(
                 )),
                 started: std::time::Instant::now(),
                 depth: Arc::default(),
+                scans: Default::default(),
             };
             Some(web::serve(page, web_stop.clone()).await?.1)
         }

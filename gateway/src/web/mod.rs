@@ -19,6 +19,7 @@
 pub mod assets;
 pub mod auth;
 pub mod buffer_page;
+pub mod commission;
 pub mod config_pages;
 pub mod edit_forms;
 pub mod forms;
@@ -95,6 +96,8 @@ pub struct Web {
     pub started: Instant,
     /// Buffer depth samples of the last hour (for the dashboard's chart).
     pub depth: Arc<pages::DepthHistory>,
+    /// Bus scans started from the page.
+    pub scans: Arc<commission::Scans>,
 }
 
 impl Web {
@@ -154,6 +157,14 @@ pub fn router(web: Web) -> Router {
         .route("/config/rollback/{number}", post(config_pages::rollback))
         .route("/tools/test-upstream", post(tools::test_upstream))
         .route("/tools/read-now", post(tools::read_now))
+        .route(
+            "/tools/scan",
+            get(commission::scan_page).post(commission::scan_start),
+        )
+        .route("/tools/scan/cancel", post(commission::scan_cancel))
+        .route("/tools/scan/progress.json", get(commission::scan_progress))
+        .route("/tools/registers", get(commission::registers))
+        .route("/tools/registers/write", post(commission::registers_write))
         .route("/console", get(pages::console))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))

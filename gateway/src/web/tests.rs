@@ -98,6 +98,7 @@ async fn harness() -> Harness {
         auth: Arc::new(auth::Auth::new(dir.path(), Duration::from_secs(600))),
         started: Instant::now(),
         depth: Default::default(),
+        scans: Default::default(),
     };
     Harness { web, _dir: dir }
 }

@@ -38,6 +38,8 @@ pub struct ScanProgress {
     pub done: u32,
     pub total: u32,
     pub found: Vec<ScanHit>,
+    /// IDs whose probe got an answer that did not parse (a collision, wrong line settings).
+    pub garbled: Vec<ScanHit>,
     pub elapsed_ms: u64,
     /// Estimated time left, from the time per ID so far.
     pub eta_ms: u64,
@@ -89,28 +91,9 @@ pub async fn scan(
             state.cancelled = true;
             break;
         }
-        match link.request_with(unit, &PROBE, req.timeout, 0).await {
-            Ok(Ok(answer)) => state.found.push(ScanHit {
-                unit,
-                answer: match answer {
-                    Answer::Words(w) if !w.is_empty() => format!("holding 0 = 0x{:04X}", w[0]),
-                    _ => "answered".into(),
-                },
-            }),
-            Ok(Err(code)) => state.found.push(ScanHit {
-                unit,
-                answer: format!("exception: {code}"),
-            }),
-            Err(BusError::Timeout(_)) => {}
-            Err(BusError::Transport(e)) if e.starts_with("cannot open") => {
-                state.error = Some(e);
-                break;
-            }
-            // A garbled answer: something is on the line (a collision, a wrong baud rate).
-            Err(BusError::Transport(e)) => state.found.push(ScanHit {
-                unit,
-                answer: format!("garbled answer: {e}"),
-            }),
+        if let Err(e) = probe(link, unit, req.timeout, &mut state).await {
+            state.error = Some(e);
+            break;
         }
         state.done += 1;
         let elapsed = started.elapsed();
@@ -123,6 +106,54 @@ pub async fn scan(
     state.elapsed_ms = started.elapsed().as_millis() as u64;
     progress.send_replace(state.clone());
     state
+}
+
+/// Probes one unit ID and records what answered. A late answer from an earlier ID (its
+/// reply came after its time-out, during this probe) marks that ID present and this probe
+/// is repeated once; a garbled answer is kept apart from the hits. `Err`: the bus cannot
+/// be opened.
+async fn probe(
+    link: &mut Link,
+    unit: u8,
+    timeout: Duration,
+    state: &mut ScanProgress,
+) -> Result<(), String> {
+    for _attempt in 0..2 {
+        let answer = match link.request_with(unit, &PROBE, timeout, 0).await {
+            Ok(Ok(Answer::Words(w))) if !w.is_empty() => format!("holding 0 = 0x{:04X}", w[0]),
+            Ok(Ok(_)) => "answered".into(),
+            Ok(Err(code)) => format!("exception: {code}"),
+            Err(BusError::Timeout(_)) => return Ok(()),
+            Err(BusError::Transport(e)) if e.starts_with("cannot open") => return Err(e),
+            Err(BusError::Transport(e)) => {
+                match late_answerer(&e).filter(|&u| u != unit) {
+                    Some(late) if !state.found.iter().any(|h| h.unit == late) => {
+                        state.found.push(ScanHit {
+                            unit: late,
+                            answer: format!("answered after the {timeout:?} time-out"),
+                        });
+                        state.found.sort_by_key(|h| h.unit);
+                    }
+                    Some(_) => {}
+                    None => state.garbled.push(ScanHit { unit, answer: e }),
+                }
+                continue;
+            }
+        };
+        state.found.push(ScanHit { unit, answer });
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// The unit ID of an answer that came for another request (tokio-modbus's header check:
+/// `actual/response = Header { slave_id: N }`).
+fn late_answerer(error: &str) -> Option<u8> {
+    let (_, rest) = error.split_once("actual/response = Header { slave_id: ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// What a raw read returned.
@@ -329,5 +360,16 @@ impl BusActor {
                 let _ = reply.send(r);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_late_answer_names_its_unit() {
+        let e = "transport: mismatching headers: expected/request = Header { slave_id: 2 }, \
+                 actual/response = Header { slave_id: 1 } Ok(ReadHoldingRegisters([215]))";
+        assert_eq!(super::late_answerer(e), Some(1));
+        assert_eq!(super::late_answerer("transport: invalid CRC"), None);
     }
 }

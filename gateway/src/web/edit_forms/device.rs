@@ -22,10 +22,55 @@ pub(super) fn device_specs(kind: &str) -> Vec<Spec> {
         .collect()
 }
 
-/// `?kind=` of a new device's form.
-#[derive(Debug, serde::Deserialize)]
+/// `?kind=` of a new device's form, and what the commissioning tools pre-fill: the bus
+/// and unit ID of a device a scan found, a point from the register browser.
+#[derive(Debug, Default, serde::Deserialize)]
 pub struct KindQuery {
     kind: Option<String>,
+    bus: Option<String>,
+    unit_id: Option<u8>,
+    point_table: Option<String>,
+    point_address: Option<u16>,
+    point_type: Option<String>,
+    point_order: Option<String>,
+}
+
+impl KindQuery {
+    /// Puts the pre-filled values into the (not yet saved) device table.
+    fn prefill(&self, t: &mut Table) {
+        if let Some(m) = t.get_mut("modbus").and_then(Item::as_table_mut) {
+            if let Some(bus) = &self.bus {
+                m.insert("bus", toml_edit::value(bus.as_str()));
+            }
+            if let Some(unit) = self.unit_id {
+                m.insert("unit_id", toml_edit::value(i64::from(unit)));
+            }
+        } else {
+            return; // points are Modbus registers
+        }
+        let Some(address) = self.point_address else {
+            return;
+        };
+        let mut p = Table::new();
+        p.insert("name", toml_edit::value(""));
+        let texts = [
+            ("table", &self.point_table),
+            ("type", &self.point_type),
+            ("order", &self.point_order),
+        ];
+        for (key, v) in texts {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                p.insert(key, toml_edit::value(v));
+            }
+        }
+        p.insert("address", toml_edit::value(i64::from(address)));
+        if !t.contains_key("points") {
+            t.insert("points", Item::ArrayOfTables(Default::default()));
+        }
+        if let Some(points) = t.get_mut("points").and_then(Item::as_array_of_tables_mut) {
+            points.push(p);
+        }
+    }
 }
 
 /// Empty point rows offered under the existing ones.
@@ -132,9 +177,10 @@ pub async fn device_form(
         Ok(at) => at,
         Err(r) => return *r,
     };
-    let t = at
+    let mut t = at
         .map(|i| devices[i].clone())
         .unwrap_or_else(|| new_device(q.kind.as_deref()));
+    q.prefill(&mut t);
     html(device_page(&web, &who, &doc, at, &t, &FieldErrors::new()))
 }
 
