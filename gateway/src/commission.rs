@@ -7,7 +7,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use clap::Args;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +20,142 @@ use crate::modbus::interpret::{interpret, render_text};
 use crate::modbus::types::{ByteOrder, DataType, RegisterTable};
 use crate::source::modbus::tools::{self, RawValues, ScanProgress, ScanRequest};
 use crate::source::modbus::{Bus, Link};
+
+/// The commissioning subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ToolCommand {
+    /// Find the unit IDs that answer on a bus (a cheap read of each; exceptions count).
+    Scan {
+        #[command(flatten)]
+        bus: BusArgs,
+        /// First unit ID.
+        #[arg(long, default_value_t = 1)]
+        from: u8,
+        /// Last unit ID.
+        #[arg(long, default_value_t = 247)]
+        to: u8,
+        /// How long to wait for each ID, ms.
+        #[arg(long, default_value_t = SCAN_ID_TIMEOUT.as_millis() as u64)]
+        id_timeout_ms: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read registers or bits and show every interpretation (u16 … f64 in every byte order).
+    Read {
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        target: Target,
+        /// How many registers or bits.
+        #[arg(long, short = 'n', default_value_t = 10)]
+        count: u16,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write one value (asks for confirmation unless --yes), then read it back.
+    Write {
+        #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
+        target: Target,
+        /// u16, i16, u32, i32, u64, i64, f32 or f64 (ignored for coils).
+        #[arg(long = "type", default_value = "u16")]
+        data_type: String,
+        /// Byte order: ABCD, DCBA, BADC or CDAB.
+        #[arg(long, default_value = "ABCD")]
+        order: String,
+        /// Do not ask.
+        #[arg(long, short = 'y')]
+        yes: bool,
+        /// The value: a number, or true/false for a coil.
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+    },
+    /// List the device profiles (shipped and the site's), or print one's points.
+    Profiles {
+        /// A profile's id: print its points as `[[devices.points]]` TOML.
+        id: Option<String>,
+    },
+}
+
+/// Runs a commissioning subcommand; errors go to stderr, exit 1.
+pub fn run(cmd: ToolCommand, config: &Path) -> ExitCode {
+    let result = match cmd {
+        ToolCommand::Scan {
+            bus,
+            from,
+            to,
+            id_timeout_ms,
+            json,
+        } => bus_of(&bus, config).and_then(|b| {
+            let req = ScanRequest {
+                first: from.min(to),
+                last: to.max(from),
+                timeout: Duration::from_millis(id_timeout_ms.max(1)),
+            };
+            scan(b, req, json)
+        }),
+        ToolCommand::Read {
+            bus,
+            target,
+            count,
+            json,
+        } => bus_of(&bus, config).and_then(|b| read(b, &target, count, json)),
+        ToolCommand::Write {
+            bus,
+            target,
+            data_type,
+            order,
+            yes,
+            value,
+        } => bus_of(&bus, config).and_then(|b| write(b, &target, &data_type, &order, &value, yes)),
+        ToolCommand::Profiles { id } => profiles(config, id.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kp-gateway: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `kp-gateway profiles [ID]`: the site's directory comes from the configuration file (its
+/// default when the file cannot be read).
+fn profiles(config: &Path, id: Option<&str>) -> Result<(), String> {
+    let dir = Config::load(config).map_or_else(
+        |_| std::path::PathBuf::from("/etc/kp-gateway/profiles"),
+        |c| c.profiles_dir,
+    );
+    let (all, problems) = crate::profiles::all(Some(&dir));
+    for p in &problems {
+        eprintln!("warning: {p}");
+    }
+    match id {
+        None => {
+            for p in &all {
+                println!(
+                    "{:<16} {} {} ({} points)",
+                    p.id,
+                    p.vendor,
+                    p.model,
+                    p.points.len()
+                );
+            }
+            Ok(())
+        }
+        Some(id) => {
+            let p = all
+                .iter()
+                .find(|p| p.id == id)
+                .ok_or_else(|| format!("no profile {id:?} (kp-gateway profiles lists them)"))?;
+            print!("{}", crate::profiles::points_toml(p));
+            Ok(())
+        }
+    }
+}
 
 /// Which bus a tool talks to: one of the configuration file's, or one given here.
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod live;
 pub mod logring;
 pub mod modbus;
+pub mod profiles;
 pub mod remote_config;
 pub mod sample;
 pub mod self_report;

@@ -20,6 +20,7 @@ struct Cli {
     #[arg(
         short,
         long,
+        global = true,
         value_name = "FILE",
         default_value = "/etc/kp-gateway/gateway.toml"
     )]
@@ -58,55 +59,8 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// Find the unit IDs that answer on a bus (a cheap read of each; exceptions count).
-    Scan {
-        #[command(flatten)]
-        bus: commission::BusArgs,
-        /// First unit ID.
-        #[arg(long, default_value_t = 1)]
-        from: u8,
-        /// Last unit ID.
-        #[arg(long, default_value_t = 247)]
-        to: u8,
-        /// How long to wait for each ID, ms.
-        #[arg(long, default_value_t = commission::SCAN_ID_TIMEOUT.as_millis() as u64)]
-        id_timeout_ms: u64,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Read registers or bits and show every interpretation (u16 … f64 in every byte order).
-    Read {
-        #[command(flatten)]
-        bus: commission::BusArgs,
-        #[command(flatten)]
-        target: commission::Target,
-        /// How many registers or bits.
-        #[arg(long, short = 'n', default_value_t = 10)]
-        count: u16,
-        /// Print the result as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Write one value (asks for confirmation unless --yes), then read it back.
-    Write {
-        #[command(flatten)]
-        bus: commission::BusArgs,
-        #[command(flatten)]
-        target: commission::Target,
-        /// u16, i16, u32, i32, u64, i64, f32 or f64 (ignored for coils).
-        #[arg(long = "type", default_value = "u16")]
-        data_type: String,
-        /// Byte order: ABCD, DCBA, BADC or CDAB.
-        #[arg(long, default_value = "ABCD")]
-        order: String,
-        /// Do not ask.
-        #[arg(long, short = 'y')]
-        yes: bool,
-        /// The value: a number, or true/false for a coil.
-        #[arg(allow_hyphen_values = true)]
-        value: String,
-    },
+    #[command(flatten)]
+    Tool(commission::ToolCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,54 +107,8 @@ fn main() -> ExitCode {
         Some(Command::Config { action }) => {
             config_history(&cli.config, cli.state_dir.as_deref(), action)
         }
-        Some(Command::Scan {
-            bus,
-            from,
-            to,
-            id_timeout_ms,
-            json,
-        }) => tool(&bus, &cli.config, |b| {
-            let req = kp_gateway::source::modbus::tools::ScanRequest {
-                first: from.min(to),
-                last: to.max(from),
-                timeout: Duration::from_millis(id_timeout_ms.max(1)),
-            };
-            commission::scan(b, req, json)
-        }),
-        Some(Command::Read {
-            bus,
-            target,
-            count,
-            json,
-        }) => tool(&bus, &cli.config, |b| {
-            commission::read(b, &target, count, json)
-        }),
-        Some(Command::Write {
-            bus,
-            target,
-            data_type,
-            order,
-            yes,
-            value,
-        }) => tool(&bus, &cli.config, |b| {
-            commission::write(b, &target, &data_type, &order, &value, yes)
-        }),
+        Some(Command::Tool(cmd)) => commission::run(cmd, &cli.config),
         None => run(cli),
-    }
-}
-
-/// Runs a commissioning tool on the bus its options name; errors go to stderr, exit 1.
-fn tool(
-    args: &commission::BusArgs,
-    config: &std::path::Path,
-    f: impl FnOnce(kp_gateway::source::modbus::Bus) -> Result<(), String>,
-) -> ExitCode {
-    match commission::bus_of(args, config).and_then(f) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kp-gateway: {e}");
-            ExitCode::from(1)
-        }
     }
 }
 

@@ -27,7 +27,8 @@ def cdab(value: float) -> list:
 def slaves() -> dict:
     hr247 = [0] * 24
     hr247[10:12] = cdab(FLOAT)
-    return {"1": {"hr": [215, 1000]}, "17": {"hr": [LEVEL]}, "247": {"hr": hr247}}
+    # Unit 17 is an XY-MD02 (input registers 1-2: 21.5 °C, 45.5 %RH) with a level in holding 0.
+    return {"1": {"hr": [215, 1000]}, "17": {"hr": [LEVEL], "ir": [0, 215, 455]}, "247": {"hr": hr247}}
 
 
 def cli(*args, check=True):
@@ -93,7 +94,8 @@ def test_commissioning_in_the_browser_scan_add_browse_write(tmp_path):
         assert busy.returncode == 1 and "in use" in busy.stderr, busy.stderr
         spec = {"base": f"http://127.0.0.1:{web_port}", "codeFile": str(tmp_path / "state/web/setup-code"),
                 "password": "commission-2026-walk", "bus": "rs485", "idTimeoutMs": 100,
-                "addUnit": 17, "deviceToken": "tank-tok", "appVersion": "plant-v1", "level": LEVEL,
+                "addUnit": 17, "profile": "xy-md02", "deviceToken": "tank-tok", "appVersion": "plant-v1",
+                "live": {"temperature": "21.5 °C", "humidity": "45.5 %RH", "level": str(LEVEL)},
                 "floatUnit": 247, "floatAddress": 10, "writeAddress": 20, "writeValue": 12.25,
                 "shots": str(shots)}
         walk = subprocess.run(["node", str(JS / "commission_walk.js"), json.dumps(spec)], cwd=JS,
@@ -121,6 +123,66 @@ def test_commissioning_in_the_browser_scan_add_browse_write(tmp_path):
     assert [o for o, v in result["f32"].items() if v == "-1234.5"] == ["CDAB"], result["f32"]
     assert result["pointForm"] == {"address": "10", "type": "f32", "order": "CDAB", "unit": "247"}
     assert result["readBack"] == "12.25"
-    assert any(s.get("level") == LEVEL for s in core_samples(db, "tank-tok"))
-    for name in ["scan-running", "scan-done", "registers", "write-confirm"]:
+    assert result["profilePoints"] == ["temperature", "humidity"]
+    tank = core_samples(db, "tank-tok")
+    assert any(s.get("level") == LEVEL and s.get("temperature") == 21.5 and s.get("humidity") == 45.5
+               for s in tank), tank[-3:]
+    for name in ["scan-running", "scan-done", "device-from-profile", "devices", "registers", "write-confirm"]:
         assert (shots / f"{name}.png").stat().st_size > 5000, name
+
+
+def profile_image(points: list) -> tuple:
+    """Register images (by table) holding a known raw value for every point of a profile,
+    encoded by pymodbus itself, and the engineering values the gateway must report."""
+    from pymodbus.client import ModbusTcpClient
+
+    dt = ModbusTcpClient.DATATYPE
+    types = {"u16": dt.UINT16, "i16": dt.INT16, "u32": dt.UINT32, "i32": dt.INT32, "f32": dt.FLOAT32}
+    tables = {"hr": [0] * 400, "ir": [0] * 400}
+    expected = {}
+    for i, p in enumerate(points):
+        ty = p["type"]
+        raw = 230.5 + i if ty == "f32" else (-(100 + i) if ty.startswith("i") else 1000 + 7 * i)
+        if ty == "u32":
+            raw = 70_000 + i  # needs both words
+        words = ModbusTcpClient.convert_to_registers(raw, types[ty])
+        if p.get("order") == "CDAB":
+            words = list(reversed(words))
+        table = tables["hr" if p.get("table", "holding") == "holding" else "ir"]
+        table[p["address"]: p["address"] + len(words)] = words
+        expected[p["name"]] = raw * p.get("scale", 1.0) + p.get("offset", 0.0)
+    return tables, expected
+
+
+def test_every_shipped_profile_decodes_a_device_that_follows_its_map(tmp_path):
+    import tomllib
+
+    listing = cli("profiles", "-c", str(tmp_path / "none.toml")).stdout.split("\n")
+    ids = [line.split()[0] for line in listing if line.strip()]
+    assert len(ids) >= 5, listing
+    port = free_port()
+    slaves, devices, expected = {}, [], {}
+    for unit, pid in enumerate(ids, start=1):
+        points = tomllib.loads(cli("profiles", pid, "-c", str(tmp_path / "none.toml")).stdout)["devices"]["points"]
+        assert all("unit" in p for p in points if p["name"] not in ("power_factor", "status")
+                   and not p["name"].endswith("power_factor")), f"{pid}: units"
+        tables, expected[pid] = profile_image(points)
+        slaves[str(unit)] = tables
+        devices.append(configs.modbus_device(pid, "field", points, unit_id=unit, poll_interval_ms=300))
+    device = start_modbus_device(tmp_path, {"transport": "tcp", "port": port, "slaves": slaves})
+    gw = Gateway(tmp_path, configs.config(tmp_path / "state", core=configs.core(free_port()),
+                                          buses=[configs.tcp_bus("field", port)], devices=devices))
+    db = tmp_path / "state/core.sqlite"
+    try:
+        for pid in ids:
+            wait_for(f"a sample of {pid}", lambda: core_samples(db, pid), timeout=60)
+    finally:
+        assert gw.stop() == 0, gw.proc.output()
+        device.stop()
+    for pid in ids:
+        got = core_samples(db, pid)[-1]
+        assert "bad" not in got, (pid, got)
+        want = expected[pid]
+        assert set(got) - {"timestamp"} == set(want), pid
+        for name, value in want.items():
+            assert abs(got[name] - value) <= 1e-9 * max(1.0, abs(value)), (pid, name, got[name], value)

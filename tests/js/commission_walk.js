@@ -1,6 +1,6 @@
 // Commissioning in a real browser (Debian's chromium driven by playwright-core), as a field
 // engineer would on a new RS-485 line: claim the page, scan the bus, add a found device
-// from the scan and see its live value, find a float's byte order in the register browser
+// from the scan with a device profile and see its live values, find a float's byte order in the register browser
 // and make it a point, write a value through the confirmation step.
 //
 // Usage: node commission_walk.js SPEC_JSON   (see tests/e2e/test_commissioning.py)
@@ -75,29 +75,40 @@ async function main() {
     await shot(page, 'scan-done');
   });
 
-  await step('add a found device: the form comes pre-filled', async () => {
+  await step('add a found device from a profile: the form comes pre-filled', async () => {
     await page.click(`#scan-found tr[data-unit="${spec.addUnit}"] a.add-device`);
-    await page.waitForSelector('[name="modbus.unit_id"]');
+    await page.waitForSelector('#profile');
+    await page.selectOption('#profile', spec.profile);
+    await page.click('#use-profile');
+    await page.waitForSelector('#profile-note');
     const unit = await page.inputValue('[name="modbus.unit_id"]');
     const bus = await page.inputValue('[name="modbus.bus"]');
     if (unit !== String(spec.addUnit) || bus !== spec.bus) throw new Error(`pre-filled ${bus}/${unit}`);
+    out.profilePoints = await page.$$eval('input[name$="].name"]', es => es.map(e => e.value).filter(v => v));
     await page.fill('[name="name"]', 'tank');
     await page.fill('[name="token"]', spec.deviceToken);
     await page.fill('[name="app_version"]', spec.appVersion);
     await page.fill('[name="poll_interval_ms"]', '300');
-    await page.fill('[name="points[0].name"]', 'level');
-    await page.fill('[name="points[0].address"]', '0');
-    await page.selectOption('[name="points[0].type"]', 'u16');
+    // One more point of its own, in the first empty row.
+    const n = out.profilePoints.length;
+    await page.fill(`[name="points[${n}].name"]`, 'level');
+    await page.fill(`[name="points[${n}].address"]`, '0');
+    await page.selectOption(`[name="points[${n}].table"]`, 'holding');
+    await page.selectOption(`[name="points[${n}].type"]`, 'u16');
+    await shot(page, 'device-from-profile');
     await page.click('#save');
     await page.waitForSelector('#saved');
   });
 
-  await step('its live value appears', async () => {
+  await step('its live values appear, with their units', async () => {
     await page.goto(base + '/devices');
-    await page.waitForFunction(([sel, want]) => {
-      const e = document.querySelector(sel);
-      return e && e.textContent.trim() === want;
-    }, ['[data-device="tank"] [data-point="level"] td.value', String(spec.level)]);
+    for (const [point, want] of Object.entries(spec.live)) {
+      await page.waitForFunction(([sel, w]) => {
+        const e = document.querySelector(sel);
+        return e && e.textContent.trim() === w;
+      }, [`[data-device="tank"] [data-point="${point}"] td.value`, want]);
+    }
+    await shot(page, 'devices');
   });
 
   await step('the register browser shows a CDAB float in every order; make it a point', async () => {

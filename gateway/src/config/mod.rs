@@ -31,6 +31,8 @@ pub use platform_core::config::ConfigErrors;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
+    /// The site's own device profiles (`gateway.profiles_dir`).
+    pub profiles_dir: PathBuf,
     pub log_level: log::LevelFilter,
     /// Where samples go; `None` with `core` set means "the in-process core" (standalone site).
     pub upstream: Option<Upstream>,

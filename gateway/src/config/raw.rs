@@ -97,6 +97,9 @@ pub struct RawGateway {
     pub app_version: Option<String>,
     #[serde(default = "defaults::health_interval_secs")]
     pub health_interval_secs: u64,
+    /// Where the site's own device profiles are (`*.toml`).
+    #[serde(default = "defaults::profiles_dir")]
+    pub profiles_dir: String,
 }
 
 impl Default for RawGateway {
@@ -107,6 +110,7 @@ impl Default for RawGateway {
             token: None,
             app_version: None,
             health_interval_secs: defaults::health_interval_secs(),
+            profiles_dir: defaults::profiles_dir(),
         }
     }
 }
@@ -286,6 +290,9 @@ pub mod defaults {
     }
     pub fn state_dir() -> String {
         "/var/lib/kp-gateway".into()
+    }
+    pub fn profiles_dir() -> String {
+        "/etc/kp-gateway/profiles".into()
     }
     pub fn log_level() -> String {
         "info".into()

@@ -221,6 +221,7 @@ pub(super) fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     e.into_result(Config {
+        profiles_dir: PathBuf::from(&raw.gateway.profiles_dir),
         state_dir,
         log_level,
         upstream,

@@ -2,6 +2,7 @@
 //! device's waveforms are edited in the raw editor.
 
 use super::*;
+use crate::profiles::Profile;
 
 /// What kind of device a table describes (`modbus`, `serial_line`, `simulated`).
 pub(super) fn kind_of(t: &Table) -> Option<&'static str> {
@@ -33,11 +34,31 @@ pub struct KindQuery {
     point_address: Option<u16>,
     point_type: Option<String>,
     point_order: Option<String>,
+    profile: Option<String>,
 }
 
 impl KindQuery {
-    /// Puts the pre-filled values into the (not yet saved) device table.
-    fn prefill(&self, t: &mut Table) {
+    /// Puts the pre-filled values into the (not yet saved) device table: a profile's
+    /// points and settings first, then the bus, unit ID and point given.
+    fn prefill(&self, t: &mut Table, profile: Option<&Profile>) {
+        if let (Some(p), Some(m)) = (profile, t.get_mut("modbus").and_then(Item::as_table_mut)) {
+            m.insert("vendor", toml_edit::value(p.vendor.as_str()));
+            m.insert("model", toml_edit::value(p.model.as_str()));
+            if let Some(unit) = p.defaults.unit_id {
+                m.insert("unit_id", toml_edit::value(i64::from(unit)));
+            }
+            if let Some(ms) = p.defaults.poll_interval_ms {
+                t.insert("poll_interval_ms", toml_edit::value(ms as i64));
+            }
+            let mut points = toml_edit::ArrayOfTables::new();
+            for point in &p.points {
+                let text = toml::to_string(point).unwrap_or_default();
+                if let Ok(doc) = text.parse::<toml_edit::DocumentMut>() {
+                    points.push(doc.as_table().clone());
+                }
+            }
+            t.insert("points", Item::ArrayOfTables(points));
+        }
         if let Some(m) = t.get_mut("modbus").and_then(Item::as_table_mut) {
             if let Some(bus) = &self.bus {
                 m.insert("bus", toml_edit::value(bus.as_str()));
@@ -75,6 +96,9 @@ impl KindQuery {
 
 /// Empty point rows offered under the existing ones.
 const BLANK_POINTS: usize = 2;
+
+/// The most point rows one form may carry (a device's register map, with room to spare).
+const MAX_POINT_ROWS: usize = 2000;
 
 // ---- devices ---------------------------------------------------------------------------
 
@@ -180,8 +204,42 @@ pub async fn device_form(
     let mut t = at
         .map(|i| devices[i].clone())
         .unwrap_or_else(|| new_device(q.kind.as_deref()));
-    q.prefill(&mut t);
-    html(device_page(&web, &who, &doc, at, &t, &FieldErrors::new()))
+    let profiles_dir = web.running().0.profiles_dir;
+    let (profiles, problems) = crate::profiles::all(Some(&profiles_dir));
+    for p in &problems {
+        log::warn!("device profiles: {p}");
+    }
+    let chosen = q
+        .profile
+        .as_deref()
+        .and_then(|id| profiles.iter().find(|p| p.id == id));
+    q.prefill(&mut t, chosen);
+    let mut page = device_page(&web, &who, &doc, at, &t, &FieldErrors::new());
+    if at.is_none() && kind_of(&t) == Some("modbus") {
+        page.profiles = profiles
+            .iter()
+            .map(|p| (p.id.clone(), format!("{} {}", p.vendor, p.model)))
+            .collect();
+        page.keep = [
+            ("bus", q.bus.clone()),
+            ("unit_id", q.unit_id.map(|u| u.to_string())),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect();
+        if let Some(p) = chosen {
+            let d = &p.defaults;
+            page.profile_note = format!(
+                "From the profile {} ({} points), after {}. The device leaves the factory at {} baud, parity {}: set its bus to match.",
+                p.id,
+                p.points.len(),
+                p.source,
+                d.baud.map_or("?".into(), |b| b.to_string()),
+                d.parity.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    html(page)
 }
 
 /// Metadata lines `key = value` → a table (numbers and booleans keep their type).
@@ -256,8 +314,23 @@ pub async fn device_save(
         .and_then(Item::as_array_of_tables)
         .map(|a| a.iter().cloned().collect())
         .unwrap_or_default();
+    // Every row the form sent (a profile or the register browser may have added rows
+    // that the saved device does not have yet).
+    let rows = form
+        .iter()
+        .filter_map(|(k, _)| {
+            k.strip_prefix("points[")?
+                .split_once(']')?
+                .0
+                .parse::<usize>()
+                .ok()
+        })
+        .map(|j| j + 1)
+        .max()
+        .unwrap_or(0)
+        .min(MAX_POINT_ROWS);
     let mut points = ArrayOfTables::new();
-    for j in (0..old_points.len() + BLANK_POINTS).filter(|_| kind == "modbus") {
+    for j in (0..rows).filter(|_| kind == "modbus") {
         let prefix = format!("points[{j}].");
         let named = form
             .iter()

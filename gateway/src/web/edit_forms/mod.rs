@@ -125,6 +125,11 @@ struct FormPage {
     test_upstream: bool,
     /// The device's kind (devices only).
     kind: &'static str,
+    /// A new Modbus device: the profiles to start from (id, label), and what was taken.
+    profiles: Vec<(String, String)>,
+    profile_note: String,
+    /// Kept through the profile choice: the pre-filled bus and unit ID.
+    keep: Vec<(&'static str, String)>,
 }
 
 page!(FormPage);
@@ -142,6 +147,9 @@ impl FormPage {
             delete: None,
             read_now: None,
             test_upstream: false,
+            profiles: Vec::new(),
+            profile_note: String::new(),
+            keep: Vec::new(),
             kind: "",
         }
     }
