@@ -60,7 +60,7 @@ enum Command {
         action: ConfigAction,
     },
     #[command(flatten)]
-    Tool(commission::ToolCommand),
+    Tool(Box<commission::ToolCommand>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
         Some(Command::Config { action }) => {
             config_history(&cli.config, cli.state_dir.as_deref(), action)
         }
-        Some(Command::Tool(cmd)) => commission::run(cmd, &cli.config),
+        Some(Command::Tool(cmd)) => commission::run(*cmd, &cli.config),
         None => run(cli),
     }
 }
