@@ -197,6 +197,15 @@ function scan() {
   });
 }
 
+// CSV import: a chosen file fills the text box (it is sent as text, checked on the server).
+function csvImport() {
+  const file = document.getElementById('csv-file');
+  if (!file) return;
+  file.addEventListener('change', async () => {
+    if (file.files.length) document.getElementById('csv').value = await file.files[0].text();
+  });
+}
+
 // Forms that ask before doing something that cannot be undone lightly.
 function confirmations() {
   document.querySelectorAll('form.confirm').forEach(f => f.addEventListener('submit', e => {
@@ -211,4 +220,5 @@ document.addEventListener('DOMContentLoaded', () => {
   if (page === 'devices') devices();
   if (page === 'logs') logs();
   if (page === 'scan') scan();
+  if (page === 'import') csvImport();
 });

@@ -11,6 +11,7 @@
 
 pub mod dropins;
 mod locate;
+pub mod points_csv;
 pub mod raw;
 mod validate;
 

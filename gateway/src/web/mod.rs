@@ -148,6 +148,14 @@ pub fn router(web: Web) -> Router {
             post(config_pages::device_delete),
         )
         .route(
+            "/config/devices/{index}/points.csv",
+            get(edit_forms::points_csv::export),
+        )
+        .route(
+            "/config/devices/{index}/import",
+            get(edit_forms::points_csv::import_form).post(edit_forms::points_csv::import),
+        )
+        .route(
             "/config/raw",
             get(config_pages::raw_form).post(config_pages::raw_save),
         )

@@ -437,3 +437,88 @@ async fn the_tls_checkbox_turns_tls_on_with_the_system_store_and_off_again() {
     .await;
     assert!(page.contains("mqtt.cloud.kaaiot.com") && page.contains("checked"));
 }
+
+fn form_encode(pairs: &[(&str, &str)]) -> String {
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    char::from(b).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[tokio::test]
+async fn a_csv_point_map_round_trips_and_bad_rows_are_all_named_with_nothing_applied() {
+    let h = harness().await;
+    let (cookie, csrf) = claimed(&h.web).await;
+    let map = "name,unit,table,address,type,order,scale\n\
+               voltage,V,input,0,f32,CDAB,\n\
+               current,A,input,6,f32,,\n\
+               energy_import,\"kWh, total\",input,72,f32,,\n";
+    // Three bad rows — a cell that is no number, a name the configuration refuses, an
+    // unknown type: all three reported by row, nothing applied.
+    let bad = "name,table,address,type\nok,input,0,u16\nx,input,zz,u16\nbad name,input,2,u16\ny,input,3,u17\n";
+    let r = call(
+        &h.web,
+        post(
+            "/config/devices/0/import",
+            Some(&cookie),
+            &form_encode(&[("csrf", &csrf), ("csv", bad)]),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let page = body(r).await;
+    let rows: Vec<&str> = ["row 3: address", "row 4: name", "row 5: type"]
+        .into_iter()
+        .filter(|r| page.contains(r))
+        .collect();
+    assert_eq!(rows.len(), 3, "{page}");
+    assert!(!page.contains("row 2"), "{page}");
+    assert!(h.web.store.list().is_empty(), "nothing applied");
+    // A good map replaces the points; exported again it is the same map.
+    let r = call(
+        &h.web,
+        post(
+            "/config/devices/0/import",
+            Some(&cookie),
+            &form_encode(&[("csrf", &csrf), ("csv", map)]),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let crate::source::DeviceSource::Modbus(m) = &h.web.running().0.devices[0].source else {
+        panic!("not a modbus device");
+    };
+    assert_eq!(m.points.len(), 3);
+    let first = body(call(&h.web, get("/config/devices/0/points.csv", Some(&cookie))).await).await;
+    assert!(
+        first.starts_with("name,unit,table,address,type,"),
+        "{first}"
+    );
+    let r = call(
+        &h.web,
+        post(
+            "/config/devices/0/import",
+            Some(&cookie),
+            &form_encode(&[("csrf", &csrf), ("csv", &first)]),
+        ),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let second = body(call(&h.web, get("/config/devices/0/points.csv", Some(&cookie))).await).await;
+    assert_eq!(first, second);
+    assert!(
+        second.contains("energy_import,\"kWh, total\",input,72,f32"),
+        "{second}"
+    );
+}

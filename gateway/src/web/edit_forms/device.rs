@@ -174,6 +174,7 @@ pub(super) fn device_page(
     page.kind = kind;
     page.delete = at.map(|i| format!("/config/devices/{i}/delete"));
     page.read_now = at.filter(|_| t.contains_key("modbus")).map(|_| name);
+    page.csv = at.filter(|_| t.contains_key("modbus"));
     page
 }
 

@@ -17,6 +17,7 @@ use super::Web;
 use crate::config_store::Origin;
 
 mod device;
+pub mod points_csv;
 mod specs;
 
 pub use device::{device_delete, device_form, device_save, KindQuery};
@@ -122,6 +123,8 @@ struct FormPage {
     delete: Option<String>,
     /// The device's name, for "read now".
     read_now: Option<String>,
+    /// A stored Modbus device's index: CSV export and import of its points.
+    csv: Option<usize>,
     test_upstream: bool,
     /// The device's kind (devices only).
     kind: &'static str,
@@ -146,6 +149,7 @@ impl FormPage {
             points: Vec::new(),
             delete: None,
             read_now: None,
+            csv: None,
             test_upstream: false,
             profiles: Vec::new(),
             profile_note: String::new(),
