@@ -43,8 +43,10 @@ pub struct ScanProgress {
     pub elapsed_ms: u64,
     /// Estimated time left, from the time per ID so far.
     pub eta_ms: u64,
-    /// The least a scan of this range can take: one request frame, the inter-frame
-    /// silence and the time-out per absent ID (RTU only; 0 for TCP).
+    /// The least a scan of this range can take on the wire: per absent ID one request
+    /// frame, the inter-frame silence and the time-out; per answering ID the request and
+    /// its answer (RTU only; 0 for TCP). Estimated for all-absent while running, exact for
+    /// what was found at the end.
     pub lower_bound_ms: u64,
     pub finished: bool,
     pub cancelled: bool,
@@ -58,16 +60,25 @@ const PROBE: Op = Op::Read(RegisterTable::Holding, 0, 1);
 /// RTU bits per character (start, 8 data, parity or second stop, stop).
 const BITS_PER_CHAR: f64 = 11.0;
 
-/// The physical lower bound of a scan of `n` absent IDs (see [`ScanProgress`]).
-pub fn lower_bound(link: &Link, n: u32, timeout: Duration) -> Duration {
+/// Time on the wire for `bytes` RTU characters (zero for TCP, whose frame time is not the
+/// bound).
+fn wire(link: &Link, bytes: f64) -> Duration {
     match &link.bus.transport {
         BusTransport::Rtu(s) => {
-            // A read request is 8 bytes on the wire.
-            let frame = Duration::from_secs_f64(8.0 * BITS_PER_CHAR / f64::from(s.baud.max(1)));
-            (frame + link.bus.inter_frame_delay + timeout) * n
+            Duration::from_secs_f64(bytes * BITS_PER_CHAR / f64::from(s.baud.max(1)))
         }
         _ => Duration::ZERO,
     }
+}
+
+/// The physical lower bound of a scan (see [`ScanProgress`]): a read request is 8 bytes
+/// and the answer to the probe 7.
+pub fn lower_bound(link: &Link, absent: u32, answered: u32, timeout: Duration) -> Duration {
+    if !matches!(link.bus.transport, BusTransport::Rtu(_)) {
+        return Duration::ZERO;
+    }
+    let gap = link.bus.inter_frame_delay;
+    (wire(link, 8.0) + gap + timeout) * absent + (wire(link, 15.0) + gap * 2) * answered
 }
 
 /// Probes unit IDs `first..=last` one by one, publishing progress after each.
@@ -82,7 +93,7 @@ pub async fn scan(
     let mut state = ScanProgress {
         bus: link.bus.name.clone(),
         total,
-        lower_bound_ms: lower_bound(link, total, req.timeout).as_millis() as u64,
+        lower_bound_ms: lower_bound(link, total, 0, req.timeout).as_millis() as u64,
         ..ScanProgress::default()
     };
     progress.send_replace(state.clone());
@@ -103,7 +114,9 @@ pub async fn scan(
     }
     state.finished = true;
     state.eta_ms = 0;
-    state.elapsed_ms = started.elapsed().as_millis() as u64;
+    let found = state.found.len() as u32;
+    state.lower_bound_ms =
+        lower_bound(link, state.done.saturating_sub(found), found, req.timeout).as_millis() as u64;
     progress.send_replace(state.clone());
     state
 }
