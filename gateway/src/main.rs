@@ -299,6 +299,9 @@ fn run(cli: Cli) -> ExitCode {
     for w in config.warnings() {
         log::warn!("configuration: {w}");
     }
+    if let Some(w) = kp_gateway::systemd::fit_open_files(config.open_files_needed()) {
+        log::warn!("{w}");
+    }
     if cli.demo {
         demo_port_fallback(&mut config);
     }

@@ -1,5 +1,6 @@
 //! systemd integration: `sd_notify` readiness, watchdog keep-alives and stopping notices
-//! (the `Type=notify` protocol of sd_notify(3): datagrams to `$NOTIFY_SOCKET`).
+//! (the `Type=notify` protocol of sd_notify(3): datagrams to `$NOTIFY_SOCKET`), and the
+//! open-file limit fitted to the configured connection caps.
 //!
 //! Outside systemd (no `NOTIFY_SOCKET`) every call is a no-op.
 
@@ -51,6 +52,40 @@ pub async fn watchdog_loop() {
         tick.tick().await;
         notify("WATCHDOG=1");
     }
+}
+
+/// Raises the soft open-file limit to `need` when the hard limit allows; returns the
+/// warning to log when it does not (the connection caps could then exhaust descriptors,
+/// and new connections would fail with "Too many open files").
+pub fn fit_open_files(need: u64) -> Option<String> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let soft = now.current.unwrap_or(u64::MAX);
+    let hard = now.maximum.unwrap_or(u64::MAX);
+    if soft >= need {
+        return None;
+    }
+    let target = need.min(hard);
+    let raised = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: now.maximum,
+        },
+    )
+    .is_ok();
+    if raised && target >= need {
+        log::info!(
+            "open-file limit raised from {soft} to {target} for the configured connection caps"
+        );
+        return None;
+    }
+    Some(format!(
+        "the configured connection caps need up to {need} open files but the limit is {}: \
+         add LimitNOFILE={need} with `sudo systemctl edit kp-gateway` (or lower \
+         core.*.max_connections)",
+        if raised { target } else { soft }
+    ))
 }
 
 #[cfg(test)]

@@ -53,6 +53,24 @@ impl Config {
         validate::validate(Self::parse_raw(text)?)
     }
 
+    /// File descriptors the configured listeners may hold at their caps, plus a reserve
+    /// (databases, serial ports, the upstream, logs): what `LimitNOFILE` must allow.
+    pub fn open_files_needed(&self) -> u64 {
+        /// Databases, serial ports, the upstream connection, the journal, spare.
+        const RESERVE: u64 = 256;
+        /// The web page's share (it serves one admin; its listener is not capped here).
+        const WEB: u64 = 256;
+        let core = self.core.as_ref().map_or(0, |c| {
+            let mqtt = c.mqtt.max_connections as u64;
+            let tls = c.tls.as_ref().map_or(0, |_| mqtt);
+            let http = c.http.as_ref().map_or(0, |h| {
+                h.max_connections as u64 + if h.websocket { mqtt } else { 0 }
+            });
+            mqtt + tls + http
+        });
+        core + self.web.as_ref().map_or(0, |_| WEB) + RESERVE
+    }
+
     /// One `[[modbus.buses]]` table on its own (the command-line tools' `--rtu`/`--tcp`
     /// options are turned into one), checked by the same rules as in a file.
     pub fn bus_from_toml(text: &str) -> Result<Bus, ConfigErrors> {
