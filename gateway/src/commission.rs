@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::modbus::codec::PointCodec;
-use crate::modbus::interpret::{interpret, render_text};
+use crate::modbus::interpret::{as_text, interpret, render_text};
 use crate::modbus::types::{ByteOrder, DataType, RegisterTable};
 use crate::source::modbus::tools::{self, RawValues, ScanProgress, ScanRequest};
 use crate::source::modbus::{Bus, Link};
@@ -326,9 +326,13 @@ pub fn scan(bus: Bus, req: ScanRequest, json: bool) -> Result<(), String> {
 /// The answer to a read as text or JSON.
 fn render_values(start: u16, v: &RawValues, json: bool) -> String {
     match (v, json) {
-        (RawValues::Words(w), false) => render_text(&interpret(start, w)),
+        (RawValues::Words(w), false) => format!(
+            "{}as text: {:?}\n",
+            render_text(&interpret(start, w)),
+            as_text(w)
+        ),
         (RawValues::Words(w), true) => serde_json::json!({
-            "start": start, "words": w, "interpretations": interpret(start, w)
+            "start": start, "words": w, "interpretations": interpret(start, w), "text": as_text(w)
         })
         .to_string(),
         (RawValues::Bits(b), false) => b

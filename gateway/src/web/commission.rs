@@ -18,7 +18,7 @@ use super::guard::Authed;
 use super::pages::{html, page, Chrome};
 use super::Web;
 use crate::commission::write_codec;
-use crate::modbus::interpret::{interpret, RegisterView};
+use crate::modbus::interpret::{as_text, interpret, RegisterView};
 use crate::modbus::types::RegisterTable;
 use crate::source::modbus::tools::{RawValues, ScanProgress, ScanRequest};
 use crate::source::modbus::BusHandle;
@@ -108,6 +108,8 @@ struct RegistersPage {
     buses: Vec<String>,
     q: RegistersQuery,
     views: Vec<RegisterView>,
+    /// The whole window read as a string (bytes in address order).
+    text: String,
     bits: Vec<(u32, bool)>,
     error: String,
     /// The device form a point goes to (`new` or an index).
@@ -310,6 +312,7 @@ fn registers_page(web: &Web, who: &Authed, q: RegistersQuery) -> RegistersPage {
         buses: bus_names(web),
         q,
         views: Vec::new(),
+        text: String::new(),
         bits: Vec::new(),
         error: String::new(),
         slot,
@@ -320,7 +323,10 @@ fn registers_page(web: &Web, who: &Authed, q: RegistersQuery) -> RegistersPage {
 
 fn show(page: &mut RegistersPage, start: u16, got: Result<RawValues, String>) {
     match got {
-        Ok(RawValues::Words(w)) => page.views = interpret(start, &w),
+        Ok(RawValues::Words(w)) => {
+            page.text = as_text(&w);
+            page.views = interpret(start, &w);
+        }
         Ok(RawValues::Bits(b)) => {
             page.bits = b
                 .into_iter()
