@@ -23,6 +23,8 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v mbpoll >/dev/null 2>&1 || need+=(mbpoll)
+# libfaketime: a clock that is set while the gateway runs (the clock-step test).
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v node >/dev/null 2>&1 || need+=(nodejs)

@@ -5,6 +5,7 @@
 //! sources → buffer → upstream session, plus the optional in-process core.
 
 pub mod buffer;
+pub mod clock;
 pub mod commission;
 pub mod config;
 pub mod config_store;

@@ -272,6 +272,13 @@ enum Command {
     },
     Stats(oneshot::Sender<Result<BufferStats, BufferError>>),
     RecordDrop(Vec<Sample>, DropReason),
+    LastSeq(oneshot::Sender<Result<i64, BufferError>>),
+    ShiftTimes {
+        after: i64,
+        upto: i64,
+        delta_ms: i64,
+        reply: oneshot::Sender<Result<usize, BufferError>>,
+    },
 }
 
 /// Why an append was not stored.
@@ -474,6 +481,28 @@ impl BufferHandle {
 
     pub async fn stats(&self) -> Result<BufferStats, BufferError> {
         self.ask(Command::Stats).await?
+    }
+
+    /// The newest sequence number stored so far.
+    pub async fn last_seq(&self) -> Result<i64, BufferError> {
+        self.ask(Command::LastSeq).await?
+    }
+
+    /// Adds `delta_ms` to the timestamps of the waiting samples with `after < seq <= upto`
+    /// (not those in flight); returns how many (see `store::retime`).
+    pub async fn shift_times(
+        &self,
+        after: i64,
+        upto: i64,
+        delta_ms: i64,
+    ) -> Result<usize, BufferError> {
+        self.ask(|reply| Command::ShiftTimes {
+            after,
+            upto,
+            delta_ms,
+            reply,
+        })
+        .await?
     }
 }
 

@@ -427,3 +427,53 @@ async fn a_truncated_buffer_is_kept_aside_and_a_fresh_buffer_starts() {
     );
     assert_eq!(b.stats().await.unwrap().pending, 0);
 }
+
+#[tokio::test]
+async fn a_clock_step_moves_the_waiting_samples_before_it_but_not_those_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir);
+    let stamped = |token: &str, ts_ms: i64| Sample {
+        endpoint: key(token),
+        ts_ms,
+        payload: format!("{{\"timestamp\":{ts_ms},\"v\":1}}"),
+    };
+    // Booted in 1970: three samples of `a` (one of them leased), one of `b`; then the
+    // clock is set and `c` is stamped right.
+    b.append(vec![stamped("a", 1_000), stamped("a", 2_000)])
+        .await
+        .unwrap();
+    let in_flight = b.lease(limits(1), vec![]).await.unwrap();
+    assert_eq!(in_flight[0].seqs, vec![1]);
+    b.append(vec![stamped("a", 3_000), stamped("b", 4_000)])
+        .await
+        .unwrap();
+    let before = b.last_seq().await.unwrap();
+    let step = 1_796_000_000_000;
+    b.append(vec![stamped("c", step + 5_000)]).await.unwrap();
+    assert_eq!(b.shift_times(0, before, step).await.unwrap(), 3);
+    b.release(in_flight[0].key.clone()).await.unwrap();
+    let mut all = Vec::new();
+    loop {
+        let batches = b.lease(limits(10), vec![]).await.unwrap();
+        if batches.is_empty() {
+            break;
+        }
+        for batch in batches {
+            all.extend(batch.samples.clone());
+            b.ack(batch.key).await.unwrap();
+        }
+    }
+    all.sort();
+    let expected: Vec<String> = [
+        1_000,
+        step + 2_000,
+        step + 3_000,
+        step + 4_000,
+        step + 5_000,
+    ]
+    .iter()
+    .map(|t| format!("{{\"timestamp\":{t},\"v\":1}}"))
+    .collect();
+    assert_eq!(all, expected, "the leased one keeps its time");
+    assert_eq!(b.stats().await.unwrap().bytes, 0);
+}

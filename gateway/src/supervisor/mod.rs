@@ -64,6 +64,7 @@ struct Shared {
     link: Arc<LinkStatus>,
 }
 
+mod clock_watch;
 mod generation;
 mod site;
 
@@ -213,6 +214,8 @@ pub async fn run(
     let mut pending_reply: Option<tokio::sync::oneshot::Sender<()>> = None;
     crate::systemd::notify("READY=1");
     let watchdog = tokio::spawn(crate::systemd::watchdog_loop());
+    let clock_stop = CancellationToken::new();
+    let clock = tokio::spawn(clock_watch::run(buffer.clone(), clock_stop.clone()));
     loop {
         if let (Some(core), None) = (&core, &config.upstream) {
             provision_in_core(core, &config).await?;
@@ -363,6 +366,8 @@ pub async fn run(
         core.wait().await;
     }
     watchdog.abort();
+    clock_stop.cancel();
+    let _ = clock.await;
     let stats = buffer.stats().await?;
     drop(shared);
     drop(buffer);

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use super::*;
 
 mod lease;
+mod retime;
 mod room;
 mod schema;
 
@@ -206,6 +207,17 @@ impl BufferStore {
                 }
                 Command::Stats(r) => {
                     let _ = r.send(self.stats());
+                }
+                Command::LastSeq(r) => {
+                    let _ = r.send(self.last_seq());
+                }
+                Command::ShiftTimes {
+                    after,
+                    upto,
+                    delta_ms,
+                    reply,
+                } => {
+                    let _ = reply.send(self.shift_times(after, upto, delta_ms));
                 }
                 Command::RecordDrop(samples, reason) => {
                     for s in &samples {
