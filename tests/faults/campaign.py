@@ -86,6 +86,19 @@ def settle(done, timeout: float) -> bool:
     return done()
 
 
+def stop_or_dump(gw, work: Path) -> int:
+    """SIGTERM; a gateway still running after 15 s gets its threads' stacks written to
+    `work/hang-<pid>.txt` (gdb) before the SIGKILL."""
+    os.kill(gw.proc.pid, signal.SIGTERM)
+    try:
+        gw.proc.popen.wait(15)
+    except subprocess.TimeoutExpired:
+        with open(work / f"hang-{gw.proc.pid}.txt", "w") as f:
+            subprocess.run(["gdb", "-p", str(gw.proc.pid), "-batch", "-ex", "thread apply all bt"],
+                           stdout=f, stderr=subprocess.STDOUT, timeout=120, check=False)
+    return gw.stop()
+
+
 def config(state: Path, port: int, devices: int, poll_ms: int) -> str:
     wave = {"name": "v", "waveform": "sawtooth", "period_secs": 7, "amplitude": 10.0}
     devs = [configs.simulated_device(f"sim{i}", AVN, poll_ms, [wave]) for i in range(devices)]
@@ -143,7 +156,8 @@ def run(cycles: int, seed: int, work: Path, devices: int = 5, poll_ms: int = 10,
         books.stop()
         settle(lambda: books.taken <= set(kaa.keys()), 180)
         drops = dict(read_rows(db, "SELECT reason, sum(count) FROM drops GROUP BY reason"))
-        code = gw.stop()
+        still_waiting = len(waiting(db))
+        code = stop_or_dump(gw, work)
     finally:
         if books.is_alive():
             books.stop_flag.set()
@@ -151,6 +165,7 @@ def run(cycles: int, seed: int, work: Path, devices: int = 5, poll_ms: int = 10,
         kaa.close()
         broker.stop()
         if disk_full:
+            subprocess.run(["cp", "-a", str(state), str(work / "state-at-end")], check=False)
             subprocess.run(["umount", "-l", str(state)], check=False)
     received = Counter(kaa.keys())
     lost = books.taken - set(received)
@@ -166,7 +181,7 @@ def run(cycles: int, seed: int, work: Path, devices: int = 5, poll_ms: int = 10,
         "duplicates": sum(n - 1 for n in received.values()),
         "lost": len(lost),
         "lost_examples": sorted(lost)[:5],
-        "still_waiting": len(waiting(db)) if not disk_full else None,
+        "still_waiting": still_waiting,
         "drops": drops,
         "last_exit_code": code,
     }
@@ -179,9 +194,13 @@ def main():
     ap.add_argument("--devices", type=int, default=5)
     ap.add_argument("--poll-ms", type=int, default=10)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--keep", type=Path, help="work in this (new) directory and keep it: logs, state copy")
     a = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kp-faults-") as d:
-        report = run(a.cycles, a.seed, Path(d), a.devices, a.poll_ms)
+    if a.keep:
+        report = run(a.cycles, a.seed, a.keep, a.devices, a.poll_ms)
+    else:
+        with tempfile.TemporaryDirectory(prefix="kp-faults-") as d:
+            report = run(a.cycles, a.seed, Path(d), a.devices, a.poll_ms)
     text = json.dumps(report, indent=2)
     print(text)
     if a.out:

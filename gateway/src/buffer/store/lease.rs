@@ -46,6 +46,7 @@ impl BufferStore {
                     .get(&other)
                     .into_iter()
                     .flatten()
+                    .chain(self.unremoved.values().flat_map(|u| &u.seqs))
                     .copied()
                     .collect();
                 let rows = self.pick(ep, lane, live_from, &taken, limits)?;
@@ -155,14 +156,21 @@ impl BufferStore {
             }
             Err(e) if is_disk_full(&e) => {
                 // Confirmed (or refused) upstream: never sent again; deleted when there is
-                // room. It stays leased meanwhile.
+                // room. Its lane is free for the samples behind it meanwhile.
                 if self.unremoved.is_empty() {
                     log::warn!(
                         "buffer: the disk is full; confirmed samples stay until they can be deleted (they are not sent again)"
                     );
                 }
-                self.unremoved
-                    .insert(key.clone(), park.map(|(s, r)| (s, r.to_owned())));
+                self.leased.remove(key);
+                self.unremoved_next += 1;
+                self.unremoved.insert(
+                    self.unremoved_next,
+                    room::Unremoved {
+                        seqs: seqs.clone(),
+                        park: park.map(|(s, r)| (s, r.to_owned())),
+                    },
+                );
                 self.retry.failed(std::time::Instant::now());
                 Ok(seqs.len())
             }
@@ -173,24 +181,32 @@ impl BufferStore {
         }
     }
 
+    /// Rows that no lease, expiry or eviction may touch: those in flight and those
+    /// confirmed but not yet deleted.
+    pub(super) fn busy(&self) -> HashSet<i64> {
+        self.leased
+            .values()
+            .flatten()
+            .chain(self.unremoved.values().flat_map(|u| &u.seqs))
+            .copied()
+            .collect()
+    }
+
     /// Retries the deletes of confirmed batches that failed on a full disk.
     pub(in crate::buffer) fn retry_unremoved(&mut self) {
-        let keys: Vec<BatchKey> = self.unremoved.keys().cloned().collect();
-        for key in keys {
-            let Some(seqs) = self.leased.get(&key).cloned() else {
-                self.unremoved.remove(&key);
+        let ids: Vec<u64> = self.unremoved.keys().copied().collect();
+        for id in ids {
+            let Some(u) = self.unremoved.get(&id).cloned() else {
                 continue;
             };
-            let park = self.unremoved.get(&key).cloned().flatten();
-            let park = park.as_ref().map(|(s, r)| (*s, r.as_str()));
-            let mut result = self.delete_batch(&seqs, park);
+            let park = u.park.as_ref().map(|(s, r)| (*s, r.as_str()));
+            let mut result = self.delete_batch(&u.seqs, park);
             if matches!(&result, Err(e) if is_disk_full(e)) && self.make_room(true) {
-                result = self.delete_batch(&seqs, park);
+                result = self.delete_batch(&u.seqs, park);
             }
             match result {
                 Ok(_) => {
-                    self.leased.remove(&key);
-                    self.unremoved.remove(&key);
+                    self.unremoved.remove(&id);
                 }
                 Err(e) => {
                     log::debug!("buffer: delete of confirmed samples still failing: {e}");

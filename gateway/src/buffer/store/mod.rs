@@ -56,10 +56,14 @@ pub(super) struct BufferStore {
     opened: Instant,
     /// Space given back when the disk is full (see `room`).
     reserve: room::Reserve,
-    /// Confirmed batches whose delete failed (disk full): they stay in `leased`, so no
-    /// lease sends them again, and the delete is retried; the value is the park reason.
-    unremoved: BTreeMap<BatchKey, Option<(u16, String)>>,
+    /// Confirmed batches whose delete failed (disk full), by a running number: their rows
+    /// are never leased again (see `busy`) but no longer hold their lane, so the samples
+    /// behind them keep leaving; the delete is retried with a growing pause.
+    unremoved: BTreeMap<u64, room::Unremoved>,
+    unremoved_next: u64,
     retry: room::RetryClock,
+    /// When appends last tried to win the reserve back (see `room_for_appends`).
+    last_reclaim: Option<Instant>,
 }
 
 fn key_of(avn: &str, token: &str) -> Option<Endpoint> {
@@ -141,23 +145,10 @@ impl BufferStore {
             opened: Instant::now(),
             reserve: room::Reserve::new(path),
             unremoved: BTreeMap::new(),
+            unremoved_next: 0,
             retry: room::RetryClock::default(),
+            last_reclaim: None,
         })
-    }
-
-    /// Makes room after a "disk full" (see `room`): a truncating WAL checkpoint and, for
-    /// writes that free space (deleting confirmed samples, saving drop counts), the
-    /// reserve — never for appends, which would only fill it with more samples. True when
-    /// something was freed and the failed write is worth a retry.
-    fn make_room(&mut self, use_reserve: bool) -> bool {
-        let released = use_reserve && self.reserve.release();
-        let checkpointed = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .is_ok_and(|busy| busy == 0);
-        checkpointed | released
     }
 
     /// The buffer clock now (see the field's comment).
@@ -298,7 +289,7 @@ impl BufferStore {
             self.bytes = bytes as u64;
         }
         let cutoff = self.clock_ms() - self.bounds.max_age.as_millis() as i64;
-        let leased: HashSet<i64> = self.leased.values().flatten().copied().collect();
+        let leased = self.busy();
         let rows: Vec<(i64, String, String, i64)> = {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT seq, app_version, token, length(payload) FROM samples WHERE entered_clock < ?1",
@@ -387,6 +378,9 @@ impl BufferStore {
                 }
             }
         }
+        if !self.room_for_appends() {
+            return Err(self.refuse_disk_full(&samples));
+        }
         let mut inserted = self.insert(&samples);
         if matches!(&inserted, Err(e) if is_disk_full(e)) && self.make_room(false) {
             inserted = self.insert(&samples);
@@ -396,20 +390,23 @@ impl BufferStore {
                 out.stored = n;
                 Ok(out)
             }
-            Err(e) if is_disk_full(&e) => {
-                for s in &samples {
-                    self.count_drop(
-                        s.endpoint.app_version.as_str(),
-                        s.endpoint.token.as_str(),
-                        DropReason::DiskFull,
-                        1,
-                    );
-                }
-                self.save_drops();
-                Err(AppendRefusal::Error(BufferError::DiskFull))
-            }
+            Err(e) if is_disk_full(&e) => Err(self.refuse_disk_full(&samples)),
             Err(e) => Err(AppendRefusal::Error(e.into())),
         }
+    }
+
+    /// Samples refused for a full disk: counted (durably when the counters can be saved).
+    fn refuse_disk_full(&mut self, samples: &[Sample]) -> AppendRefusal {
+        for s in samples {
+            self.count_drop(
+                s.endpoint.app_version.as_str(),
+                s.endpoint.token.as_str(),
+                DropReason::DiskFull,
+                1,
+            );
+        }
+        self.save_drops();
+        AppendRefusal::Error(BufferError::DiskFull)
     }
 
     fn insert(&mut self, samples: &[Sample]) -> rusqlite::Result<usize> {
@@ -443,7 +440,7 @@ impl BufferStore {
 
     /// Deletes the oldest unleased samples until `need` bytes are free.
     fn drop_oldest(&mut self, need: u64) -> Result<usize, BufferError> {
-        let leased: HashSet<i64> = self.leased.values().flatten().copied().collect();
+        let leased = self.busy();
         let mut rows = Vec::new();
         let mut freed = 0u64;
         {

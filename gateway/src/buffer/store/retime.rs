@@ -23,7 +23,7 @@ impl BufferStore {
         upto: i64,
         delta_ms: i64,
     ) -> Result<usize, BufferError> {
-        let leased: HashSet<i64> = self.leased.values().flatten().copied().collect();
+        let leased = self.busy();
         let tx = self.conn.transaction()?;
         let mut n = 0;
         {

@@ -2,22 +2,35 @@
 //!
 //! In WAL mode even a DELETE needs free space (new WAL frames). On a full disk the delete
 //! of a confirmed batch used to fail, the batch was sent again at once, and so on forever,
-//! while new samples were refused for good. Two things prevent that:
+//! while new samples were refused for good. What prevents that:
 //! - first a **checkpoint** that truncates the WAL: its frames are already in the main
 //!   file's pages, so this needs no new space and frees the WAL's blocks;
-//! - then a **reserve file** (`<buffer>.reserve`: a quarter of the free space, at most
+//! - then a **reserve file** (`<buffer>.reserve`: an eighth of the filesystem, at most
 //!   [`RESERVE_BYTES`], of real blocks) is given back to the filesystem, so the checkpoint
 //!   (which may grow the main file by what the WAL added), the deletes and the drop
-//!   counters can be written; it is made again once there is room. The WAL checkpoints
-//!   every 64 pages (256 KiB), so what a checkpoint may need stays within the reserve;
-//! - a confirmed batch whose delete still fails is **never sent again**: it stays leased
-//!   (so no lease hands it out) and its delete is retried with a growing pause
-//!   (`retry_*` below) until it succeeds. After a restart it would be sent once more
-//!   (at least once, as everywhere).
+//!   counters can be written. The WAL checkpoints every 64 pages (256 KiB), so what a
+//!   checkpoint may need stays within the reserve;
+//! - **the reserve comes before new samples**: while it is given back, appends are refused
+//!   (counted as `disk_full`) until it can be made again, so samples never eat the space
+//!   the deletes need. Deleted rows free pages inside the file; the buffer is
+//!   `auto_vacuum = INCREMENTAL`, and an incremental vacuum hands those pages back to the
+//!   filesystem so the reserve can be remade;
+//! - a confirmed batch whose delete still fails is **never sent again**: its rows are
+//!   kept out of every lease (but its lane is free, so the samples behind it keep
+//!   leaving) and its delete is retried with a growing pause (`retry_*` below) until it
+//!   succeeds. After a restart it would be sent once more (at least once, as everywhere).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+/// A confirmed batch whose delete failed on a full disk: its rows and, for a batch the
+/// platform refused, the dead-letter status and reason.
+#[derive(Debug, Clone)]
+pub(super) struct Unremoved {
+    pub(super) seqs: Vec<i64>,
+    pub(super) park: Option<(u16, String)>,
+}
 
 /// Largest reserve: room for a checkpoint and the WAL frames of many batch deletes.
 pub(super) const RESERVE_BYTES: usize = 256 * 1024;
@@ -85,9 +98,9 @@ impl Reserve {
                 return;
             }
         }
+        let bytes = self.target();
         let free = crate::buffer::free_space(&self.path).unwrap_or(0);
-        let bytes = (free / 4).min(RESERVE_BYTES as u64) / 4096 * 4096;
-        if bytes < RESERVE_MIN {
+        if bytes < RESERVE_MIN || free < bytes {
             return;
         }
         let made = (|| -> std::io::Result<()> {
@@ -111,6 +124,72 @@ impl Reserve {
     pub(super) fn present(&self) -> bool {
         self.present
     }
+
+    /// The size the reserve should have: an eighth of the filesystem, at most
+    /// [`RESERVE_BYTES`] (0 where the filesystem cannot be read).
+    fn target(&self) -> u64 {
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let total = rustix::fs::statvfs(dir)
+            .map(|st| st.f_blocks.saturating_mul(st.f_frsize))
+            .unwrap_or(0);
+        (total / 8).min(RESERVE_BYTES as u64) / 4096 * 4096
+    }
+
+    /// Is there a reserve to keep on this filesystem (not one too small to hold it)?
+    pub(super) fn wanted(&self) -> bool {
+        self.present || self.target() >= RESERVE_MIN
+    }
+}
+
+/// How often appends may try to win the reserve back while it is given away.
+const RECLAIM_EVERY: Duration = Duration::from_millis(500);
+
+impl super::BufferStore {
+    /// Makes room after a "disk full": a truncating WAL checkpoint and, for writes that
+    /// free space (deleting confirmed samples, saving drop counts), the reserve — never
+    /// for appends, which would only fill it with more samples. True when something was
+    /// freed and the failed write is worth a retry.
+    pub(super) fn make_room(&mut self, use_reserve: bool) -> bool {
+        let released = use_reserve && self.reserve.release();
+        checkpoint(&self.conn) | released
+    }
+
+    /// May new samples be stored? Yes while the reserve is in place (or this filesystem is
+    /// too small for one). While it is given away: no, until the pages freed by deletes
+    /// are handed back to the filesystem and the reserve is made again (tried at most
+    /// every [`RECLAIM_EVERY`]).
+    pub(super) fn room_for_appends(&mut self) -> bool {
+        if self.reserve.present() || !self.reserve.wanted() {
+            return true;
+        }
+        if self
+            .last_reclaim
+            .is_some_and(|t| t.elapsed() < RECLAIM_EVERY)
+        {
+            return false;
+        }
+        self.last_reclaim = Some(Instant::now());
+        checkpoint(&self.conn);
+        if let Err(e) = self.conn.execute_batch("PRAGMA incremental_vacuum") {
+            log::debug!("buffer: incremental vacuum failed: {e}");
+        }
+        checkpoint(&self.conn);
+        self.reserve.restore();
+        if self.reserve.present() {
+            log::info!("buffer: the reserve is made again; new samples are taken again");
+        }
+        self.reserve.present()
+    }
+}
+
+/// A checkpoint that truncates the WAL; true when it completed.
+fn checkpoint(conn: &rusqlite::Connection) -> bool {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
+        .is_ok_and(|busy| busy == 0)
 }
 
 /// When to retry failed deletes of confirmed batches.

@@ -54,7 +54,11 @@ pub(in crate::buffer) fn open_db(
             path: path.to_owned(),
             why: e.to_string(),
         },
-        false => foreign(e.to_string()),
+        // Another error (I/O, permissions, a lock) says nothing about whose file it is.
+        false => BufferError::Open {
+            path: path.to_owned(),
+            source: e,
+        },
     };
     let existed = path.exists();
     let conn = Connection::open_with_flags(
@@ -78,6 +82,12 @@ pub(in crate::buffer) fn open_db(
         return Err(foreign(format!(
             "application_id is {app_id:#x}, not {APPLICATION_ID:#x}"
         )));
+    }
+    // Pages freed by deletes go back to the filesystem on an incremental vacuum (the disk
+    // reserve is remade from them, see `room`). Only takes effect before the first table,
+    // and is a write: only on a new file (a full disk must not stop an open).
+    if tables == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // Keep the WAL small on small disks: checkpoint every 64 pages (256 KiB; a 4 MiB WAL
@@ -104,11 +114,41 @@ pub(in crate::buffer) fn open_db(
         conn.execute_batch("ALTER TABLE samples ADD COLUMN entered_clock INTEGER")?;
     }
     conn.execute_batch("CREATE INDEX IF NOT EXISTS samples_entered ON samples(entered_clock)")?;
+    vacuum_older_file(&conn, path);
     if app_id != APPLICATION_ID {
         // Only on a new file: no write at open that a full disk could refuse.
         conn.pragma_update(None, "application_id", APPLICATION_ID)?;
     }
     Ok(conn)
+}
+
+/// A buffer made before `auto_vacuum` was set is rewritten once with it (a VACUUM), when
+/// the disk has room for the copy; otherwise it stays as it is, and says so.
+fn vacuum_older_file(conn: &Connection, path: &Path) {
+    let mode: i64 = conn
+        .pragma_query_value(None, "auto_vacuum", |r| r.get(0))
+        .unwrap_or(2);
+    if mode == 2 {
+        return;
+    }
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(u64::MAX);
+    let free = crate::buffer::free_space(path).unwrap_or(0);
+    if free / 2 < size.saturating_add(1 << 20) {
+        log::warn!(
+            "buffer {}: made by an older version without incremental vacuum and no room to convert it now ({} KiB free); space freed inside it is reused but not given back to the disk",
+            path.display(),
+            free / 1024
+        );
+        return;
+    }
+    let done = conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;");
+    match done {
+        Ok(()) => log::info!(
+            "buffer {}: converted to incremental vacuum (once)",
+            path.display()
+        ),
+        Err(e) => log::warn!("buffer {}: conversion to incremental vacuum failed: {e}", path.display()),
+    }
 }
 
 /// Does this error mean the file is damaged (not a database any more, or malformed)?
