@@ -114,6 +114,8 @@ async fn main() {
             credentials: vec![ccm::BasicCredentialSpec {
                 username: "bench".into(),
                 password_hash: hash.into(),
+                applications: Some(vec!["*".into()]),
+                endpoints: vec![],
             }],
             ..CoreConfig::new(dir.join("core.sqlite"))
         },

@@ -63,6 +63,7 @@ versions = ["bench-v1"]
 [[core.credentials]]
 username = "bench"
 password_hash = "{hash_password('bench-pw')}"
+applications = ["*"]
 {tokens}
 """)
     core = Proc("core", [str(BIN), "--config", str(tmp / "core.toml")], tmp / "core.log")

@@ -132,7 +132,8 @@ class Core:
             "epl": {"idle_timeout_secs": idle_timeout_secs},
             "api": {"admin_username": "admin", "admin_password_hash": hash_password(self.ADMIN_PASSWORD)},
             "applications": [{"name": "demo", "versions": [self.APP_VERSION]}],
-            "credentials": [{"username": self.USER, "password_hash": hash_password(self.PASSWORD)}],
+            "credentials": [{"username": self.USER, "password_hash": hash_password(self.PASSWORD),
+                             "applications": ["*"]}],
             "endpoints": endpoints,
         }
         core.update(core_keys or {})

@@ -109,9 +109,11 @@ def test_token_suspend_reactivate_revoke_and_reissue(core):
 
 
 def test_basic_credential_suspended_while_connected(core):
-    code, cred = core.api("POST", "/api/v1/credentials/basic", {"username": "field-gw", "password": "s3cret pw"})
+    code, cred = core.api("POST", "/api/v1/credentials/basic", {"username": "field-gw", "password": "s3cret pw",
+                                                                 "applications": ["*"]})
     assert code == 201 and cred["state"] == "INACTIVE"
-    assert core.api("POST", "/api/v1/credentials/basic", {"username": "field-gw", "password": "x"})[0] == 409
+    assert core.api("POST", "/api/v1/credentials/basic", {"username": "field-gw", "password": "x",
+                                                          "applications": ["*"]})[0] == 409
     assert core.api("POST", "/api/v1/credentials/basic", {"username": "x"})[0] == 400
     assert "s3cret" not in json.dumps(core.api("GET", "/api/v1/credentials/basic")[1])
     c = KpClient(core.port, "field-gw", "s3cret pw", client_id="field-gw")

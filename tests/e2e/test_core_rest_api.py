@@ -34,8 +34,9 @@ BODIES = {
     ("POST", "/api/v1/endpoints"): {"appVersion": {"name": "demo-v1"}},
     ("POST", "/api/v1/endpoints/{endpointId}/tokens"): {},
     ("PUT", "/api/v1/endpoints/{endpointId}/tokens/{token}/state"): {"state": "ACTIVE"},
-    ("POST", "/api/v1/credentials/basic"): {"username": "new-user", "password": "pw"},
+    ("POST", "/api/v1/credentials/basic"): {"username": "new-user", "password": "pw", "applications": ["demo"]},
     ("PUT", "/api/v1/credentials/basic/{username}/state"): {"state": "ACTIVE"},
+    ("PUT", "/api/v1/credentials/basic/{username}/scope"): {"applications": ["*"]},
     ("POST", "/api/v1/credentials/x509"): {"fingerprint": "ab" * 32},
     ("PUT", "/api/v1/credentials/x509/{fingerprint}/state"): {"state": "SUSPENDED"},
     ("POST", "/api/v1/endpoints/{endpointId}/commands/{commandType}"): {"delay": 1},
@@ -56,7 +57,7 @@ def documented_routes():
 
 def test_every_documented_route_answers_and_needs_the_admin(core):
     routes = documented_routes()
-    assert len(routes) == 38
+    assert len(routes) == 39
     # A file for the binary-data download (BCX: upload token over 1/KP, then HTTP upload);
     # its bytes happen to be JSON so the generic JSON-reading helper can call the route.
     c = KpClient(core.port, core.USER, core.PASSWORD)

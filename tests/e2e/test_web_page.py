@@ -28,7 +28,7 @@ def site(tmp_path: Path, mqtt_port: int, web_port: int) -> str:
     core = configs.core(
         mqtt_port,
         versions=["plant-v1"],
-        credentials=[{"username": "ext", "password_hash": hash_password(CLIENT_PASSWORD)}],
+        credentials=[{"username": "ext", "password_hash": hash_password(CLIENT_PASSWORD), "applications": ["*"]}],
         endpoints=[{"id": "ep-ext", "token": EXT_TOKEN, "app_version": "plant-v1"}],
     )
     meter = configs.simulated_device("meter", "plant-v1", 200, [{"name": "power", "waveform": "sine"}])

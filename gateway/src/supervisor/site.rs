@@ -35,6 +35,9 @@ pub(super) async fn internal_upstream(core: &Core) -> anyhow::Result<Upstream> {
     let cred = platform_core::ccm::BasicCredentialSpec {
         username: INTERNAL_USER.into(),
         password_hash: hash.into(),
+        // The gateway itself, for all its devices' applications.
+        applications: Some(vec![platform_core::ccm::scope::ALL.into()]),
+        endpoints: vec![],
     };
     core.provision(vec![], vec![], vec![cred])
         .await

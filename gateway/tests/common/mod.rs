@@ -66,6 +66,8 @@ pub fn core_config(dir: &std::path::Path, listen: SocketAddr, tokens: &[&str]) -
         credentials: vec![ccm::BasicCredentialSpec {
             username: USER.into(),
             password_hash: hash.into(),
+            applications: Some(vec!["*".into()]),
+            endpoints: vec![],
         }],
         ..CoreConfig::new(dir.join("core.sqlite"))
     };

@@ -21,6 +21,15 @@ fn credential_json(c: &ccm::CredentialInfo, kind: Kind) -> Value {
         Kind::X509 => "fingerprint",
     };
     let mut v = json!({key: c.id, "state": c.state, "createdAt": rfc3339(c.created_ms)});
+    if kind == Kind::Basic {
+        // Unbound credentials show as every application.
+        let scope = c.scope.clone().unwrap_or_else(|| ccm::scope::Scope {
+            applications: vec![ccm::scope::ALL.into()],
+            endpoints: vec![],
+        });
+        v["applications"] = json!(scope.applications);
+        v["endpoints"] = json!(scope.endpoints);
+    }
     if let (Some(s), Some(o)) = (&c.subject, v.as_object_mut()) {
         if !s.is_empty() {
             o.insert("label".into(), Value::String(s.clone()));
@@ -66,12 +75,29 @@ pub(super) struct NewBasic {
     /// … or an Argon2 PHC hash made elsewhere (`kp-gateway hash-password`).
     #[serde(default)]
     password_hash: Option<String>,
+    /// Applications it may act for (`["*"]`: all); required, so new credentials are bound.
+    #[serde(default)]
+    applications: Option<Vec<String>>,
+    /// Optionally only these endpoint tokens.
+    #[serde(default)]
+    endpoints: Vec<String>,
 }
 
 pub(super) async fn create_basic(
     State(api): State<Api>,
     Json(body): Json<NewBasic>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let scope = ccm::scope::Scope {
+        applications: body.applications.ok_or_else(|| {
+            ApiError::bad_request(
+                "applications is missing: name the applications this credential may act for, or [\"*\"] for all",
+            )
+        })?,
+        endpoints: body.endpoints,
+    };
+    if let Some(p) = scope.problem() {
+        return Err(ApiError::bad_request(p));
+    }
     let hash = match (body.password, body.password_hash) {
         (Some(p), None) => tokio::task::spawn_blocking(move || ccm::hash_password(&p))
             .await
@@ -87,7 +113,10 @@ pub(super) async fn create_basic(
     let user = body.username.clone();
     let created = api
         .store
-        .call(move |c| ccm::create_basic(c, &user, &hash))
+        .call({
+            let scope = scope.clone();
+            move |c| ccm::create_basic(c, &user, &hash, &scope)
+        })
         .await
         .map_err(storage)?;
     if !created {
@@ -98,7 +127,39 @@ pub(super) async fn create_basic(
     }
     Ok((
         StatusCode::CREATED,
-        Json(json!({"username": body.username, "state": CredState::Inactive})),
+        Json(
+            json!({"username": body.username, "state": CredState::Inactive,
+            "applications": scope.applications, "endpoints": scope.endpoints}),
+        ),
+    ))
+}
+
+/// `PUT …/credentials/basic/{username}/scope`: binds the credential anew; its live
+/// sessions end (they reconnect under the new scope).
+pub(super) async fn set_basic_scope(
+    State(api): State<Api>,
+    Path(user): Path<String>,
+    Json(scope): Json<ccm::scope::Scope>,
+) -> JsonResult {
+    if let Some(p) = scope.problem() {
+        return Err(ApiError::bad_request(p));
+    }
+    let (u2, s2) = (user.clone(), scope.clone());
+    let found = api
+        .store
+        .call(move |c| ccm::scope::set_basic(c, &u2, &s2))
+        .await
+        .map_err(storage)?;
+    if !found {
+        return Err(ApiError::not_found(format!("no basic credential {user:?}")));
+    }
+    let cut = api
+        .extensions
+        .hub
+        .cut_identity(&Identity::Basic(user.clone()));
+    Ok(Json(
+        json!({"username": user, "applications": scope.applications,
+        "endpoints": scope.endpoints, "sessionsEnded": cut}),
     ))
 }
 

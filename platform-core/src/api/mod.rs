@@ -59,6 +59,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/credentials/basic"),
     ("get", "/api/v1/credentials/basic/{username}"),
     ("put", "/api/v1/credentials/basic/{username}/state"),
+    ("put", "/api/v1/credentials/basic/{username}/scope"),
     ("get", "/api/v1/credentials/x509"),
     ("post", "/api/v1/credentials/x509"),
     ("get", "/api/v1/credentials/x509/{fingerprint}"),
@@ -252,6 +253,10 @@ fn routes() -> Router<Api> {
         .route(
             "/api/v1/credentials/basic/{username}/state",
             put(credentials::set_basic_state),
+        )
+        .route(
+            "/api/v1/credentials/basic/{username}/scope",
+            put(credentials::set_basic_scope),
         )
         .route(
             "/api/v1/credentials/x509",

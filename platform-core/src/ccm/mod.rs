@@ -8,6 +8,7 @@
 //! `suspended` and `revoked` credentials are refused.
 
 pub mod password;
+pub mod scope;
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -28,6 +29,23 @@ pub struct BasicCredentialSpec {
     pub username: String,
     /// Argon2 PHC string, e.g. `$argon2id$v=19$m=19456,t=2,p=1$...`.
     pub password_hash: Secret,
+    /// Applications this credential may act for (`["*"]`: all). Required: a new
+    /// credential is bound unless it says otherwise (checked in validation).
+    #[serde(default)]
+    pub applications: Option<Vec<String>>,
+    /// Optionally only these endpoint tokens of those applications.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+}
+
+impl BasicCredentialSpec {
+    /// The scope it asks for (`None` when `applications` is missing).
+    pub fn scope(&self) -> Option<scope::Scope> {
+        Some(scope::Scope {
+            applications: self.applications.clone()?,
+            endpoints: self.endpoints.clone(),
+        })
+    }
 }
 
 /// Result of checking a username/password.
@@ -59,6 +77,11 @@ impl Authenticator {
             allow_anonymous,
             passwords,
         }
+    }
+
+    /// The store credentials live in.
+    pub fn store(&self) -> &StoreHandle {
+        &self.store
     }
 
     /// A copy with another anonymous-access setting (one per listener).
@@ -214,6 +237,9 @@ pub struct CredentialInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
     pub created_ms: i64,
+    /// A basic credential's scope (`None`: unbound).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<scope::Scope>,
 }
 
 /// Lists credentials of one kind, or one of them (`key`).
@@ -223,8 +249,8 @@ pub fn list(
     key: Option<&str>,
 ) -> Result<Vec<CredentialInfo>, StoreError> {
     let sql = match kind {
-        Kind::Basic => "SELECT username, state, NULL, created_ms FROM credentials_basic WHERE ?1 IS NULL OR username = ?1 ORDER BY username",
-        Kind::X509 => "SELECT fingerprint, state, subject, created_ms FROM credentials_x509 WHERE ?1 IS NULL OR fingerprint = ?1 ORDER BY fingerprint",
+        Kind::Basic => "SELECT username, state, NULL, created_ms, scope FROM credentials_basic WHERE ?1 IS NULL OR username = ?1 ORDER BY username",
+        Kind::X509 => "SELECT fingerprint, state, subject, created_ms, NULL FROM credentials_x509 WHERE ?1 IS NULL OR fingerprint = ?1 ORDER BY fingerprint",
     };
     let mut stmt = conn.prepare_cached(sql)?;
     let rows = stmt.query_map([key], |r| {
@@ -233,33 +259,47 @@ pub fn list(
             r.get::<_, String>(1)?,
             r.get::<_, Option<String>>(2)?,
             r.get::<_, i64>(3)?,
+            r.get::<_, Option<String>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (id, state, subject, created_ms) = row?;
+        let (id, state, subject, created_ms, scope) = row?;
+        let scope = scope
+            .map(|s| serde_json::from_str(&s))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("scope of credential {id:?}: {e}")))?;
         out.push(CredentialInfo {
             id,
             state: State::from_db(&state)?,
             subject,
             created_ms,
+            scope,
         });
     }
     Ok(out)
 }
 
 /// Creates a basic credential (state `Inactive`); false when the username is taken.
-pub fn create_basic(conn: &Connection, username: &str, hash: &str) -> Result<bool, StoreError> {
+pub fn create_basic(
+    conn: &Connection,
+    username: &str,
+    hash: &str,
+    scope: &scope::Scope,
+) -> Result<bool, StoreError> {
     if username.is_empty() || username.contains(':') {
         return Err(StoreError::Invalid(
             "a username must be non-empty and must not contain ':'".into(),
         ));
     }
     check_hash(hash).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    if let Some(p) = scope.problem() {
+        return Err(StoreError::Invalid(p));
+    }
     let n = conn.execute(
-        "INSERT OR IGNORE INTO credentials_basic(username, password_hash, state, created_ms)
-         VALUES (?1, ?2, 'inactive', ?3)",
-        params![username, hash, crate::store::now_ms()],
+        "INSERT OR IGNORE INTO credentials_basic(username, password_hash, state, created_ms, scope)
+         VALUES (?1, ?2, 'inactive', ?3, ?4)",
+        params![username, hash, crate::store::now_ms(), scope.to_db()],
     )?;
     Ok(n == 1)
 }
@@ -373,10 +413,13 @@ pub fn provision(conn: &mut Connection, creds: &[BasicCredentialSpec]) -> Result
             ));
         }
         check_hash(c.password_hash.expose()).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let scope = c.scope().ok_or_else(|| {
+            StoreError::Invalid(format!("credential {:?} names no applications", c.username))
+        })?;
         tx.execute(
-            "INSERT INTO credentials_basic(username, password_hash, state, created_ms) VALUES (?1, ?2, 'inactive', ?3)
-             ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash",
-            params![c.username, c.password_hash.expose(), crate::store::now_ms()],
+            "INSERT INTO credentials_basic(username, password_hash, state, created_ms, scope) VALUES (?1, ?2, 'inactive', ?3, ?4)
+             ON CONFLICT(username) DO UPDATE SET password_hash = excluded.password_hash, scope = excluded.scope",
+            params![c.username, c.password_hash.expose(), crate::store::now_ms(), scope.to_db()],
         )?;
     }
     tx.commit()?;
@@ -452,6 +495,8 @@ mod tests {
         let creds = vec![BasicCredentialSpec {
             username: "gw".into(),
             password_hash: hash.into(),
+            applications: Some(vec!["*".into()]),
+            endpoints: vec![],
         }];
         store.call(move |c| provision(c, &creds)).await.unwrap();
         assert_eq!(
@@ -486,6 +531,8 @@ mod tests {
         let creds = vec![BasicCredentialSpec {
             username: "gw".into(),
             password_hash: hash_password("pw").unwrap().into(),
+            applications: Some(vec!["*".into()]),
+            endpoints: vec![],
         }];
         store.call(move |c| provision(c, &creds)).await.unwrap();
         store

@@ -247,6 +247,17 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
                 msg.to_string(),
             );
         }
+        match cred.scope() {
+            None => e.add(
+                format!("core.credentials[{i}].applications"),
+                "missing: name the applications this credential may act for (a credential is bound to them), or [\"*\"] for every application",
+            ),
+            Some(scope) => {
+                if let Some(msg) = scope.problem() {
+                    e.add(format!("core.credentials[{i}].applications"), msg);
+                }
+            }
+        }
     }
     if c.bcx.max_file_bytes == 0 || c.bcx.quota_bytes < c.bcx.max_file_bytes {
         e.add(

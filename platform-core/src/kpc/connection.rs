@@ -263,7 +263,31 @@ async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         });
         return Ok(None);
     }
-    let attached = ctx.hub.register(client_id, identity.clone());
+    let reach = match &identity {
+        crate::ccm::Identity::Basic(user) => {
+            let user = user.clone();
+            let found = ctx
+                .auth
+                .store()
+                .call(move |c| crate::ccm::scope::reach_of_basic(c, &user))
+                .await;
+            match found {
+                Ok(r) => r,
+                Err(e) => {
+                    // Never let a client in unbound because its scope could not be read.
+                    log::error!("mqtt {transport} {addr}: cannot read the credential's scope: {e}");
+                    conn.send(&Packet::ConnAck(ConnAck::new(
+                        ConnectReturnCode::ServiceUnavailable,
+                        false,
+                    )))
+                    .await?;
+                    return Ok(None);
+                }
+            }
+        }
+        _ => None,
+    };
+    let attached = ctx.hub.register_scoped(client_id, identity.clone(), reach);
     ctx.stats.connection_accepted();
     if !client_id.is_empty() {
         // Takeover: give the old connection of this client ID a moment to park its session.

@@ -1,7 +1,8 @@
 //! Routes one 1/KP request to its extension and shapes the `/status` or `/error` reply.
 //!
 //! Checks run in the order of docs/protocol.md §4: topic syntax (400), payload size (413),
-//! app version (404), extension instance (404), token (401/403), then the extension.
+//! the credential's scope (403), app version (404), extension instance (404), token
+//! (401/403), then the extension.
 //! A session's first request for an endpoint also hands it what waited (configurations,
 //! commands: `Extensions::catch_up`).
 
@@ -121,6 +122,17 @@ impl Dispatcher {
                 payload.len(),
                 self.max_payload_bytes
             )));
+        }
+        if let Some(s) = session {
+            if !self
+                .extensions
+                .hub
+                .allows(s, t.app_version.as_str(), t.token.as_str())
+            {
+                return Err(Kp1Error::forbidden(
+                    "this client's credential is not bound to this application version or endpoint",
+                ));
+            }
         }
         let avn = t.app_version.as_str().to_owned();
         let token = t.token.as_str().to_owned();

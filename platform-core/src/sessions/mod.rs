@@ -55,10 +55,29 @@ pub enum Identity {
     X509(String),
 }
 
+/// What a scoped credential may act for and see: application versions (resolved from the
+/// credential's applications when the client connects) and, optionally, only some endpoint
+/// tokens. A session without one (`None`) is unbound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reach {
+    pub versions: HashSet<String>,
+    /// Empty: any endpoint of those versions.
+    pub tokens: HashSet<String>,
+}
+
+impl Reach {
+    pub fn allows(&self, app_version: &str, token: &str) -> bool {
+        self.versions.contains(app_version)
+            && (self.tokens.is_empty() || self.tokens.contains(token))
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     client_id: String,
     identity: Identity,
+    /// The credential's scope (`None`: unbound).
+    reach: Option<Arc<Reach>>,
     filters: Vec<(String, QoS)>,
     /// endpoint id → (app version, token) this session used for it.
     used: HashMap<String, (String, String)>,
@@ -76,11 +95,19 @@ impl Entry {
     /// Authenticated sessions may watch any endpoint (Kaa's tutorials watch replies with
     /// `mosquitto_sub`); an anonymous session proves nothing but the tokens it used, so it
     /// sees only topics of those tokens.
+    /// A scoped credential sees only topics of the application versions (and tokens) it
+    /// is bound to.
     fn may_watch(&self, topic: &str) -> bool {
+        let mut parts = topic.split('/');
+        let (avn, token) = (parts.nth(1), parts.nth(1));
+        if let Some(reach) = &self.reach {
+            if !reach.allows(avn.unwrap_or(""), token.unwrap_or("")) {
+                return false;
+            }
+        }
         if self.identity != Identity::Anonymous {
             return true;
         }
-        let token = topic.split('/').nth(3);
         token.is_some_and(|t| self.used.values().any(|(_, used)| used == t))
     }
 }
@@ -123,6 +150,16 @@ impl Hub {
     /// Registers a session. A live session with the same non-empty client ID is ended
     /// (takeover, MQTT 3.1.1 §3.1.4); wait for [`Hub::client_gone`] before resuming.
     pub fn register(&self, client_id: &str, identity: Identity) -> Attached {
+        self.register_scoped(client_id, identity, None)
+    }
+
+    /// [`Hub::register`] for a client whose credential is bound to `reach`.
+    pub fn register_scoped(
+        &self,
+        client_id: &str,
+        identity: Identity,
+        reach: Option<Reach>,
+    ) -> Attached {
         let (tx, inbox) = mpsc::channel(OUTBOUND_CAPACITY);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kill = CancellationToken::new();
@@ -139,6 +176,7 @@ impl Hub {
             Entry {
                 client_id: client_id.to_owned(),
                 identity,
+                reach: reach.map(Arc::new),
                 filters: Vec::new(),
                 used: HashMap::new(),
                 unobserved: HashSet::new(),
@@ -286,6 +324,15 @@ impl Hub {
             }
         }
         sent
+    }
+
+    /// May `session` act for `token` of `app_version`? (Unknown sessions: no.)
+    pub fn allows(&self, session: SessionId, app_version: &str, token: &str) -> bool {
+        self.lock().live.get(&session).is_some_and(|e| {
+            e.reach
+                .as_ref()
+                .is_none_or(|r| r.allows(app_version, token))
+        })
     }
 
     /// Records that `session` used `token` (of `app_version`) for `endpoint_id`. True when

@@ -183,3 +183,46 @@ async fn observe_false_stops_pushes_of_that_extension_until_observe_true() {
         ["kp1/v1/cmx/tok/x/status", "kp1/v1/cex/tok/x/status", "t"]
     );
 }
+
+#[tokio::test]
+async fn bound_sessions_act_for_and_watch_only_their_reach() {
+    let hub = Hub::new();
+    let reach = Reach {
+        versions: ["a-v1".to_owned()].into(),
+        tokens: HashSet::new(),
+    };
+    let mut bound = hub.register_scoped("bound", Identity::Basic("b".into()), Some(reach));
+    let mut free = attach(&hub, "free");
+    for s in [&bound, &free] {
+        s.registration
+            .set_filters(vec![("kp1/#".into(), QoS::AtMostOnce)]);
+    }
+    assert!(hub.allows(bound.registration.id, "a-v1", "t"));
+    assert!(!hub.allows(bound.registration.id, "b-v1", "t"));
+    assert!(hub.allows(free.registration.id, "b-v1", "t"));
+    assert!(
+        !hub.allows(u64::MAX, "a-v1", "t"),
+        "an unknown session acts for nothing"
+    );
+    let b = Bytes::new();
+    assert_eq!(hub.fan_out(u64::MAX, "kp1/b-v1/dcx/t/json/1/status", &b), 1);
+    assert!(
+        bound.inbox.try_recv().is_err(),
+        "another application's reply"
+    );
+    assert!(free.inbox.try_recv().is_ok());
+    let tokens = vec![("b-v1".to_owned(), "t".to_owned())];
+    let n = hub.push(
+        "ep-t",
+        "cex",
+        &tokens,
+        |a, t| format!("kp1/{a}/cex/{t}/command/x"),
+        &b,
+    );
+    assert_eq!(
+        n, 1,
+        "only the unbound watcher gets another application's push"
+    );
+    assert!(bound.inbox.try_recv().is_err());
+    assert_eq!(hub.fan_out(u64::MAX, "kp1/a-v1/dcx/t/json/1/status", &b), 2);
+}

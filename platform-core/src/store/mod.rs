@@ -169,6 +169,8 @@ CREATE TABLE bcx_files (
     PRIMARY KEY (endpoint_id, name)
 );
 "#,
+    // 4: credential scopes (JSON; NULL: unbound, as every credential made before).
+    "ALTER TABLE credentials_basic ADD COLUMN scope TEXT;",
 ];
 
 impl StoreHandle {

@@ -188,8 +188,10 @@ impl super::BufferStore {
 
 /// A checkpoint that truncates the WAL; true when it completed.
 fn checkpoint(conn: &rusqlite::Connection) -> bool {
-    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0))
-        .is_ok_and(|busy| busy == 0)
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .is_ok_and(|busy| busy == 0)
 }
 
 /// When to retry failed deletes of confirmed batches.

@@ -147,7 +147,10 @@ fn vacuum_older_file(conn: &Connection, path: &Path) {
             "buffer {}: converted to incremental vacuum (once)",
             path.display()
         ),
-        Err(e) => log::warn!("buffer {}: conversion to incremental vacuum failed: {e}", path.display()),
+        Err(e) => log::warn!(
+            "buffer {}: conversion to incremental vacuum failed: {e}",
+            path.display()
+        ),
     }
 }
 
