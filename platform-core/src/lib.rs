@@ -71,7 +71,7 @@ impl Core {
     /// Opens storage, provisions `config`'s applications, endpoints and credentials, and
     /// starts the listeners.
     pub async fn start(config: CoreConfig, shutdown: CancellationToken) -> Result<Self, CoreError> {
-        let store = StoreHandle::open(&config.database)?;
+        let store = StoreHandle::open_with(&config.database, config.durability)?;
         let core_store = store.clone();
         let (apps, eps, creds) = (
             config.applications.clone(),

@@ -85,6 +85,7 @@ impl CoreConfig {
         use raw::defaults as d;
         Self {
             database: database.clone(),
+            durability: crate::store::Durability::Full,
             mqtt: MqttListener {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
                 max_packet_size: DEFAULT_MAX_PACKET_SIZE,
@@ -184,6 +185,8 @@ pub struct TlsListener {
 pub struct CoreConfig {
     /// SQLite file for the registry, credentials and time series.
     pub database: PathBuf,
+    /// `core.synchronous`: fsync every commit (`Full`) or not (`Normal`).
+    pub durability: crate::store::Durability,
     pub mqtt: MqttListener,
     /// `None`: no HTTP listener.
     pub http: Option<HttpListener>,

@@ -12,6 +12,9 @@ use crate::secret::Secret;
 pub struct RawCore {
     #[serde(default = "defaults::core_file")]
     pub database: String,
+    /// `full` or `normal` (SQLite `synchronous` of the database).
+    #[serde(default = "defaults::core_synchronous")]
+    pub synchronous: String,
     #[serde(default)]
     pub mqtt: RawCoreMqtt,
     /// The 1/KP HTTP binding; absent: no HTTP listener.
@@ -225,6 +228,9 @@ pub mod defaults {
     }
     pub fn max_connections() -> usize {
         1024
+    }
+    pub fn core_synchronous() -> String {
+        "full".into()
     }
     pub fn connect_timeout_secs() -> u64 {
         10

@@ -103,6 +103,17 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
             }
         }
     }
+    let durability = match c.synchronous.as_str() {
+        "full" => crate::store::Durability::Full,
+        "normal" => crate::store::Durability::Normal,
+        other => {
+            e.add(
+                "core.synchronous",
+                format!("unknown value {other:?} (expected \"full\" or \"normal\")"),
+            );
+            crate::store::Durability::Full
+        }
+    };
     if c.extension_timeout_ms == 0 {
         e.add("core.extension_timeout_ms", "must be at least 1");
     }
@@ -270,6 +281,7 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
     }
     let config = CoreConfig {
         database: resolve(state_dir, &c.database),
+        durability,
         mqtt: MqttListener {
             listen,
             max_packet_size: c.mqtt.max_packet_size,

@@ -207,7 +207,7 @@ impl Extensions {
                 };
                 if !samples.is_empty() {
                     store
-                        .call(move |c| tsdb::insert_samples(c, &endpoint_id, now, &samples))
+                        .call_grouped(move |c| tsdb::append_samples(c, &endpoint_id, now, &samples))
                         .await
                         .map_err(storage)?;
                 }

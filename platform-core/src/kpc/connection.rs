@@ -2,8 +2,9 @@
 //!
 //! Lifecycle: read CONNECT within `connect_timeout` → authenticate (CCM) → CONNACK →
 //! loop { read a packet or time out after 1.5 × keepalive (MQTT 3.1.1 §3.1.2.10) → act }.
-//! Requests are processed in arrival order, one at a time, so replies keep the order of
-//! requests. Malformed or oversized packets, protocol violations and idle timeouts close
+//! Data-sample requests are answered while the next packets are read (up to
+//! [`MAX_OVERLAP`] at once, so their appends share the store's group commit); any other
+//! request waits for those and runs alone. Replies keep the order of requests. Malformed or oversized packets, protocol violations and idle timeouts close
 //! the connection; none of them affects other connections (counted and logged with a rate
 //! limit, see [`super::stats`]). Will messages are accepted and never relayed; the retain
 //! flag is ignored (KPC is not a broker: nothing is stored for later subscribers).
@@ -14,6 +15,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::sync::atomic::Ordering;
 
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet, Publish};
@@ -22,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::router::Dispatcher;
+use super::router::{Dispatcher, Reply};
 use super::stats::{Incident, Stats};
 use crate::ccm::{Authenticator, Verdict};
 use crate::mqtt::connect::{peek_connect, ConnectPeek};
@@ -103,9 +106,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
     }
 
     async fn send(&mut self, p: &Packet) -> Result<(), ConnError> {
+        self.send_all(std::slice::from_ref(p)).await
+    }
+
+    /// Sends packets in one write.
+    async fn send_all(&mut self, packets: &[Packet]) -> Result<(), ConnError> {
+        if packets.is_empty() {
+            return Ok(());
+        }
         let mut out = BytesMut::new();
-        p.write(&mut out, usize::MAX)
-            .map_err(ConnError::Malformed)?;
+        for p in packets {
+            p.write(&mut out, usize::MAX)
+                .map_err(ConnError::Malformed)?;
+        }
         tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&out))
             .await
             .map_err(|_| ConnError::WriteStalled(WRITE_TIMEOUT))??;
@@ -343,6 +356,14 @@ struct Live {
     client_id: String,
 }
 
+/// A request being answered while the connection reads on: its packet's acknowledgement
+/// and the reply, sent together once the reply is ready.
+type Answer = (Publish, Option<Packet>, Option<Reply>);
+
+/// Most requests of one connection answered at once (data samples only; see
+/// [`Dispatcher::may_overlap`]). Replies still go out in the order of the requests.
+const MAX_OVERLAP: usize = 64;
+
 impl Live {
     /// Serves the client until it leaves, breaks the protocol, idles out or is cut.
     async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -352,14 +373,27 @@ impl Live {
         ctx: &ConnContext,
     ) -> Result<(), ConnError> {
         let mut deadline = self.idle.map(|d| Instant::now() + d);
+        let mut overlap: FuturesOrdered<BoxFuture<'_, Answer>> = FuturesOrdered::new();
         loop {
             tokio::select! {
                 // A packet from the client (cancel-safe: partial frames stay in the buffer).
-                packet = conn.next() => {
+                packet = conn.next(), if overlap.len() < MAX_OVERLAP => {
                     deadline = self.idle.map(|d| Instant::now() + d);
-                    if self.on_packet(packet?, conn, peer, ctx).await? == Flow::Close {
+                    if self.on_packet(packet?, conn, peer, ctx, &mut overlap).await? == Flow::Close {
+                        // A DISCONNECT: what was asked before it is still answered.
+                        while let Some(done) = overlap.next().await {
+                            let _ = self.answer(vec![done], conn, peer, ctx).await;
+                        }
                         return Ok(());
                     }
+                }
+                // Requests answered (in order); whatever is ready goes out in one write.
+                Some(done) = overlap.next(), if !overlap.is_empty() => {
+                    let mut ready = vec![done];
+                    while let Some(Some(more)) = overlap.next().now_or_never() {
+                        ready.push(more);
+                    }
+                    self.answer(ready, conn, peer, ctx).await?;
                 }
                 // A push for an endpoint this session used, or a copy of another session's reply.
                 Some(msg) = self.attached.inbox.recv() => {
@@ -383,23 +417,37 @@ impl Live {
         }
     }
 
-    /// Acts on one packet: what the session state machine says, requests routed to the
-    /// extensions in arrival order (so replies keep the order of requests).
-    async fn on_packet<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Acts on one packet: what the session state machine says. A data-sample request
+    /// joins the requests being answered; any other request first waits for those, then
+    /// runs alone (so a request never overtakes one sent before it, except samples).
+    async fn on_packet<'c, S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         packet: Packet,
         conn: &mut PacketReader<S>,
         peer: &Peer,
-        ctx: &ConnContext,
+        ctx: &'c ConnContext,
+        overlap: &mut FuturesOrdered<BoxFuture<'c, Answer>>,
     ) -> Result<Flow, ConnError> {
         let resubscribed = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
         for action in self.session.handle(packet) {
             match action {
                 Action::Send(p) => conn.send(&p).await?,
                 Action::Request { publish, ack } => {
-                    self.request(&publish, conn, peer, ctx).await?;
-                    if let Some(ack) = ack {
-                        conn.send(&ack).await?;
+                    ctx.stats.request();
+                    let sid = self.attached.registration.id;
+                    let router = &ctx.router;
+                    let overlaps = router.may_overlap(&publish.topic);
+                    let work: BoxFuture<'c, Answer> = Box::pin(async move {
+                        let reply = router
+                            .route(&publish.topic, &publish.payload, Some(sid))
+                            .await;
+                        (publish, ack, reply)
+                    });
+                    overlap.push_back(work);
+                    if !overlaps {
+                        while let Some(done) = overlap.next().await {
+                            self.answer(vec![done], conn, peer, ctx).await?;
+                        }
                     }
                 }
                 Action::Close(CloseReason::ClientDisconnect) => return Ok(Flow::Close),
@@ -419,43 +467,42 @@ impl Live {
         Ok(Flow::Continue)
     }
 
-    /// Routes one 1/KP request and sends its reply (copies go to watchers via the hub).
-    async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Sends the replies of answered requests, each followed by its request's PUBACK, in
+    /// one write (copies go to watchers via the hub).
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        publish: &Publish,
+        answered: Vec<Answer>,
         conn: &mut PacketReader<S>,
         peer: &Peer,
         ctx: &ConnContext,
     ) -> Result<(), ConnError> {
         let sid = self.attached.registration.id;
-        ctx.stats.request();
-        let Some(reply) = ctx
-            .router
-            .route(&publish.topic, &publish.payload, Some(sid))
-            .await
-        else {
-            return Ok(());
-        };
-        let qos = match publish.qos {
-            QoS::AtMostOnce => QoS::AtMostOnce,
-            _ => QoS::AtLeastOnce,
-        };
-        if reply.topic.ends_with("/error") {
-            let (addr, transport) = (peer.addr, peer.transport);
-            ctx.stats.report(Incident::RequestError, || {
-                format!(
-                    "mqtt {transport} {addr}: request on {} refused: {}",
-                    publish.topic,
-                    String::from_utf8_lossy(&reply.payload)
-                )
-            });
+        let mut out = Vec::with_capacity(answered.len() * 2);
+        for (publish, ack, reply) in answered {
+            if let Some(reply) = reply {
+                let qos = match publish.qos {
+                    QoS::AtMostOnce => QoS::AtMostOnce,
+                    _ => QoS::AtLeastOnce,
+                };
+                if reply.topic.ends_with("/error") {
+                    let (addr, transport) = (peer.addr, peer.transport);
+                    ctx.stats.report(Incident::RequestError, || {
+                        format!(
+                            "mqtt {transport} {addr}: request on {} refused: {}",
+                            publish.topic,
+                            String::from_utf8_lossy(&reply.payload)
+                        )
+                    });
+                }
+                let payload = Bytes::from(reply.payload);
+                ctx.hub.fan_out(sid, &reply.topic, &payload);
+                if let Some(p) = self.session.publish(reply.topic, qos, payload) {
+                    out.push(p);
+                }
+            }
+            out.extend(ack);
         }
-        let payload = Bytes::from(reply.payload);
-        ctx.hub.fan_out(sid, &reply.topic, &payload);
-        if let Some(out) = self.session.publish(reply.topic, qos, payload) {
-            conn.send(&out).await?;
-        }
-        Ok(())
+        conn.send_all(&out).await
     }
 }
 

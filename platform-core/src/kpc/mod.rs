@@ -9,6 +9,7 @@ pub mod listener;
 pub mod router;
 pub mod stats;
 pub mod tls;
+pub mod token_cache;
 pub mod ws;
 
 pub use router::{Dispatcher, Reply};

@@ -13,6 +13,9 @@ use crate::kp1::{Direction, Kp1Error, Kp1Topic};
 use crate::sessions::SessionId;
 use crate::store::StoreHandle;
 
+use super::token_cache::TokenCache;
+use std::sync::Arc;
+
 /// A response to publish back to the requesting client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -28,6 +31,8 @@ pub struct Dispatcher {
     max_payload_bytes: usize,
     /// Connectivity tracking of endpoints used by MQTT sessions.
     epl: Option<Epl>,
+    /// Active tokens recently looked up.
+    tokens: Arc<TokenCache>,
 }
 
 impl Dispatcher {
@@ -37,6 +42,7 @@ impl Dispatcher {
             extensions,
             max_payload_bytes,
             epl: None,
+            tokens: Arc::default(),
         }
     }
 
@@ -56,6 +62,16 @@ impl Dispatcher {
         if let Some(epl) = &self.epl {
             epl.session_closed(session).await;
         }
+    }
+
+    /// Whether a request on `topic` may be answered while later requests of the same
+    /// connection run: data samples (DCX) only — they add rows and read nothing another
+    /// request could change; everything else keeps strict order.
+    pub fn may_overlap(&self, topic: &str) -> bool {
+        Kp1Topic::parse(topic).is_ok_and(|t| {
+            t.direction == Direction::Request
+                && self.extensions.kind_of(t.extension.as_str()) == Some(ExtensionKind::Dcx)
+        })
     }
 
     /// Handles a request on `path` (an MQTT topic or the HTTP path without its leading
@@ -110,6 +126,37 @@ impl Dispatcher {
         }
     }
 
+    /// Whether the app version exists and what its token allows: from the cache while the
+    /// registry is unchanged, else from the store (an active answer is then cached).
+    async fn look_up(&self, t: &Kp1Topic) -> Result<(bool, TokenLookup), Kp1Error> {
+        let (avn, token) = (t.app_version.as_str(), t.token.as_str());
+        if let Some(endpoint_id) = self.tokens.get(avn, token, self.store.generation()) {
+            return Ok((true, TokenLookup::Active { endpoint_id }));
+        }
+        let (a, k) = (avn.to_owned(), token.to_owned());
+        let store = self.store.clone();
+        let (known, lookup, generation) = self
+            .store
+            .call(move |c| {
+                // Read before the look-up's own change (an inactive token turning active
+                // moves the counter afterwards: the entry is then read once more).
+                let generation = store.generation();
+                if !epr::app_version_exists(c, &a)? {
+                    return Ok((false, TokenLookup::Unknown, generation));
+                }
+                Ok((true, epr::use_token(c, &a, &k)?, generation))
+            })
+            .await
+            .map_err(|e| {
+                log::error!("token lookup failed: {e}");
+                Kp1Error::internal()
+            })?;
+        if let TokenLookup::Active { endpoint_id } = &lookup {
+            self.tokens.put(avn, token, endpoint_id, generation);
+        }
+        Ok((known, lookup))
+    }
+
     async fn dispatch(
         &self,
         t: &Kp1Topic,
@@ -134,21 +181,7 @@ impl Dispatcher {
                 ));
             }
         }
-        let avn = t.app_version.as_str().to_owned();
-        let token = t.token.as_str().to_owned();
-        let (known_avn, lookup) = self
-            .store
-            .call(move |c| {
-                if !epr::app_version_exists(c, &avn)? {
-                    return Ok((false, TokenLookup::Unknown));
-                }
-                Ok((true, epr::use_token(c, &avn, &token)?))
-            })
-            .await
-            .map_err(|e| {
-                log::error!("token lookup failed: {e}");
-                Kp1Error::internal()
-            })?;
+        let (known_avn, lookup) = self.look_up(t).await?;
         if !known_avn {
             return Err(Kp1Error::not_found(format!(
                 "unknown application version {:?}",

@@ -1,17 +1,21 @@
-//! The core's SQLite database: one owner thread, migrations, and an async handle.
+//! The core's SQLite database: one owner thread, group commit, and an async handle.
 //!
 //! SQLite calls block, so they never run on the async runtime: a dedicated thread owns
 //! the [`rusqlite::Connection`] and runs jobs sent through [`StoreHandle::call`] one at a
-//! time, in order. The thread ends when the last handle is dropped.
-//!
-//! Schema versions are tracked in `PRAGMA user_version`; [`MIGRATIONS`] lists them in
-//! order and each runs in its own transaction, so a crash mid-migration leaves the
-//! previous version intact.
+//! time, in order. Appends that arrive together ([`StoreHandle::call_grouped`], the
+//! data samples of many requests) share one transaction — each in its own savepoint, so
+//! one failure undoes only its own rows — and every caller is answered only after the
+//! commit that holds its rows. The thread ends when the last handle is dropped.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
+
+mod schema;
+pub use schema::MIGRATIONS;
 
 /// Errors from the store thread.
 #[derive(Debug, thiserror::Error)]
@@ -48,150 +52,71 @@ pub enum StoreError {
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Runs an append inside the shared transaction (`None`: it could not begin) and says
+/// whether it succeeded; the returned [`Finish`] answers its caller after the commit.
+type Grouped = Box<dyn FnOnce(Option<&Connection>) -> (bool, Finish) + Send>;
+/// Answers a grouped job's caller: `None` if the commit succeeded, else why not.
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+enum Work {
+    Call(Job),
+    Grouped(Grouped),
+}
+
+/// Most appends one transaction holds (the queue rarely holds more).
+const MAX_GROUP: usize = 512;
+
+/// SQLite `synchronous` for the core database (`core.synchronous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is fsync'ed before a `/status` goes out: survives power loss.
+    #[default]
+    Full,
+    /// WAL without fsync per commit: a crash of the process loses nothing, a power cut
+    /// may lose the last commits.
+    Normal,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
 /// Cheap, cloneable access to the store thread.
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Work>,
+    /// Bumped after every job that changed rows outside grouped appends (see
+    /// [`StoreHandle::generation`]).
+    generation: Arc<AtomicU64>,
 }
 
-/// Schema migrations, applied in order; index + 1 is the resulting `user_version`.
-pub const MIGRATIONS: &[&str] = &[
-    r#"
-CREATE TABLE applications (
-    name TEXT PRIMARY KEY
-);
-CREATE TABLE app_versions (
-    name        TEXT PRIMARY KEY,
-    application TEXT NOT NULL REFERENCES applications(name)
-);
-CREATE TABLE endpoints (
-    id          TEXT PRIMARY KEY,
-    app_version TEXT NOT NULL REFERENCES app_versions(name),
-    created_ms  INTEGER NOT NULL
-);
-CREATE TABLE tokens (
-    token       TEXT PRIMARY KEY,
-    endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
-    state       TEXT NOT NULL CHECK (state IN ('inactive','active','suspended','revoked'))
-);
-CREATE INDEX tokens_endpoint ON tokens(endpoint_id);
-CREATE TABLE metadata (
-    endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
-    key         TEXT NOT NULL,
-    value       TEXT NOT NULL,
-    PRIMARY KEY (endpoint_id, key)
-);
-CREATE TABLE credentials_basic (
-    username      TEXT PRIMARY KEY,
-    password_hash TEXT NOT NULL,
-    state         TEXT NOT NULL CHECK (state IN ('inactive','active','suspended','revoked'))
-);
-CREATE TABLE data_samples (
-    id          INTEGER PRIMARY KEY,
-    endpoint_id TEXT NOT NULL,
-    received_ms INTEGER NOT NULL,
-    sample      TEXT NOT NULL
-);
-CREATE INDEX data_samples_endpoint ON data_samples(endpoint_id, id);
-CREATE TABLE time_series (
-    endpoint_id TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    ts_ms       INTEGER NOT NULL,
-    value       REAL NOT NULL
-);
-CREATE INDEX time_series_lookup ON time_series(endpoint_id, name, ts_ms);
-"#,
-    r#"
-CREATE TABLE credentials_x509 (
-    fingerprint TEXT PRIMARY KEY,
-    subject     TEXT NOT NULL DEFAULT '',
-    state       TEXT NOT NULL CHECK (state IN ('inactive','active','suspended','revoked')),
-    created_ms  INTEGER NOT NULL
-);
-ALTER TABLE credentials_basic ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE tokens ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE commands (
-    id             INTEGER PRIMARY KEY AUTOINCREMENT,
-    endpoint_id    TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
-    instance       TEXT NOT NULL,
-    type           TEXT NOT NULL,
-    payload        TEXT NOT NULL,
-    created_ms     INTEGER NOT NULL,
-    expires_ms     INTEGER NOT NULL,
-    delivered_ms   INTEGER,
-    result_ms      INTEGER,
-    result_status  INTEGER,
-    result_reason  TEXT,
-    result_payload TEXT
-);
-CREATE INDEX commands_pending ON commands(endpoint_id, instance, type, result_ms);
-CREATE TABLE configs (
-    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
-    instance    TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    config_id   TEXT NOT NULL,
-    body        TEXT NOT NULL,
-    updated_ms  INTEGER NOT NULL,
-    PRIMARY KEY (endpoint_id, instance, name)
-);
-CREATE TABLE configs_applied (
-    endpoint_id   TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
-    instance      TEXT NOT NULL,
-    name          TEXT NOT NULL,
-    config_id     TEXT NOT NULL,
-    status_code   INTEGER NOT NULL,
-    reason_phrase TEXT,
-    applied_ms    INTEGER NOT NULL,
-    PRIMARY KEY (endpoint_id, instance, name)
-);
-"#,
-    // 3: app-version default configurations (CMX) and binary uploads (BCX).
-    r#"
-CREATE TABLE app_version_configs (
-    app_version TEXT NOT NULL REFERENCES app_versions(name) ON DELETE CASCADE,
-    instance    TEXT NOT NULL,
-    name        TEXT NOT NULL,
-    config_id   TEXT NOT NULL,
-    body        TEXT NOT NULL,
-    updated_ms  INTEGER NOT NULL,
-    PRIMARY KEY (app_version, instance, name)
-);
-CREATE TABLE bcx_tokens (
-    token       TEXT PRIMARY KEY,
-    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
-    expires_ms  INTEGER NOT NULL
-);
-CREATE TABLE bcx_files (
-    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
-    name        TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    uploaded_ms INTEGER NOT NULL,
-    PRIMARY KEY (endpoint_id, name)
-);
-"#,
-    // 4: credential scopes (JSON; NULL: unbound, as every credential made before).
-    "ALTER TABLE credentials_basic ADD COLUMN scope TEXT;",
-];
-
 impl StoreHandle {
-    /// Opens (creating if needed) and migrates the database, then starts its thread.
+    /// Opens (creating if needed) and migrates the database with `synchronous=FULL`,
+    /// then starts its thread.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, Durability::Full)
+    }
+
+    /// [`StoreHandle::open`] with the given durability.
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self, StoreError> {
         let mut conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.to_owned(),
             source,
         })?;
-        configure(&conn)?;
-        migrate(&mut conn, path)?;
-        let (tx, mut rx) = mpsc::channel::<Job>(256);
+        schema::configure(&conn, durability)?;
+        schema::migrate(&mut conn, path)?;
+        let (tx, rx) = mpsc::channel::<Work>(1024);
+        let generation = Arc::new(AtomicU64::new(0));
         std::thread::Builder::new()
             .name("core-store".into())
-            .spawn(move || {
-                while let Some(job) = rx.blocking_recv() {
-                    job(&mut conn);
-                }
-            })
+            .spawn(move || serve(conn, rx))
             .map_err(|e| StoreError::Internal(format!("cannot start store thread: {e}")))?;
-        Ok(Self { tx })
+        Ok(Self { tx, generation })
     }
 
     /// Runs `f` on the store thread and returns its result.
@@ -201,39 +126,147 @@ impl StoreHandle {
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
+        let generation = self.generation.clone();
         let job: Job = Box::new(move |conn| {
+            let before = conn.total_changes();
+            let r = f(conn);
+            // Moved before the caller hears of the change, so no cached read of the
+            // old state is used after it.
+            if conn.total_changes() != before {
+                generation.fetch_add(1, Ordering::AcqRel);
+            }
             // The caller may have gone away (cancelled); the result is then dropped.
-            let _ = done.send(f(conn));
+            let _ = done.send(r);
         });
-        self.tx.send(job).await.map_err(|_| StoreError::Stopped)?;
+        self.tx
+            .send(Work::Call(job))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
         result.await.map_err(|_| StoreError::Stopped)?
     }
-}
 
-fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    Ok(())
-}
-
-fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version < 0 || version as usize > MIGRATIONS.len() {
-        return Err(StoreError::TooNew {
-            path: path.to_owned(),
-            found: version,
-            known: MIGRATIONS.len(),
+    /// Runs the append `f` inside a transaction shared with the other appends queued at
+    /// the same time, and returns its result once that transaction has committed. `f`
+    /// must not begin or end transactions itself; if it fails, only its own changes are
+    /// undone. Appends must not change what [`StoreHandle::generation`] guards (tokens,
+    /// endpoints, app versions).
+    pub async fn call_grouped<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (done, result) = oneshot::channel();
+        let job: Grouped = Box::new(move |conn| {
+            let outcome = match conn {
+                Some(c) => f(c),
+                None => Err(StoreError::Internal("no transaction".into())),
+            };
+            let ok = outcome.is_ok();
+            let finish: Finish = Box::new(move |commit: Option<&StoreError>| {
+                let r = match (outcome, commit) {
+                    (Ok(_), Some(e)) => Err(StoreError::Internal(format!("commit failed: {e}"))),
+                    (r, _) => r,
+                };
+                let _ = done.send(r);
+            });
+            (ok, finish)
         });
+        self.tx
+            .send(Work::Grouped(job))
+            .await
+            .map_err(|_| StoreError::Stopped)?;
+        result.await.map_err(|_| StoreError::Stopped)?
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
+
+    /// A number that changes after every [`StoreHandle::call`] that changed any row:
+    /// read it inside a job, next to what it read, and a cached copy of that is still
+    /// current while the number is the same.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
-    Ok(())
+}
+
+/// The store thread: runs calls one at a time and appends in groups, in arrival order.
+fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>) {
+    let mut next: Option<Work> = None;
+    loop {
+        let work = match next.take() {
+            Some(w) => w,
+            None => match rx.blocking_recv() {
+                Some(w) => w,
+                None => return,
+            },
+        };
+        match work {
+            Work::Call(job) => job(&mut conn),
+            Work::Grouped(first) => {
+                let mut group = vec![first];
+                while group.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(Work::Grouped(j)) => group.push(j),
+                        Ok(call) => {
+                            next = Some(call);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                run_group(&conn, group);
+            }
+        }
+    }
+}
+
+/// One transaction for the group, a savepoint per append, then every caller's answer.
+fn run_group(conn: &Connection, group: Vec<Grouped>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = StoreError::from(e);
+        for job in group {
+            let (_, finish) = job(None);
+            finish(Some(&e));
+        }
+        return;
+    }
+    let mut finishes = Vec::with_capacity(group.len());
+    let mut failed: Option<StoreError> = None;
+    for job in group {
+        if failed.is_some() {
+            let (_, finish) = job(None);
+            finishes.push(finish);
+            continue;
+        }
+        if let Err(e) = conn.execute_batch("SAVEPOINT append") {
+            failed = Some(e.into());
+            let (_, finish) = job(None);
+            finishes.push(finish);
+            continue;
+        }
+        let (ok, finish) = job(Some(conn));
+        let end = if ok {
+            "RELEASE append"
+        } else {
+            "ROLLBACK TO append; RELEASE append"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            failed = Some(e.into());
+        }
+        finishes.push(finish);
+    }
+    let commit = match failed {
+        Some(e) => Err(e),
+        None => conn.execute_batch("COMMIT").map_err(StoreError::from),
+    };
+    if let Err(e) = &commit {
+        let _ = conn.execute_batch("ROLLBACK");
+        log::error!(
+            "core store: a group of {} appends failed: {e}",
+            finishes.len()
+        );
+    }
+    let commit_err = commit.err();
+    for finish in finishes {
+        finish(commit_err.as_ref());
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -280,6 +313,89 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 1);
+    }
+
+    #[tokio::test]
+    async fn appends_queued_together_share_a_commit_and_a_failed_one_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            StoreHandle::open(&dir.path().join("c.sqlite")).unwrap_or_else(|e| panic!("{e}"));
+        // A call holds the store thread while 200 appends queue up behind it.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let blocker = store.call(move |_| {
+            let _ = wait.recv();
+            Ok(())
+        });
+        let mut appends = Vec::new();
+        for i in 0..200i64 {
+            let s = store.clone();
+            appends.push(tokio::spawn(async move {
+                s.call_grouped(move |c| {
+                    if i == 7 {
+                        c.execute("INSERT INTO applications(name) VALUES ('x')", [])?;
+                        return Err(StoreError::Invalid("append 7 fails after writing".into()));
+                    }
+                    c.execute(
+                        "INSERT INTO applications(name) VALUES (?1)",
+                        [format!("a{i}")],
+                    )?;
+                    Ok(i)
+                })
+                .await
+            }));
+        }
+        let releaser = tokio::spawn(async move {
+            // Let the appends reach the queue; correctness does not depend on it (a
+            // smaller group is still a group), only how many share one commit.
+            tokio::task::yield_now().await;
+            let _ = release.send(());
+        });
+        blocker.await.unwrap_or_else(|e| panic!("{e}"));
+        releaser.await.unwrap_or_else(|e| panic!("{e}"));
+        for (i, a) in appends.into_iter().enumerate() {
+            let r = a.await.unwrap_or_else(|e| panic!("{e}"));
+            if i == 7 {
+                assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+            } else {
+                assert_eq!(r.unwrap_or_else(|e| panic!("{e}")), i as i64);
+            }
+        }
+        let (n, x): (i64, i64) = store
+            .call(|c| {
+                Ok(c.query_row(
+                    "SELECT count(*), count(*) FILTER (WHERE name = 'x') FROM applications",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (n, x),
+            (199, 0),
+            "every append but the failed one, none of its rows"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_generation_moves_after_a_change_and_not_after_a_read() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            StoreHandle::open(&dir.path().join("c.sqlite")).unwrap_or_else(|e| panic!("{e}"));
+        let g0 = store.generation();
+        store
+            .call(|c| Ok(c.query_row("SELECT count(*) FROM tokens", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.generation(), g0);
+        store
+            .call(|c| Ok(c.execute("INSERT INTO applications(name) VALUES ('a')", [])?))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            store.generation() > g0,
+            "seen by the caller as soon as it has its answer"
+        );
     }
 
     #[tokio::test]

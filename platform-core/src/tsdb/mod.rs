@@ -39,21 +39,31 @@ pub fn insert_samples(
     samples: &[StoredSample],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    {
-        let mut raw = tx.prepare_cached(
-            "INSERT INTO data_samples(endpoint_id, received_ms, sample) VALUES (?1, ?2, ?3)",
-        )?;
-        let mut pt = tx.prepare_cached(
-            "INSERT INTO time_series(endpoint_id, name, ts_ms, value) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        for s in samples {
-            raw.execute(params![endpoint_id, received_ms, s.raw])?;
-            for p in &s.points {
-                pt.execute(params![endpoint_id, p.series, p.ts_ms, p.value])?;
-            }
+    append_samples(&tx, endpoint_id, received_ms, samples)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Stores samples and their points inside the caller's transaction (the store's group
+/// commit: `StoreHandle::call_grouped`).
+pub fn append_samples(
+    conn: &Connection,
+    endpoint_id: &str,
+    received_ms: i64,
+    samples: &[StoredSample],
+) -> Result<(), StoreError> {
+    let mut raw = conn.prepare_cached(
+        "INSERT INTO data_samples(endpoint_id, received_ms, sample) VALUES (?1, ?2, ?3)",
+    )?;
+    let mut pt = conn.prepare_cached(
+        "INSERT INTO time_series(endpoint_id, name, ts_ms, value) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for s in samples {
+        raw.execute(params![endpoint_id, received_ms, s.raw])?;
+        for p in &s.points {
+            pt.execute(params![endpoint_id, p.series, p.ts_ms, p.value])?;
         }
     }
-    tx.commit()?;
     Ok(())
 }
 

@@ -1,0 +1,156 @@
+//! The core database's schema: its migrations in order, and the connection settings.
+//!
+//! Schema versions are tracked in `PRAGMA user_version`; [`MIGRATIONS`] lists them in
+//! order and each runs in its own transaction, so a crash mid-migration leaves the
+//! previous version intact.
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use super::{Durability, StoreError};
+
+/// Schema migrations, applied in order; index + 1 is the resulting `user_version`.
+pub const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE applications (
+    name TEXT PRIMARY KEY
+);
+CREATE TABLE app_versions (
+    name        TEXT PRIMARY KEY,
+    application TEXT NOT NULL REFERENCES applications(name)
+);
+CREATE TABLE endpoints (
+    id          TEXT PRIMARY KEY,
+    app_version TEXT NOT NULL REFERENCES app_versions(name),
+    created_ms  INTEGER NOT NULL
+);
+CREATE TABLE tokens (
+    token       TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
+    state       TEXT NOT NULL CHECK (state IN ('inactive','active','suspended','revoked'))
+);
+CREATE INDEX tokens_endpoint ON tokens(endpoint_id);
+CREATE TABLE metadata (
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id),
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (endpoint_id, key)
+);
+CREATE TABLE credentials_basic (
+    username      TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    state         TEXT NOT NULL CHECK (state IN ('inactive','active','suspended','revoked'))
+);
+CREATE TABLE data_samples (
+    id          INTEGER PRIMARY KEY,
+    endpoint_id TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    sample      TEXT NOT NULL
+);
+CREATE INDEX data_samples_endpoint ON data_samples(endpoint_id, id);
+CREATE TABLE time_series (
+    endpoint_id TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    ts_ms       INTEGER NOT NULL,
+    value       REAL NOT NULL
+);
+CREATE INDEX time_series_lookup ON time_series(endpoint_id, name, ts_ms);
+"#,
+    r#"
+CREATE TABLE credentials_x509 (
+    fingerprint TEXT PRIMARY KEY,
+    subject     TEXT NOT NULL DEFAULT '',
+    state       TEXT NOT NULL CHECK (state IN ('inactive','active','suspended','revoked')),
+    created_ms  INTEGER NOT NULL
+);
+ALTER TABLE credentials_basic ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tokens ADD COLUMN created_ms INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE commands (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint_id    TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    instance       TEXT NOT NULL,
+    type           TEXT NOT NULL,
+    payload        TEXT NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    expires_ms     INTEGER NOT NULL,
+    delivered_ms   INTEGER,
+    result_ms      INTEGER,
+    result_status  INTEGER,
+    result_reason  TEXT,
+    result_payload TEXT
+);
+CREATE INDEX commands_pending ON commands(endpoint_id, instance, type, result_ms);
+CREATE TABLE configs (
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    instance    TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    config_id   TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, instance, name)
+);
+CREATE TABLE configs_applied (
+    endpoint_id   TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    instance      TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    config_id     TEXT NOT NULL,
+    status_code   INTEGER NOT NULL,
+    reason_phrase TEXT,
+    applied_ms    INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, instance, name)
+);
+"#,
+    // 3: app-version default configurations (CMX) and binary uploads (BCX).
+    r#"
+CREATE TABLE app_version_configs (
+    app_version TEXT NOT NULL REFERENCES app_versions(name) ON DELETE CASCADE,
+    instance    TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    config_id   TEXT NOT NULL,
+    body        TEXT NOT NULL,
+    updated_ms  INTEGER NOT NULL,
+    PRIMARY KEY (app_version, instance, name)
+);
+CREATE TABLE bcx_tokens (
+    token       TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    expires_ms  INTEGER NOT NULL
+);
+CREATE TABLE bcx_files (
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    uploaded_ms INTEGER NOT NULL,
+    PRIMARY KEY (endpoint_id, name)
+);
+"#,
+    // 4: credential scopes (JSON; NULL: unbound, as every credential made before).
+    "ALTER TABLE credentials_basic ADD COLUMN scope TEXT;",
+];
+
+pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+pub(super) fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version < 0 || version as usize > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: version,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}

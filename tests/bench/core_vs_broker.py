@@ -1,0 +1,194 @@
+"""Side-by-side benchmark of the embedded core and Mosquitto (not a test).
+
+Starts the release `kp-gateway` in core-only mode and a Mosquitto broker (apt), both on
+127.0.0.1 with a password file / credential, and drives both with the same Rust load tool
+(`platform-core/examples/kp_load.rs`, rumqttc): QoS 1, the same ~40-byte JSON payload,
+the same window and duration. The core answers each 2/DCP request on `/status` after the
+commit that stores it; Mosquitto relays each message back to its sender through the
+sender's own subscription. Runs interleave (core, broker, core, broker, …) and the table
+gives medians and core/broker ratios: round trips per second, server CPU µs per message
+(from /proc/PID/stat), latency p50/p99, server RSS. `--storm N` adds a connect storm: N
+clients with user name and password connecting at once to a fresh server of each kind
+(time until all are in, peak RSS, RSS per idle connection).
+
+Usage (after `cargo build --release -p kp-gateway -p platform-core --example kp_load`):
+  tests/.venv/bin/python tests/bench/core_vs_broker.py [--clients 1,10,100,1000]
+      [--seconds 10] [--rounds 3] [--window 64] [--storm 1000] [--synchronous full]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+os.environ.setdefault("KP_GATEWAY_BIN", str(ROOT / "target" / "release" / "kp-gateway"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from conftest import BIN, Proc, free_port, hash_password, wait_port  # noqa: E402
+
+LOAD = ROOT / "target" / "release" / "examples" / "kp_load"
+USER, PASSWORD = "bench", "bench-password"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Core:
+    def __init__(self, tmp: Path, tokens: int, synchronous: str, pw_hash: str):
+        self.port = free_port()
+        eps = "".join(f'[[core.endpoints]]\ntoken = "t{i}"\napp_version = "bench-v1"\n' for i in range(tokens))
+        (tmp / "core.toml").write_text(f"""
+[gateway]
+state_dir = "{tmp / 'core-state'}"
+log_level = "warn"
+[core]
+synchronous = "{synchronous}"
+[core.mqtt]
+listen = "127.0.0.1:{self.port}"
+max_connections = {tokens + 100}
+[[core.applications]]
+name = "bench"
+versions = ["bench-v1"]
+[[core.credentials]]
+username = "{USER}"
+password_hash = "{pw_hash}"
+applications = ["*"]
+{eps}""")
+        self.proc = Proc("core", [str(BIN), "--config", str(tmp / "core.toml")], tmp / "core.log")
+        wait_port(self.port, self.proc)
+
+    def load_args(self, mode):
+        return ["--mode", "kp1" if mode == "run" else "storm"]
+
+
+class Broker:
+    def __init__(self, tmp: Path, clients: int):
+        self.port = free_port()
+        pw = tmp / "mosquitto.passwd"
+        pw.write_text("")
+        subprocess.run(["mosquitto_passwd", "-b", str(pw), USER, PASSWORD], check=True)
+        conf = tmp / "mosquitto.conf"
+        # max_inflight_messages = the load's window, so the broker may have as many QoS 1
+        # messages out to a client as the client has out to it.
+        conf.write_text(f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous false\n"
+                        f"password_file {pw}\npersistence false\nmax_inflight_messages 64\n"
+                        f"max_connections {clients + 100}\n")
+        self.proc = Proc("mosquitto", ["mosquitto", "-c", str(conf)], tmp / "mosquitto.log")
+        wait_port(self.port, self.proc)
+
+    def load_args(self, mode):
+        return ["--mode", "echo" if mode == "run" else "storm"]
+
+
+def run_load(server, mode, clients, seconds, window):
+    pid = server.proc.pid
+    cpu0 = cpu_seconds(pid)
+    out = subprocess.run([str(LOAD), *server.load_args(mode), "--addr", f"127.0.0.1:{server.port}",
+                          "--clients", str(clients), "--window", str(window), "--seconds", str(seconds),
+                          "--user", USER, "--password", PASSWORD],
+                         capture_output=True, text=True, timeout=seconds + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"load tool failed: {out.stderr}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["server_cpu_s"] = round(cpu_seconds(pid) - cpu0, 2)
+    r["server_rss_kib"] = status_kib(pid, "VmRSS")
+    r["server_peak_rss_kib"] = status_kib(pid, "VmHWM")
+    if mode == "run":
+        r["cpu_us_per_message"] = round(r["server_cpu_s"] * 1e6 / max(r["answered"], 1), 1)
+    return r
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", default="1,10,100,1000")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--storm", type=int, default=0)
+    ap.add_argument("--synchronous", default="full", choices=["full", "normal"])
+    a = ap.parse_args()
+    counts = [int(c) for c in a.clients.split(",") if c]
+    most = max(counts + [a.storm])
+    pw_hash = hash_password(PASSWORD)
+    raw = {"machine": f"{os.cpu_count()} cores, {os.uname().release}", "synchronous": a.synchronous,
+           "mosquitto": subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0],
+           "runs": [], "storm": []}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="core-vs-broker-") as d:
+        tmp = Path(d)
+        core, broker = Core(tmp, most, a.synchronous, pw_hash), Broker(tmp, most)
+        try:
+            for n in counts:
+                per = {"core": [], "broker": []}
+                for _ in range(a.rounds):
+                    for name, server in (("core", core), ("broker", broker)):
+                        r = run_load(server, "run", n, a.seconds, a.window)
+                        r["server"] = name
+                        per[name].append(r)
+                        raw["runs"].append(r)
+                        print(json.dumps(r), file=sys.stderr)
+                c, b = per["core"], per["broker"]
+                rows.append((n, median(c, "per_second"), median(b, "per_second"),
+                             median(c, "cpu_us_per_message"), median(b, "cpu_us_per_message"),
+                             median(c, "p50_ms"), median(c, "p99_ms"), median(b, "p50_ms"), median(b, "p99_ms"),
+                             sum(r["errors"] for r in c)))
+        finally:
+            core.proc.stop()
+            broker.proc.stop()
+        if a.storm:
+            for name in ("core", "broker"):
+                sub = tmp / f"storm-{name}"
+                sub.mkdir()
+                server = Core(sub, a.storm, a.synchronous, pw_hash) if name == "core" else Broker(sub, a.storm)
+                try:
+                    before = status_kib(server.proc.pid, "VmRSS")
+                    hold = 5
+                    p = subprocess.Popen([str(LOAD), *server.load_args("storm"), "--addr", f"127.0.0.1:{server.port}",
+                                          "--clients", str(a.storm), "--seconds", str(60 + hold),
+                                          "--user", USER, "--password", PASSWORD],
+                                         stdout=subprocess.PIPE, text=True)
+                    line = json.loads(p.stdout.readline())
+                    during = status_kib(server.proc.pid, "VmRSS")
+                    line.update(server=name, rss_before_kib=before, rss_connected_kib=during,
+                                peak_rss_kib=status_kib(server.proc.pid, "VmHWM"),
+                                kib_per_connection=round((during - before) / max(line["connected"], 1), 2),
+                                server_cpu_s=round(cpu_seconds(server.proc.pid), 2))
+                    p.kill()
+                    p.wait()
+                    raw["storm"].append(line)
+                    print(json.dumps(line), file=sys.stderr)
+                finally:
+                    server.proc.stop()
+    print("| clients | core round trips/s | Mosquitto relays/s | ratio | core CPU µs/request "
+          "| Mosquitto CPU µs/message | core p50 / p99 ms | Mosquitto p50 / p99 ms | core errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n, cr, br, cc, bc, c50, c99, b50, b99, errs in rows:
+        print(f"| {n} | {cr:,.0f} | {br:,.0f} | **{cr / max(br, 1):.2f}** | {cc} | {bc} | {c50} / {c99} "
+              f"| {b50} / {b99} | {errs} |".replace(",", " "))
+    for s in raw["storm"]:
+        print(f"storm {s['server']}: {s['connected']}/{s['clients']} in {s['seconds_to_connect']} s, "
+              f"peak RSS {s['peak_rss_kib'] / 1024:.1f} MiB, {s['kib_per_connection']} KiB per connection")
+    print(json.dumps(raw))
+
+
+if __name__ == "__main__":
+    main()
