@@ -1,10 +1,10 @@
-"""Benchmark of the embedded core (not a test): request throughput over MQTT, memory per
-idle connection, and the round trip of a REST command to a live MQTT endpoint and back.
-Prints JSON; numbers go to BENCHMARKS.md by hand.
+"""Benchmark of the embedded core (not a test): memory per idle connection and the round
+trip of a REST command to a live MQTT endpoint and back. Request throughput, side by side
+with Mosquitto, is `core_vs_broker.py`. Prints JSON; numbers go to BENCHMARKS.md by hand.
 
 Usage (after tests/run.sh made tests/.venv):
-  cargo build --release -p kp-gateway -p platform-core --example kpc_load
-  tests/.venv/bin/python tests/bench/core_bench.py [seconds]
+  cargo build --release -p kp-gateway
+  tests/.venv/bin/python tests/bench/core_bench.py
 """
 
 import base64
@@ -12,7 +12,6 @@ import http.client
 import json
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,8 +25,7 @@ from kp_client import KpClient  # noqa: E402
 from mqtt_raw import RawClient, connect  # noqa: E402
 
 BIN = ROOT / "target" / "release" / "kp-gateway"
-LOAD = ROOT / "target" / "release" / "examples" / "kpc_load"
-CLIENTS, PER_CLIENT, WINDOW = 4, 100, 64
+CLIENTS, PER_CLIENT = 4, 100
 
 
 def rss_kib(pid: int) -> int:
@@ -38,7 +36,6 @@ def rss_kib(pid: int) -> int:
 
 
 def main():
-    seconds = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     tmp = Path(tempfile.mkdtemp(prefix="core-bench-"))
     port, http_port = free_port(), free_port()
     tokens = "\n".join(f'[[core.endpoints]]\ntoken = "t{i}"\napp_version = "bench-v1"\n'
@@ -72,12 +69,6 @@ applications = ["*"]
     out = {"machine": "2 cores (this sandbox), release build, core and load on the same machine"}
     try:
         out["rss_idle_kib"] = rss_kib(core.pid)
-        load = subprocess.run([str(LOAD), f"127.0.0.1:{port}", "bench", "bench-pw", "bench-v1", "t",
-                               str(CLIENTS), str(PER_CLIENT), str(WINDOW), str(seconds)],
-                              capture_output=True, text=True, timeout=seconds + 60)
-        out["dcx_load"] = json.loads(load.stdout)
-        out["dcx_load"]["clients"], out["dcx_load"]["endpoints"] = CLIENTS, CLIENTS * PER_CLIENT
-        out["rss_after_load_kib"] = rss_kib(core.pid)
 
         # Idle connections (token-only CONNECT, as KaaIoT's example clients do).
         before = rss_kib(core.pid)

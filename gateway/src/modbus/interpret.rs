@@ -193,4 +193,19 @@ mod tests {
         let table = render_text(&v);
         assert!(table.contains("32-bit CDAB"), "{table}");
     }
+
+    #[test]
+    fn a_full_125_register_window_at_the_top_of_the_address_space() {
+        // Every bit pattern class: zeros, ones, NaN/infinity halves, printable ASCII.
+        let words: Vec<u16> = (0..125u32)
+            .map(|i| (i.wrapping_mul(0x9E37) ^ (i << 11)) as u16)
+            .collect();
+        let v = interpret(0xFFF0, &words);
+        assert_eq!(v.len(), 125);
+        assert_eq!(v[124].address, 0xFFF0u16.wrapping_add(124));
+        assert!(v[..121].iter().all(|r| r.w64.len() == 4));
+        assert!(v[122..].iter().all(|r| r.w64.is_empty()));
+        assert!(v[124].w32.is_empty() && v[123].w32.len() == 4);
+        assert!(render_text(&v).lines().count() > 125);
+    }
 }
