@@ -7,7 +7,8 @@ the same window and duration. The core answers each 2/DCP request on `/status` a
 commit that stores it; Mosquitto relays each message back to its sender through the
 sender's own subscription. Runs interleave (core, broker, core, broker, …) and the table
 gives medians and core/broker ratios: round trips per second, server CPU µs per message
-(from /proc/PID/stat), latency p50/p99, server RSS. `--storm N` adds a connect storm: N
+(from /proc/PID/stat), latency p50/p99, server RSS. The core runs with the packaged
+unit's allocator settings (`MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`). `--storm N` adds a connect storm: N
 clients with user name and password connecting at once to a fresh server of each kind
 (time until all are in, peak RSS, RSS per idle connection).
 
@@ -68,7 +69,9 @@ username = "{USER}"
 password_hash = "{pw_hash}"
 applications = ["*"]
 {eps}""")
-        self.proc = Proc("core", [str(BIN), "--config", str(tmp / "core.toml")], tmp / "core.log")
+        # The packaged unit's allocator settings (debian/kp-gateway.service).
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_ARENA_MAX="2")
+        self.proc = Proc("core", [str(BIN), "--config", str(tmp / "core.toml")], tmp / "core.log", env=env)
         wait_port(self.port, self.proc)
 
     def load_args(self, mode):

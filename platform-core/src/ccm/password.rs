@@ -19,6 +19,10 @@
 //!   is refused without hashing meanwhile; a success clears the user's and the
 //!   address's record; a login remembered as verified passes regardless (it proves the
 //!   password), so good clients keep working during a flood from their own address;
+//! - **one check for many identical logins:** clients that send the same user name and
+//!   password while a check of exactly that is running wait for its answer instead of
+//!   queueing checks of their own (a site of devices sharing a credential, all
+//!   reconnecting after a power cut, costs one Argon2 check, not a "busy" for most);
 //! - **constant work for unknown users:** an unknown user name is checked against a dummy
 //!   hash with the same parameters, so the answer time does not tell which names exist.
 
@@ -28,7 +32,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 /// Password checks running at once by default (each holds ~19 MiB while it runs).
 pub const DEFAULT_MAX_CONCURRENT: usize = 2;
@@ -114,6 +118,8 @@ pub struct PasswordChecker {
     key: Arc<[u8; 32]>,
     /// digest → when it was verified.
     verified: Arc<Mutex<HashMap<String, Instant>>>,
+    /// digest → the answer of the check of it now running.
+    running: Arc<Mutex<HashMap<String, watch::Sender<Option<bool>>>>>,
     throttle: Arc<Mutex<Throttle>>,
 }
 
@@ -149,6 +155,7 @@ impl PasswordChecker {
             max_waiting,
             key: Arc::new(key),
             verified: Arc::default(),
+            running: Arc::default(),
             throttle: Arc::default(),
         }
     }
@@ -176,7 +183,11 @@ impl PasswordChecker {
         if let Some(wait) = self.throttled(&keys, now) {
             return Check::Throttled(wait);
         }
-        let Some(ok) = self.hash(stored, password).await else {
+        let ok = match &digest {
+            Some(d) => self.check_once(d, stored, password).await,
+            None => self.hash(stored, password).await,
+        };
+        let Some(ok) = ok else {
             return Check::Busy;
         };
         let good = ok && stored.is_some();
@@ -208,6 +219,55 @@ impl PasswordChecker {
         }
     }
 
+    /// The answer for `digest`: from the identical check already running, else from a
+    /// check of its own that later identical logins wait for. `None`: busy.
+    async fn check_once(&self, digest: &str, stored: Option<&str>, password: &str) -> Option<bool> {
+        let joined = {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            match running.get(digest) {
+                Some(tx) => Some(tx.subscribe()),
+                None => {
+                    running.insert(digest.to_owned(), watch::channel(None).0);
+                    None
+                }
+            }
+        };
+        if let Some(mut rx) = joined {
+            // The running check ended without an answer (busy, or its client left): a
+            // check of this login's own, like any other.
+            let answer = rx.wait_for(Option::is_some).await.map(|a| *a);
+            return match answer {
+                Ok(answer) => answer,
+                Err(_) => self.hash(stored, password).await,
+            };
+        }
+        // Ends the entry however this check ends (answered, busy, or cancelled).
+        struct Running<'a>(&'a PasswordChecker, &'a str);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                let mut running = self.0.running.lock().unwrap_or_else(|p| p.into_inner());
+                running.remove(self.1);
+            }
+        }
+        let entry = Running(self, digest);
+        let answer = self.hash(stored, password).await;
+        if answer == Some(true) && stored.is_some() {
+            // Remembered before the entry goes: a login arriving in between finds one or
+            // the other.
+            self.remember(digest.to_owned(), Instant::now());
+        }
+        if let Some(tx) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            tx.send_replace(answer);
+        }
+        drop(entry);
+        answer
+    }
+
     /// One Argon2 check on the bounded pool; `None` when the pool and its queue are full.
     async fn hash(&self, stored: Option<&str>, password: &str) -> Option<bool> {
         let permit = match self.slots.clone().try_acquire_owned() {
@@ -228,8 +288,10 @@ impl PasswordChecker {
         let (done, answer) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |memory: &mut Vec<argon2::Block>| {
             let hash = hash.as_deref().unwrap_or_else(|| dummy_hash());
-            let _ = done.send(verify_reusing(memory, hash, &password));
+            let ok = verify_reusing(memory, hash, &password);
+            // The slot is free before anyone hears the answer.
             drop(permit);
+            let _ = done.send(ok);
         });
         // Never blocks: a job is only sent with a slot, and there are as many as threads.
         self.jobs.try_send(job).ok()?;
@@ -387,6 +449,41 @@ mod tests {
         assert_eq!(c.check("u", Some(&hash), "right", None).await, Check::Good);
         assert_eq!(c.check("u", Some(&hash), "wrong", None).await, Check::Bad);
         assert_eq!(c.check("nobody", None, "right", None).await, Check::Bad);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identical_logins_at_once_share_one_check() {
+        let hash = super::super::hash_password("right").unwrap();
+        // One slot, no queue: without sharing, all but one of each 50 would be "busy".
+        let c = PasswordChecker::new(1, 0);
+        let mut logins = Vec::new();
+        for _ in 0..50 {
+            let (c, hash) = (c.clone(), hash.clone());
+            logins.push(tokio::spawn(async move {
+                c.check("u", Some(&hash), "other-password", None).await
+            }));
+        }
+        let mut bad = 0;
+        for l in logins {
+            let a = l.await.unwrap();
+            assert!(matches!(a, Check::Bad | Check::Busy), "{a:?}");
+            bad += usize::from(a == Check::Bad);
+        }
+        assert!(bad >= 1);
+        let mut logins = Vec::new();
+        for _ in 0..50 {
+            let (c, hash) = (c.clone(), hash.clone());
+            logins.push(tokio::spawn(async move {
+                c.check("v", Some(&hash), "right", None).await
+            }));
+        }
+        for l in logins {
+            assert_eq!(l.await.unwrap(), Check::Good);
+        }
+        assert!(
+            c.running.lock().unwrap().is_empty(),
+            "no check left registered"
+        );
     }
 
     #[tokio::test]
