@@ -10,7 +10,8 @@ gives medians and core/broker ratios: round trips per second, server CPU µs per
 (from /proc/PID/stat), latency p50/p99, server RSS. The core runs with the packaged
 unit's allocator settings (`MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`). `--storm N` adds a connect storm: N
 clients with user name and password connecting at once to a fresh server of each kind
-(time until all are in, peak RSS, RSS per idle connection).
+(time until all are in, peak RSS, threads), then as many again to a warm server (RSS per
+idle connection).
 
 Usage (after `cargo build --release -p kp-gateway -p platform-core --example kp_load`):
   tests/.venv/bin/python tests/bench/core_vs_broker.py [--clients 1,10,100,1000]
@@ -49,7 +50,7 @@ def status_kib(pid: int, key: str) -> int:
 
 
 class Core:
-    def __init__(self, tmp: Path, tokens: int, synchronous: str, pw_hash: str):
+    def __init__(self, tmp: Path, tokens: int, synchronous: str, pw_hash: str, connections: int = 0):
         self.port = free_port()
         eps = "".join(f'[[core.endpoints]]\ntoken = "t{i}"\napp_version = "bench-v1"\n' for i in range(tokens))
         (tmp / "core.toml").write_text(f"""
@@ -60,7 +61,7 @@ log_level = "warn"
 synchronous = "{synchronous}"
 [core.mqtt]
 listen = "127.0.0.1:{self.port}"
-max_connections = {tokens + 100}
+max_connections = {max(tokens, connections) + 100}
 [[core.applications]]
 name = "bench"
 versions = ["bench-v1"]
@@ -160,25 +161,37 @@ def main():
             for name in ("core", "broker"):
                 sub = tmp / f"storm-{name}"
                 sub.mkdir()
-                server = Core(sub, a.storm, a.synchronous, pw_hash) if name == "core" else Broker(sub, a.storm)
+                # Room for two waves: the storm, then as many again to measure memory.
+                server = (Core(sub, a.storm, a.synchronous, pw_hash, 2 * a.storm) if name == "core"
+                          else Broker(sub, 2 * a.storm))
+                waves = []
                 try:
                     before = status_kib(server.proc.pid, "VmRSS")
-                    hold = 5
-                    p = subprocess.Popen([str(LOAD), *server.load_args("storm"), "--addr", f"127.0.0.1:{server.port}",
-                                          "--clients", str(a.storm), "--seconds", str(60 + hold),
-                                          "--user", USER, "--password", PASSWORD],
-                                         stdout=subprocess.PIPE, text=True)
-                    line = json.loads(p.stdout.readline())
-                    during = status_kib(server.proc.pid, "VmRSS")
-                    line.update(server=name, rss_before_kib=before, rss_connected_kib=during,
-                                peak_rss_kib=status_kib(server.proc.pid, "VmHWM"),
-                                kib_per_connection=round((during - before) / max(line["connected"], 1), 2),
-                                server_cpu_s=round(cpu_seconds(server.proc.pid), 2))
-                    p.kill()
-                    p.wait()
-                    raw["storm"].append(line)
-                    print(json.dumps(line), file=sys.stderr)
+                    for _ in range(2):
+                        p = subprocess.Popen([str(LOAD), *server.load_args("storm"),
+                                              "--addr", f"127.0.0.1:{server.port}", "--clients", str(a.storm),
+                                              "--seconds", "120", "--user", USER, "--password", PASSWORD],
+                                             stdout=subprocess.PIPE, text=True)
+                        waves.append(p)
+                        line = json.loads(p.stdout.readline())
+                        line["rss_kib"] = status_kib(server.proc.pid, "VmRSS")
+                        if len(waves) == 1:
+                            # The first wave is the storm: a fresh server, every client at once.
+                            storm = dict(line, server=name, rss_before_kib=before,
+                                         peak_rss_kib=status_kib(server.proc.pid, "VmHWM"),
+                                         threads=int(next(x for x in Path(f"/proc/{server.proc.pid}/status")
+                                                          .read_text().splitlines()
+                                                          if x.startswith("Threads:")).split()[1]))
+                    # The second wave's clients are all idle connections on a warm server.
+                    storm["kib_per_idle_connection"] = round((line["rss_kib"] - storm["rss_kib"])
+                                                             / max(line["connected"], 1), 2)
+                    storm["second_wave_connected"] = line["connected"]
+                    raw["storm"].append(storm)
+                    print(json.dumps(storm), file=sys.stderr)
                 finally:
+                    for p in waves:
+                        p.kill()
+                        p.wait()
                     server.proc.stop()
     print("| clients | core round trips/s | Mosquitto relays/s | ratio | core CPU µs/request "
           "| Mosquitto CPU µs/message | core p50 / p99 ms | Mosquitto p50 / p99 ms | core errors |")
@@ -188,7 +201,7 @@ def main():
               f"| {b50} / {b99} | {errs} |".replace(",", " "))
     for s in raw["storm"]:
         print(f"storm {s['server']}: {s['connected']}/{s['clients']} in {s['seconds_to_connect']} s, "
-              f"peak RSS {s['peak_rss_kib'] / 1024:.1f} MiB, {s['kib_per_connection']} KiB per connection")
+              f"peak RSS {s['peak_rss_kib'] / 1024:.1f} MiB, {s['kib_per_idle_connection']} KiB per idle connection")
     print(json.dumps(raw))
 
 

@@ -135,7 +135,8 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut conn = PacketReader {
         io,
-        buf: BytesMut::with_capacity(4096),
+        // Small to start (most of a site's connections idle); grows with what arrives.
+        buf: BytesMut::with_capacity(512),
         max_packet_size: ctx.limits.max_packet_size,
     };
     let outcome = tokio::select! {
@@ -165,10 +166,12 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     peer: &Peer,
     ctx: &ConnContext,
 ) -> Result<(), ConnError> {
-    let Some(connect) = read_connect(conn, peer, ctx).await? else {
+    // The handshake's futures are boxed (and gone once done): a task's size is that of
+    // its largest state, and an idle connection should not carry the handshake's.
+    let Some(connect) = Box::pin(read_connect(conn, peer, ctx)).await? else {
         return Ok(());
     };
-    let Some(mut live) = accept(conn, peer, ctx, &connect).await? else {
+    let Some(mut live) = Box::pin(accept(conn, peer, ctx, &connect)).await? else {
         return Ok(());
     };
     let outcome = live.serve(conn, peer, ctx).await;
@@ -379,7 +382,9 @@ impl Live {
                 // A packet from the client (cancel-safe: partial frames stay in the buffer).
                 packet = conn.next(), if overlap.len() < MAX_OVERLAP => {
                     deadline = self.idle.map(|d| Instant::now() + d);
-                    if self.on_packet(packet?, conn, peer, ctx, &mut overlap).await? == Flow::Close {
+                    // Boxed, like `answer` below: kept out of the idle connection's task.
+                    let flow = Box::pin(self.on_packet(packet?, conn, peer, ctx, &mut overlap)).await?;
+                    if flow == Flow::Close {
                         // A DISCONNECT: what was asked before it is still answered.
                         while let Some(done) = overlap.next().await {
                             let _ = self.answer(vec![done], conn, peer, ctx).await;
@@ -393,7 +398,7 @@ impl Live {
                     while let Some(Some(more)) = overlap.next().now_or_never() {
                         ready.push(more);
                     }
-                    self.answer(ready, conn, peer, ctx).await?;
+                    Box::pin(self.answer(ready, conn, peer, ctx)).await?;
                 }
                 // A push for an endpoint this session used, or a copy of another session's reply.
                 Some(msg) = self.attached.inbox.recv() => {

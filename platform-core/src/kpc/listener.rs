@@ -58,7 +58,10 @@ pub async fn run(
                             let who = Peer { addr: peer, transport: "tcp", cert_fingerprint: None };
                             serve(stream, who, ctx, shutdown).await;
                         }
-                        Some(acceptor) => serve_tls(stream, peer, acceptor, ctx, shutdown).await,
+                        // Boxed: the TLS state would otherwise size every connection's task.
+                        Some(acceptor) => {
+                            Box::pin(serve_tls(stream, peer, acceptor, ctx, shutdown)).await
+                        }
                     }
                     drop(permit);
                 });
