@@ -1,4 +1,4 @@
-"""Smoke run of the benchmark load tool (`platform-core/examples/kp_load.rs`): 2 seconds
+"""Smoke run of the benchmark load tool (`platform-core/examples/kp_load.rs`): 4 seconds
 of each mode against the real core and a real Mosquitto. The benchmark itself
 (`tests/bench/core_vs_broker.py`) is not run here; this proves the tool measures what
 it says: every `/status` it counts is a sample the core stored, every relay it counts is
@@ -13,7 +13,7 @@ from conftest import BIN, Core, Mosquitto
 LOAD = Path(BIN).parent / "examples" / "kp_load"
 
 
-def load(*args, seconds=2):
+def load(*args, seconds=4):
     out = subprocess.run([str(LOAD), *args, "--seconds", str(seconds)], capture_output=True, text=True,
                          timeout=seconds + 60)
     assert out.returncode == 0, out.stderr
