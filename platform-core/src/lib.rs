@@ -41,6 +41,8 @@ pub enum CoreError {
     },
     #[error("MQTT/TLS listener: {0}")]
     Tls(#[from] kpc::tls::TlsError),
+    #[error(transparent)]
+    Nats(#[from] bus::nats::NatsError),
     #[error("cannot listen for MQTT on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -63,6 +65,8 @@ pub struct Core {
     pub stats: kpc::stats::Stats,
     /// The event bus (9/ELCE lifecycle events).
     pub bus: std::sync::Arc<dyn bus::EventBus>,
+    /// The NATS bus, with `[core.nats]`.
+    pub nats: Option<std::sync::Arc<bus::nats::NatsBus>>,
     pub store: StoreHandle,
     task: JoinHandle<()>,
 }
@@ -96,8 +100,18 @@ impl Core {
                     addr: config.mqtt.listen,
                     source,
                 })?;
-        let bus: std::sync::Arc<dyn bus::EventBus> = std::sync::Arc::new(bus::LocalBus::new(1024));
         let hub = sessions::Hub::new();
+        let (bus, remote): (std::sync::Arc<dyn bus::EventBus>, _) = match config.nats.clone() {
+            None => (std::sync::Arc::new(bus::LocalBus::new(1024)), None),
+            Some(settings) => {
+                let push_hub = hub.clone();
+                let on_push: bus::nats::PushHandler = std::sync::Arc::new(move |x| {
+                    ext::remote::push(&push_hub, x);
+                });
+                let nats = bus::nats::NatsBus::start(settings, on_push, shutdown.clone()).await?;
+                (nats.clone(), Some(nats))
+            }
+        };
         let stats = kpc::stats::Stats::new();
         let mut epmx = config.epmx.clone();
         // EPL owns its connectivity keys: endpoints may read them, not write them.
@@ -113,6 +127,8 @@ impl Core {
             config.bcx.clone(),
             config.extension_timeout,
             &config.extensions,
+            bus.clone(),
+            remote.clone(),
         );
         let epl = epl::Epl::new(store.clone(), bus.clone(), config.epl.clone());
         let router = kpc::Dispatcher::new(extensions.clone(), config.max_payload_bytes)
@@ -256,6 +272,7 @@ impl Core {
             extensions,
             stats,
             bus,
+            nats: remote,
             store: core_store,
             task,
         })

@@ -238,6 +238,11 @@ pub(super) async fn create_endpoint(
         })
         .await
         .map_err(storage)?;
+    api.extensions.bus.publish(crate::bus::Event::Registered {
+        endpoint_id: id.clone(),
+        app_version: avn.clone(),
+        timestamp_ms: crate::store::now_ms(),
+    });
     Ok((
         StatusCode::CREATED,
         Json(json!({"endpointId": id, "appVersion": {"name": avn}, "token": token})),
@@ -261,12 +266,20 @@ pub(super) async fn delete_endpoint(
     State(api): State<Api>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    endpoint_app_version(&api, &id).await?;
+    let avn = endpoint_app_version(&api, &id).await?;
     let id2 = id.clone();
-    api.store
+    let deleted = api
+        .store
         .call(move |c| epr::delete_endpoint(c, &id2))
         .await
         .map_err(storage)?;
+    if deleted {
+        api.extensions.bus.publish(crate::bus::Event::Unregistered {
+            endpoint_id: id.clone(),
+            app_version: avn,
+            timestamp_ms: crate::store::now_ms(),
+        });
+    }
     let cut = api.extensions.hub.cut_endpoint(&id);
     log::info!("api: endpoint {id} deleted ({cut} live session(s) ended)");
     Ok(StatusCode::NO_CONTENT)

@@ -5,6 +5,7 @@
 //! hands the `[core]` table to [`validate::validate`] and gets every problem back as
 //! `core.<path>: <message>` in the same [`Problems`] list as its own.
 
+mod nats;
 pub mod raw;
 pub mod validate;
 
@@ -112,6 +113,7 @@ impl CoreConfig {
             applications: Vec::new(),
             endpoints: Vec::new(),
             credentials: Vec::new(),
+            nats: None,
         }
     }
 
@@ -208,4 +210,6 @@ pub struct CoreConfig {
     pub applications: Vec<ApplicationSpec>,
     pub endpoints: Vec<EndpointSpec>,
     pub credentials: Vec<BasicCredentialSpec>,
+    /// `[core.nats]`: events and external extensions over NATS (none: in-process bus).
+    pub nats: Option<crate::bus::nats::NatsSettings>,
 }

@@ -42,6 +42,32 @@ pub struct RawCore {
     pub endpoints: Vec<crate::epr::EndpointSpec>,
     #[serde(default)]
     pub credentials: Vec<crate::ccm::BasicCredentialSpec>,
+    pub nats: Option<RawCoreNats>,
+}
+
+/// `[core.nats]`: the NATS servers, how to log in, and the names this core goes by.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoreNats {
+    pub servers: Vec<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    pub creds_file: Option<String>,
+    pub tls_ca_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
+    #[serde(default)]
+    pub tls_required: bool,
+    pub replica_id: Option<String>,
+    #[serde(default = "defaults::kpc_instance")]
+    pub kpc_instance: String,
+    #[serde(default = "defaults::epr_instance")]
+    pub epr_instance: String,
+    #[serde(default = "defaults::epts_instance")]
+    pub epts_instance: String,
+    #[serde(default = "defaults::nats_queue_capacity")]
+    pub queue_capacity: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,6 +202,18 @@ impl Default for RawCoreBcx {
 
 /// Defaults of `[core]`, in one place (documented in `config/README.md`).
 pub mod defaults {
+    pub fn kpc_instance() -> String {
+        "kpc".into()
+    }
+    pub fn epr_instance() -> String {
+        "epr".into()
+    }
+    pub fn epts_instance() -> String {
+        "epts".into()
+    }
+    pub fn nats_queue_capacity() -> usize {
+        10_000
+    }
     pub fn http_max_connections() -> usize {
         256
     }

@@ -119,12 +119,23 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
     }
     let mut extensions = Vec::new();
     for (i, x) in c.extensions.iter().enumerate() {
-        let kind = crate::ext::ExtensionKind::for_default_instance(&x.kind)
-            .filter(|k| *k != crate::ext::ExtensionKind::Bcx);
+        let external = x.kind == "external";
+        let kind = if external {
+            if c.nats.is_none() {
+                e.add(
+                    format!("core.extensions[{i}].kind"),
+                    "\"external\" instances are reached over NATS: configure [core.nats]",
+                );
+            }
+            Some(crate::ext::ExtensionKind::External)
+        } else {
+            crate::ext::ExtensionKind::for_default_instance(&x.kind)
+                .filter(|k| *k != crate::ext::ExtensionKind::Bcx)
+        };
         if kind.is_none() {
             e.add(
                 format!("core.extensions[{i}].kind"),
-                format!("{:?} is not one of dcx, epmx, cmx, cex", x.kind),
+                format!("{:?} is not one of dcx, epmx, cmx, cex, external", x.kind),
             );
         }
         if !crate::ext::is_valid_instance_name(&x.instance) {
@@ -132,7 +143,8 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
                 format!("core.extensions[{i}].instance"),
                 format!("{:?} must match ^[a-z0-9_-]+$", x.instance),
             );
-        } else if crate::ext::ExtensionKind::for_default_instance(&x.instance).is_some()
+        } else if (!external
+            && crate::ext::ExtensionKind::for_default_instance(&x.instance).is_some())
             || c.extensions[..i].iter().any(|o| o.instance == x.instance)
         {
             e.add(
@@ -316,6 +328,7 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
         applications: c.applications,
         endpoints: c.endpoints,
         credentials: c.credentials,
+        nats: c.nats.map(|n| super::nats::validate(n, state_dir, e)),
     };
     super::check_listen_clashes(&config.listeners(), e);
     refuse_known_passwords_beyond_loopback(&config, e);

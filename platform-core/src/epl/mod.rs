@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::bus::{EventBus, LifecycleEvent};
+use crate::bus::{Event, EventBus};
 use crate::sessions::SessionId;
 use crate::store::{now_ms, StoreHandle};
 use crate::{epr, tsdb};
@@ -131,17 +131,16 @@ impl Epl {
             self.presence()
                 .use_endpoint(session, endpoint_id, app_version, Instant::now());
         if became {
-            self.transition(endpoint_id.to_owned(), app_version.to_owned(), true)
+            self.transition(vec![(endpoint_id.to_owned(), app_version.to_owned())], true)
                 .await;
         }
     }
 
-    /// A session closed.
+    /// A session closed: every endpoint it leaves disconnected goes in one event (a
+    /// gateway's session carries many endpoints).
     pub async fn session_closed(&self, session: SessionId) {
         let gone = self.presence().close_session(session);
-        for (ep, avn) in gone {
-            self.transition(ep, avn, false).await;
-        }
+        self.transition(gone, false).await;
     }
 
     /// Disconnects endpoints idle past the timeout; call periodically.
@@ -150,55 +149,57 @@ impl Epl {
             return;
         };
         let gone = self.presence().expire(Instant::now(), idle);
-        for (ep, avn) in gone {
+        for (ep, _) in &gone {
             log::info!("epl: endpoint {ep} idle for {idle:?}: disconnected");
-            self.transition(ep, avn, false).await;
         }
+        self.transition(gone, false).await;
     }
 
-    async fn transition(&self, endpoint_id: String, app_version: String, connected: bool) {
+    /// Records a connectivity change of `endpoints` (id, app version) and publishes it.
+    async fn transition(&self, endpoints: Vec<(String, String)>, connected: bool) {
+        if endpoints.is_empty() {
+            return;
+        }
         let ts = now_ms();
-        let rfc3339 = crate::store::rfc3339_ms(ts);
         let mut meta = Map::new();
         meta.insert(self.config.connected_key.clone(), Value::Bool(connected));
         meta.insert(
             self.config.connectivity_ts_key.clone(),
-            Value::String(rfc3339),
+            Value::String(crate::store::rfc3339_ms(ts)),
         );
-        let ep = endpoint_id.clone();
+        let ids: Vec<String> = endpoints.iter().map(|(id, _)| id.clone()).collect();
         let written = self
             .store
             .call(move |c| {
-                epr::write_metadata(c, &ep, &meta, false)?;
                 let point = tsdb::DataPoint {
                     series: CONNECTIVITY_SERIES.into(),
                     ts_ms: ts,
                     value: if connected { 1.0 } else { 0.0 },
                 };
-                tsdb::insert_points(c, &ep, &[point])
+                for ep in &ids {
+                    epr::write_metadata(c, ep, &meta, false)?;
+                    tsdb::insert_points(c, ep, std::slice::from_ref(&point))?;
+                }
+                Ok(())
             })
             .await;
+        let what = if connected {
+            "connected"
+        } else {
+            "disconnected"
+        };
         if let Err(e) = written {
-            log::error!("epl: connectivity of {endpoint_id} not recorded: {e}");
+            log::error!("epl: {what} state of {endpoints:?} not recorded: {e}");
         }
-        log::debug!(
-            "epl: endpoint {endpoint_id} {}",
-            if connected {
-                "connected"
-            } else {
-                "disconnected"
-            }
-        );
+        log::debug!("epl: {endpoints:?} {what}");
         self.bus.publish(if connected {
-            LifecycleEvent::Connected {
-                endpoint_id,
-                app_version,
+            Event::Connected {
+                endpoints,
                 timestamp_ms: ts,
             }
         } else {
-            LifecycleEvent::Disconnected {
-                endpoint_id,
-                app_version,
+            Event::Disconnected {
+                endpoints,
                 timestamp_ms: ts,
             }
         });

@@ -9,6 +9,7 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::bus::{Event, SeriesPoint};
 use crate::kp1::Kp1Error;
 use crate::tsdb::{DataPoint, StoredSample, AUTO_PREFIX};
 
@@ -36,6 +37,45 @@ pub fn parse_json(payload: &[u8], now_ms: i64) -> Result<Vec<StoredSample>, Kp1E
             to_stored(s, now_ms).map_err(|e| Kp1Error::bad_request(format!("sample {i}: {e}")))
         })
         .collect()
+}
+
+/// The events announcing stored samples: one 13/DSTP event with every sample, and one
+/// 14/TSTP event per time series (points in arrival order).
+pub fn events(
+    instance: &str,
+    endpoint_id: &str,
+    app_version: &str,
+    now_ms: i64,
+    samples: &[StoredSample],
+) -> Vec<Event> {
+    let mut series: Vec<(String, Vec<SeriesPoint>)> = Vec::new();
+    for p in samples.iter().flat_map(|s| &s.points) {
+        let point = SeriesPoint {
+            ingestion_ms: now_ms,
+            ts_ms: p.ts_ms,
+            value: p.value,
+        };
+        match series.iter_mut().find(|(name, _)| *name == p.series) {
+            Some((_, points)) => points.push(point),
+            None => series.push((p.series.clone(), vec![point])),
+        }
+    }
+    let mut out = Vec::with_capacity(1 + series.len());
+    out.push(Event::DataSamples {
+        instance: instance.to_owned(),
+        endpoint_id: endpoint_id.to_owned(),
+        app_version: app_version.to_owned(),
+        samples: samples.iter().map(|s| s.raw.clone()).collect(),
+        timestamp_ms: now_ms,
+    });
+    out.extend(series.into_iter().map(|(name, points)| Event::TimeSeries {
+        endpoint_id: endpoint_id.to_owned(),
+        app_version: app_version.to_owned(),
+        series: name,
+        points,
+        timestamp_ms: now_ms,
+    }));
+    out
 }
 
 /// Parses a `/plain/<metric>` payload (`47`, `-1.5`, `47%`).
@@ -195,5 +235,53 @@ mod tests {
         assert_eq!(parse_plain("t", b"NaN", 0).unwrap_err().status, 400);
         assert_eq!(parse_plain("t", b"abc", 0).unwrap_err().status, 400);
         assert_eq!(parse_plain("a/b", b"1", 0).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn events_are_one_dstp_with_every_sample_and_one_tstp_per_series() {
+        let s = parse_json(br#"[{"timestamp":1,"t":1,"h":5},{"timestamp":2,"t":2}]"#, 9).unwrap();
+        let ev = events("dcx", "ep", "v1", 100, &s);
+        assert_eq!(ev.len(), 3);
+        let Event::DataSamples {
+            instance,
+            samples,
+            timestamp_ms,
+            ..
+        } = &ev[0]
+        else {
+            panic!("first event is not DSTP: {:?}", ev[0]);
+        };
+        assert_eq!(
+            (instance.as_str(), samples.len(), *timestamp_ms),
+            ("dcx", 2, 100)
+        );
+        type Series = (String, Vec<(i64, i64, f64)>);
+        let mut series: Vec<Series> = ev[1..]
+            .iter()
+            .map(|e| match e {
+                Event::TimeSeries { series, points, .. } => (
+                    series.clone(),
+                    points
+                        .iter()
+                        .map(|p| (p.ingestion_ms, p.ts_ms, p.value))
+                        .collect(),
+                ),
+                other => panic!("not TSTP: {other:?}"),
+            })
+            .collect();
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            series,
+            vec![
+                ("auto~h".to_owned(), vec![(100, 1, 5.0)]),
+                ("auto~t".to_owned(), vec![(100, 1, 1.0), (100, 2, 2.0)]),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_samples_still_give_one_empty_dstp_event() {
+        let ev = events("dcx", "ep", "v1", 0, &[]);
+        assert!(matches!(&ev[..], [Event::DataSamples { samples, .. }] if samples.is_empty()));
     }
 }

@@ -15,6 +15,7 @@ pub mod cmx;
 pub mod dcx;
 mod deliver;
 pub mod epmx;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,8 +25,10 @@ use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::bus::nats::NatsBus;
+use crate::bus::EventBus;
 use crate::epr;
-use crate::kp1::Kp1Error;
+use crate::kp1::{Kp1Error, Kp1Topic};
 use crate::sessions::{Hub, SessionId};
 use crate::store::{now_ms, StoreError, StoreHandle};
 use crate::tsdb;
@@ -59,6 +62,8 @@ pub enum ExtensionKind {
     Cmx,
     Cex,
     Bcx,
+    /// An extension service elsewhere, reached over NATS with 4/ESP.
+    External,
 }
 
 impl ExtensionKind {
@@ -111,10 +116,16 @@ pub struct Extensions {
     timeout: Duration,
     /// IDs of commands that just got their result (REST API waiters listen).
     results: broadcast::Sender<i64>,
+    /// Where events go (9/ELCE lifecycle from the REST API, 13/DSTP and 14/TSTP from DCX).
+    pub bus: Arc<dyn EventBus>,
+    /// The NATS bus, when configured: external instances are reached through it.
+    remote: Option<Arc<NatsBus>>,
 }
 
 impl Extensions {
-    /// `extra`: more instances (name, kind) besides the default `dcx`, `epmx`, `cmx`, `cex`.
+    /// `extra`: more instances (name, kind) besides the default `dcx`, `epmx`, `cmx`, `cex`
+    /// (an external one may take a default name over).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: StoreHandle,
         hub: Hub,
@@ -122,6 +133,8 @@ impl Extensions {
         bcx: bcx::BcxConfig,
         timeout: Duration,
         extra: &[(String, ExtensionKind)],
+        bus: Arc<dyn EventBus>,
+        remote: Option<Arc<NatsBus>>,
     ) -> Self {
         let mut instances: HashMap<String, ExtensionKind> = ExtensionKind::ALL
             .iter()
@@ -136,6 +149,8 @@ impl Extensions {
             bcx,
             timeout,
             results: broadcast::channel(1024).0,
+            bus,
+            remote,
         }
     }
 
@@ -154,14 +169,23 @@ impl Extensions {
     /// the request may set.
     pub async fn handle(
         &self,
-        instance: &str,
+        t: &Kp1Topic,
         kind: ExtensionKind,
         endpoint_id: String,
-        resource: &str,
         payload: &[u8],
         session: Option<SessionId>,
     ) -> Result<Vec<u8>, Kp1Error> {
-        let work = self.run(instance, kind, endpoint_id, resource, payload, session);
+        if kind == ExtensionKind::External {
+            return remote::request(
+                self.remote.as_deref(),
+                t,
+                endpoint_id,
+                payload,
+                self.timeout,
+            )
+            .await;
+        }
+        let work = self.run(t, kind, endpoint_id, payload, session);
         match tokio::time::timeout(self.timeout, work).await {
             Ok(r) => r,
             Err(_) => {
@@ -179,13 +203,13 @@ impl Extensions {
 
     async fn run(
         &self,
-        instance: &str,
+        t: &Kp1Topic,
         kind: ExtensionKind,
         endpoint_id: String,
-        resource: &str,
         payload: &[u8],
         session: Option<SessionId>,
     ) -> Result<Vec<u8>, Kp1Error> {
+        let (instance, resource) = (t.extension.as_str(), t.resource.as_str());
         let store = &self.store;
         let inst = instance.to_owned();
         let observe = |observe: Option<bool>| {
@@ -205,11 +229,26 @@ impl Extensions {
                         "unknown dcx resource {resource:?}"
                     )));
                 };
-                if !samples.is_empty() {
-                    store
-                        .call_grouped(move |c| tsdb::append_samples(c, &endpoint_id, now, &samples))
-                        .await
-                        .map_err(storage)?;
+                if samples.is_empty() {
+                    return Ok(Vec::new());
+                }
+                // Events are built only when someone takes them (the hot path).
+                let events = self.bus.wants_data().then(|| {
+                    dcx::events(
+                        instance,
+                        &endpoint_id,
+                        t.app_version.as_str(),
+                        now,
+                        &samples,
+                    )
+                });
+                store
+                    .call_grouped(move |c| tsdb::append_samples(c, &endpoint_id, now, &samples))
+                    .await
+                    .map_err(storage)?;
+                // After the commit: what the events announce is stored.
+                for ev in events.into_iter().flatten() {
+                    self.bus.publish(ev);
                 }
                 Ok(Vec::new())
             }
@@ -312,6 +351,16 @@ impl Extensions {
                     .await
                     .map_err(storage)?;
                 Ok(bcx::token_payload(&token))
+            }
+            ExtensionKind::External => {
+                remote::request(
+                    self.remote.as_deref(),
+                    t,
+                    endpoint_id,
+                    payload,
+                    self.timeout,
+                )
+                .await
             }
         }
     }

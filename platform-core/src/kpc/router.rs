@@ -230,14 +230,7 @@ impl Dispatcher {
             }
         };
         self.extensions
-            .handle(
-                t.extension.as_str(),
-                kind,
-                endpoint_id,
-                &t.resource,
-                payload,
-                session,
-            )
+            .handle(t, kind, endpoint_id, payload, session)
             .await
     }
 }
@@ -255,6 +248,8 @@ fn carries_data(kind: ExtensionKind, resource: &str, body: &[u8]) -> bool {
                     .is_ok_and(|v| v.get("config").is_some_and(|c| !c.is_null()))
         }
         ExtensionKind::Bcx => true,
+        // An external service that answers with data means the client to have it.
+        ExtensionKind::External => !body.is_empty(),
         ExtensionKind::Dcx | ExtensionKind::Epmx => false,
     }
 }

@@ -1,0 +1,366 @@
+//! Kaa's Avro records as raw binary datums (no container header), encoded and decoded with
+//! the schemas in `platform-core/schemas/` compiled into the binary (pure).
+//!
+//! Records are built by field name and resolved against their schema by `apache-avro`, so
+//! every union gets the branch index its own .avsc declares (`["string","null"]` in
+//! ClientData's `endpointId`, `["null","string"]` for `reasonPhrase`, null as branch 7 of a
+//! TSTP value); the unit tests pin those bytes.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use apache_avro::types::Value;
+use apache_avro::Schema;
+
+use super::Event;
+
+/// An Avro encoding or decoding failure (a bug or a peer's malformed record).
+#[derive(Debug, thiserror::Error)]
+#[error("avro: {0}")]
+pub struct AvroError(String);
+
+fn err(e: impl std::fmt::Display) -> AvroError {
+    AvroError(e.to_string())
+}
+
+struct Schemas {
+    client_data: Schema,
+    extension_data: Schema,
+    connected: Schema,
+    disconnected: Schema,
+    registered: Schema,
+    unregistered: Schema,
+    appversion_updated: Schema,
+    data_samples: Schema,
+    time_series: Schema,
+}
+
+fn schemas() -> &'static Schemas {
+    static S: OnceLock<Schemas> = OnceLock::new();
+    S.get_or_init(|| {
+        // The files are part of the source tree; a parse failure is caught by the unit tests.
+        let p = |text: &str| Schema::parse_str(text).expect("bundled Kaa schema parses");
+        Schemas {
+            client_data: p(include_str!("../../schemas/0004-client-data.avsc")),
+            extension_data: p(include_str!("../../schemas/0004-extension-data.avsc")),
+            connected: p(include_str!("../../schemas/0009-ep-connected.avsc")),
+            disconnected: p(include_str!("../../schemas/0009-ep-disconnected.avsc")),
+            registered: p(include_str!("../../schemas/0009-ep-registered.avsc")),
+            unregistered: p(include_str!("../../schemas/0009-ep-unregistered.avsc")),
+            appversion_updated: p(include_str!(
+                "../../schemas/0009-ep-appversion-updated.avsc"
+            )),
+            data_samples: p(include_str!(
+                "../../schemas/0013-ep-data-samples-event.avsc"
+            )),
+            time_series: p(include_str!("../../schemas/0014-ep-time-series-event.avsc")),
+        }
+    })
+}
+
+/// Resolves `fields` (by name, any order, unions left bare) against `schema` and encodes.
+fn encode(schema: &Schema, fields: Vec<(&str, Value)>) -> Result<Vec<u8>, AvroError> {
+    let record = Value::Record(fields.into_iter().map(|(k, v)| (k.into(), v)).collect());
+    let resolved = record.resolve(schema).map_err(err)?;
+    apache_avro::to_avro_datum(schema, resolved).map_err(err)
+}
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_owned())
+}
+
+fn opt_s(v: Option<&str>) -> Value {
+    v.map_or(Value::Null, s)
+}
+
+fn header(correlation_id: &str, timestamp_ms: i64, timeout_ms: i64) -> Vec<(&'static str, Value)> {
+    vec![
+        ("correlationId", s(correlation_id)),
+        ("timestamp", Value::Long(timestamp_ms)),
+        ("timeout", Value::Long(timeout_ms)),
+    ]
+}
+
+fn endpoints_map(endpoints: &[(String, String)]) -> Value {
+    Value::Map(
+        endpoints
+            .iter()
+            .map(|(id, avn)| (id.clone(), s(avn)))
+            .collect::<HashMap<_, _>>(),
+    )
+}
+
+/// Encodes an event as its Kaa record. `replica`: this process's replica ID.
+pub fn encode_event(ev: &Event, correlation_id: &str, replica: &str) -> Result<Vec<u8>, AvroError> {
+    let sc = schemas();
+    let origin = ("originatorReplicaId", s(replica));
+    match ev {
+        Event::Connected {
+            endpoints,
+            timestamp_ms,
+        }
+        | Event::Disconnected {
+            endpoints,
+            timestamp_ms,
+        } => {
+            let schema = if matches!(ev, Event::Connected { .. }) {
+                &sc.connected
+            } else {
+                &sc.disconnected
+            };
+            let mut f = header(correlation_id, *timestamp_ms, 0);
+            f.extend([("endpoints", endpoints_map(endpoints)), origin]);
+            encode(schema, f)
+        }
+        Event::Registered {
+            endpoint_id,
+            app_version,
+            timestamp_ms,
+        }
+        | Event::Unregistered {
+            endpoint_id,
+            app_version,
+            timestamp_ms,
+        } => {
+            let schema = if matches!(ev, Event::Registered { .. }) {
+                &sc.registered
+            } else {
+                &sc.unregistered
+            };
+            let mut f = header(correlation_id, *timestamp_ms, 0);
+            f.extend([
+                ("appVersionName", s(app_version)),
+                ("endpointId", s(endpoint_id)),
+                origin,
+            ]);
+            encode(schema, f)
+        }
+        Event::AppVersionUpdated {
+            endpoint_id,
+            app_version,
+            previous_app_version,
+            timestamp_ms,
+        } => {
+            let mut f = header(correlation_id, *timestamp_ms, 0);
+            f.extend([
+                ("appVersionName", s(app_version)),
+                ("previousAppVersionName", s(previous_app_version)),
+                ("endpointId", s(endpoint_id)),
+                origin,
+            ]);
+            encode(&sc.appversion_updated, f)
+        }
+        Event::DataSamples {
+            endpoint_id,
+            app_version,
+            samples,
+            timestamp_ms,
+            ..
+        } => {
+            let mut f = header(correlation_id, *timestamp_ms, 0);
+            f.extend([
+                ("appVersionName", s(app_version)),
+                ("endpointId", s(endpoint_id)),
+                ("contentType", s("application/json")),
+                (
+                    "dataSamples",
+                    Value::Array(
+                        samples
+                            .iter()
+                            .map(|x| Value::Bytes(x.as_bytes().to_vec()))
+                            .collect(),
+                    ),
+                ),
+            ]);
+            encode(&sc.data_samples, f)
+        }
+        Event::TimeSeries {
+            endpoint_id,
+            app_version,
+            series,
+            points,
+            timestamp_ms,
+        } => {
+            let points = points
+                .iter()
+                .map(|p| {
+                    Value::Record(vec![
+                        ("ingestionTimestamp".into(), Value::Long(p.ingestion_ms)),
+                        ("timestamp".into(), Value::Long(p.ts_ms)),
+                        (
+                            "values".into(),
+                            Value::Map(HashMap::from([("value".into(), Value::Double(p.value))])),
+                        ),
+                    ])
+                })
+                .collect();
+            let mut f = header(correlation_id, *timestamp_ms, 0);
+            f.extend([
+                ("appVersionName", s(app_version)),
+                ("endpointId", s(endpoint_id)),
+                ("timeSeriesName", s(series)),
+                ("dataPoints", Value::Array(points)),
+            ]);
+            encode(&sc.time_series, f)
+        }
+    }
+}
+
+/// 4/ESP `ClientData`: a client's request forwarded to an extension service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientData {
+    pub correlation_id: String,
+    pub timestamp_ms: i64,
+    pub timeout_ms: i64,
+    pub app_version: String,
+    pub endpoint_id: Option<String>,
+    pub resource_path: String,
+    pub request_id: Option<i32>,
+    pub payload: Vec<u8>,
+    pub config_name: Option<String>,
+}
+
+/// 4/ESP `ExtensionData`: an extension service's answer or push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtensionData {
+    pub correlation_id: String,
+    pub timestamp_ms: i64,
+    pub timeout_ms: i64,
+    pub app_version: Option<String>,
+    pub extension_instance: Option<String>,
+    pub endpoint_id: Option<String>,
+    pub resource_path: String,
+    pub request_id: Option<i32>,
+    pub payload: Option<Vec<u8>>,
+    pub status_code: i32,
+    pub reason_phrase: Option<String>,
+}
+
+pub fn encode_client_data(c: &ClientData) -> Result<Vec<u8>, AvroError> {
+    let mut f = header(&c.correlation_id, c.timestamp_ms, c.timeout_ms);
+    f.extend([
+        ("appVersionName", s(&c.app_version)),
+        ("endpointId", opt_s(c.endpoint_id.as_deref())),
+        ("resourcePath", s(&c.resource_path)),
+        ("requestId", c.request_id.map_or(Value::Null, Value::Int)),
+        ("payload", Value::Bytes(c.payload.clone())),
+        ("configName", opt_s(c.config_name.as_deref())),
+    ]);
+    encode(&schemas().client_data, f)
+}
+
+pub fn encode_extension_data(x: &ExtensionData) -> Result<Vec<u8>, AvroError> {
+    let mut f = header(&x.correlation_id, x.timestamp_ms, x.timeout_ms);
+    f.extend([
+        ("appVersionName", opt_s(x.app_version.as_deref())),
+        (
+            "extensionInstanceName",
+            opt_s(x.extension_instance.as_deref()),
+        ),
+        ("endpointId", opt_s(x.endpoint_id.as_deref())),
+        ("resourcePath", s(&x.resource_path)),
+        ("requestId", x.request_id.map_or(Value::Null, Value::Int)),
+        (
+            "payload",
+            x.payload.clone().map_or(Value::Null, Value::Bytes),
+        ),
+        ("statusCode", Value::Int(x.status_code)),
+        ("reasonPhrase", opt_s(x.reason_phrase.as_deref())),
+    ]);
+    encode(&schemas().extension_data, f)
+}
+
+/// Decodes one record datum against `schema` into its fields by name (unions unwrapped).
+fn decode(schema: &Schema, bytes: &[u8]) -> Result<HashMap<String, Value>, AvroError> {
+    let mut reader = bytes;
+    let v = apache_avro::from_avro_datum(schema, &mut reader, None).map_err(err)?;
+    if !reader.is_empty() {
+        return Err(AvroError(format!(
+            "{} bytes left after the record",
+            reader.len()
+        )));
+    }
+    let Value::Record(fields) = v else {
+        return Err(AvroError("not a record".into()));
+    };
+    Ok(fields
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::Union(_, inner) => (k, *inner),
+            v => (k, v),
+        })
+        .collect())
+}
+
+struct Fields(HashMap<String, Value>);
+
+impl Fields {
+    fn string(&self, k: &str) -> Result<String, AvroError> {
+        match self.0.get(k) {
+            Some(Value::String(v)) => Ok(v.clone()),
+            _ => Err(AvroError(format!("{k}: no string"))),
+        }
+    }
+    fn opt_string(&self, k: &str) -> Option<String> {
+        match self.0.get(k) {
+            Some(Value::String(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+    fn long(&self, k: &str) -> Result<i64, AvroError> {
+        match self.0.get(k) {
+            Some(Value::Long(v)) => Ok(*v),
+            _ => Err(AvroError(format!("{k}: no long"))),
+        }
+    }
+    fn opt_int(&self, k: &str) -> Option<i32> {
+        match self.0.get(k) {
+            Some(Value::Int(v)) => Some(*v),
+            _ => None,
+        }
+    }
+    fn opt_bytes(&self, k: &str) -> Option<Vec<u8>> {
+        match self.0.get(k) {
+            Some(Value::Bytes(v)) => Some(v.clone()),
+            _ => None,
+        }
+    }
+}
+
+pub fn decode_extension_data(bytes: &[u8]) -> Result<ExtensionData, AvroError> {
+    let f = Fields(decode(&schemas().extension_data, bytes)?);
+    Ok(ExtensionData {
+        correlation_id: f.string("correlationId")?,
+        timestamp_ms: f.long("timestamp")?,
+        timeout_ms: f.long("timeout")?,
+        app_version: f.opt_string("appVersionName"),
+        extension_instance: f.opt_string("extensionInstanceName"),
+        endpoint_id: f.opt_string("endpointId"),
+        resource_path: f.string("resourcePath")?,
+        request_id: f.opt_int("requestId"),
+        payload: f.opt_bytes("payload"),
+        status_code: f
+            .opt_int("statusCode")
+            .ok_or_else(|| AvroError("statusCode: no int".into()))?,
+        reason_phrase: f.opt_string("reasonPhrase"),
+    })
+}
+
+pub fn decode_client_data(bytes: &[u8]) -> Result<ClientData, AvroError> {
+    let f = Fields(decode(&schemas().client_data, bytes)?);
+    Ok(ClientData {
+        correlation_id: f.string("correlationId")?,
+        timestamp_ms: f.long("timestamp")?,
+        timeout_ms: f.long("timeout")?,
+        app_version: f.string("appVersionName")?,
+        endpoint_id: f.opt_string("endpointId"),
+        resource_path: f.string("resourcePath")?,
+        request_id: f.opt_int("requestId"),
+        payload: f.opt_bytes("payload").unwrap_or_default(),
+        config_name: f.opt_string("configName"),
+    })
+}
+
+#[cfg(test)]
+#[path = "avro_tests.rs"]
+mod tests;

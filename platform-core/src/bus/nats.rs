@@ -1,0 +1,352 @@
+//! The NATS backend of the bus (I/O actor): publishes events as Kaa Avro records on Kaa
+//! subjects, and carries 4/ESP requests to external extension services and their answers
+//! back, with session affinity on this replica's own subject.
+//!
+//! Publishing goes through a bounded queue drained by one task; a full queue (NATS down
+//! long enough) drops the event and counts it. The client reconnects by itself, forever;
+//! the core starts even when NATS is not up yet.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::avro::{self, ClientData, ExtensionData};
+use super::subjects::{self, Names};
+use super::{Event, EventBus};
+use crate::secret::Secret;
+
+/// How the core proves itself to the NATS server.
+#[derive(Debug, Clone, Default)]
+pub enum NatsAuth {
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    Token(Secret),
+    /// A `.creds` file (JWT + NKey seed).
+    CredsFile(PathBuf),
+}
+
+/// `[core.nats]`, validated.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub servers: Vec<String>,
+    pub auth: NatsAuth,
+    /// CA bundle the server's certificate must chain to (implies TLS).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
+    pub tls_required: bool,
+    pub names: Names,
+    /// Events waiting to be published at most; past it new events are dropped and counted.
+    pub queue_capacity: usize,
+}
+
+/// Why an ESP request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EspError {
+    #[error("NATS is not connected")]
+    Unavailable,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("{0}")]
+    Encode(String),
+}
+
+/// What the bus does with an `ExtensionData` nobody is waiting for (a push).
+pub type PushHandler = Arc<dyn Fn(ExtensionData) + Send + Sync>;
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<ExtensionData>>>>;
+
+/// Counters of the NATS bus.
+#[derive(Debug, Default)]
+pub struct NatsCounters {
+    pub published: AtomicU64,
+    pub dropped: AtomicU64,
+    pub esp_requests: AtomicU64,
+    pub esp_timeouts: AtomicU64,
+    pub malformed: AtomicU64,
+}
+
+/// The NATS bus; cheap to share behind an `Arc`.
+pub struct NatsBus {
+    client: async_nats::Client,
+    names: Names,
+    queue: mpsc::Sender<(String, Bytes)>,
+    local: broadcast::Sender<Event>,
+    pending: Pending,
+    pub counters: Arc<NatsCounters>,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Errors that stop the NATS bus from starting (bad settings, not an absent server).
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("NATS credentials file {path}: {source}")]
+    Creds {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("NATS: {0}")]
+    Connect(String),
+    #[error("NATS subscription: {0}")]
+    Subscribe(String),
+}
+
+impl NatsBus {
+    /// Connects (in the background when the server is not up yet), subscribes to this
+    /// replica's and KPC's `ExtensionData` subjects and starts the publisher.
+    /// `on_push` gets the `ExtensionData` that answer no pending request.
+    pub async fn start(
+        settings: NatsSettings,
+        on_push: PushHandler,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, NatsError> {
+        let names = settings.names.clone();
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("kp-gateway core {}", names.replica_id))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|ev| async move {
+                match ev {
+                    async_nats::Event::Connected => log::info!("nats: connected"),
+                    async_nats::Event::Disconnected => {
+                        log::warn!("nats: disconnected; reconnecting")
+                    }
+                    other => log::warn!("nats: {other}"),
+                }
+            });
+        opts = match &settings.auth {
+            NatsAuth::None => opts,
+            NatsAuth::UserPassword { user, password } => {
+                opts.user_and_password(user.clone(), password.expose().to_owned())
+            }
+            NatsAuth::Token(t) => opts.token(t.expose().to_owned()),
+            NatsAuth::CredsFile(path) => {
+                opts.credentials_file(path)
+                    .await
+                    .map_err(|source| NatsError::Creds {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
+        };
+        if let Some(ca) = &settings.tls_ca_file {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &settings.tls_client {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
+        if settings.tls_required {
+            opts = opts.require_tls(true);
+        }
+        let client = opts
+            .connect(settings.servers.clone())
+            .await
+            .map_err(|e| NatsError::Connect(e.to_string()))?;
+        let pending: Pending = Arc::default();
+        let counters = Arc::new(NatsCounters::default());
+        let replica = client
+            .subscribe(subjects::replica_extension_data(&names.replica_id))
+            .await
+            .map_err(|e| NatsError::Subscribe(e.to_string()))?;
+        let service = client
+            .queue_subscribe(
+                subjects::service_extension_data(&names.kpc),
+                names.kpc.clone(),
+            )
+            .await
+            .map_err(|e| NatsError::Subscribe(e.to_string()))?;
+        let inbound = futures_util::stream::select(replica, service);
+        tokio::spawn(receive(
+            inbound,
+            pending.clone(),
+            counters.clone(),
+            on_push,
+            shutdown.clone(),
+        ));
+        let (queue, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        tokio::spawn(publish_loop(client.clone(), rx, counters.clone(), shutdown));
+        Ok(Arc::new(Self {
+            client,
+            names,
+            queue,
+            local: broadcast::channel(1024).0,
+            pending,
+            counters,
+        }))
+    }
+
+    /// The names this core answers to and publishes as.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Is the connection to NATS up?
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Sends `ClientData` to extension `instance` and waits for its `ExtensionData`
+    /// (matched by correlation ID) on this replica's subject.
+    pub async fn esp_request(
+        &self,
+        instance: &str,
+        request: ClientData,
+        timeout: Duration,
+    ) -> Result<ExtensionData, EspError> {
+        if !self.connected() {
+            return Err(EspError::Unavailable);
+        }
+        let bytes =
+            avro::encode_client_data(&request).map_err(|e| EspError::Encode(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        let id = request.correlation_id.clone();
+        lock(&self.pending).insert(id.clone(), tx);
+        self.counters.esp_requests.fetch_add(1, Ordering::Relaxed);
+        let sent = self
+            .client
+            .publish_with_reply(
+                subjects::client_data(instance),
+                subjects::replica_extension_data(&self.names.replica_id),
+                bytes.into(),
+            )
+            .await;
+        let answer = match sent {
+            Err(e) => {
+                log::warn!("nats: ClientData to {instance} not sent: {e}");
+                Err(EspError::Unavailable)
+            }
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(x)) => Ok(x),
+                Ok(Err(_)) => Err(EspError::Unavailable),
+                Err(_) => {
+                    self.counters.esp_timeouts.fetch_add(1, Ordering::Relaxed);
+                    Err(EspError::Timeout(timeout))
+                }
+            },
+        };
+        lock(&self.pending).remove(&id);
+        answer
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EventBus for NatsBus {
+    fn publish(&self, event: Event) {
+        let subject = subjects::event(&self.names, &event);
+        let id = uuid::Uuid::new_v4().to_string();
+        match avro::encode_event(&event, &id, &self.names.replica_id) {
+            Ok(bytes) => {
+                if self.queue.try_send((subject, bytes.into())).is_err() {
+                    let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        log::warn!("nats: event queue full; {n} event(s) dropped so far");
+                    }
+                }
+            }
+            Err(e) => {
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                log::error!("nats: event not encoded ({e}): {event:?}");
+            }
+        }
+        let _ = self.local.send(event);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.local.subscribe()
+    }
+
+    fn wants_data(&self) -> bool {
+        true
+    }
+
+    fn dropped(&self) -> u64 {
+        self.counters.dropped.load(Ordering::Relaxed)
+    }
+}
+
+async fn publish_loop(
+    client: async_nats::Client,
+    mut rx: mpsc::Receiver<(String, Bytes)>,
+    counters: Arc<NatsCounters>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (subject, payload) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = rx.recv() => match next {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        match client.publish(subject, payload).await {
+            Ok(()) => {
+                counters.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                log::warn!("nats: event not published: {e}");
+            }
+        }
+    }
+    // What was published reaches the server before the process goes.
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
+
+async fn receive(
+    mut inbound: impl futures_util::Stream<Item = async_nats::Message> + Unpin,
+    pending: Pending,
+    counters: Arc<NatsCounters>,
+    on_push: PushHandler,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = inbound.next() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        match avro::decode_extension_data(&msg.payload) {
+            Ok(x) => {
+                let waiter = lock(&pending).remove(&x.correlation_id);
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(x);
+                    }
+                    None => on_push(x),
+                }
+            }
+            Err(e) => {
+                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "nats: malformed ExtensionData on {} ({} bytes) ignored: {e}",
+                    msg.subject,
+                    msg.payload.len()
+                );
+            }
+        }
+    }
+}
