@@ -5,7 +5,8 @@
 #   2. the end-to-end tests of the real binary against real peers (pytest): paho-mqtt,
 #      mosquitto_pub/mosquitto_sub, a Mosquitto broker, MQTT.js (npm `mqtt`) over
 #      WebSocket, curl, pymodbus devices over TCP and over socat pseudo-terminals, mbpoll,
-#      and Debian's chromium driven by npm playwright-core for the web page.
+#      Debian's chromium driven by npm playwright-core for the web page, and a real
+#      nats-server with nats-py + fastavro as an independent Kaa service on NATS.
 # Usage: tests/run.sh [extra pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,8 @@ command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 # A real browser for the web page's end-to-end walk (driven by npm playwright-core).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# A real NATS server for the scale-out tests (the core on Kaa's NATS subjects).
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
 if ! command -v cargo >/dev/null 2>&1; then
     # Debian 12 ships a current Rust as rustc-web/cargo-web; newer releases as rustc/cargo.
     if apt-cache show cargo-web >/dev/null 2>&1; then need+=(cargo-web rustc-web); else need+=(cargo rustc); fi

@@ -131,6 +131,7 @@ impl Core {
             remote.clone(),
         );
         let epl = epl::Epl::new(store.clone(), bus.clone(), config.epl.clone());
+        let epl_at_stop = epl.clone();
         let router = kpc::Dispatcher::new(extensions.clone(), config.max_payload_bytes)
             .with_epl(epl.clone());
         // Idle endpoints are disconnected by a periodic sweep.
@@ -260,6 +261,8 @@ impl Core {
             for t in tasks {
                 let _ = t.await;
             }
+            // Sessions cut by the shutdown leave their endpoints disconnected.
+            epl_at_stop.close_all().await;
         });
         log::info!(
             "platform core: MQTT listening on {mqtt_addr}, database {}",
@@ -301,5 +304,8 @@ impl Core {
     /// Waits until the listeners have stopped (after the shutdown token fired).
     pub async fn wait(self) {
         let _ = self.task.await;
+        if let Some(nats) = &self.nats {
+            nats.close().await;
+        }
     }
 }

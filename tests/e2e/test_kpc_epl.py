@@ -51,3 +51,18 @@ def test_an_idle_endpoint_is_disconnected_while_its_session_lives(tmp_path):
     finally:
         c.close()
         assert core.proc.stop() == 0, core.proc.output()
+
+
+def test_stopping_the_core_disconnects_the_endpoints_of_live_sessions(tmp_path):
+    core = Core(tmp_path)
+    c = KpClient(core.port, core.USER, core.PASSWORD, client_id="gw")
+    assert c.request(f"kp1/{AVN}/dcx/tok1/json/1", [{"x": 1}]) == ("status", b"")
+    assert c.request(f"kp1/{AVN}/dcx/tok2/json/2", [{"x": 1}]) == ("status", b"")
+    assert meta(core, "ep-tok1")["connected"] is True
+    try:
+        core.stop()  # the client is still connected
+    finally:
+        c.close()
+    for ep in ("ep-tok1", "ep-tok2"):
+        assert meta(core, ep)["connected"] is False, ep
+        assert series(core, ep) == [1.0, 0.0]

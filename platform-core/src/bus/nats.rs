@@ -85,6 +85,8 @@ pub struct NatsBus {
     local: broadcast::Sender<Event>,
     pending: Pending,
     pub counters: Arc<NatsCounters>,
+    closing: CancellationToken,
+    publisher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -119,19 +121,18 @@ impl NatsBus {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, NatsError> {
         let names = settings.names.clone();
+        let errors = Arc::new(AtomicU64::new(0));
         let mut opts = async_nats::ConnectOptions::new()
             .name(format!("kp-gateway core {}", names.replica_id))
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(5))
-            .event_callback(|ev| async move {
-                match ev {
-                    async_nats::Event::Connected => log::info!("nats: connected"),
-                    async_nats::Event::Disconnected => {
-                        log::warn!("nats: disconnected; reconnecting")
-                    }
-                    other => log::warn!("nats: {other}"),
-                }
+            // The client's own outgoing buffer is bounded like ours, so an outage fills
+            // them and drops events (counted) instead of holding memory without end.
+            .client_capacity(settings.queue_capacity.clamp(16, 1 << 20))
+            .event_callback(move |ev| {
+                let errors = errors.clone();
+                async move { log_event(ev, &errors) }
             });
         opts = match &settings.auth {
             NatsAuth::None => opts,
@@ -183,7 +184,15 @@ impl NatsBus {
             shutdown.clone(),
         ));
         let (queue, rx) = mpsc::channel(settings.queue_capacity.max(1));
-        tokio::spawn(publish_loop(client.clone(), rx, counters.clone(), shutdown));
+        // The publisher outlives the core's shutdown token: events of closing sessions
+        // still go out; `close` stops it once the listeners are done.
+        let closing = CancellationToken::new();
+        let publisher = tokio::spawn(publish_loop(
+            client.clone(),
+            rx,
+            counters.clone(),
+            closing.clone(),
+        ));
         Ok(Arc::new(Self {
             client,
             names,
@@ -191,12 +200,24 @@ impl NatsBus {
             local: broadcast::channel(1024).0,
             pending,
             counters,
+            closing,
+            publisher: Mutex::new(Some(publisher)),
         }))
     }
 
     /// The names this core answers to and publishes as.
     pub fn names(&self) -> &Names {
         &self.names
+    }
+
+    /// Stops publishing: what is queued goes out while NATS is up (2 s at most), the rest
+    /// is counted as dropped. Call after the listeners have stopped.
+    pub async fn close(&self) {
+        self.closing.cancel();
+        let publisher = lock(&self.publisher).take();
+        if let Some(p) = publisher {
+            let _ = p.await;
+        }
     }
 
     /// Is the connection to NATS up?
@@ -221,30 +242,48 @@ impl NatsBus {
         let id = request.correlation_id.clone();
         lock(&self.pending).insert(id.clone(), tx);
         self.counters.esp_requests.fetch_add(1, Ordering::Relaxed);
-        let sent = self
-            .client
-            .publish_with_reply(
-                subjects::client_data(instance),
-                subjects::replica_extension_data(&self.names.replica_id),
-                bytes.into(),
-            )
-            .await;
-        let answer = match sent {
-            Err(e) => {
-                log::warn!("nats: ClientData to {instance} not sent: {e}");
-                Err(EspError::Unavailable)
+        // The timeout covers sending too: during an outage the client's buffer may be full.
+        let round_trip = async {
+            self.client
+                .publish_with_reply(
+                    subjects::client_data(instance),
+                    subjects::replica_extension_data(&self.names.replica_id),
+                    bytes.into(),
+                )
+                .await
+                .map_err(|e| {
+                    log::warn!("nats: ClientData to {instance} not sent: {e}");
+                    EspError::Unavailable
+                })?;
+            rx.await.map_err(|_| EspError::Unavailable)
+        };
+        let answer = match tokio::time::timeout(timeout, round_trip).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.counters.esp_timeouts.fetch_add(1, Ordering::Relaxed);
+                Err(EspError::Timeout(timeout))
             }
-            Ok(()) => match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(x)) => Ok(x),
-                Ok(Err(_)) => Err(EspError::Unavailable),
-                Err(_) => {
-                    self.counters.esp_timeouts.fetch_add(1, Ordering::Relaxed);
-                    Err(EspError::Timeout(timeout))
-                }
-            },
         };
         lock(&self.pending).remove(&id);
         answer
+    }
+}
+
+/// Logs connection events; while reconnecting, the 1st, 2nd, 4th, 8th... error only.
+fn log_event(ev: async_nats::Event, errors: &AtomicU64) {
+    match ev {
+        async_nats::Event::Connected => {
+            errors.store(0, Ordering::Relaxed);
+            log::info!("nats: connected");
+        }
+        async_nats::Event::Disconnected => log::warn!("nats: disconnected; reconnecting"),
+        async_nats::Event::Closed => log::info!("nats: connection closed"),
+        other => {
+            let n = errors.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                log::warn!("nats: {other} ({n} since the last connect)");
+            }
+        }
     }
 }
 
@@ -300,7 +339,14 @@ async fn publish_loop(
                 None => break,
             },
         };
-        match client.publish(subject, payload).await {
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            sent = client.publish(subject, payload) => sent,
+        };
+        match sent {
             Ok(()) => {
                 counters.published.fetch_add(1, Ordering::Relaxed);
             }
@@ -310,8 +356,33 @@ async fn publish_loop(
             }
         }
     }
-    // What was published reaches the server before the process goes.
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+    // Shutting down: what is queued still goes out when NATS is up (2 s at most); the rest
+    // is counted as dropped.
+    let connected = client.connection_state() == async_nats::connection::State::Connected;
+    if connected {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok((subject, payload)) = rx.try_recv() {
+                if client.publish(subject, payload).await.is_err() {
+                    break;
+                }
+                counters.published.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = client.flush().await;
+        })
+        .await;
+    }
+    counters
+        .dropped
+        .fetch_add(rx.len() as u64, Ordering::Relaxed);
+    let dropped = counters.dropped.load(Ordering::Relaxed);
+    let published = counters.published.load(Ordering::Relaxed);
+    if dropped > 0 {
+        log::warn!(
+            "nats: {published} event(s) handed to the NATS client, {dropped} dropped (queue full or NATS away)"
+        );
+    } else {
+        log::info!("nats: {published} event(s) handed to the NATS client, none dropped");
+    }
 }
 
 async fn receive(
@@ -329,6 +400,12 @@ async fn receive(
                 None => break,
             },
         };
+        if msg.status.is_some() && msg.payload.is_empty() {
+            // A server status (e.g. "no responders" for a ClientData nobody serves): it
+            // names no request, so the request runs into its timeout (504).
+            log::debug!("nats: status {:?} on {}", msg.status, msg.subject);
+            continue;
+        }
         match avro::decode_extension_data(&msg.payload) {
             Ok(x) => {
                 let waiter = lock(&pending).remove(&x.correlation_id);

@@ -81,6 +81,19 @@ impl Presence {
             .collect()
     }
 
+    /// Forgets every session (the core is stopping): every endpoint that was connected,
+    /// once each, sorted.
+    pub fn close_all(&mut self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .uses
+            .drain()
+            .flat_map(|(_, used)| used.into_iter().map(|(ep, (avn, _))| (ep, avn)))
+            .collect();
+        all.sort();
+        all.dedup_by(|a, b| a.0 == b.0);
+        all
+    }
+
     /// Forgets uses older than `idle`: the endpoints that just became disconnected.
     pub fn expire(&mut self, now: Instant, idle: Duration) -> Vec<(String, String)> {
         let mut stale = Vec::new();
@@ -140,6 +153,17 @@ impl Epl {
     /// gateway's session carries many endpoints).
     pub async fn session_closed(&self, session: SessionId) {
         let gone = self.presence().close_session(session);
+        self.transition(gone, false).await;
+    }
+
+    /// The core is stopping: the endpoints of the sessions it drops are disconnected, in
+    /// one event (call once the listeners have stopped).
+    pub async fn close_all(&self) {
+        let gone = self.presence().close_all();
+        log::debug!(
+            "epl: core stopping, {} endpoint(s) still connected",
+            gone.len()
+        );
         self.transition(gone, false).await;
     }
 
@@ -226,6 +250,21 @@ mod tests {
         assert_eq!(p.close_session(1), vec![]);
         assert_eq!(p.close_session(2), vec![("ep".into(), "v".into())]);
         assert_eq!(p.close_session(2), vec![], "closing twice changes nothing");
+    }
+
+    #[test]
+    fn closing_all_lists_each_connected_endpoint_once() {
+        let mut p = Presence::default();
+        let now = Instant::now();
+        p.use_endpoint(1, "a", "v", now);
+        p.use_endpoint(2, "a", "v", now);
+        p.use_endpoint(2, "b", "v", now);
+        assert_eq!(
+            p.close_all(),
+            vec![("a".into(), "v".into()), ("b".into(), "v".into())]
+        );
+        assert!(p.close_all().is_empty());
+        assert!(p.close_session(1).is_empty());
     }
 
     #[test]

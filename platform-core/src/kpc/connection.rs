@@ -140,10 +140,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         buf: BytesMut::with_capacity(512),
         max_packet_size: ctx.limits.max_packet_size,
     };
-    let outcome = tokio::select! {
-        _ = shutdown.cancelled() => Ok(()),
-        r = run(&mut conn, &peer, &ctx) => r,
-    };
+    let outcome = run(&mut conn, &peer, &ctx, &shutdown).await;
     let (addr, transport) = (peer.addr, peer.transport);
     match outcome {
         Ok(()) => log::debug!("mqtt {transport} {addr}: closed"),
@@ -162,20 +159,34 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = conn.io.shutdown().await;
 }
 
+/// One connection from CONNECT to close. A shutdown cuts the handshake or the packet loop,
+/// never the cleanup after it (the session's endpoints are disconnected either way).
 async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut PacketReader<S>,
     peer: &Peer,
     ctx: &ConnContext,
+    shutdown: &CancellationToken,
 ) -> Result<(), ConnError> {
     // The handshake's futures are boxed (and gone once done): a task's size is that of
     // its largest state, and an idle connection should not carry the handshake's.
-    let Some(connect) = Box::pin(read_connect(conn, peer, ctx)).await? else {
-        return Ok(());
+    let handshake = async {
+        let Some(connect) = Box::pin(read_connect(conn, peer, ctx)).await? else {
+            return Ok(None);
+        };
+        let live = Box::pin(accept(conn, peer, ctx, &connect)).await?;
+        Ok::<_, ConnError>(live.map(|l| (connect, l)))
     };
-    let Some(mut live) = Box::pin(accept(conn, peer, ctx, &connect)).await? else {
-        return Ok(());
+    let (connect, mut live) = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        r = handshake => match r? {
+            Some(started) => started,
+            None => return Ok(()),
+        },
     };
-    let outcome = live.serve(conn, peer, ctx).await;
+    let outcome = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        r = live.serve(conn, peer, ctx) => r,
+    };
     if !connect.clean_session {
         ctx.hub.park(&connect.client_id, live.session);
     }

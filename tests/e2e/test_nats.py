@@ -1,0 +1,201 @@
+"""The core on NATS: Kaa events and external extensions, checked by an independent peer
+(nats-py + fastavro with Kaa's own .avsc files) through a real nats-server."""
+
+import json
+import re
+import time
+
+import pytest
+
+from conftest import Core, wait_for
+from kaa_nats import NatsPeer, NatsServer, decode, encode, extension_data
+from kp_client import KpClient
+
+AVN = Core.APP_VERSION
+EVENTS = "kaa.v1.events."
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    server = NatsServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def peer(nats_server):
+    p = NatsPeer(nats_server.url)
+    yield p
+    p.close()
+
+
+def nats_core(tmp_path, server, **nats_keys):
+    keys = {"servers": [server.url], "replica_id": "replica-a", **nats_keys.pop("nats", {})}
+    return Core(tmp_path, core_keys={"nats": keys, **nats_keys})
+
+
+def decoded(peer, subject, record):
+    return [decode(record, d) for s, d in peer.messages(subject) if s == subject]
+
+
+def test_every_event_decodes_as_its_kaa_record(tmp_path, nats_server, peer):
+    peer.collect(EVENTS + ">")
+    core = nats_core(tmp_path, nats_server)
+    client = KpClient(core.port, core.USER, core.PASSWORD, client_id="sensor")
+    try:
+        batch = [{"timestamp": 1000, "temp": 21.5, "label": "a"}, {"timestamp": 2000, "temp": 22, "hum": 40}]
+        assert client.request(f"kp1/{AVN}/dcx/tok1/json/1", batch) == ("status", b"")
+
+        dstp = EVENTS + "dcx.endpoint.data-collection.data-samples-received"
+        peer.wait_messages(dstp)
+        [ds] = decoded(peer, dstp, "DataSamplesEvent")
+        assert ds["endpointId"] == "ep-tok1" and ds["appVersionName"] == AVN
+        assert ds["contentType"] == "application/json"
+        assert [json.loads(s) for s in ds["dataSamples"]] == batch
+        assert ds["correlationId"] and ds["timestamp"] > 0
+
+        tstp = EVENTS + "epts.endpoint.data-collection.data-points-received."
+        peer.wait_messages(tstp, 2)
+        series = {}
+        for s, d in peer.messages(tstp):
+            ev = decode("TimeSeriesEvent", d)
+            assert s == tstp + ev["timeSeriesName"]
+            assert ev["endpointId"] == "ep-tok1"
+            series[ev["timeSeriesName"]] = [(p["timestamp"], p["values"]) for p in ev["dataPoints"]]
+            assert all(p["ingestionTimestamp"] > 0 for p in ev["dataPoints"])
+        assert series == {"auto~temp": [(1000, {"value": 21.5}), (2000, {"value": 22.0})],
+                          "auto~hum": [(2000, {"value": 40.0})]}
+
+        connected = EVENTS + "kpc.endpoint.connectivity.connected"
+        peer.wait_messages(connected)
+        [c] = decoded(peer, connected, "ConnectedEvent")
+        assert c["endpoints"] == {"ep-tok1": AVN}
+        assert c["originatorReplicaId"] == "replica-a"
+    finally:
+        client.close()
+    disconnected = EVENTS + "kpc.endpoint.connectivity.disconnected"
+    peer.wait_messages(disconnected)
+    [d] = decoded(peer, disconnected, "DisconnectedEvent")
+    assert d["endpoints"] == {"ep-tok1": AVN}
+
+    code, body = core.api("POST", "/api/v1/endpoints", {"appVersion": {"name": AVN}})
+    assert code == 201, body
+    new_id = body["endpointId"]
+    registered = EVENTS + "epr.endpoint.lifecycle.registered"
+    peer.wait_messages(registered)
+    [r] = decoded(peer, registered, "RegisteredEvent")
+    assert (r["endpointId"], r["appVersionName"], r["originatorReplicaId"]) == (new_id, AVN, "replica-a")
+    code, _ = core.api("DELETE", f"/api/v1/endpoints/{new_id}")
+    assert code in (200, 204)
+    unregistered = EVENTS + "epr.endpoint.lifecycle.unregistered"
+    peer.wait_messages(unregistered)
+    [u] = decoded(peer, unregistered, "UnregisteredEvent")
+    assert (u["endpointId"], u["appVersionName"]) == (new_id, AVN)
+    core.stop()
+    for s, d in peer.messages():
+        assert not s.endswith("data-points-received.") and d, f"empty subject token or record on {s}"
+
+
+def test_a_gateway_session_closing_is_one_disconnected_event_with_all_its_endpoints(tmp_path, nats_server, peer):
+    peer.collect(EVENTS + "kpc.endpoint.connectivity.>")
+    core = nats_core(tmp_path, nats_server)
+    gw = KpClient(core.port, core.USER, core.PASSWORD, client_id="gateway")
+    for i, token in enumerate(core.TOKENS):
+        assert gw.request(f"kp1/{AVN}/dcx/{token}/json/{i + 1}", {"v": i}) == ("status", b"")
+    peer.wait_messages(EVENTS + "kpc.endpoint.connectivity.connected", len(core.TOKENS))
+    gw.close()
+    disconnected = EVENTS + "kpc.endpoint.connectivity.disconnected"
+    peer.wait_messages(disconnected)
+    # the session is gone in the core's own state before the count is final
+    wait_for("all endpoints disconnected in the core",
+             lambda: core.query("SELECT count(*) FROM metadata WHERE key = 'connected' AND value = 'false'")
+             == [(len(core.TOKENS),)])
+    events = decoded(peer, disconnected, "DisconnectedEvent")
+    assert [e["endpoints"] for e in events] == [{f"ep-{t}": AVN for t in core.TOKENS}]
+    connected = decoded(peer, EVENTS + "kpc.endpoint.connectivity.connected", "ConnectedEvent")
+    assert sorted(k for e in connected for k in e["endpoints"]) == sorted(f"ep-{t}" for t in core.TOKENS)
+    core.stop()
+
+
+def test_an_external_extension_answers_pushes_and_fails_loudly(tmp_path, nats_server, peer):
+    def answer(req):
+        if req["payload"] == b"bad":
+            return extension_data(req, 400, reason="bad sample")
+        return extension_data(req, 200, payload=b'{"ok":true}')
+
+    peer.serve_extension("ext-dcx", answer)
+    extensions = [{"instance": "ext-dcx", "kind": "external"}, {"instance": "ext-gone", "kind": "external"}]
+    core = nats_core(tmp_path, nats_server, extensions=extensions, extension_timeout_ms=1500,
+                     nats={"replica_id": "replica-x"})
+    client = KpClient(core.port, core.USER, core.PASSWORD, client_id="dev")
+    try:
+        assert client.request(f"kp1/{AVN}/ext-dcx/tok1/json/7", b"hello") == ("status", b'{"ok":true}')
+        [(subject, reply, req)] = peer.requests
+        assert subject == "kaa.v1.service.ext-dcx.esp.ClientData"
+        assert reply == "kaa.v1.replica.replica-x.esp.ExtensionData"
+        assert (req["endpointId"], req["appVersionName"], req["resourcePath"], req["requestId"]) == \
+            ("ep-tok1", AVN, "/json", 7)
+        assert (req["payload"], req["configName"], req["timeout"]) == (b"hello", None, 1500)
+
+        outcome, body = client.request(f"kp1/{AVN}/ext-dcx/tok1/json/8", b"bad")
+        assert (outcome, json.loads(body)) == ("error", {"statusCode": 400, "reasonPhrase": "bad sample"})
+
+        # A push from the service (no request ID) reaches the session that uses the endpoint.
+        client.subscribe(f"kp1/{AVN}/ext-dcx/tok1/#")
+        push = extension_data({"correlationId": "push-1", "appVersionName": AVN, "endpointId": "ep-tok1",
+                               "resourcePath": "/command/reboot", "requestId": None},
+                              200, payload=b'[{"id":1}]', instance="ext-dcx")
+        peer.publish("kaa.v1.service.kpc.esp.ExtensionData", encode("ExtensionData", push))
+        topic, payload = client.wait_message(f"kp1/{AVN}/ext-dcx/tok1/command/reboot")
+        assert payload == b'[{"id":1}]'
+
+        # Nobody serves ext-gone: an error within the extension timeout, not silence.
+        started = time.monotonic()
+        outcome, body = client.request(f"kp1/{AVN}/ext-gone/tok1/json/9", b"x", timeout=30)
+        assert outcome == "error" and json.loads(body)["statusCode"] == 504, body
+        assert time.monotonic() - started >= 1.4
+
+        # NATS down: 503 at once; back up: answers again.
+        nats_server.stop()
+        wait_for("the core to see NATS down", lambda: "nats: disconnected" in core.proc.output())
+        outcome, body = client.request(f"kp1/{AVN}/ext-dcx/tok1/json/10", b"x", timeout=30)
+        assert outcome == "error" and json.loads(body)["statusCode"] == 503, body
+        nats_server.start()
+        wait_for("both sides back on NATS", lambda: peer.connected() and core.proc.output().count("nats: connected") >= 2,
+                 timeout=60)
+        # the peer's queue subscription is restored by nats-py on reconnect
+        wait_for("an answer after the restart",
+                 lambda: client.request(f"kp1/{AVN}/ext-dcx/tok1/json/11", b"x", timeout=30)[0] == "status",
+                 timeout=60, every=0.5)
+    finally:
+        client.close()
+    core.stop()
+
+
+def test_events_queue_while_nats_is_away_bounded_and_counted(tmp_path, nats_server, peer):
+    """NATS away: clients keep getting answers, events wait in a bounded queue, what does
+    not fit is dropped and counted, and the queue drains when NATS is back."""
+    core = nats_core(tmp_path, nats_server, nats={"queue_capacity": 5})
+    peer.collect(EVENTS + ">")
+    nats_server.stop()
+    wait_for("the core to see NATS down", lambda: "nats: disconnected" in core.proc.output())
+    client = KpClient(core.port, core.USER, core.PASSWORD, client_id="sensor")
+    try:
+        for i in range(1, 51):
+            assert client.request(f"kp1/{AVN}/dcx/tok1/json/{i}", {"v": i}) == ("status", b"")
+        assert len(core.query("SELECT 1 FROM time_series WHERE endpoint_id = 'ep-tok1' AND name = 'auto~v'")) == 50
+        nats_server.start()
+        # what waited in the queue arrives once both sides are back
+        got = peer.wait_messages(EVENTS, 5, timeout=60)
+        for subject, data in got:
+            assert data, subject
+    finally:
+        client.close()
+    core.stop()
+    m = re.search(r"nats: (\d+) event\(s\) handed to the NATS client, (\d+) dropped", core.proc.output())
+    assert m, core.proc.output()[-2000:]
+    handed, dropped = int(m.group(1)), int(m.group(2))
+    assert dropped > 0, "more events than the queue holds were made while NATS was away"
+    # 50 DSTP + 50 TSTP + connected + disconnected (at shutdown): each one either handed
+    # over or counted as dropped
+    assert handed + dropped == 102, (handed, dropped)
