@@ -154,6 +154,8 @@ def test_an_external_extension_answers_pushes_and_fails_loudly(tmp_path, nats_se
         outcome, body = client.request(f"kp1/{AVN}/ext-gone/tok1/json/9", b"x", timeout=30)
         assert outcome == "error" and json.loads(body)["statusCode"] == 504, body
         assert time.monotonic() - started >= 1.4
+        code, stats = core.api("GET", "/api/v1/kpc/stats")
+        assert (stats["nats"]["espRequests"], stats["nats"]["espTimeouts"]) == (3, 1), stats
 
         # NATS down: 503 at once; back up: answers again.
         nats_server.stop()
@@ -189,6 +191,10 @@ def test_events_queue_while_nats_is_away_bounded_and_counted(tmp_path, nats_serv
         got = peer.wait_messages(EVENTS, 5, timeout=60)
         for subject, data in got:
             assert data, subject
+        code, stats = core.api("GET", "/api/v1/kpc/stats")
+        assert code == 200 and stats["nats"]["eventsDropped"] > 0, stats
+        assert stats["nats"]["replicaId"] == "replica-a"
+        wait_for("the stats to show NATS connected", lambda: core.api("GET", "/api/v1/kpc/stats")[1]["nats"]["connected"])
     finally:
         client.close()
     core.stop()

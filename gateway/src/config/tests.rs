@@ -269,7 +269,7 @@ kind = "nope"
         "core.epmx.read_only_keys[1]: \"not fine\" must match ^[a-zA-Z0-9_]+$",
         "core.extensions[0].instance: \"cmx\" is already an instance",
         "core.http: cert_file and key_file go together (both for HTTPS, neither for HTTP)",
-        "core.extensions[1].kind: \"nope\" is not one of dcx, epmx, cmx, cex",
+        "core.extensions[1].kind: \"nope\" is not one of dcx, epmx, cmx, cex, external",
         "core.extensions[1].instance: \"Bad\" must match ^[a-z0-9_-]+$",
     ] {
         assert!(errs.iter().any(|e| e == want), "{want:?} not in {errs:#?}");
@@ -411,5 +411,69 @@ fn points_with_their_own_period_are_planned_apart_and_merged_within_it() {
     assert_eq!(
         errors(&too_fast),
         vec!["devices[0].points[1].poll_interval_ms: 5 is below the minimum of 10 ms"]
+    );
+}
+
+#[test]
+fn core_nats_keys_are_checked_with_their_paths() {
+    let errs = errors(
+        r#"
+[core]
+[[core.extensions]]
+instance = "remote_dcx"
+kind = "external"
+"#,
+    );
+    assert!(
+        errs.iter().any(|e| e
+            .starts_with("core.extensions[0].kind: \"external\" instances are reached over NATS")),
+        "{errs:#?}"
+    );
+    let errs = errors(
+        r#"
+[core]
+[core.nats]
+servers = ["nats://127.0.0.1:4222", "no such thing://x"]
+user = "kpc"
+token = "t"
+tls_cert_file = "client.pem"
+replica_id = "a.b"
+queue_capacity = 0
+"#,
+    );
+    for want in [
+        "core.nats: set one way to log in: user and password, token, or creds_file",
+        "core.nats.password: user is set: set its password too",
+        "core.nats.tls_cert_file: tls_cert_file and tls_key_file go together",
+        "core.nats.queue_capacity: must be at least 1",
+    ] {
+        assert!(errs.iter().any(|e| e == want), "{want:?} not in {errs:#?}");
+    }
+    assert!(
+        errs.iter().any(|e| e.starts_with("core.nats.servers[1]:")),
+        "{errs:#?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.starts_with("core.nats.replica_id:")),
+        "{errs:#?}"
+    );
+    let ok = Config::from_toml(
+        "[core]\n[core.nats]\nservers = [\"nats://127.0.0.1:4222\"]\ntoken = \"secret-token\"\n\
+         [[core.extensions]]\ninstance = \"dcx\"\nkind = \"external\"\n",
+    )
+    .unwrap();
+    let nats = ok.core.unwrap().nats.unwrap();
+    assert!(
+        nats.names.replica_id.starts_with("kpc-"),
+        "{:?}",
+        nats.names
+    );
+    assert_eq!(
+        (nats.names.kpc.as_str(), nats.names.epts.as_str()),
+        ("kpc", "epts")
+    );
+    assert!(
+        !format!("{nats:?}").contains("secret-token"),
+        "the token is not shown"
     );
 }

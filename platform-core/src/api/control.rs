@@ -373,6 +373,9 @@ pub(super) async fn kpc_stats(State(api): State<Api>) -> Json<Value> {
             "messagesDropped".into(),
             api.extensions.hub.dropped().into(),
         );
+        if let Some(nats) = &api.extensions.remote {
+            o.insert("nats".into(), nats.stats_json());
+        }
     }
     Json(v)
 }

@@ -220,6 +220,21 @@ impl NatsBus {
         }
     }
 
+    /// The counters as JSON (`/api/v1/kpc/stats`, key `nats`).
+    pub fn stats_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "connected": self.connected(),
+            "replicaId": self.names.replica_id,
+            "eventsPublished": n(&c.published),
+            "eventsDropped": n(&c.dropped),
+            "espRequests": n(&c.esp_requests),
+            "espTimeouts": n(&c.esp_timeouts),
+            "malformed": n(&c.malformed),
+        })
+    }
+
     /// Is the connection to NATS up?
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected

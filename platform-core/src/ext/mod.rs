@@ -119,7 +119,7 @@ pub struct Extensions {
     /// Where events go (9/ELCE lifecycle from the REST API, 13/DSTP and 14/TSTP from DCX).
     pub bus: Arc<dyn EventBus>,
     /// The NATS bus, when configured: external instances are reached through it.
-    remote: Option<Arc<NatsBus>>,
+    pub remote: Option<Arc<NatsBus>>,
 }
 
 impl Extensions {
