@@ -105,9 +105,8 @@ impl Core {
             None => (std::sync::Arc::new(bus::LocalBus::new(1024)), None),
             Some(settings) => {
                 let push_hub = hub.clone();
-                let on_push: bus::nats::PushHandler = std::sync::Arc::new(move |x| {
-                    ext::remote::push(&push_hub, x);
-                });
+                let on_push: bus::nats::PushHandler =
+                    std::sync::Arc::new(move |x| ext::remote::push(&push_hub, x));
                 let nats = bus::nats::NatsBus::start(settings, on_push, shutdown.clone()).await?;
                 (nats.clone(), Some(nats))
             }
@@ -132,6 +131,39 @@ impl Core {
         );
         let epl = epl::Epl::new(store.clone(), bus.clone(), config.epl.clone());
         let epl_at_stop = epl.clone();
+        if let Some(nats) = &remote {
+            // Other replicas ask which endpoints this one holds, and announce theirs.
+            let here = epl.clone();
+            nats.serve_presence(
+                std::sync::Arc::new(move |asked| here.held_here(asked)),
+                shutdown.clone(),
+            )
+            .await?;
+            tokio::spawn(api::serve_forwarded(
+                nats.clone(),
+                extensions.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            ));
+            let mut changes = nats.remote_changes();
+            let (follow, stop) = (epl.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        change = changes.recv() => match change {
+                            Ok((endpoints, connected)) => {
+                                follow.remote_change(endpoints, connected).await
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                log::warn!("epl: {n} connectivity change(s) of other replicas missed")
+                            }
+                            Err(_) => break,
+                        },
+                    }
+                }
+            });
+        }
         let router = kpc::Dispatcher::new(extensions.clone(), config.max_payload_bytes)
             .with_epl(epl.clone());
         // Idle endpoints are disconnected by a periodic sweep.

@@ -11,6 +11,7 @@
 mod control;
 mod credentials;
 mod files;
+mod forward;
 mod manage;
 
 use std::collections::{BTreeMap, HashSet};
@@ -184,26 +185,53 @@ pub fn router(ctx: ApiContext) -> Router {
         passwords: ctx.passwords,
         verified: Arc::default(),
     };
+    let api = Api {
+        store: ctx.extensions.store.clone(),
+        extensions: ctx.extensions,
+        stats: ctx.stats,
+    };
+    // The admin check runs first (outermost), then a command call may go to the replica
+    // holding the endpoint's session.
     routes()
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            forward::to_holder,
+        ))
         .route_layer(middleware::from_fn_with_state(guard, require_admin))
-        .with_state(Api {
-            store: ctx.extensions.store.clone(),
-            extensions: ctx.extensions,
-            stats: ctx.stats,
-        })
+        .with_state(api)
+}
+
+/// Answers command calls other core replicas pass on over NATS (see `forward`).
+pub async fn serve_forwarded(
+    nats: Arc<crate::bus::nats::NatsBus>,
+    extensions: Extensions,
+    stats: Stats,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    forward::serve(
+        nats,
+        router_for_authenticated_caller(extensions, stats),
+        shutdown,
+    )
+    .await
 }
 
 /// The same routes and handlers for a caller that has authenticated the user itself
 /// (the gateway's web console, behind its session and CSRF checks). Never mount this on
 /// a listener without such a check in front.
 pub fn router_for_authenticated_caller(extensions: Extensions, stats: Stats) -> Router {
+    let api = Api {
+        store: extensions.store.clone(),
+        extensions,
+        stats,
+    };
     routes()
+        .route_layer(middleware::from_fn_with_state(
+            api.clone(),
+            forward::to_holder,
+        ))
         .route_layer(middleware::from_fn(json_errors))
-        .with_state(Api {
-            store: extensions.store.clone(),
-            extensions,
-            stats,
-        })
+        .with_state(api)
 }
 
 fn routes() -> Router<Api> {

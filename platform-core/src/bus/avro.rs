@@ -327,6 +327,35 @@ impl Fields {
     }
 }
 
+/// A 9/ELCE connectivity event another replica published: its endpoints (ID, app
+/// version, sorted) and its `originatorReplicaId`.
+pub fn decode_connectivity(
+    bytes: &[u8],
+    connected: bool,
+) -> Result<(Vec<(String, String)>, String), AvroError> {
+    let s = schemas();
+    let f = Fields(decode(
+        if connected {
+            &s.connected
+        } else {
+            &s.disconnected
+        },
+        bytes,
+    )?);
+    let Some(Value::Map(m)) = f.0.get("endpoints") else {
+        return Err(AvroError("endpoints: no map".into()));
+    };
+    let mut endpoints = Vec::with_capacity(m.len());
+    for (id, v) in m {
+        let Value::String(avn) = v else {
+            return Err(AvroError(format!("endpoints[{id}]: no string")));
+        };
+        endpoints.push((id.clone(), avn.clone()));
+    }
+    endpoints.sort();
+    Ok((endpoints, f.string("originatorReplicaId")?))
+}
+
 pub fn decode_extension_data(bytes: &[u8]) -> Result<ExtensionData, AvroError> {
     let f = Fields(decode(&schemas().extension_data, bytes)?);
     Ok(ExtensionData {

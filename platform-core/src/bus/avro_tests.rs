@@ -180,3 +180,20 @@ fn events_encode_as_their_kaa_records() {
         assert!(encode_event(&ev, "c", "r").is_ok(), "{ev:?}");
     }
 }
+
+#[test]
+fn connectivity_events_decode_back() {
+    let ev = Event::Disconnected {
+        endpoints: vec![("b".into(), "v2".into()), ("a".into(), "v1".into())],
+        timestamp_ms: 42,
+    };
+    let bytes = encode_event(&ev, "corr", "r1").unwrap();
+    assert_eq!(
+        decode_connectivity(&bytes, false).unwrap(),
+        (
+            vec![("a".into(), "v1".into()), ("b".into(), "v2".into())],
+            "r1".to_string()
+        )
+    );
+    assert!(decode_connectivity(&bytes[..bytes.len() - 1], false).is_err());
+}

@@ -6,9 +6,13 @@
 //! informational, a bus that cannot keep up counts what it drops.
 
 pub mod avro;
+pub mod directory;
 pub mod nats;
 pub mod subjects;
 
+use std::collections::HashSet;
+
+use futures_util::future::BoxFuture;
 use tokio::sync::broadcast;
 
 /// One point of a numeric time series (14/TSTP `DataPoint`, value name `value`).
@@ -87,6 +91,16 @@ pub trait EventBus: Send + Sync + std::fmt::Debug {
     /// Events this bus could not pass on (queue full, backend down) since the start.
     fn dropped(&self) -> u64 {
         0
+    }
+    /// Of these endpoints (that just lost their last session here), the ones another core
+    /// replica still holds a session of. None on the in-process bus.
+    fn held_elsewhere(&self, _endpoints: Vec<String>) -> BoxFuture<'_, HashSet<String>> {
+        Box::pin(std::future::ready(HashSet::new()))
+    }
+    /// Endpoints left connected by replicas found gone since the last call, for this one
+    /// to disconnect. None on the in-process bus.
+    fn orphans(&self) -> BoxFuture<'_, Vec<(String, String)>> {
+        Box::pin(std::future::ready(Vec::new()))
     }
 }
 

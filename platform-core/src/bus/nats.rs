@@ -17,7 +17,12 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+#[path = "nats_replicas.rs"]
+mod replicas;
+pub use replicas::{HeldHere, RemoteChange};
+
 use super::avro::{self, ClientData, ExtensionData};
+use super::directory::Directory;
 use super::subjects::{self, Names};
 use super::{Event, EventBus};
 use crate::secret::Secret;
@@ -62,8 +67,9 @@ pub enum EspError {
     Encode(String),
 }
 
-/// What the bus does with an `ExtensionData` nobody is waiting for (a push).
-pub type PushHandler = Arc<dyn Fn(ExtensionData) + Send + Sync>;
+/// What the bus does with an `ExtensionData` nobody is waiting for (a push): returns how
+/// many sessions here got it.
+pub type PushHandler = Arc<dyn Fn(ExtensionData) -> usize + Send + Sync>;
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<ExtensionData>>>>;
 
@@ -87,6 +93,8 @@ pub struct NatsBus {
     pub counters: Arc<NatsCounters>,
     closing: CancellationToken,
     publisher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    directory: Arc<Mutex<Directory>>,
+    remote: broadcast::Sender<RemoteChange>,
 }
 
 impl std::fmt::Debug for NatsBus {
@@ -176,11 +184,30 @@ impl NatsBus {
             .await
             .map_err(|e| NatsError::Subscribe(e.to_string()))?;
         let inbound = futures_util::stream::select(replica, service);
+        let directory: Arc<Mutex<Directory>> = Arc::default();
         tokio::spawn(receive(
+            Inbound {
+                client: client.clone(),
+                pending: pending.clone(),
+                counters: counters.clone(),
+                directory: directory.clone(),
+                on_push,
+                service_subject: subjects::service_extension_data(&names.kpc),
+            },
             inbound,
-            pending.clone(),
+            shutdown.clone(),
+        ));
+        let events = client
+            .subscribe(subjects::connectivity_events(&names.kpc))
+            .await
+            .map_err(|e| NatsError::Subscribe(e.to_string()))?;
+        let remote = broadcast::channel(1024).0;
+        tokio::spawn(replicas::watch_replicas(
+            events,
+            names.replica_id.clone(),
+            directory.clone(),
+            remote.clone(),
             counters.clone(),
-            on_push,
             shutdown.clone(),
         ));
         let (queue, rx) = mpsc::channel(settings.queue_capacity.max(1));
@@ -202,6 +229,8 @@ impl NatsBus {
             counters,
             closing,
             publisher: Mutex::new(Some(publisher)),
+            directory,
+            remote,
         }))
     }
 
@@ -308,6 +337,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl EventBus for NatsBus {
     fn publish(&self, event: Event) {
+        match &event {
+            Event::Connected { endpoints, .. } => lock(&self.directory).held_here(endpoints),
+            Event::Disconnected { endpoints, .. } => lock(&self.directory).disconnected(endpoints),
+            _ => {}
+        }
         let subject = subjects::event(&self.names, &event);
         let id = uuid::Uuid::new_v4().to_string();
         match avro::encode_event(&event, &id, &self.names.replica_id) {
@@ -337,6 +371,17 @@ impl EventBus for NatsBus {
 
     fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    fn held_elsewhere(
+        &self,
+        endpoints: Vec<String>,
+    ) -> futures_util::future::BoxFuture<'_, std::collections::HashSet<String>> {
+        Box::pin(self.still_held_elsewhere(endpoints))
+    }
+
+    fn orphans(&self) -> futures_util::future::BoxFuture<'_, Vec<(String, String)>> {
+        Box::pin(self.find_orphans())
     }
 }
 
@@ -400,11 +445,19 @@ async fn publish_loop(
     }
 }
 
-async fn receive(
-    mut inbound: impl futures_util::Stream<Item = async_nats::Message> + Unpin,
+/// What the receiving task needs.
+struct Inbound {
+    client: async_nats::Client,
     pending: Pending,
     counters: Arc<NatsCounters>,
+    directory: Arc<Mutex<Directory>>,
     on_push: PushHandler,
+    service_subject: String,
+}
+
+async fn receive(
+    io: Inbound,
+    mut inbound: impl futures_util::Stream<Item = async_nats::Message> + Unpin,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -421,23 +474,37 @@ async fn receive(
             log::debug!("nats: status {:?} on {}", msg.status, msg.subject);
             continue;
         }
-        match avro::decode_extension_data(&msg.payload) {
-            Ok(x) => {
-                let waiter = lock(&pending).remove(&x.correlation_id);
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(x);
-                    }
-                    None => on_push(x),
-                }
-            }
+        let x = match avro::decode_extension_data(&msg.payload) {
+            Ok(x) => x,
             Err(e) => {
-                counters.malformed.fetch_add(1, Ordering::Relaxed);
+                io.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
                     "nats: malformed ExtensionData on {} ({} bytes) ignored: {e}",
                     msg.subject,
                     msg.payload.len()
                 );
+                continue;
+            }
+        };
+        let waiter = lock(&io.pending).remove(&x.correlation_id);
+        if let Some(tx) = waiter {
+            let _ = tx.send(x);
+            continue;
+        }
+        let endpoint = x.endpoint_id.clone();
+        let delivered = (io.on_push)(x);
+        // A push to the service subject that no session here took goes on to the
+        // replicas holding that endpoint (on their own subject: never passed on again).
+        if delivered == 0 && msg.subject.as_str() == io.service_subject {
+            let holders = endpoint
+                .map(|e| lock(&io.directory).holders(&[e]))
+                .unwrap_or_default();
+            for (replica, _) in holders {
+                log::debug!("nats: push passed on to replica {replica}");
+                let subject = subjects::replica_extension_data(&replica);
+                if let Err(e) = io.client.publish(subject, msg.payload.clone()).await {
+                    log::warn!("nats: push not passed on to {replica}: {e}");
+                }
             }
         }
     }

@@ -53,6 +53,23 @@ pub fn service_extension_data(kpc: &str) -> String {
     format!("kaa.v1.service.{kpc}.esp.ExtensionData")
 }
 
+/// The connectivity events of every replica of KPC `kpc` (to learn who holds what).
+pub fn connectivity_events(kpc: &str) -> String {
+    format!("kaa.v1.events.{kpc}.endpoint.connectivity.*")
+}
+
+/// Where replica `replica_id` answers which endpoints it holds (this project's own
+/// message, JSON: `{"endpoints": [...]}` → `{"held": [...]}`).
+pub fn presence(replica_id: &str) -> String {
+    format!("kaa.v1.replica.{replica_id}.kpgw.presence")
+}
+
+/// Where replica `replica_id` takes REST calls about the endpoints whose sessions it
+/// holds, passed on by another replica (this project's own message, JSON).
+pub fn forwarded_rest(replica_id: &str) -> String {
+    format!("kaa.v1.replica.{replica_id}.kpgw.rest")
+}
+
 /// One subject token from a free-form name: characters NATS gives a meaning to (`.`, `*`,
 /// `>`, whitespace) and `%` are percent-encoded, so a series name stays one token. The
 /// event body carries the name unchanged.

@@ -81,6 +81,16 @@ impl Presence {
             .collect()
     }
 
+    /// Whether a session here uses the endpoint.
+    pub fn holds(&self, endpoint_id: &str) -> bool {
+        self.users(endpoint_id) > 0
+    }
+
+    /// The endpoints of `asked` that a session here uses.
+    pub fn held(&self, asked: &[String]) -> Vec<String> {
+        asked.iter().filter(|e| self.holds(e)).cloned().collect()
+    }
+
     /// Forgets every session (the core is stopping): every endpoint that was connected,
     /// once each, sorted.
     pub fn close_all(&mut self) -> Vec<(String, String)> {
@@ -138,6 +148,11 @@ impl Epl {
         self.presence.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Which of `asked` a live session here uses (another replica asking).
+    pub fn held_here(&self, asked: &[String]) -> Vec<String> {
+        self.presence().held(asked)
+    }
+
     /// A session used an endpoint's token.
     pub async fn touch(&self, session: SessionId, endpoint_id: &str, app_version: &str) {
         let became =
@@ -153,7 +168,7 @@ impl Epl {
     /// gateway's session carries many endpoints).
     pub async fn session_closed(&self, session: SessionId) {
         let gone = self.presence().close_session(session);
-        self.transition(gone, false).await;
+        self.let_go(gone).await;
     }
 
     /// The core is stopping: the endpoints of the sessions it drops are disconnected, in
@@ -164,23 +179,75 @@ impl Epl {
             "epl: core stopping, {} endpoint(s) still connected",
             gone.len()
         );
-        self.transition(gone, false).await;
+        self.let_go(gone).await;
     }
 
-    /// Disconnects endpoints idle past the timeout; call periodically.
+    /// Disconnects endpoints idle past the timeout, and those left connected by replicas
+    /// found gone; call periodically.
     pub async fn sweep(&self) {
-        let Some(idle) = self.config.idle_timeout else {
-            return;
+        if let Some(idle) = self.config.idle_timeout {
+            let gone = self.presence().expire(Instant::now(), idle);
+            self.let_go(gone).await;
+        }
+        let orphans: Vec<(String, String)> = {
+            let found = self.bus.orphans().await;
+            let p = self.presence();
+            found.into_iter().filter(|(id, _)| !p.holds(id)).collect()
         };
-        let gone = self.presence().expire(Instant::now(), idle);
-        for (ep, _) in &gone {
-            log::info!("epl: endpoint {ep} idle for {idle:?}: disconnected");
+        if !orphans.is_empty() {
+            log::info!("epl: {orphans:?} were held by a replica that is gone");
+            self.transition(orphans, false).await;
+        }
+    }
+
+    /// Another replica announced a connectivity change: the registry here follows it
+    /// (no event), except that an endpoint still held here is announced connected again.
+    pub async fn remote_change(&self, endpoints: Vec<(String, String)>, connected: bool) {
+        let (held, rest): (Vec<_>, Vec<_>) = {
+            let p = self.presence();
+            endpoints.into_iter().partition(|(id, _)| p.holds(id))
+        };
+        if connected {
+            self.record(rest, true, true).await;
+        } else {
+            self.record(rest, false, true).await;
+            if !held.is_empty() {
+                log::info!("epl: {held:?} announced disconnected elsewhere but held here");
+                self.announce(held, true);
+            }
+        }
+    }
+
+    /// Endpoints this replica stopped holding: disconnected unless another replica holds
+    /// them (asked over the bus).
+    async fn let_go(&self, gone: Vec<(String, String)>) {
+        if gone.is_empty() {
+            return;
+        }
+        let ids = gone.iter().map(|(id, _)| id.clone()).collect();
+        let elsewhere = self.bus.held_elsewhere(ids).await;
+        let gone: Vec<_> = gone
+            .into_iter()
+            .filter(|(id, _)| !elsewhere.contains(id))
+            .collect();
+        if !elsewhere.is_empty() {
+            log::debug!("epl: {elsewhere:?} stay connected through another replica");
         }
         self.transition(gone, false).await;
     }
 
-    /// Records a connectivity change of `endpoints` (id, app version) and publishes it.
     async fn transition(&self, endpoints: Vec<(String, String)>, connected: bool) {
+        if endpoints.is_empty() {
+            return;
+        }
+        self.record(endpoints.clone(), connected, false).await;
+        self.announce(endpoints, connected);
+    }
+
+    /// Writes the connectivity metadata and time-series point of `endpoints`.
+    /// `known_only`: endpoints this registry does not have are skipped (another
+    /// replica's), instead of being an error.
+    async fn record(&self, endpoints: Vec<(String, String)>, connected: bool, known_only: bool) {
         if endpoints.is_empty() {
             return;
         }
@@ -201,6 +268,9 @@ impl Epl {
                     value: if connected { 1.0 } else { 0.0 },
                 };
                 for ep in &ids {
+                    if known_only && epr::endpoint_app_version(c, ep)?.is_none() {
+                        continue;
+                    }
                     epr::write_metadata(c, ep, &meta, false)?;
                     tsdb::insert_points(c, ep, std::slice::from_ref(&point))?;
                 }
@@ -216,15 +286,19 @@ impl Epl {
             log::error!("epl: {what} state of {endpoints:?} not recorded: {e}");
         }
         log::debug!("epl: {endpoints:?} {what}");
+    }
+
+    fn announce(&self, endpoints: Vec<(String, String)>, connected: bool) {
+        let timestamp_ms = now_ms();
         self.bus.publish(if connected {
             Event::Connected {
                 endpoints,
-                timestamp_ms: ts,
+                timestamp_ms,
             }
         } else {
             Event::Disconnected {
                 endpoints,
-                timestamp_ms: ts,
+                timestamp_ms,
             }
         });
     }

@@ -1,0 +1,146 @@
+"""Two core processes (replicas) on one real nats-server: connectivity stays right while
+clients move between them, a command sent through one replica's REST API reaches a client
+on the other, and a killed replica leaves nothing stuck."""
+
+import json
+import signal
+import threading
+
+import pytest
+
+from conftest import Core, wait_for
+from kaa_nats import NatsPeer, NatsServer, decode
+from kp_client import KpClient
+
+AVN = Core.APP_VERSION
+CONNECTIVITY = "kaa.v1.events.kpc.endpoint.connectivity."
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    server = NatsServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def peer(nats_server):
+    p = NatsPeer(nats_server.url)
+    p.collect(CONNECTIVITY + "*")
+    yield p
+    p.close()
+
+
+def replica(tmp_path, server, name):
+    d = tmp_path / name
+    d.mkdir()
+    return Core(d, core_keys={"nats": {"servers": [server.url], "replica_id": name}})
+
+
+def connected(core, endpoint):
+    rows = core.query("SELECT value FROM metadata WHERE endpoint_id = ? AND key = 'connected'", endpoint)
+    return json.loads(rows[0][0]) if rows else None
+
+
+def events(peer, kind):
+    record = "ConnectedEvent" if kind == "connected" else "DisconnectedEvent"
+    return [decode(record, d) for s, d in peer.messages(CONNECTIVITY + kind)]
+
+
+def test_an_endpoint_stays_connected_while_any_replica_holds_it(tmp_path, nats_server, peer):
+    a = replica(tmp_path, nats_server, "replica-a")
+    b = replica(tmp_path, nats_server, "replica-b")
+    on_a = KpClient(a.port, a.USER, a.PASSWORD, client_id="on-a")
+    on_b = None
+    try:
+        assert on_a.request(f"kp1/{AVN}/dcx/tok1/json/1", {"v": 1}) == ("status", b"")
+        peer.wait_messages(CONNECTIVITY + "connected")
+        # B follows A's event in its own registry
+        wait_for("B to record ep-tok1 connected", lambda: connected(b, "ep-tok1") is True)
+
+        on_b = KpClient(b.port, b.USER, b.PASSWORD, client_id="on-b")
+        assert on_b.request(f"kp1/{AVN}/dcx/tok1/json/2", {"v": 2}) == ("status", b"")
+        peer.wait_messages(CONNECTIVITY + "connected", 2)
+        wait_for("A to learn that B holds ep-tok1",
+                 lambda: "replica-b" in [e["originatorReplicaId"] for e in events(peer, "connected")])
+
+        on_a.close()
+        on_a = None
+        wait_for("A to let go of ep-tok1", lambda: "stay connected through another replica" in a.proc.output())
+        assert events(peer, "disconnected") == [], "B still holds ep-tok1"
+        assert connected(a, "ep-tok1") is True and connected(b, "ep-tok1") is True
+
+        on_b.close()
+        on_b = None
+        peer.wait_messages(CONNECTIVITY + "disconnected")
+        [d] = events(peer, "disconnected")
+        assert d["endpoints"] == {"ep-tok1": AVN} and d["originatorReplicaId"] == "replica-b"
+        wait_for("A to follow B's disconnected", lambda: connected(a, "ep-tok1") is False)
+        assert connected(b, "ep-tok1") is False
+    finally:
+        for c in (on_a, on_b):
+            if c is not None:
+                c.close()
+    a.stop()
+    b.stop()
+
+
+def test_a_command_sent_through_one_replica_reaches_a_client_on_the_other(tmp_path, nats_server, peer):
+    a = replica(tmp_path, nats_server, "replica-a")
+    b = replica(tmp_path, nats_server, "replica-b")
+    c = KpClient(a.port, a.USER, a.PASSWORD, client_id="device")
+    try:
+        assert c.request(f"kp1/{AVN}/dcx/tok1/json/1", {"v": 1}) == ("status", b"")
+        wait_for("B to learn that A holds ep-tok1", lambda: connected(b, "ep-tok1") is True)
+        answer = {}
+
+        def post():
+            answer["r"] = b.api("POST", "/api/v1/endpoints/ep-tok1/commands/reboot?awaitTimeout=20000",
+                                {"delay": 5})
+
+        t = threading.Thread(target=post)
+        t.start()
+        topic, payload = c.wait_message(f"kp1/{AVN}/cex/tok1/command/reboot/status", timeout=20)
+        [cmd] = json.loads(payload)
+        assert cmd["payload"] == {"delay": 5}
+        result = [{"id": cmd["id"], "statusCode": 200, "payload": {"uptime": 0}}]
+        assert c.request(f"kp1/{AVN}/cex/tok1/result/reboot/2", result) == ("status", b"")
+        t.join(30)
+        code, done = answer["r"]
+        assert code == 200 and done["status"] == "EXECUTED", done
+        # the result is read through B as well, while A holds the session
+        code, again = b.api("GET", f"/api/v1/endpoints/ep-tok1/commands/reboot/{done['id']}")
+        assert code == 200 and again["result"]["payload"] == {"uptime": 0}, again
+        # an unauthenticated call is refused by B before anything is passed on
+        code, _ = b.api("POST", "/api/v1/endpoints/ep-tok1/commands/reboot", {}, auth=("admin", "wrong"))
+        assert code == 401
+    finally:
+        c.close()
+    a.stop()
+    b.stop()
+
+
+def test_a_killed_replica_leaves_nothing_connected_for_ever(tmp_path, nats_server, peer):
+    a = replica(tmp_path, nats_server, "replica-a")
+    b = replica(tmp_path, nats_server, "replica-b")
+    c = KpClient(a.port, a.USER, a.PASSWORD, client_id="gateway")
+    for i, token in enumerate(["tok2", "tok3"], start=1):
+        assert c.request(f"kp1/{AVN}/dcx/{token}/json/{i}", {"v": i}) == ("status", b"")
+    wait_for("B to learn A's endpoints", lambda: connected(b, "ep-tok2") and connected(b, "ep-tok3"))
+    a.proc.stop(signal.SIGKILL)
+    c.close()
+    # The gateway comes back on B for tok2 only, then goes.
+    moved = KpClient(b.port, b.USER, b.PASSWORD, client_id="gateway")
+    try:
+        assert moved.request(f"kp1/{AVN}/dcx/tok2/json/3", {"v": 3}) == ("status", b"")
+    finally:
+        moved.close()
+    # Nothing stuck: both endpoints end disconnected, announced by the survivor.
+    wait_for("ep-tok2 and ep-tok3 disconnected in B",
+             lambda: connected(b, "ep-tok2") is False and connected(b, "ep-tok3") is False, timeout=60)
+    b.stop()
+    gone = []
+    for e in events(peer, "disconnected"):
+        assert e["originatorReplicaId"] == "replica-b"
+        gone += e["endpoints"].items()
+    assert sorted(gone) == [("ep-tok2", AVN), ("ep-tok3", AVN)], "each announced once"
