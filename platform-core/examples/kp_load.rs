@@ -49,6 +49,9 @@ struct Args {
     /// kp1: application version.
     #[arg(long, default_value = "bench-v1")]
     avn: String,
+    /// kp1: the extension instance the requests go to (a DCX instance, local or external).
+    #[arg(long, default_value = "dcx")]
+    extension: String,
     /// kp1: client c uses endpoint token `<prefix><c>`.
     #[arg(long, default_value = "t")]
     token_prefix: String,
@@ -100,7 +103,10 @@ async fn main() {
             index: c,
             mode: args.mode,
             topic_base: match args.mode {
-                Mode::Kp1 => format!("kp1/{}/dcx/{}{c}/json", args.avn, args.token_prefix),
+                Mode::Kp1 => format!(
+                    "kp1/{}/{}/{}{c}/json",
+                    args.avn, args.extension, args.token_prefix
+                ),
                 _ => format!("load/{}/{c}", std::process::id()),
             },
             tally: tally.clone(),

@@ -3,6 +3,7 @@
 
 import json
 import re
+import threading
 import time
 
 import pytest
@@ -205,3 +206,50 @@ def test_events_queue_while_nats_is_away_bounded_and_counted(tmp_path, nats_serv
     # 50 DSTP + 50 TSTP + connected + disconnected (at shutdown): each one either handed
     # over or counted as dropped
     assert handed + dropped == 102, (handed, dropped)
+
+
+def test_nats_restarted_under_load_leaves_no_request_unanswered(tmp_path, nats_server, peer):
+    peer.serve_extension("ext-dcx", lambda req: extension_data(req, 200, payload=b"ok"))
+    core = nats_core(tmp_path, nats_server, extensions=[{"instance": "ext-dcx", "kind": "external"}],
+                     extension_timeout_ms=2000)
+    remote = KpClient(core.port, core.USER, core.PASSWORD, client_id="remote")
+    local = KpClient(core.port, core.USER, core.PASSWORD, client_id="local")
+    outcomes = {"remote": [], "local": []}
+    restarted = threading.Event()
+
+    def drive(name, client, extension, token):
+        n = 0
+        after = 0
+        while after < 20:
+            n += 1
+            outcome, body = client.request(f"kp1/{AVN}/{extension}/{token}/json/{n}", b'{"v":1}', timeout=30)
+            code = 200 if outcome == "status" else json.loads(body)["statusCode"]
+            outcomes[name].append(code)
+            if restarted.is_set():
+                after += 1
+
+    threads = [threading.Thread(target=drive, args=("remote", remote, "ext-dcx", "tok1")),
+               threading.Thread(target=drive, args=("local", local, "dcx", "tok2"))]
+    try:
+        for t in threads:
+            t.start()
+        wait_for("answers before the restart", lambda: outcomes["remote"].count(200) >= 5)
+        nats_server.stop()
+        wait_for("a request during the outage", lambda: any(c != 200 for c in outcomes["remote"]), timeout=30)
+        nats_server.start()
+        wait_for("answers again after the restart",
+                 lambda: outcomes["remote"][-3:] == [200, 200, 200], timeout=60)
+        restarted.set()
+        for t in threads:
+            t.join(120)
+            assert not t.is_alive(), "a request got no answer"
+    finally:
+        restarted.set()
+        remote.close()
+        local.close()
+    # every request was answered: a success, or 503/504 while NATS was away
+    assert set(outcomes["remote"]) <= {200, 503, 504}, outcomes["remote"]
+    assert outcomes["remote"].count(200) >= 25
+    # what the core serves itself never noticed
+    assert set(outcomes["local"]) == {200}, outcomes["local"]
+    core.stop()
