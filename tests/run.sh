@@ -79,3 +79,10 @@ log "end-to-end tests (pytest)"
 export KP_GATEWAY_BIN="$PWD/target/debug/kp-gateway"
 export PATH="$PATH:/usr/sbin"  # mosquitto lives there on Debian
 "$VENV/bin/python" -m pytest tests/e2e -q -p no:cacheprovider "$@"
+
+# --- the core's end-to-end tests again, on the NATS bus ----------------------------------
+# Both buses implement one trait: the same tests run with [core.nats] pointed at a real
+# nats-server (one for the run, started and stopped by tests/e2e/conftest.py).
+log "end-to-end tests of the core on the NATS bus (KP_TEST_BUS=nats)"
+KP_TEST_BUS=nats "$VENV/bin/python" -m pytest tests/e2e/test_core_*.py tests/e2e/test_kpc_*.py \
+    tests/e2e/test_kaa_clients.py -q -p no:cacheprovider "$@"

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from conftest import Core, wait_for
-from kaa_nats import NatsPeer, NatsServer, decode
+from kaa_nats import NatsPeer, NatsServer, decode, encode, extension_data
 from kp_client import KpClient
 
 AVN = Core.APP_VERSION
@@ -144,3 +144,37 @@ def test_a_killed_replica_leaves_nothing_connected_for_ever(tmp_path, nats_serve
         assert e["originatorReplicaId"] == "replica-b"
         gone += e["endpoints"].items()
     assert sorted(gone) == [("ep-tok2", AVN), ("ep-tok3", AVN)], "each announced once"
+
+
+def test_a_push_from_an_extension_service_reaches_the_replica_holding_the_session(tmp_path, nats_server, peer):
+    extensions = [{"instance": "ext-cmd", "kind": "external"}]
+    cores = []
+    for name in ("replica-a", "replica-b"):
+        d = tmp_path / name
+        d.mkdir()
+        cores.append(Core(d, core_keys={"nats": {"servers": [nats_server.url], "replica_id": name},
+                                        "extensions": extensions}))
+    a, b = cores
+    peer.serve_extension("ext-cmd", lambda req: extension_data(req, 200))
+    c = KpClient(b.port, b.USER, b.PASSWORD, client_id="device")
+    try:
+        c.subscribe(f"kp1/{AVN}/ext-cmd/tok1/#")
+        assert c.request(f"kp1/{AVN}/ext-cmd/tok1/hello/1", b"hi") == ("status", b"")
+        wait_for("A to learn that B holds ep-tok1", lambda: connected(a, "ep-tok1") is True)
+        # The service sends to KPC's service subject: either replica may take each push
+        # (queue group); every one reaches the device, until A has passed some on.
+        i = 0
+        while i < 8 or "push passed on to replica replica-b" not in a.proc.output():
+            assert i < 200, "A never took a push"
+            push = extension_data({"correlationId": f"push-{i}", "appVersionName": AVN, "endpointId": "ep-tok1",
+                                   "resourcePath": f"/note/{i}", "requestId": None},
+                                  200, payload=str(i).encode(), instance="ext-cmd")
+            peer.publish("kaa.v1.service.kpc.esp.ExtensionData", encode("ExtensionData", push))
+            topic, payload = c.wait_message(f"kp1/{AVN}/ext-cmd/tok1/note/")
+            assert (topic, payload) == (f"kp1/{AVN}/ext-cmd/tok1/note/{i}", str(i).encode())
+            i += 1
+    finally:
+        c.close()
+    a.stop()
+    b.stop()
+    assert "push passed on" not in b.proc.output(), "B delivered every push it took"
