@@ -14,6 +14,7 @@ pub mod epr;
 pub mod ext;
 pub mod kp1;
 pub mod kpc;
+pub mod mirror;
 pub mod mqtt;
 pub mod secret;
 pub mod sessions;
@@ -119,7 +120,7 @@ impl Core {
                 epmx.read_only.push(k.clone());
             }
         }
-        let extensions = ext::Extensions::new(
+        let mut extensions = ext::Extensions::new(
             store.clone(),
             hub.clone(),
             epmx,
@@ -129,6 +130,10 @@ impl Core {
             bus.clone(),
             remote.clone(),
         );
+        if let (Some(nats), Some(settings)) = (&remote, &config.nats) {
+            extensions.registry =
+                mirror::sync::start(nats, settings, &store, &hub, &shutdown).await;
+        }
         let epl = epl::Epl::new(store.clone(), bus.clone(), config.epl.clone());
         let epl_at_stop = epl.clone();
         if let Some(nats) = &remote {

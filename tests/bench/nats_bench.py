@@ -96,11 +96,11 @@ applications = ["*"]
         wait_port(self.port, self.proc)
 
 
-def load(core: Core, clients: int, seconds: int, window: int, prefix: str, extension="dcx"):
+def load(core: Core, clients: int, seconds: int, window: int, prefix: str, extension="dcx", nodelay=False):
     return subprocess.Popen([str(LOAD), "--mode", "kp1", "--addr", f"127.0.0.1:{core.port}",
                              "--clients", str(clients), "--window", str(window), "--seconds", str(seconds),
                              "--user", USER, "--password", PASSWORD, "--token-prefix", prefix,
-                             "--extension", extension],
+                             "--extension", extension, *(["--nodelay"] if nodelay else [])],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -167,7 +167,8 @@ def main():
         try:
             for _ in range(a.rounds):
                 for name, extension in (("local dcx", "dcx"), ("external dcx over NATS", "ext-dcx")):
-                    r = result(load(ext, 1, a.latency_seconds, 1, "a", extension))
+                    # TCP_NODELAY on the client: one request at a time, no Nagle delay.
+                    r = result(load(ext, 1, a.latency_seconds, 1, "a", extension, nodelay=True))
                     r["extension"] = name
                     latency.setdefault(name, []).append(r)
                     raw["runs"].append(r)

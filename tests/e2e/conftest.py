@@ -161,7 +161,8 @@ class Core:
         core.update(core_keys or {})
         if os.environ.get("KP_TEST_BUS") == "nats" and "nats" not in core:
             # The same tests on the NATS bus (tests/run.sh runs the core's tests both ways).
-            core["nats"] = {"servers": [shared_nats_url()]}
+            # Its own KPC instance name: cores of different tests are no replicas of each other.
+            core["nats"] = {"servers": [shared_nats_url()], "kpc_instance": f"kpc{self.port}"}
         core["mqtt"].update(mqtt_keys or {})
         core["http"].update(http_keys or {})
         self.config = tmp / "core.toml"

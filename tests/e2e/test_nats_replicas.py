@@ -178,3 +178,43 @@ def test_a_push_from_an_extension_service_reaches_the_replica_holding_the_sessio
     a.stop()
     b.stop()
     assert "push passed on" not in b.proc.output(), "B delivered every push it took"
+
+
+def test_every_replica_shows_the_owners_registry(tmp_path, nats_server, peer):
+    cores = []
+    for name in ("replica-a", "replica-b"):
+        d = tmp_path / name
+        d.mkdir()
+        nats = {"servers": [nats_server.url], "replica_id": name, "registry_owner": "replica-a"}
+        cores.append(Core(d, core_keys={"nats": nats}))
+    a, b = cores
+    # Made through the mirror's API: it is the owner's, and the mirror's copy has it at once.
+    code, ep = b.api("POST", "/api/v1/endpoints", {"appVersion": AVN, "endpointId": "boiler-1", "token": "boiler-tok"})
+    assert code == 201, ep
+    assert a.api("GET", "/api/v1/endpoints/boiler-1")[0] == 200
+    assert b.query("SELECT app_version FROM endpoints WHERE id = 'boiler-1'") == [(AVN,)]
+    code, cred = a.api("POST", "/api/v1/credentials/basic", {"username": "field-gw", "password": "s3cret pw",
+                                                             "applications": ["*"]})
+    assert code == 201
+    assert a.api("PUT", "/api/v1/credentials/basic/field-gw/state", {"state": "ACTIVE"})[0] == 200
+    # Made on the owner: the mirror follows the owner's notice.
+    wait_for("the mirror to copy the credential",
+             lambda: b.query("SELECT state FROM credentials_basic WHERE username = 'field-gw'") == [("active",)])
+    assert [c["username"] for c in b.api("GET", "/api/v1/credentials/basic")[1]] == \
+        [c["username"] for c in a.api("GET", "/api/v1/credentials/basic")[1]]
+    device = KpClient(b.port, "field-gw", "s3cret pw", client_id="boiler")
+    try:
+        assert device.request(f"kp1/{AVN}/dcx/boiler-tok/json/1", [{"t": 70}]) == ("status", b"")
+        # Suspended on the owner: the session on the mirror ends.
+        code, _ = a.api("PUT", "/api/v1/endpoints/boiler-1/tokens/boiler-tok/state", {"state": "SUSPENDED"})
+        assert code == 200
+        assert device.disconnected.wait(20), "the mirror ends the sessions of a suspended token"
+    finally:
+        device.close()
+    # The owner away: the mirror answers registry reads from its copy, refuses writes.
+    a.stop()
+    code, got = b.api("GET", "/api/v1/endpoints/boiler-1")
+    assert code == 200 and got["endpointId"] == "boiler-1"
+    code, err = b.api("POST", "/api/v1/endpoints", {"appVersion": AVN})
+    assert code == 503 and "replica-a" in err["error"], err
+    b.stop()

@@ -1,6 +1,7 @@
-//! Commands for an endpoint whose session lives on another core replica: the REST call
-//! goes to that replica over NATS and its answer comes back as it is (docs/protocol.md
-//! §11), so a command reaches the device whichever replica's API was called.
+//! REST calls between core replicas on NATS (docs/protocol.md §11): a registry call goes
+//! to the registry owner, a command call to the replica holding the endpoint's session;
+//! the answer comes back as it is, so every replica's API shows the same registry and a
+//! command reaches the device whichever replica was called.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine as _;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +21,8 @@ use tower::ServiceExt;
 
 use super::Api;
 use crate::bus::nats::NatsBus;
+use crate::bus::subjects;
+use crate::mirror::Registry;
 
 /// Marks a call another replica passed on: it is never passed on again.
 const FORWARDED: &str = "x-kpgw-forwarded";
@@ -47,28 +51,102 @@ fn command_endpoint(path: &str) -> Option<&str> {
     (tail.starts_with("commands/") && !id.is_empty()).then_some(id)
 }
 
-/// In front of the API: a command call for an endpoint no session here holds, but
-/// another replica does, is answered by that replica.
-pub(super) async fn to_holder(State(api): State<Api>, req: Request, next: Next) -> Response {
+/// Routes about the registry: applications and their versions, endpoints and their
+/// tokens, credentials (not metadata, data, commands, configurations or files).
+fn is_registry_route(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/v1/") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["applications"]
+            | ["applications", _]
+            | ["applications", _, "app-versions"]
+            | ["endpoints"]
+            | ["endpoints", _]
+            | ["endpoints", _, "tokens", ..]
+            | ["credentials", ..]
+    )
+}
+
+/// In front of the API (after the admin check): with several replicas on NATS, a
+/// registry call goes to the registry owner, and a command call for an endpoint no
+/// session here holds goes to the replica that holds it.
+pub(super) async fn route(State(api): State<Api>, req: Request, next: Next) -> Response {
     let Some(nats) = api.extensions.remote.clone() else {
         return next.run(req).await;
     };
-    let Some(id) = command_endpoint(req.uri().path()).map(str::to_owned) else {
+    let path = req.uri().path().to_owned();
+    let forwarded = req.headers().contains_key(FORWARDED);
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if is_registry_route(&path) {
+        match &api.extensions.registry {
+            Registry::Mirror(mirror) if !forwarded => {
+                let mirror = mirror.clone();
+                return match pass_on(&nats, mirror.owner(), req).await {
+                    Ok(resp) => {
+                        if write && resp.status().is_success() {
+                            // What this caller made, its next call here sees.
+                            if let Err(e) = mirror.sync_now().await {
+                                log::warn!("mirror: copy after a change failed: {e}");
+                            }
+                        }
+                        resp
+                    }
+                    Err((parts, body, e)) if !write => {
+                        log::warn!(
+                            "api: registry owner {} unreachable ({e}); answering from the copy",
+                            mirror.owner()
+                        );
+                        next.run(Request::from_parts(parts, Body::from(body))).await
+                    }
+                    Err((_, _, e)) => super::ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("the registry owner {} is unreachable: {e}", mirror.owner()),
+                    )
+                    .into_response(),
+                };
+            }
+            Registry::Owner => {
+                let resp = next.run(req).await;
+                if write && resp.status().is_success() {
+                    crate::mirror::sync::announce(&nats).await;
+                }
+                return resp;
+            }
+            _ => {}
+        }
+    }
+    let Some(id) = command_endpoint(&path).map(str::to_owned) else {
         return next.run(req).await;
     };
-    if req.headers().contains_key(FORWARDED)
-        || api.extensions.hub.online_endpoints().contains_key(&id)
-    {
+    if forwarded || api.extensions.hub.online_endpoints().contains_key(&id) {
         return next.run(req).await;
     }
     let Some(replica) = nats.holders(&id).into_iter().next() else {
         return next.run(req).await;
     };
+    match pass_on(&nats, &replica, req).await {
+        Ok(resp) => resp,
+        Err((parts, body, e)) => {
+            // The holder is gone or NATS is down: answer from here (the command waits for
+            // the device's next session here, as for any offline endpoint).
+            log::warn!("api: replica {replica} did not take {}: {e}", parts.uri);
+            next.run(Request::from_parts(parts, Body::from(body))).await
+        }
+    }
+}
+
+type NotTaken = (axum::http::request::Parts, Bytes, String);
+
+/// Passes the call to `replica` and returns its answer; on failure, the call back.
+async fn pass_on(nats: &NatsBus, replica: &str, req: Request) -> Result<Response, NotTaken> {
     let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("request body: {e}")).into_response();
+            return Ok((StatusCode::BAD_REQUEST, format!("request body: {e}")).into_response());
         }
     };
     let call = Call {
@@ -78,10 +156,12 @@ pub(super) async fn to_holder(State(api): State<Api>, req: Request, next: Next) 
     };
     let timeout =
         Duration::from_millis(super::control::MAX_AWAIT_TIMEOUT_MS) + Duration::from_secs(10);
-    let sent = serde_json::to_vec(&call).map_err(|e| e.to_string());
-    let answered = match sent {
-        Ok(bytes) => nats.forward_rest(&replica, bytes, timeout).await,
-        Err(e) => Err(e),
+    let answered = match serde_json::to_vec(&call) {
+        Ok(bytes) => {
+            nats.request_raw(subjects::forwarded_rest(replica), bytes, timeout)
+                .await
+        }
+        Err(e) => Err(e.to_string()),
     };
     match answered.and_then(|a| decode_answer(&a)) {
         Ok(resp) => {
@@ -90,14 +170,9 @@ pub(super) async fn to_holder(State(api): State<Api>, req: Request, next: Next) 
                 call.method,
                 call.uri
             );
-            resp
+            Ok(resp)
         }
-        Err(e) => {
-            // The holder is gone or NATS is down: answer from here (the command waits for
-            // the device's next session here, as for any offline endpoint).
-            log::warn!("api: replica {replica} did not take {}: {e}", call.uri);
-            next.run(Request::from_parts(parts, Body::from(body))).await
-        }
+        Err(e) => Err((parts, body, e)),
     }
 }
 
@@ -119,7 +194,8 @@ fn decode_answer(bytes: &[u8]) -> Result<Response, String> {
 /// admin check: the replica that took the call checked the admin; NATS is trusted, as
 /// between Kaa's services — protect it with credentials).
 pub async fn serve(nats: Arc<NatsBus>, router: Router, shutdown: CancellationToken) {
-    let mut calls = match nats.forwarded_rest_calls().await {
+    let own = subjects::forwarded_rest(&nats.names().replica_id);
+    let mut calls = match nats.subscribe_to(own).await {
         Ok(s) => s,
         Err(e) => {
             log::error!("api: calls from other replicas not taken: {e}");
@@ -159,10 +235,10 @@ async fn run(router: Router, call: &[u8]) -> Answer {
     let (Ok(method), Ok(uri)) = (call.method.parse::<Method>(), call.uri.parse::<Uri>()) else {
         return error(StatusCode::BAD_REQUEST, "malformed method or URI".into());
     };
-    if command_endpoint(uri.path()).is_none() {
+    if command_endpoint(uri.path()).is_none() && !is_registry_route(uri.path()) {
         return error(
             StatusCode::FORBIDDEN,
-            "only command calls are taken from other replicas".into(),
+            "only command and registry calls are taken from other replicas".into(),
         );
     }
     let Ok(body) = base64::engine::general_purpose::STANDARD.decode(&call.body) else {
@@ -208,5 +284,31 @@ mod tests {
         assert_eq!(command_endpoint("/api/v1/endpoints/ep-1/metadata"), None);
         assert_eq!(command_endpoint("/api/v1/endpoints//commands/x"), None);
         assert_eq!(command_endpoint("/api/v1/credentials/basic"), None);
+    }
+
+    #[test]
+    fn registry_routes_are_told_apart_from_data_routes() {
+        for p in [
+            "/api/v1/applications",
+            "/api/v1/applications/demo",
+            "/api/v1/applications/demo/app-versions",
+            "/api/v1/endpoints",
+            "/api/v1/endpoints/e1",
+            "/api/v1/endpoints/e1/tokens",
+            "/api/v1/endpoints/e1/tokens/t/state",
+            "/api/v1/credentials/basic/u/scope",
+        ] {
+            assert!(is_registry_route(p), "{p}");
+        }
+        for p in [
+            "/api/v1/applications/demo/time-series/data",
+            "/api/v1/endpoints/e1/metadata",
+            "/api/v1/endpoints/e1/commands/reboot",
+            "/api/v1/endpoints/e1/config",
+            "/api/v1/app-versions/v1/config",
+            "/api/v1/kpc/stats",
+        ] {
+            assert!(!is_registry_route(p), "{p}");
+        }
     }
 }

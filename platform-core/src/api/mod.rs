@@ -193,10 +193,7 @@ pub fn router(ctx: ApiContext) -> Router {
     // The admin check runs first (outermost), then a command call may go to the replica
     // holding the endpoint's session.
     routes()
-        .route_layer(middleware::from_fn_with_state(
-            api.clone(),
-            forward::to_holder,
-        ))
+        .route_layer(middleware::from_fn_with_state(api.clone(), forward::route))
         .route_layer(middleware::from_fn_with_state(guard, require_admin))
         .with_state(api)
 }
@@ -226,10 +223,7 @@ pub fn router_for_authenticated_caller(extensions: Extensions, stats: Stats) -> 
         stats,
     };
     routes()
-        .route_layer(middleware::from_fn_with_state(
-            api.clone(),
-            forward::to_holder,
-        ))
+        .route_layer(middleware::from_fn_with_state(api.clone(), forward::route))
         .route_layer(middleware::from_fn(json_errors))
         .with_state(api)
 }

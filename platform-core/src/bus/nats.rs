@@ -54,6 +54,8 @@ pub struct NatsSettings {
     pub names: Names,
     /// Events waiting to be published at most; past it new events are dropped and counted.
     pub queue_capacity: usize,
+    /// The replica whose registry every replica copies (`None`: each keeps its own).
+    pub registry_owner: Option<String>,
 }
 
 /// Why an ESP request got no answer.

@@ -96,29 +96,36 @@ impl NatsBus {
             .collect()
     }
 
-    /// This replica's subscription to REST calls passed on by others.
-    pub async fn forwarded_rest_calls(&self) -> Result<async_nats::Subscriber, NatsError> {
+    /// A subscription to `subject` (this project's own replica messages).
+    pub async fn subscribe_to(&self, subject: String) -> Result<async_nats::Subscriber, NatsError> {
         self.client
-            .subscribe(subjects::forwarded_rest(&self.names.replica_id))
+            .subscribe(subject)
             .await
             .map_err(|e| NatsError::Subscribe(e.to_string()))
     }
 
-    /// Passes a REST call to `replica` and waits for its answer.
-    pub async fn forward_rest(
+    /// A request on `subject`, and its answer within `timeout`.
+    pub async fn request_raw(
         &self,
-        replica: &str,
-        call: Vec<u8>,
+        subject: String,
+        body: Vec<u8>,
         timeout: Duration,
     ) -> Result<Bytes, String> {
         let request = async_nats::Request::new()
-            .payload(call.into())
+            .payload(body.into())
             .timeout(Some(timeout));
         self.client
-            .send_request(subjects::forwarded_rest(replica), request)
+            .send_request(subject, request)
             .await
             .map(|msg| msg.payload)
             .map_err(|e| e.to_string())
+    }
+
+    /// Publishes `body` on `subject` (this project's own replica messages).
+    pub async fn publish_raw(&self, subject: String, body: Vec<u8>) {
+        if let Err(e) = self.client.publish(subject, body.into()).await {
+            log::warn!("nats: not published: {e}");
+        }
     }
 
     /// Sends `answer` to a request's reply subject.

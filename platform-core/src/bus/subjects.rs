@@ -70,6 +70,16 @@ pub fn forwarded_rest(replica_id: &str) -> String {
     format!("kaa.v1.replica.{replica_id}.kpgw.rest")
 }
 
+/// Where the registry owner `replica_id` answers with its whole registry (JSON).
+pub fn registry(replica_id: &str) -> String {
+    format!("kaa.v1.replica.{replica_id}.kpgw.registry")
+}
+
+/// Where the registry owner says its registry changed (no payload).
+pub fn registry_changed(kpc: &str) -> String {
+    format!("kaa.v1.service.{kpc}.kpgw.registry-changed")
+}
+
 /// One subject token from a free-form name: characters NATS gives a meaning to (`.`, `*`,
 /// `>`, whitespace) and `%` are percent-encoded, so a series name stays one token. The
 /// event body carries the name unchanged.

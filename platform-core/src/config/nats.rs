@@ -59,6 +59,7 @@ pub fn validate(n: RawCoreNats, state_dir: &Path, e: &mut Problems) -> NatsSetti
             None
         }
     };
+    let has_replica_id = n.replica_id.is_some();
     let replica_id = n.replica_id.unwrap_or_else(|| {
         let id = uuid::Uuid::new_v4().simple().to_string();
         format!("kpc-{}", &id[..12])
@@ -73,6 +74,20 @@ pub fn validate(n: RawCoreNats, state_dir: &Path, e: &mut Problems) -> NatsSetti
             e.add(
                 format!("core.nats.{key}"),
                 format!("{v:?} must be one NATS subject token (no '.', '*', '>', '%', spaces)"),
+            );
+        }
+    }
+    if let Some(owner) = &n.registry_owner {
+        if !is_plain_token(owner) || owner.contains('$') {
+            e.add(
+                "core.nats.registry_owner",
+                format!("{owner:?} must be a replica ID (one NATS subject token)"),
+            );
+        }
+        if !has_replica_id {
+            e.add(
+                "core.nats.replica_id",
+                "with registry_owner, set this replica's ID (the owner is found by it)",
             );
         }
     }
@@ -92,5 +107,6 @@ pub fn validate(n: RawCoreNats, state_dir: &Path, e: &mut Problems) -> NatsSetti
             replica_id,
         },
         queue_capacity: n.queue_capacity,
+        registry_owner: n.registry_owner,
     }
 }

@@ -68,6 +68,7 @@ pub struct RawCoreNats {
     pub epts_instance: String,
     #[serde(default = "defaults::nats_queue_capacity")]
     pub queue_capacity: usize,
+    pub registry_owner: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -120,6 +120,8 @@ pub struct Extensions {
     pub bus: Arc<dyn EventBus>,
     /// The NATS bus, when configured: external instances are reached through it.
     pub remote: Option<Arc<NatsBus>>,
+    /// Whose registry this replica keeps (its own unless `[core.nats] registry_owner`).
+    pub registry: crate::mirror::Registry,
 }
 
 impl Extensions {
@@ -151,6 +153,7 @@ impl Extensions {
             results: broadcast::channel(1024).0,
             bus,
             remote,
+            registry: crate::mirror::Registry::Own,
         }
     }
 
