@@ -211,6 +211,8 @@ def test_every_replica_shows_the_owners_registry(tmp_path, nats_server, peer):
         assert device.disconnected.wait(20), "the mirror ends the sessions of a suspended token"
     finally:
         device.close()
+    assert b.api("GET", "/api/v1/kpc/stats")[1]["nats"]["registry"]["role"] == "mirror"
+    assert a.api("GET", "/api/v1/kpc/stats")[1]["nats"]["registry"] == {"role": "owner"}
     # The owner away: the mirror answers registry reads from its copy, refuses writes.
     a.stop()
     code, got = b.api("GET", "/api/v1/endpoints/boiler-1")

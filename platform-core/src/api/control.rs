@@ -374,7 +374,11 @@ pub(super) async fn kpc_stats(State(api): State<Api>) -> Json<Value> {
             api.extensions.hub.dropped().into(),
         );
         if let Some(nats) = &api.extensions.remote {
-            o.insert("nats".into(), nats.stats_json());
+            let mut n = nats.stats_json();
+            if let Some(m) = n.as_object_mut() {
+                m.insert("registry".into(), api.extensions.registry.stats_json());
+            }
+            o.insert("nats".into(), n);
         }
     }
     Json(v)

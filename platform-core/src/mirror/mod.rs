@@ -29,6 +29,21 @@ pub enum Registry {
     Mirror(std::sync::Arc<sync::Mirror>),
 }
 
+impl Registry {
+    /// For `/api/v1/kpc/stats`: the role, and for a mirror its owner and copies made.
+    pub fn stats_json(&self) -> Value {
+        match self {
+            Self::Own => serde_json::json!({"role": "own"}),
+            Self::Owner => serde_json::json!({"role": "owner"}),
+            Self::Mirror(m) => serde_json::json!({
+                "role": "mirror",
+                "owner": m.owner(),
+                "copiesThatChangedSomething": m.updates.load(std::sync::atomic::Ordering::Relaxed),
+            }),
+        }
+    }
+}
+
 /// The registry tables in dependency order: name, columns (primary key first).
 const TABLES: &[(&str, &[&str])] = &[
     ("applications", &["name"]),
