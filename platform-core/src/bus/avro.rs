@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 
 use apache_avro::types::Value;
 use apache_avro::Schema;
+use serde::Serialize;
 
 use super::Event;
 
@@ -150,6 +151,20 @@ pub fn encode_event(ev: &Event, correlation_id: &str, replica: &str) -> Result<V
             ]);
             encode(&sc.appversion_updated, f)
         }
+        Event::DataSamples { .. } | Event::TimeSeries { .. } => {
+            encode_data_event(ev, correlation_id)
+        }
+    }
+}
+
+/// The data events, one per stored batch or series (the hot path): written straight from
+/// borrowed fields by apache-avro's schema-aware serializer, which takes each union's
+/// branch from the schema as resolving a value does (`value_reference` in the tests keeps
+/// the two in step), without building a value tree first.
+fn encode_data_event(ev: &Event, correlation_id: &str) -> Result<Vec<u8>, AvroError> {
+    let sc = schemas();
+    let mut out = Vec::with_capacity(128);
+    match ev {
         Event::DataSamples {
             endpoint_id,
             app_version,
@@ -157,22 +172,16 @@ pub fn encode_event(ev: &Event, correlation_id: &str, replica: &str) -> Result<V
             timestamp_ms,
             ..
         } => {
-            let mut f = header(correlation_id, *timestamp_ms, 0);
-            f.extend([
-                ("appVersionName", s(app_version)),
-                ("endpointId", s(endpoint_id)),
-                ("contentType", s("application/json")),
-                (
-                    "dataSamples",
-                    Value::Array(
-                        samples
-                            .iter()
-                            .map(|x| Value::Bytes(x.as_bytes().to_vec()))
-                            .collect(),
-                    ),
-                ),
-            ]);
-            encode(&sc.data_samples, f)
+            let record = DataSamplesRecord {
+                correlation_id,
+                timestamp: *timestamp_ms,
+                timeout: 0,
+                app_version_name: app_version,
+                endpoint_id,
+                content_type: "application/json",
+                data_samples: samples.iter().map(|x| AvroBytes(x.as_bytes())).collect(),
+            };
+            apache_avro::write_avro_datum_ref(&sc.data_samples, &record, &mut out).map_err(err)?;
         }
         Event::TimeSeries {
             endpoint_id,
@@ -181,28 +190,116 @@ pub fn encode_event(ev: &Event, correlation_id: &str, replica: &str) -> Result<V
             points,
             timestamp_ms,
         } => {
-            let points = points
-                .iter()
-                .map(|p| {
-                    Value::Record(vec![
-                        ("ingestionTimestamp".into(), Value::Long(p.ingestion_ms)),
-                        ("timestamp".into(), Value::Long(p.ts_ms)),
-                        (
-                            "values".into(),
-                            Value::Map(HashMap::from([("value".into(), Value::Double(p.value))])),
-                        ),
-                    ])
-                })
-                .collect();
-            let mut f = header(correlation_id, *timestamp_ms, 0);
-            f.extend([
-                ("appVersionName", s(app_version)),
-                ("endpointId", s(endpoint_id)),
-                ("timeSeriesName", s(series)),
-                ("dataPoints", Value::Array(points)),
-            ]);
-            encode(&sc.time_series, f)
+            let record = TimeSeriesRecord {
+                correlation_id,
+                timestamp: *timestamp_ms,
+                timeout: 0,
+                app_version_name: app_version,
+                endpoint_id,
+                time_series_name: series,
+                data_points: points
+                    .iter()
+                    .map(|p| DataPointRecord {
+                        ingestion_timestamp: p.ingestion_ms,
+                        timestamp: p.ts_ms,
+                        values: [("value", p.value)],
+                    })
+                    .collect(),
+            };
+            apache_avro::write_avro_datum_ref(&sc.time_series, &record, &mut out).map_err(err)?;
         }
+        _ => return Err(AvroError("not a data event".into())),
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DataSamplesRecord<'a> {
+    correlation_id: &'a str,
+    timestamp: i64,
+    timeout: i64,
+    app_version_name: &'a str,
+    endpoint_id: &'a str,
+    content_type: &'a str,
+    data_samples: Vec<AvroBytes<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TimeSeriesRecord<'a> {
+    correlation_id: &'a str,
+    timestamp: i64,
+    timeout: i64,
+    app_version_name: &'a str,
+    endpoint_id: &'a str,
+    time_series_name: &'a str,
+    data_points: Vec<DataPointRecord>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DataPointRecord {
+    ingestion_timestamp: i64,
+    timestamp: i64,
+    #[serde(serialize_with = "one_value")]
+    values: [(&'static str, f64); 1],
+}
+
+/// A TSTP `values` map with one entry, its value in the union's `double` branch (the
+/// serializer, left to choose, would take `float` and lose precision).
+fn one_value<S: serde::Serializer>(v: &[(&str, f64); 1], s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(1))?;
+    m.serialize_entry(v[0].0, &AvroDouble(v[0].1))?;
+    m.end()
+}
+
+struct AvroDouble(f64);
+
+impl Serialize for AvroDouble {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match double_branch() {
+            Some(i) => s.serialize_newtype_variant("value", i, "double", &self.0),
+            None => Err(serde::ser::Error::custom(
+                "the TSTP value union has no double",
+            )),
+        }
+    }
+}
+
+/// Where `double` is in the union of a TSTP data point's values, read from the schema.
+fn double_branch() -> Option<u32> {
+    static BRANCH: OnceLock<Option<u32>> = OnceLock::new();
+    *BRANCH.get_or_init(|| {
+        let Schema::Record(ts) = &schemas().time_series else {
+            return None;
+        };
+        let points = ts.fields.iter().find(|f| f.name == "dataPoints")?;
+        let Schema::Array(points) = &points.schema else {
+            return None;
+        };
+        let Schema::Record(point) = points.items.as_ref() else {
+            return None;
+        };
+        let values = point.fields.iter().find(|f| f.name == "values")?;
+        let Schema::Map(values) = &values.schema else {
+            return None;
+        };
+        let Schema::Union(u) = values.types.as_ref() else {
+            return None;
+        };
+        let i = u.variants().iter().position(|v| *v == Schema::Double)?;
+        u32::try_from(i).ok()
+    })
+}
+
+/// Avro `bytes` (serde would write a `Vec<u8>` as a sequence).
+struct AvroBytes<'a>(&'a [u8]);
+
+impl Serialize for AvroBytes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
     }
 }
 

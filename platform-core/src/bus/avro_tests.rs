@@ -197,3 +197,146 @@ fn connectivity_events_decode_back() {
     );
     assert!(decode_connectivity(&bytes[..bytes.len() - 1], false).is_err());
 }
+
+/// The data events as a value tree resolved against the schema: what the serializer path
+/// must match byte for byte.
+fn value_reference(ev: &Event, correlation_id: &str) -> Vec<u8> {
+    let sc = schemas();
+    let head = |ts: i64| {
+        vec![
+            (
+                "correlationId".to_string(),
+                Value::String(correlation_id.into()),
+            ),
+            ("timestamp".to_string(), Value::Long(ts)),
+            ("timeout".to_string(), Value::Long(0)),
+        ]
+    };
+    let (schema, mut f, tail) = match ev {
+        Event::DataSamples {
+            endpoint_id,
+            app_version,
+            samples,
+            timestamp_ms,
+            ..
+        } => (
+            &sc.data_samples,
+            head(*timestamp_ms),
+            vec![
+                (
+                    "appVersionName".to_string(),
+                    Value::String(app_version.clone()),
+                ),
+                ("endpointId".to_string(), Value::String(endpoint_id.clone())),
+                (
+                    "contentType".to_string(),
+                    Value::String("application/json".into()),
+                ),
+                (
+                    "dataSamples".to_string(),
+                    Value::Array(
+                        samples
+                            .iter()
+                            .map(|x| Value::Bytes(x.as_bytes().to_vec()))
+                            .collect(),
+                    ),
+                ),
+            ],
+        ),
+        Event::TimeSeries {
+            endpoint_id,
+            app_version,
+            series,
+            points,
+            timestamp_ms,
+        } => (
+            &sc.time_series,
+            head(*timestamp_ms),
+            vec![
+                (
+                    "appVersionName".to_string(),
+                    Value::String(app_version.clone()),
+                ),
+                ("endpointId".to_string(), Value::String(endpoint_id.clone())),
+                ("timeSeriesName".to_string(), Value::String(series.clone())),
+                (
+                    "dataPoints".to_string(),
+                    Value::Array(
+                        points
+                            .iter()
+                            .map(|p| {
+                                Value::Record(vec![
+                                    ("ingestionTimestamp".into(), Value::Long(p.ingestion_ms)),
+                                    ("timestamp".into(), Value::Long(p.ts_ms)),
+                                    (
+                                        "values".into(),
+                                        Value::Map(HashMap::from([(
+                                            "value".to_string(),
+                                            Value::Double(p.value),
+                                        )])),
+                                    ),
+                                ])
+                            })
+                            .collect(),
+                    ),
+                ),
+            ],
+        ),
+        _ => unreachable!("data events only"),
+    };
+    f.extend(tail);
+    let resolved = Value::Record(f).resolve(schema).unwrap();
+    apache_avro::to_avro_datum(schema, resolved).unwrap()
+}
+
+#[test]
+fn data_events_match_the_value_tree_encoding_byte_for_byte() {
+    let point = |i: i64, v: f64| SeriesPoint {
+        ingestion_ms: 1_700_000_000_000 + i,
+        ts_ms: -i,
+        value: v,
+    };
+    let cases = [
+        Event::DataSamples {
+            instance: "dcx".into(),
+            endpoint_id: "ep-1".into(),
+            app_version: "v1".into(),
+            samples: vec![r#"{"t":21.5}"#.into(), "{}".into(), "é".repeat(100)],
+            timestamp_ms: 42,
+        },
+        Event::DataSamples {
+            instance: "dcx".into(),
+            endpoint_id: String::new(),
+            app_version: "v1".into(),
+            samples: vec![],
+            timestamp_ms: i64::MAX,
+        },
+        Event::TimeSeries {
+            endpoint_id: "ep-1".into(),
+            app_version: "v1".into(),
+            series: "auto~temp".into(),
+            points: vec![
+                point(0, 21.5),
+                point(1, -0.0),
+                point(2, f64::MAX),
+                point(3, 1e-300),
+            ],
+            timestamp_ms: 7,
+        },
+        Event::TimeSeries {
+            endpoint_id: "ep-1".into(),
+            app_version: "v1".into(),
+            series: "a.b c".into(),
+            points: vec![],
+            timestamp_ms: 0,
+        },
+    ];
+    for ev in &cases {
+        let ours = encode_event(ev, "8c7f0a3e-0000-4000-8000-000000000001", "r").unwrap();
+        assert_eq!(
+            ours,
+            value_reference(ev, "8c7f0a3e-0000-4000-8000-000000000001"),
+            "{ev:?}"
+        );
+    }
+}
