@@ -253,3 +253,30 @@ def test_nats_restarted_under_load_leaves_no_request_unanswered(tmp_path, nats_s
     # what the core serves itself never noticed
     assert set(outcomes["local"]) == {200}, outcomes["local"]
     core.stop()
+
+
+def test_garbage_on_the_cores_subjects_is_counted_and_changes_nothing(tmp_path, nats_server, peer):
+    core = nats_core(tmp_path, nats_server)
+    junk = [b"", b"\xff" * 40, b"\x02c\x02\x00" + b"\x80" * 10, json.dumps({"endpoints": 5}).encode()]
+    for data in junk:
+        for subject in ("kaa.v1.replica.replica-a.esp.ExtensionData", "kaa.v1.service.kpc.esp.ExtensionData",
+                        "kaa.v1.events.kpc.endpoint.connectivity.connected",
+                        "kaa.v1.events.kpc.endpoint.connectivity.disconnected",
+                        "kaa.v1.replica.replica-a.kpgw.presence"):
+            peer.publish(subject, data)
+    # requests that expect an answer get one that says what was wrong
+    answer = peer._run(peer.nc.request("kaa.v1.replica.replica-a.kpgw.rest", b"{not json", timeout=10))
+    reply = json.loads(answer.data)
+    assert reply["status"] == 400, reply
+    forbidden = json.dumps({"method": "GET", "uri": "/api/v1/kpc/stats", "body": ""}).encode()
+    reply = json.loads(peer._run(peer.nc.request("kaa.v1.replica.replica-a.kpgw.rest", forbidden, timeout=10)).data)
+    assert reply["status"] == 403, "only command and registry calls are taken from other replicas"
+    wait_for("the malformed records counted",
+             lambda: core.api("GET", "/api/v1/kpc/stats")[1]["nats"]["malformed"] >= 2 * len(junk))
+    client = KpClient(core.port, core.USER, core.PASSWORD, client_id="after")
+    try:
+        assert client.request(f"kp1/{AVN}/dcx/tok1/json/1", {"v": 1}) == ("status", b"")
+    finally:
+        client.close()
+    assert core.proc.popen.poll() is None
+    core.stop()
