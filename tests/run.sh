@@ -82,7 +82,9 @@ export PATH="$PATH:/usr/sbin"  # mosquitto lives there on Debian
 
 # --- the core's end-to-end tests again, on the NATS bus ----------------------------------
 # Both buses implement one trait: the same tests run with [core.nats] pointed at a real
-# nats-server (one for the run, started and stopped by tests/e2e/conftest.py).
-log "end-to-end tests of the core on the NATS bus (KP_TEST_BUS=nats)"
+# nats-server (one for the run, started and stopped by tests/e2e/nats_shared.py); the
+# gateway-and-core tests (standalone site, bridge, Modbus to core) run this way too.
+log "end-to-end tests with the core on the NATS bus (KP_TEST_BUS=nats)"
 KP_TEST_BUS=nats "$VENV/bin/python" -m pytest tests/e2e/test_core_*.py tests/e2e/test_kpc_*.py \
-    tests/e2e/test_kaa_clients.py -q -p no:cacheprovider "$@"
+    tests/e2e/test_kaa_clients.py tests/e2e/test_bridge_to_core.py tests/e2e/test_standalone_site.py \
+    tests/e2e/test_modbus_to_core.py -q -p no:cacheprovider "$@"

@@ -6,7 +6,9 @@ fails here and not as a confusing gateway error). Keys are the ones documented i
 config/README.md; a builder only fills in what every test would otherwise repeat.
 """
 
+import os
 import tomllib
+import uuid
 from pathlib import Path
 
 
@@ -51,6 +53,17 @@ def render(doc: dict) -> str:
     return text
 
 
+def on_test_bus(core: dict) -> dict:
+    """With KP_TEST_BUS=nats (tests/run.sh's second pass), the core runs on NATS: one
+    nats-server for the run, and a KPC instance name of its own per core, so cores of
+    different tests are no replicas of each other."""
+    if os.environ.get("KP_TEST_BUS") != "nats" or "nats" in core:
+        return core
+    import nats_shared
+
+    return {**core, "nats": {"servers": [nats_shared.url()], "kpc_instance": f"kpc-{uuid.uuid4().hex[:12]}"}}
+
+
 def config(state: Path, *, upstream=None, core=None, buses=(), devices=(), buffer=None, gateway=None,
            log_level="debug") -> str:
     """A whole configuration: `[gateway]` with the state directory, then the given sections."""
@@ -60,7 +73,7 @@ def config(state: Path, *, upstream=None, core=None, buses=(), devices=(), buffe
     if buffer is not None:
         doc["buffer"] = buffer
     if core is not None:
-        doc["core"] = core
+        doc["core"] = on_test_bus(core)
     if buses:
         doc["modbus"] = {"buses": list(buses)}
     if devices:

@@ -102,28 +102,6 @@ def rest_call(port: int, method: str, path: str, body=None, auth=("admin", "admi
     return int(code), (json.loads(text) if text else None)
 
 
-_SHARED_NATS = {}
-
-
-def shared_nats_url() -> str:
-    """One nats-server for the whole run (KP_TEST_BUS=nats): started on first use on a
-    free loopback port, stopped by PID when the run ends."""
-    if "proc" not in _SHARED_NATS:
-        import atexit
-        import shutil
-        import tempfile
-
-        exe = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/bin")
-        assert exe, "nats-server is not installed"
-        port = free_port()
-        log = Path(tempfile.mkdtemp(prefix="kp-nats-")) / "nats.log"
-        proc = Proc("nats", [exe, "-a", "127.0.0.1", "-p", str(port)], log)
-        wait_port(port, proc)
-        atexit.register(proc.stop)
-        _SHARED_NATS.update(proc=proc, url=f"nats://127.0.0.1:{port}")
-    return _SHARED_NATS["url"]
-
-
 def hash_password(password: str) -> str:
     out = subprocess.run([str(BIN), "hash-password"], input=password + "\n", capture_output=True, text=True, check=True)
     return out.stdout.strip()
@@ -159,10 +137,6 @@ class Core:
             "endpoints": endpoints,
         }
         core.update(core_keys or {})
-        if os.environ.get("KP_TEST_BUS") == "nats" and "nats" not in core:
-            # The same tests on the NATS bus (tests/run.sh runs the core's tests both ways).
-            # Its own KPC instance name: cores of different tests are no replicas of each other.
-            core["nats"] = {"servers": [shared_nats_url()], "kpc_instance": f"kpc{self.port}"}
         core["mqtt"].update(mqtt_keys or {})
         core["http"].update(http_keys or {})
         self.config = tmp / "core.toml"
