@@ -133,6 +133,26 @@ class NatsPeer:
 
         self._run(sub())
 
+    def serve_token_provider(self, instance: str, answer):
+        """Plays a 16/ECAP provider: `answer(request) -> (endpointId or None, statusCode)`
+        for every EndpointTokenValidationRequest on its subject."""
+
+        async def on_msg(msg):
+            request = decode("EndpointTokenValidationRequest", msg.data)
+            with self.lock:
+                self.requests.append((msg.subject, msg.reply, request))
+            endpoint, status = answer(request)
+            reply = {"correlationId": request["correlationId"], "timestamp": int(time.time() * 1000),
+                     "timeout": 0, "tokenId": None, "endpointId": endpoint, "statusCode": status,
+                     "reasonPhrase": None if status == 200 else "unknown token"}
+            await self.nc.publish(msg.reply, encode("EndpointTokenValidationResponse", reply))
+
+        async def sub():
+            await self.nc.subscribe(f"kaa.v1.service.{instance}.ecap.ep-token-request", queue=instance, cb=on_msg)
+            await self.nc.flush()
+
+        self._run(sub())
+
     def publish(self, subject: str, data: bytes):
         async def pub():
             await self.nc.publish(subject, data)

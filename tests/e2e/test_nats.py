@@ -280,3 +280,30 @@ def test_garbage_on_the_cores_subjects_is_counted_and_changes_nothing(tmp_path, 
         client.close()
     assert core.proc.popen.poll() is None
     core.stop()
+
+
+def test_tokens_unknown_here_are_asked_of_the_ecap_provider(tmp_path, nats_server, peer):
+    core = nats_core(tmp_path, nats_server, nats={"ecap_provider": "cm"}, extension_timeout_ms=2000)
+    client = KpClient(core.port, core.USER, core.PASSWORD, client_id="device")
+    try:
+        # No provider on NATS yet: the client hears why, at once.
+        outcome, body = client.request(f"kp1/{AVN}/dcx/ext-tok/json/1", b'{"v":1}')
+        assert (outcome, json.loads(body)["statusCode"]) == ("error", 503)
+        peer.serve_token_provider("cm", lambda req: ("ext-ep-1", 200) if req["token"] == "ext-tok" else (None, 404))
+        assert client.request(f"kp1/{AVN}/dcx/ext-tok/json/2", b'{"v":2}') == ("status", b"")
+        [(subject, _, req)] = peer.requests
+        assert subject == "kaa.v1.service.cm.ecap.ep-token-request"
+        assert (req["appName"], req["token"], req["timeout"]) == ("demo", "ext-tok", 2000)
+        # recorded here: the next request needs no provider
+        assert core.query("SELECT endpoint_id, state FROM tokens WHERE token = 'ext-tok'") == [("ext-ep-1", "active")]
+        assert client.request(f"kp1/{AVN}/dcx/ext-tok/json/3", b'{"v":3}') == ("status", b"")
+        assert len(peer.requests) == 1
+        assert len(core.query("SELECT 1 FROM time_series WHERE endpoint_id = 'ext-ep-1' AND name = 'auto~v'")) == 2
+        # a token the provider does not know either is refused as usual; known ones never asked
+        outcome, body = client.request(f"kp1/{AVN}/dcx/nobody/json/4", b'{"v":4}')
+        assert (outcome, json.loads(body)["statusCode"]) == ("error", 401)
+        assert client.request(f"kp1/{AVN}/dcx/tok1/json/5", b'{"v":5}') == ("status", b"")
+        assert [r["token"] for _, _, r in peer.requests] == ["ext-tok", "nobody"]
+    finally:
+        client.close()
+    core.stop()

@@ -34,6 +34,8 @@ struct Schemas {
     appversion_updated: Schema,
     data_samples: Schema,
     time_series: Schema,
+    token_request: Schema,
+    token_response: Schema,
 }
 
 fn schemas() -> &'static Schemas {
@@ -55,6 +57,12 @@ fn schemas() -> &'static Schemas {
                 "../../schemas/0013-ep-data-samples-event.avsc"
             )),
             time_series: p(include_str!("../../schemas/0014-ep-time-series-event.avsc")),
+            token_request: p(include_str!(
+                "../../schemas/0016-endpoint-token-validation-request.avsc"
+            )),
+            token_response: p(include_str!(
+                "../../schemas/0016-endpoint-token-validation-response.avsc"
+            )),
         }
     })
 }
@@ -422,6 +430,40 @@ impl Fields {
             _ => None,
         }
     }
+}
+
+/// 16/ECAP: asks an authentication provider about an endpoint token of application `app`.
+pub fn encode_token_request(
+    correlation_id: &str,
+    timestamp_ms: i64,
+    timeout_ms: i64,
+    app: &str,
+    token: &str,
+) -> Result<Vec<u8>, AvroError> {
+    let mut f = header(correlation_id, timestamp_ms, timeout_ms);
+    f.extend([("appName", s(app)), ("token", s(token))]);
+    encode(&schemas().token_request, f)
+}
+
+/// A 16/ECAP token validation answer: the endpoint the token names, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenAnswer {
+    pub endpoint_id: Option<String>,
+    pub status_code: i32,
+    pub reason_phrase: Option<String>,
+}
+
+pub fn decode_token_response(bytes: &[u8]) -> Result<TokenAnswer, AvroError> {
+    let f = Fields(decode(&schemas().token_response, bytes)?);
+    let status_code = match f.0.get("statusCode") {
+        Some(Value::Int(n)) => *n,
+        _ => return Err(AvroError("statusCode: no int".into())),
+    };
+    Ok(TokenAnswer {
+        endpoint_id: f.opt_string("endpointId"),
+        status_code,
+        reason_phrase: f.opt_string("reasonPhrase"),
+    })
 }
 
 /// A 9/ELCE connectivity event another replica published: its endpoints (ID, app

@@ -340,3 +340,27 @@ fn data_events_match_the_value_tree_encoding_byte_for_byte() {
         );
     }
 }
+
+#[test]
+fn ecap_token_request_and_response() {
+    let bytes = encode_token_request("c", 1, 2000, "demo", "tok").unwrap();
+    #[rustfmt::skip]
+    let want: Vec<u8> = vec![
+        2, b'c', 2, 0xa0, 0x1f,       // correlationId, timestamp 1, timeout 2000
+        8, b'd', b'e', b'm', b'o',    // appName
+        6, b't', b'o', b'k',          // token
+    ];
+    assert_eq!(bytes, want);
+    // tokenId null (branch 1 of ["string","null"]), endpointId "e" (branch 0),
+    // statusCode 200, reasonPhrase null (branch 0 of ["null","string"])
+    let answer = [2, b'c', 2, 0, 2, 0, 2, b'e', 0x90, 0x03, 0];
+    assert_eq!(
+        decode_token_response(&answer).unwrap(),
+        TokenAnswer {
+            endpoint_id: Some("e".into()),
+            status_code: 200,
+            reason_phrase: None,
+        }
+    );
+    assert!(decode_token_response(&answer[..answer.len() - 3]).is_err());
+}

@@ -56,6 +56,8 @@ pub struct NatsSettings {
     pub queue_capacity: usize,
     /// The replica whose registry every replica copies (`None`: each keeps its own).
     pub registry_owner: Option<String>,
+    /// The 16/ECAP provider asked about endpoint tokens this registry does not know.
+    pub ecap_provider: Option<String>,
 }
 
 /// Why an ESP request got no answer.
@@ -95,6 +97,7 @@ pub struct NatsBus {
     pub counters: Arc<NatsCounters>,
     closing: CancellationToken,
     publisher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    ecap_provider: Option<String>,
     directory: Arc<Mutex<Directory>>,
     remote: broadcast::Sender<RemoteChange>,
 }
@@ -231,6 +234,7 @@ impl NatsBus {
             counters,
             closing,
             publisher: Mutex::new(Some(publisher)),
+            ecap_provider: settings.ecap_provider.clone(),
             directory,
             remote,
         }))
@@ -263,6 +267,47 @@ impl NatsBus {
             "espRequests": n(&c.esp_requests),
             "espTimeouts": n(&c.esp_timeouts),
             "malformed": n(&c.malformed),
+        })
+    }
+
+    /// Asks the 16/ECAP provider, if one is configured, about `token` of application
+    /// `app`: `None` without a provider.
+    pub async fn validate_token(
+        &self,
+        app: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Option<Result<avro::TokenAnswer, EspError>> {
+        let provider = self.ecap_provider.as_deref()?;
+        if !self.connected() {
+            return Some(Err(EspError::Unavailable));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let now = crate::store::now_ms();
+        let body = match avro::encode_token_request(&id, now, timeout_ms, app, token) {
+            Ok(b) => b,
+            Err(e) => return Some(Err(EspError::Encode(e.to_string()))),
+        };
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(timeout));
+        let asked = self
+            .client
+            .send_request(subjects::ecap_token_request(provider), request)
+            .await;
+        Some(match asked {
+            Ok(msg) => avro::decode_token_response(&msg.payload).map_err(|e| {
+                self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                EspError::Encode(format!("malformed answer from {provider}: {e}"))
+            }),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {
+                Err(EspError::Timeout(timeout))
+            }
+            Err(e) => {
+                log::warn!("nats: token provider {provider}: {e}");
+                Err(EspError::Unavailable)
+            }
         })
     }
 

@@ -80,6 +80,11 @@ pub fn registry_changed(kpc: &str) -> String {
     format!("kaa.v1.service.{kpc}.kpgw.registry-changed")
 }
 
+/// Where 16/ECAP provider `provider` takes endpoint token validation requests.
+pub fn ecap_token_request(provider: &str) -> String {
+    format!("kaa.v1.service.{provider}.ecap.ep-token-request")
+}
+
 /// One subject token from a free-form name: characters NATS gives a meaning to (`.`, `*`,
 /// `>`, whitespace) and `%` are percent-encoded, so a series name stays one token. The
 /// event body carries the name unchanged.

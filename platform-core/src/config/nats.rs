@@ -91,6 +91,20 @@ pub fn validate(n: RawCoreNats, state_dir: &Path, e: &mut Problems) -> NatsSetti
             );
         }
     }
+    if let Some(p) = &n.ecap_provider {
+        if !is_plain_token(p) || p.contains('$') {
+            e.add(
+                "core.nats.ecap_provider",
+                format!("{p:?} must be a service instance name (one NATS subject token)"),
+            );
+        }
+    }
+    if n.ecap_provider.is_some() && n.registry_owner.as_ref().is_some_and(|o| *o != replica_id) {
+        e.add(
+            "core.nats.ecap_provider",
+            "a registry mirror takes its tokens from the owner: set ecap_provider on the owner only",
+        );
+    }
     if n.queue_capacity == 0 {
         e.add("core.nats.queue_capacity", "must be at least 1");
     }
@@ -108,5 +122,6 @@ pub fn validate(n: RawCoreNats, state_dir: &Path, e: &mut Problems) -> NatsSetti
         },
         queue_capacity: n.queue_capacity,
         registry_owner: n.registry_owner,
+        ecap_provider: n.ecap_provider,
     }
 }

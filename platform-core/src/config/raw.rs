@@ -69,6 +69,7 @@ pub struct RawCoreNats {
     #[serde(default = "defaults::nats_queue_capacity")]
     pub queue_capacity: usize,
     pub registry_owner: Option<String>,
+    pub ecap_provider: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

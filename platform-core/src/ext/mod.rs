@@ -157,6 +157,11 @@ impl Extensions {
         }
     }
 
+    /// The deadline of one request to an extension (also a provider's answer).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The kind an instance name is served by, if it is one of ours.
     pub fn kind_of(&self, instance: &str) -> Option<ExtensionKind> {
         self.instances.get(instance).copied()

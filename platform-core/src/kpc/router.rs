@@ -6,6 +6,8 @@
 //! A session's first request for an endpoint also hands it what waited (configurations,
 //! commands: `Extensions::catch_up`).
 
+use crate::bus::avro::TokenAnswer;
+use crate::bus::nats::EspError;
 use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
 use crate::ext::{ExtensionKind, Extensions};
@@ -151,10 +153,97 @@ impl Dispatcher {
                 log::error!("token lookup failed: {e}");
                 Kp1Error::internal()
             })?;
+        if known && lookup == TokenLookup::Unknown {
+            if let Some(found) = self.ask_provider(avn, token).await? {
+                // Provisioned just now: cached from the next look-up on.
+                return Ok((known, found));
+            }
+        }
         if let TokenLookup::Active { endpoint_id } = &lookup {
             self.tokens.put(avn, token, endpoint_id, generation);
         }
         Ok((known, lookup))
+    }
+
+    /// A token this registry does not know, with `[core.nats] ecap_provider`: the 16/ECAP
+    /// provider is asked; a token it accepts is recorded here (its endpoint too) and used.
+    /// `None`: no provider, or it does not know the token either.
+    async fn ask_provider(&self, avn: &str, token: &str) -> Result<Option<TokenLookup>, Kp1Error> {
+        let Some(nats) = &self.extensions.remote else {
+            return Ok(None);
+        };
+        let a = avn.to_owned();
+        let app = self
+            .store
+            .call(move |c| epr::application_of(c, &a))
+            .await
+            .map_err(|e| {
+                log::error!("application look-up failed: {e}");
+                Kp1Error::internal()
+            })?
+            .unwrap_or_default();
+        let timeout = self.extensions.timeout();
+        let Some(answer) = nats.validate_token(&app, token, timeout).await else {
+            return Ok(None);
+        };
+        match answer {
+            Err(EspError::Timeout(d)) => Err(Kp1Error::new(
+                504,
+                format!(
+                    "the token provider did not answer within {} ms",
+                    d.as_millis()
+                ),
+            )),
+            Err(EspError::Unavailable) => Err(Kp1Error::new(
+                503,
+                "the token provider is unreachable".to_owned(),
+            )),
+            Err(EspError::Encode(e)) => {
+                log::warn!("ecap: {e}");
+                Err(Kp1Error::new(
+                    502,
+                    "the token provider's answer could not be read".to_owned(),
+                ))
+            }
+            Ok(TokenAnswer {
+                status_code: 200,
+                endpoint_id: Some(id),
+                ..
+            }) => {
+                let spec = epr::EndpointSpec {
+                    id: Some(id.clone()),
+                    token: token.to_owned().into(),
+                    app_version: avn.to_owned(),
+                    metadata: serde_json::Map::new(),
+                };
+                let (a, k) = (avn.to_owned(), token.to_owned());
+                let recorded = self
+                    .store
+                    .call(move |c| {
+                        epr::provision(c, &[], &[spec])?;
+                        epr::use_token(c, &a, &k)
+                    })
+                    .await;
+                match recorded {
+                    Ok(found) => {
+                        log::info!("ecap: token of endpoint {id} accepted by the provider");
+                        Ok(Some(found))
+                    }
+                    Err(e) => {
+                        log::warn!("ecap: token of endpoint {id} accepted but not recorded: {e}");
+                        Ok(None)
+                    }
+                }
+            }
+            Ok(refused) => {
+                log::info!(
+                    "ecap: the provider does not accept a token of {avn}: {} {}",
+                    refused.status_code,
+                    refused.reason_phrase.unwrap_or_default()
+                );
+                Ok(None)
+            }
+        }
     }
 
     async fn dispatch(
