@@ -37,14 +37,8 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from conftest import BIN, Proc, free_port, hash_password, wait_port  # noqa: E402
 from kaa_nats import NatsPeer, extension_data, nats_server_bin  # noqa: E402
 
-LOAD = ROOT / "target" / "release" / "examples" / "kp_load"
-USER, PASSWORD = "bench", "bench-password"
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+sys.path.insert(0, str(ROOT / "tests" / "bench"))
+from core_vs_broker import LOAD, PASSWORD, USER, cpu_seconds  # noqa: E402
 
 
 class Nats:

@@ -180,6 +180,16 @@ def anonymous_core(tmp_path):
 
 
 @pytest.fixture
+def nats_server(tmp_path):
+    """A real nats-server on a free loopback port for one test, stopped by PID."""
+    from kaa_nats import NatsServer  # kaa_nats imports this module
+
+    server = NatsServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def python():
     return sys.executable
 

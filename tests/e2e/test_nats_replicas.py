@@ -9,18 +9,11 @@ import threading
 import pytest
 
 from conftest import Core, wait_for
-from kaa_nats import NatsPeer, NatsServer, decode, encode, extension_data
+from kaa_nats import NatsPeer, decode, encode, extension_data
 from kp_client import KpClient
 
 AVN = Core.APP_VERSION
 CONNECTIVITY = "kaa.v1.events.kpc.endpoint.connectivity."
-
-
-@pytest.fixture
-def nats_server(tmp_path):
-    server = NatsServer(tmp_path)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

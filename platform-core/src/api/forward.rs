@@ -14,13 +14,12 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine as _;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::Api;
-use crate::bus::nats::NatsBus;
+use crate::bus::nats::{next_or_stop, NatsBus};
 use crate::bus::subjects;
 use crate::mirror::Registry;
 
@@ -203,12 +202,8 @@ pub async fn serve(nats: Arc<NatsBus>, router: Router, shutdown: CancellationTok
         }
     };
     loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = calls.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
+        let Some(msg) = next_or_stop(&mut calls, &shutdown).await else {
+            break;
         };
         let Some(reply) = msg.reply else {
             continue;

@@ -378,6 +378,18 @@ fn log_event(ev: async_nats::Event, errors: &AtomicU64) {
     }
 }
 
+/// The next message of `messages`, or `None` once `shutdown` fired or the stream ended:
+/// the loop of every NATS actor here.
+pub async fn next_or_stop<S>(messages: &mut S, shutdown: &CancellationToken) -> Option<S::Item>
+where
+    S: futures_util::Stream + Unpin,
+{
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        m = messages.next() => m,
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -508,12 +520,8 @@ async fn receive(
     shutdown: CancellationToken,
 ) {
     loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = inbound.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
+        let Some(msg) = next_or_stop(&mut inbound, &shutdown).await else {
+            break;
         };
         if msg.status.is_some() && msg.payload.is_empty() {
             // A server status (e.g. "no responders" for a ClientData nobody serves): it

@@ -53,12 +53,8 @@ impl NatsBus {
         let client = self.client.clone();
         tokio::spawn(async move {
             loop {
-                let msg = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    m = sub.next() => match m {
-                        Some(m) => m,
-                        None => break,
-                    },
+                let Some(msg) = next_or_stop(&mut sub, &shutdown).await else {
+                    break;
                 };
                 let Some(reply) = msg.reply else {
                     continue;
@@ -205,12 +201,8 @@ pub(super) async fn watch_replicas(
     shutdown: CancellationToken,
 ) {
     loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = events.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
+        let Some(msg) = next_or_stop(&mut events, &shutdown).await else {
+            break;
         };
         let connected = msg.subject.ends_with(".connected");
         if !connected && !msg.subject.ends_with(".disconnected") {

@@ -78,6 +78,13 @@ pub fn create_endpoint(
 /// Deletes an endpoint with its tokens, metadata, data, commands and configurations.
 pub fn delete_endpoint(conn: &mut Connection, id: &str) -> Result<bool, StoreError> {
     let tx = conn.transaction()?;
+    let deleted = delete_endpoint_in(&tx, id)?;
+    tx.commit()?;
+    Ok(deleted)
+}
+
+/// [`delete_endpoint`] inside the caller's transaction.
+pub fn delete_endpoint_in(conn: &Connection, id: &str) -> Result<bool, StoreError> {
     for sql in [
         "DELETE FROM tokens WHERE endpoint_id = ?1",
         "DELETE FROM metadata WHERE endpoint_id = ?1",
@@ -87,9 +94,8 @@ pub fn delete_endpoint(conn: &mut Connection, id: &str) -> Result<bool, StoreErr
         "DELETE FROM configs WHERE endpoint_id = ?1",
         "DELETE FROM configs_applied WHERE endpoint_id = ?1",
     ] {
-        tx.execute(sql, [id])?;
+        conn.execute(sql, [id])?;
     }
-    let n = tx.execute("DELETE FROM endpoints WHERE id = ?1", [id])?;
-    tx.commit()?;
+    let n = conn.execute("DELETE FROM endpoints WHERE id = ?1", [id])?;
     Ok(n == 1)
 }

@@ -60,18 +60,6 @@ const TABLES: &[(&str, &[&str])] = &[
     ),
 ];
 
-/// What an endpoint takes with it when the owner deleted it (as `epr::delete_endpoint`).
-const ENDPOINT_ROWS: &[&str] = &[
-    "DELETE FROM tokens WHERE endpoint_id = ?1",
-    "DELETE FROM metadata WHERE endpoint_id = ?1",
-    "DELETE FROM data_samples WHERE endpoint_id = ?1",
-    "DELETE FROM time_series WHERE endpoint_id = ?1",
-    "DELETE FROM commands WHERE endpoint_id = ?1",
-    "DELETE FROM configs WHERE endpoint_id = ?1",
-    "DELETE FROM configs_applied WHERE endpoint_id = ?1",
-    "DELETE FROM endpoints WHERE id = ?1",
-];
-
 /// The registry as the owner has it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -253,9 +241,8 @@ pub fn import(conn: &mut Connection, snapshot: &Snapshot) -> Result<Changes, Sto
             .collect();
         for key in gone {
             if name == "endpoints" {
-                for sql in ENDPOINT_ROWS {
-                    tx.execute(sql, [key])?;
-                }
+                // With everything it owns, as a deletion through the REST API.
+                crate::epr::delete_endpoint_in(&tx, key)?;
                 changes.endpoints.push(key.clone());
             } else {
                 tx.execute(&format!("DELETE FROM {name} WHERE {} = ?1", cols[0]), [key])?;

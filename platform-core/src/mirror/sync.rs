@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::{export, import, Changes, Registry, Snapshot};
-use crate::bus::nats::{NatsBus, NatsSettings};
+use crate::bus::nats::{next_or_stop, NatsBus, NatsSettings};
 use crate::bus::subjects;
 use crate::sessions::{Hub, Identity};
 use crate::store::StoreHandle;
@@ -190,12 +190,8 @@ pub async fn serve_owner(nats: Arc<NatsBus>, store: StoreHandle, shutdown: Cance
         }
     };
     loop {
-        let msg = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            m = asks.next() => match m {
-                Some(m) => m,
-                None => break,
-            },
+        let Some(msg) = next_or_stop(&mut asks, &shutdown).await else {
+            break;
         };
         let Some(reply) = msg.reply else {
             continue;
