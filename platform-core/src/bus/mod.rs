@@ -75,13 +75,6 @@ pub enum Event {
     },
 }
 
-impl Event {
-    /// Is this a data event (13/DSTP, 14/TSTP) rather than a lifecycle one?
-    pub fn is_data(&self) -> bool {
-        matches!(self, Self::DataSamples { .. } | Self::TimeSeries { .. })
-    }
-}
-
 /// Where services publish and observe events.
 pub trait EventBus: Send + Sync + std::fmt::Debug {
     fn publish(&self, event: Event);
