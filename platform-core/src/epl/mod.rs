@@ -271,8 +271,9 @@ impl Epl {
                     if known_only && epr::endpoint_app_version(c, ep)?.is_none() {
                         continue;
                     }
-                    epr::write_metadata(c, ep, &meta, false)?;
+                    // The point first: whoever sees the new state also finds its point.
                     tsdb::insert_points(c, ep, std::slice::from_ref(&point))?;
+                    epr::write_metadata(c, ep, &meta, false)?;
                 }
                 Ok(())
             })
