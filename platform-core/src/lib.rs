@@ -22,7 +22,9 @@ pub mod store;
 pub mod tsdb;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -171,6 +173,13 @@ impl Core {
         }
         let router = kpc::Dispatcher::new(extensions.clone(), config.max_payload_bytes)
             .with_epl(epl.clone());
+        // Raw samples of endpoints deleted before a stop cut their purge short.
+        let purge = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tsdb::purge_deleted(&purge).await {
+                log::error!("core store: purging deleted endpoints' samples failed: {e}");
+            }
+        });
         // Idle endpoints are disconnected by a periodic sweep.
         let sweep_stop = shutdown.clone();
         tokio::spawn(async move {
@@ -192,7 +201,7 @@ impl Core {
             config.mqtt.allow_anonymous,
             passwords.clone(),
         );
-        let ctx = ConnContext {
+        let ctx = Arc::new(ConnContext {
             router: router.clone(),
             auth: auth.clone(),
             hub: hub.clone(),
@@ -201,7 +210,8 @@ impl Core {
                 connect_timeout: config.mqtt.connect_timeout,
             },
             stats: stats.clone(),
-        };
+            in_flight: Arc::new(Semaphore::new(kpc::connection::MAX_REQUESTS_IN_FLIGHT)),
+        });
         let mut tasks = Vec::new();
         let mut http_addr = None;
         let https = config
@@ -229,8 +239,10 @@ impl Core {
                 }));
             }
             if http.websocket {
-                let mut ws_ctx = ctx.clone();
-                ws_ctx.auth = auth.with_anonymous(http.websocket_allow_anonymous);
+                let ws_ctx = Arc::new(ConnContext {
+                    auth: auth.with_anonymous(http.websocket_allow_anonymous),
+                    ..(*ctx).clone()
+                });
                 extra.push(kpc::ws::routes(
                     ws_ctx,
                     config.mqtt.max_connections,
@@ -276,8 +288,10 @@ impl Core {
                         source,
                     })?;
             tls_addr = Some(addr);
-            let mut tls_ctx = ctx.clone();
-            tls_ctx.auth = auth.with_anonymous(t.allow_anonymous);
+            let tls_ctx = Arc::new(ConnContext {
+                auth: auth.with_anonymous(t.allow_anonymous),
+                ..(*ctx).clone()
+            });
             tasks.push(tokio::spawn(kpc::listener::run(
                 listener,
                 tls_ctx,

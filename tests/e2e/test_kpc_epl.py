@@ -16,7 +16,7 @@ def meta(core, ep):
 
 def series(core, ep):
     return [v for (v,) in core.query(
-        "SELECT value FROM time_series WHERE endpoint_id = ? AND name = 'connectivity' ORDER BY rowid", ep)]
+        "SELECT value FROM time_series WHERE endpoint_id = ? AND name = 'connectivity' ORDER BY ts_ms, seq", ep)]
 
 
 def test_connected_while_any_session_uses_the_token(core):

@@ -31,7 +31,7 @@ def test_dcx_without_request_id_is_stored_and_gets_no_status(core, client):
     # the first has been processed too, and any status for it would have arrived first.
     assert client.request(f"kp1/{AVN}/dcx/tok2/json/1", [{"humidity": 41}]) == ("status", b"")
     assert [t for t, _ in client.seen] == [f"kp1/{AVN}/dcx/tok2/json/1/status"]
-    values = core.query("SELECT value FROM time_series WHERE endpoint_id='ep-tok2' AND name='auto~humidity' ORDER BY rowid")
+    values = core.query("SELECT value FROM time_series WHERE endpoint_id='ep-tok2' AND name='auto~humidity' ORDER BY ts_ms, seq")
     assert values == [(40.0,), (41.0,)]
 
 

@@ -281,6 +281,10 @@ pub(super) async fn delete_endpoint(
         });
     }
     let cut = api.extensions.hub.cut_endpoint(&id);
+    // Its raw samples, in steps (appends go on between them); gone when this answers.
+    crate::tsdb::purge_deleted(&api.store)
+        .await
+        .map_err(storage)?;
     log::info!("api: endpoint {id} deleted ({cut} live session(s) ended)");
     Ok(StatusCode::NO_CONTENT)
 }

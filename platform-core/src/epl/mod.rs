@@ -39,19 +39,35 @@ impl Default for EplConfig {
     }
 }
 
-/// Which sessions use which endpoints, and when they last did (pure).
+/// Which sessions use which endpoints, and when they last did (pure). Every operation
+/// a request makes is O(1) whatever the number of sessions (a per-endpoint count of its
+/// sessions is kept beside the per-session map).
 #[derive(Debug, Default)]
 pub struct Presence {
     /// session → endpoint id → (app version, last use)
     uses: HashMap<SessionId, HashMap<String, (String, Instant)>>,
+    /// endpoint id → how many sessions use it (no entry: none)
+    users: HashMap<String, usize>,
 }
 
 impl Presence {
     fn users(&self, endpoint_id: &str) -> usize {
-        self.uses
-            .values()
-            .filter(|m| m.contains_key(endpoint_id))
-            .count()
+        self.users.get(endpoint_id).copied().unwrap_or(0)
+    }
+
+    /// One session fewer uses `endpoint_id`; true when none is left.
+    fn release(&mut self, endpoint_id: &str) -> bool {
+        match self.users.get_mut(endpoint_id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.users.remove(endpoint_id);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records a use; true when the endpoint just became connected.
@@ -62,12 +78,19 @@ impl Presence {
         app_version: &str,
         now: Instant,
     ) -> bool {
-        let was_connected = self.users(endpoint_id) > 0;
-        self.uses
-            .entry(session)
-            .or_default()
-            .insert(endpoint_id.to_owned(), (app_version.to_owned(), now));
-        !was_connected
+        let used = self.uses.entry(session).or_default();
+        // The hot path (a session sending again for an endpoint it uses): no allocation.
+        if let Some((avn, last)) = used.get_mut(endpoint_id) {
+            *last = now;
+            if avn != app_version {
+                app_version.clone_into(avn);
+            }
+            return false;
+        }
+        used.insert(endpoint_id.to_owned(), (app_version.to_owned(), now));
+        let n = self.users.entry(endpoint_id.to_owned()).or_insert(0);
+        *n += 1;
+        *n == 1
     }
 
     /// A session ended: the endpoints (with app version) that just became disconnected.
@@ -76,7 +99,7 @@ impl Presence {
             return Vec::new();
         };
         used.into_iter()
-            .filter(|(ep, _)| self.users(ep) == 0)
+            .filter(|(ep, _)| self.release(ep))
             .map(|(ep, (avn, _))| (ep, avn))
             .collect()
     }
@@ -94,6 +117,7 @@ impl Presence {
     /// Forgets every session (the core is stopping): every endpoint that was connected,
     /// once each, sorted.
     pub fn close_all(&mut self) -> Vec<(String, String)> {
+        self.users.clear();
         let mut all: Vec<(String, String)> = self
             .uses
             .drain()
@@ -116,12 +140,13 @@ impl Presence {
                 keep
             });
         }
-        stale.sort();
-        stale.dedup();
-        stale
+        // Each stale use is one session fewer; an endpoint goes once its last one does.
+        let mut gone: Vec<(String, String)> = stale
             .into_iter()
-            .filter(|(ep, _)| self.users(ep) == 0)
-            .collect()
+            .filter(|(ep, _)| self.release(ep))
+            .collect();
+        gone.sort();
+        gone
     }
 }
 
@@ -159,7 +184,8 @@ impl Epl {
             self.presence()
                 .use_endpoint(session, endpoint_id, app_version, Instant::now());
         if became {
-            self.transition(vec![(endpoint_id.to_owned(), app_version.to_owned())], true)
+            // Boxed: rare, and kept out of every request's future.
+            Box::pin(self.transition(vec![(endpoint_id.to_owned(), app_version.to_owned())], true))
                 .await;
         }
     }
@@ -261,7 +287,7 @@ impl Epl {
         let ids: Vec<String> = endpoints.iter().map(|(id, _)| id.clone()).collect();
         let written = self
             .store
-            .call(move |c| {
+            .call_outside_registry(move |c| {
                 let point = tsdb::DataPoint {
                     series: CONNECTIVITY_SERIES.into(),
                     ts_ms: ts,
@@ -355,5 +381,21 @@ mod tests {
             p.use_endpoint(1, "quiet", "v", t0 + Duration::from_secs(70)),
             "a new use reconnects"
         );
+    }
+
+    #[test]
+    fn an_endpoint_idle_in_every_session_disconnects_once_and_a_live_use_keeps_it() {
+        let mut p = Presence::default();
+        let t0 = Instant::now();
+        for session in 1..=3 {
+            p.use_endpoint(session, "shared", "v", t0);
+        }
+        p.use_endpoint(4, "kept", "v", t0);
+        p.use_endpoint(5, "kept", "v", t0 + Duration::from_secs(50));
+        let gone = p.expire(t0 + Duration::from_secs(61), Duration::from_secs(60));
+        assert_eq!(gone, vec![("shared".into(), "v".into())]);
+        assert!(p.holds("kept") && !p.holds("shared"));
+        assert_eq!(p.close_session(4), vec![], "session 5 still uses it");
+        assert_eq!(p.close_session(5), vec![("kept".into(), "v".into())]);
     }
 }

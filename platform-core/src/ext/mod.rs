@@ -183,18 +183,25 @@ impl Extensions {
         payload: &[u8],
         session: Option<SessionId>,
     ) -> Result<Vec<u8>, Kp1Error> {
+        // Every kind but DCX (the hot path) runs boxed: a request's future is then the
+        // size of a data sample's, which is what thousands of requests in flight are.
         if kind == ExtensionKind::External {
-            return remote::request(
+            return Box::pin(remote::request(
                 self.remote.as_deref(),
                 t,
                 endpoint_id,
                 payload,
                 self.timeout,
-            )
+            ))
             .await;
         }
-        let work = self.run(t, kind, endpoint_id, payload, session);
-        match tokio::time::timeout(self.timeout, work).await {
+        let outcome = if kind == ExtensionKind::Dcx {
+            tokio::time::timeout(self.timeout, self.dcx(t, endpoint_id, payload)).await
+        } else {
+            let work = Box::pin(self.run(t, kind, endpoint_id, payload, session));
+            tokio::time::timeout(self.timeout, work).await
+        };
+        match outcome {
             Ok(r) => r,
             Err(_) => {
                 log::warn!(
@@ -207,6 +214,50 @@ impl Extensions {
                 ))
             }
         }
+    }
+
+    /// DCX: stores a batch of data samples (after the commit that holds them) and
+    /// announces them.
+    async fn dcx(
+        &self,
+        t: &Kp1Topic,
+        endpoint_id: String,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, Kp1Error> {
+        let (instance, resource) = (t.extension.as_str(), t.resource.as_str());
+        let store = &self.store;
+        let now = now_ms();
+        let samples = if resource == "json" {
+            dcx::parse_json(payload, now)?
+        } else if let Some(metric) = resource.strip_prefix("plain/") {
+            vec![dcx::parse_plain(metric, payload, now)?]
+        } else {
+            return Err(Kp1Error::not_found(format!(
+                "unknown dcx resource {resource:?}"
+            )));
+        };
+        if samples.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Events are built only when someone takes them (the hot path).
+        let events = self.bus.wants_data().then(|| {
+            dcx::events(
+                instance,
+                &endpoint_id,
+                t.app_version.as_str(),
+                now,
+                &samples,
+            )
+        });
+        store
+            .call_grouped(move |c| tsdb::append_samples(c, &endpoint_id, now, &samples))
+            .await
+            .map_err(storage)?;
+        // After the commit: what the events announce is stored.
+        for ev in events.into_iter().flatten() {
+            self.bus.publish(ev);
+        }
+        Ok(Vec::new())
     }
 
     async fn run(
@@ -226,40 +277,7 @@ impl Extensions {
             }
         };
         match kind {
-            ExtensionKind::Dcx => {
-                let now = now_ms();
-                let samples = if resource == "json" {
-                    dcx::parse_json(payload, now)?
-                } else if let Some(metric) = resource.strip_prefix("plain/") {
-                    vec![dcx::parse_plain(metric, payload, now)?]
-                } else {
-                    return Err(Kp1Error::not_found(format!(
-                        "unknown dcx resource {resource:?}"
-                    )));
-                };
-                if samples.is_empty() {
-                    return Ok(Vec::new());
-                }
-                // Events are built only when someone takes them (the hot path).
-                let events = self.bus.wants_data().then(|| {
-                    dcx::events(
-                        instance,
-                        &endpoint_id,
-                        t.app_version.as_str(),
-                        now,
-                        &samples,
-                    )
-                });
-                store
-                    .call_grouped(move |c| tsdb::append_samples(c, &endpoint_id, now, &samples))
-                    .await
-                    .map_err(storage)?;
-                // After the commit: what the events announce is stored.
-                for ev in events.into_iter().flatten() {
-                    self.bus.publish(ev);
-                }
-                Ok(Vec::new())
-            }
+            ExtensionKind::Dcx => self.dcx(t, endpoint_id, payload).await,
             ExtensionKind::Epmx => {
                 self.epmx(endpoint_id, epmx::parse(resource, payload)?)
                     .await

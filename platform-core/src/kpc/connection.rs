@@ -13,16 +13,17 @@
 //! the hub, and its unacknowledged pushes are sent again (DUP) before anything else.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use std::sync::atomic::Ordering;
 
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet, Publish};
 use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +34,8 @@ use crate::mqtt::connect::{peek_connect, ConnectPeek};
 use crate::mqtt::session::{Action, CloseReason, Session};
 use crate::sessions::{Attached, Hub};
 
-/// Everything a connection needs from its listener; cheap to clone.
+/// Everything a connection needs from its listener; shared by every connection (each
+/// holds an `Arc` of it, not a copy: most of a site's connections idle).
 #[derive(Debug, Clone)]
 pub struct ConnContext {
     pub router: Dispatcher,
@@ -41,7 +43,17 @@ pub struct ConnContext {
     pub hub: Hub,
     pub limits: ConnectionLimits,
     pub stats: Stats,
+    /// The core's budget of requests in flight over all connections (see
+    /// [`MAX_REQUESTS_IN_FLIGHT`]).
+    pub in_flight: Arc<Semaphore>,
 }
+
+/// Most requests read and not yet answered, over every connection together. A
+/// connection reads its next packet only with one of these in hand, so under more load
+/// than the core can take, requests wait in the kernel's socket buffers (where TCP slows
+/// the senders down) instead of in the core's memory, and connections take turns (the
+/// semaphore is fair). Enough to keep the store's group commit full.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 8192;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -131,7 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     peer: Peer,
-    ctx: ConnContext,
+    ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) {
     let mut conn = PacketReader {
@@ -375,6 +387,10 @@ struct Live {
 /// and the reply, sent together once the reply is ready.
 type Answer = (Publish, Option<Packet>, Option<Reply>);
 
+/// Waiting for a turn to read (one of the core's in-flight requests); `None`: no more
+/// turns (the budget was closed, which only happens when the core stops).
+type Turn = BoxFuture<'static, Option<OwnedSemaphorePermit>>;
+
 /// Most requests of one connection answered at once (data samples only; see
 /// [`Dispatcher::may_overlap`]). Replies still go out in the order of the requests.
 const MAX_OVERLAP: usize = 64;
@@ -389,13 +405,34 @@ impl Live {
     ) -> Result<(), ConnError> {
         let mut deadline = self.idle.map(|d| Instant::now() + d);
         let mut overlap: FuturesOrdered<BoxFuture<'_, Answer>> = FuturesOrdered::new();
+        // A turn to read the next packet, or the wait for one (MAX_REQUESTS_IN_FLIGHT).
+        let mut turn: Option<OwnedSemaphorePermit> = None;
+        let mut waiting: Option<Turn> = None;
         loop {
+            if turn.is_none() && waiting.is_none() {
+                match ctx.in_flight.clone().try_acquire_owned() {
+                    Ok(p) => turn = Some(p),
+                    Err(_) => {
+                        let budget = ctx.in_flight.clone();
+                        waiting = Some(Box::pin(async move { budget.acquire_owned().await.ok() }));
+                    }
+                }
+            }
+            let room = overlap.len() < MAX_OVERLAP;
             tokio::select! {
+                // Our turn came: read on. The wait was the core's, not the client's
+                // silence, so the keepalive window starts again.
+                got = wait_for_turn(&mut waiting), if room && waiting.is_some() => {
+                    waiting = None;
+                    let Some(p) = got else { return Ok(()) };
+                    turn = Some(p);
+                    deadline = self.idle.map(|d| Instant::now() + d);
+                }
                 // A packet from the client (cancel-safe: partial frames stay in the buffer).
-                packet = conn.next(), if overlap.len() < MAX_OVERLAP => {
+                packet = conn.next(), if room && turn.is_some() => {
                     deadline = self.idle.map(|d| Instant::now() + d);
                     // Boxed, like `answer` below: kept out of the idle connection's task.
-                    let flow = Box::pin(self.on_packet(packet?, conn, peer, ctx, &mut overlap)).await?;
+                    let flow = Box::pin(self.on_packet(packet?, &mut turn, conn, peer, ctx, &mut overlap)).await?;
                     if flow == Flow::Close {
                         // A DISCONNECT: what was asked before it is still answered.
                         while let Some(done) = overlap.next().await {
@@ -413,8 +450,7 @@ impl Live {
                     Box::pin(self.answer(ready, conn, peer, ctx)).await?;
                 }
                 // A push for an endpoint this session used, or a copy of another session's reply.
-                Some(msg) = self.attached.inbox.recv() => {
-                    self.attached.queued_bytes.fetch_sub(msg.payload.len(), Ordering::Relaxed);
+                msg = self.attached.inbox.recv() => {
                     if let Some(out) = self.session.publish(msg.topic, msg.qos, msg.payload) {
                         conn.send(&out).await?;
                     }
@@ -428,8 +464,8 @@ impl Live {
                     });
                     return Ok(());
                 }
-                // §3.1.2.10: nothing from the client for 1.5 × keepalive.
-                _ = sleep_until_deadline(deadline) => return Err(ConnError::Idle),
+                // §3.1.2.10: nothing from the client for 1.5 × keepalive (while we read).
+                _ = sleep_until_deadline(deadline), if turn.is_some() => return Err(ConnError::Idle),
             }
         }
     }
@@ -440,6 +476,7 @@ impl Live {
     async fn on_packet<'c, S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         packet: Packet,
+        turn: &mut Option<OwnedSemaphorePermit>,
         conn: &mut PacketReader<S>,
         peer: &Peer,
         ctx: &'c ConnContext,
@@ -454,10 +491,13 @@ impl Live {
                     let sid = self.attached.registration.id;
                     let router = &ctx.router;
                     let overlaps = router.may_overlap(&publish.topic);
+                    // The request holds the turn it was read with until it is answered.
+                    let held = turn.take();
                     let work: BoxFuture<'c, Answer> = Box::pin(async move {
                         let reply = router
                             .route(&publish.topic, &publish.payload, Some(sid))
                             .await;
+                        drop(held);
                         (publish, ack, reply)
                     });
                     overlap.push_back(work);
@@ -528,6 +568,13 @@ impl Live {
 enum Flow {
     Continue,
     Close,
+}
+
+async fn wait_for_turn(waiting: &mut Option<Turn>) -> Option<OwnedSemaphorePermit> {
+    match waiting {
+        Some(w) => w.await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_deadline(deadline: Option<Instant>) {

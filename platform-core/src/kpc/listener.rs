@@ -22,7 +22,7 @@ use crate::ccm::fingerprint_der;
 /// Accepts MQTT clients on `listener` until `shutdown` fires; TLS when `tls` is given.
 pub async fn run(
     listener: TcpListener,
-    ctx: ConnContext,
+    ctx: Arc<ConnContext>,
     tls: Option<TlsAcceptor>,
     max_connections: usize,
     shutdown: CancellationToken,
@@ -77,7 +77,7 @@ async fn serve_tls(
     stream: TcpStream,
     addr: SocketAddr,
     acceptor: TlsAcceptor,
-    ctx: ConnContext,
+    ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) {
     let handshake = tokio::time::timeout(ctx.limits.connect_timeout, acceptor.accept(stream));

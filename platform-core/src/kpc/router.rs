@@ -15,7 +15,7 @@ use crate::kp1::{Direction, Kp1Error, Kp1Topic};
 use crate::sessions::SessionId;
 use crate::store::StoreHandle;
 
-use super::token_cache::TokenCache;
+use super::token_cache::{Flight, TokenCache};
 use std::sync::Arc;
 
 /// A response to publish back to the requesting client.
@@ -135,13 +135,21 @@ impl Dispatcher {
         if let Some(endpoint_id) = self.tokens.get(avn, token, self.store.generation()) {
             return Ok((true, TokenLookup::Active { endpoint_id }));
         }
+        let flight = self.tokens.flight(avn, token);
+        if matches!(flight, Flight::Follow(_)) {
+            flight.wait().await;
+            if let Some(endpoint_id) = self.tokens.get(avn, token, self.store.generation()) {
+                return Ok((true, TokenLookup::Active { endpoint_id }));
+            }
+        }
         let (a, k) = (avn.to_owned(), token.to_owned());
         let store = self.store.clone();
+        // Outside the registry's generation: the look-up's only change (an inactive
+        // token turning active) makes no cached answer wrong, and a site whose tokens
+        // all start inactive would otherwise empty the cache once per endpoint.
         let (known, lookup, generation) = self
             .store
-            .call(move |c| {
-                // Read before the look-up's own change (an inactive token turning active
-                // moves the counter afterwards: the entry is then read once more).
+            .call_outside_registry(move |c| {
                 let generation = store.generation();
                 if !epr::app_version_exists(c, &a)? {
                     return Ok((false, TokenLookup::Unknown, generation));
@@ -154,7 +162,8 @@ impl Dispatcher {
                 Kp1Error::internal()
             })?;
         if known && lookup == TokenLookup::Unknown {
-            if let Some(found) = self.ask_provider(avn, token).await? {
+            // Boxed, as every rare path here: kept out of each request's future.
+            if let Some(found) = Box::pin(self.ask_provider(avn, token)).await? {
                 // Provisioned just now: cached from the next look-up on.
                 return Ok((known, found));
             }
@@ -301,7 +310,7 @@ impl Dispatcher {
                         epl.touch(s, &endpoint_id, t.app_version.as_str()).await;
                     }
                     if first {
-                        self.extensions.catch_up(s, &endpoint_id, t).await?;
+                        Box::pin(self.extensions.catch_up(s, &endpoint_id, t)).await?;
                     }
                 }
                 endpoint_id

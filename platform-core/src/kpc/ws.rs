@@ -28,14 +28,18 @@ const PIPE_BYTES: usize = 64 * 1024;
 
 #[derive(Clone)]
 struct WsState {
-    ctx: ConnContext,
+    ctx: Arc<ConnContext>,
     slots: Arc<Semaphore>,
     max_connections: usize,
     shutdown: CancellationToken,
 }
 
 /// The `/ws` route.
-pub fn routes(ctx: ConnContext, max_connections: usize, shutdown: CancellationToken) -> HttpRouter {
+pub fn routes(
+    ctx: Arc<ConnContext>,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) -> HttpRouter {
     HttpRouter::new()
         .route("/ws", get(upgrade))
         .with_state(WsState {
@@ -73,7 +77,7 @@ async fn upgrade(
 async fn bridge(
     socket: WebSocket,
     addr: SocketAddr,
-    ctx: ConnContext,
+    ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) {
     let (mqtt_side, ws_side) = tokio::io::duplex(PIPE_BYTES);

@@ -83,6 +83,11 @@ impl Mirror {
         for e in &changes.endpoints {
             self.hub.cut_endpoint(e);
         }
+        if !changes.endpoints.is_empty() {
+            crate::tsdb::purge_deleted(&self.store)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         if changes.rows > 0 {
             self.updates.fetch_add(1, Ordering::Relaxed);
             log::info!(

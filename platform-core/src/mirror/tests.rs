@@ -47,7 +47,7 @@ fn a_mirror_becomes_the_owners_registry_and_keeps_its_own_data() {
         .unwrap();
     mirror
         .execute(
-            "INSERT INTO time_series (endpoint_id, name, ts_ms, value) VALUES ('e1', 's', 1, 1.0)",
+            "INSERT INTO series (endpoint_id, name) VALUES ('e1', 's')",
             [],
         )
         .unwrap();
@@ -61,7 +61,7 @@ fn a_mirror_becomes_the_owners_registry_and_keeps_its_own_data() {
     assert_eq!(
         count(
             &mirror,
-            "SELECT count(*) FROM time_series WHERE endpoint_id = 'e1'"
+            "SELECT count(*) FROM series WHERE endpoint_id = 'e1'"
         ),
         1,
         "data of a kept endpoint stays"

@@ -12,17 +12,21 @@
 //!   ID takes the old connection over (MQTT 3.1.1 §3.1.4);
 //! - persistent sessions (`clean session` = 0) are parked here between connections.
 //!
-//! Back-pressure is per connection: messages go through a bounded channel with `try_send`;
+//! Back-pressure is per connection: messages go through a bounded queue ([`Inbox`]);
 //! a session that does not keep up loses copies (counted, logged), never stalls others.
 
+mod inbox;
+mod watch;
+pub use inbox::Inbox;
+use watch::Watchers;
+
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use rumqttc::mqttbytes::QoS;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::mqtt::filter::matches;
@@ -84,9 +88,7 @@ struct Entry {
     /// (endpoint id, extension instance) this session asked not to be pushed to
     /// (`"observe": false`), until it observes again.
     unobserved: HashSet<(String, String)>,
-    tx: mpsc::Sender<Outbound>,
-    /// Payload bytes waiting in `tx` (the connection subtracts what it takes).
-    queued_bytes: Arc<AtomicUsize>,
+    inbox: Arc<Inbox>,
     kill: CancellationToken,
 }
 
@@ -116,6 +118,8 @@ impl Entry {
 struct State {
     live: HashMap<SessionId, Entry>,
     parked: HashMap<String, (Instant, Session)>,
+    /// The live sessions' filters, by token (see [`watch`]).
+    watchers: Watchers,
 }
 
 /// Registry of live sessions; cheap to clone.
@@ -130,9 +134,7 @@ pub struct Hub {
 #[derive(Debug)]
 pub struct Attached {
     pub registration: Registration,
-    pub inbox: mpsc::Receiver<Outbound>,
-    /// Payload bytes waiting in `inbox`: subtract a message's payload length on receipt.
-    pub queued_bytes: Arc<AtomicUsize>,
+    pub inbox: Arc<Inbox>,
     /// Fires when the session must end (credential/token state change, takeover).
     pub kill: CancellationToken,
 }
@@ -160,10 +162,9 @@ impl Hub {
         identity: Identity,
         reach: Option<Reach>,
     ) -> Attached {
-        let (tx, inbox) = mpsc::channel(OUTBOUND_CAPACITY);
+        let inbox = Inbox::new(OUTBOUND_CAPACITY, OUTBOUND_MAX_BYTES);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let kill = CancellationToken::new();
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mut st = self.lock();
         if !client_id.is_empty() {
             for e in st.live.values().filter(|e| e.client_id == client_id) {
@@ -180,8 +181,7 @@ impl Hub {
                 filters: Vec::new(),
                 used: HashMap::new(),
                 unobserved: HashSet::new(),
-                tx,
-                queued_bytes: queued_bytes.clone(),
+                inbox: inbox.clone(),
                 kill: kill.clone(),
             },
         );
@@ -191,7 +191,6 @@ impl Hub {
                 id,
             },
             inbox,
-            queued_bytes,
             kill,
         }
     }
@@ -229,15 +228,7 @@ impl Hub {
     }
 
     fn send(&self, e: &Entry, msg: Outbound) -> bool {
-        let len = msg.payload.len();
-        let queued = e.queued_bytes.load(Ordering::Relaxed);
-        let refused = if queued == 0 || queued + len <= OUTBOUND_MAX_BYTES {
-            e.tx.try_send(msg).err().map(|err| err.into_inner())
-        } else {
-            Some(msg)
-        };
-        let Some(msg) = refused else {
-            e.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        let Err(msg) = e.inbox.try_send(msg) else {
             return true;
         };
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -255,10 +246,13 @@ impl Hub {
     pub fn fan_out(&self, except: SessionId, topic: &str, payload: &Bytes) -> usize {
         let st = self.lock();
         let mut sent = 0;
-        for (id, e) in st.live.iter() {
-            if *id == except {
+        for id in st.watchers.candidates(topic) {
+            if id == except {
                 continue;
             }
+            let Some(e) = st.live.get(&id) else {
+                continue;
+            };
             let Some(qos) = granted(&e.filters, topic) else {
                 continue;
             };
@@ -473,7 +467,13 @@ pub struct Registration {
 impl Registration {
     /// Replaces the session's subscription list in the hub.
     pub fn set_filters(&self, filters: Vec<(String, QoS)>) {
-        if let Some(e) = self.hub.lock().live.get_mut(&self.id) {
+        let mut guard = self.hub.lock();
+        let st = &mut *guard;
+        if let Some(e) = st.live.get_mut(&self.id) {
+            st.watchers
+                .remove(self.id, e.filters.iter().map(|(f, _)| f.as_str()));
+            st.watchers
+                .add(self.id, filters.iter().map(|(f, _)| f.as_str()));
             e.filters = filters;
         }
     }
@@ -481,7 +481,11 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.lock().live.remove(&self.id);
+        let mut st = self.hub.lock();
+        if let Some(e) = st.live.remove(&self.id) {
+            st.watchers
+                .remove(self.id, e.filters.iter().map(|(f, _)| f.as_str()));
+        }
     }
 }
 

@@ -8,9 +8,9 @@ fn attach(hub: &Hub, client: &str) -> Attached {
 #[tokio::test]
 async fn copies_reach_matching_subscribers_but_not_the_sender() {
     let hub = Hub::new();
-    let mut a = attach(&hub, "a");
-    let mut b = attach(&hub, "b");
-    let mut c = attach(&hub, "c");
+    let a = attach(&hub, "a");
+    let b = attach(&hub, "b");
+    let c = attach(&hub, "c");
     a.registration
         .set_filters(vec![("kp1/#".into(), QoS::AtLeastOnce)]);
     b.registration
@@ -22,15 +22,15 @@ async fn copies_reach_matching_subscribers_but_not_the_sender() {
     );
     assert_eq!(n, 1);
     assert_eq!(b.inbox.try_recv().unwrap().qos, QoS::AtMostOnce);
-    assert!(a.inbox.try_recv().is_err());
-    assert!(c.inbox.try_recv().is_err());
+    assert!(a.inbox.try_recv().is_none());
+    assert!(c.inbox.try_recv().is_none());
 }
 
 #[tokio::test]
 async fn anonymous_sessions_watch_only_the_tokens_they_used() {
     let hub = Hub::new();
-    let mut anon = hub.register("anon", Identity::Anonymous);
-    let mut user = hub.register("user", Identity::Basic("u".into()));
+    let anon = hub.register("anon", Identity::Anonymous);
+    let user = hub.register("user", Identity::Basic("u".into()));
     for a in [&anon, &user] {
         a.registration
             .set_filters(vec![("kp1/#".into(), QoS::AtMostOnce)]);
@@ -41,8 +41,8 @@ async fn anonymous_sessions_watch_only_the_tokens_they_used() {
         hub.fan_out(u64::MAX, "kp1/v/cex/tok-b/command/x/status", &b),
         1
     );
-    assert!(anon.inbox.try_recv().is_err(), "not its token");
-    assert!(user.inbox.try_recv().is_ok());
+    assert!(anon.inbox.try_recv().is_none(), "not its token");
+    assert!(user.inbox.try_recv().is_some());
     assert_eq!(
         hub.fan_out(u64::MAX, "kp1/v/cex/tok-a/command/x/status", &b),
         2
@@ -76,15 +76,13 @@ async fn a_full_session_loses_messages_without_blocking() {
 #[tokio::test]
 async fn a_session_queue_is_bounded_by_bytes_too() {
     let hub = Hub::new();
-    let mut s = attach(&hub, "s");
+    let s = attach(&hub, "s");
     s.registration
         .set_filters(vec![("#".into(), QoS::AtMostOnce)]);
     let big = Bytes::from(vec![0u8; OUTBOUND_MAX_BYTES / 2 + 1]);
     assert_eq!(hub.fan_out(u64::MAX, "t", &big), 1);
     assert_eq!(hub.fan_out(u64::MAX, "t", &big), 0, "over the byte bound");
-    let got = s.inbox.try_recv().unwrap();
-    s.queued_bytes
-        .fetch_sub(got.payload.len(), Ordering::Relaxed);
+    assert!(s.inbox.try_recv().is_some());
     assert_eq!(hub.fan_out(u64::MAX, "t", &big), 1, "room again once taken");
     assert_eq!(hub.dropped(), 1);
 }
@@ -92,9 +90,9 @@ async fn a_session_queue_is_bounded_by_bytes_too() {
 #[tokio::test]
 async fn pushes_reach_users_of_the_token_and_subscribers_only() {
     let hub = Hub::new();
-    let mut user = attach(&hub, "user");
-    let mut watcher = attach(&hub, "watcher");
-    let mut other = attach(&hub, "other");
+    let user = attach(&hub, "user");
+    let watcher = attach(&hub, "watcher");
+    let other = attach(&hub, "other");
     hub.record_use(user.registration.id, "ep1", "v1", "tok");
     hub.record_use(other.registration.id, "ep2", "v1", "tok2");
     watcher
@@ -113,7 +111,7 @@ async fn pushes_reach_users_of_the_token_and_subscribers_only() {
     assert_eq!(got.topic, "kp1/v1/cex/tok/command/reboot/status");
     assert_eq!(got.qos, QoS::AtLeastOnce);
     assert_eq!(watcher.inbox.try_recv().unwrap().qos, QoS::AtMostOnce);
-    assert!(other.inbox.try_recv().is_err());
+    assert!(other.inbox.try_recv().is_none());
 }
 
 #[tokio::test]
@@ -152,7 +150,7 @@ fn parked_sessions_are_taken_once() {
 #[tokio::test]
 async fn observe_false_stops_pushes_of_that_extension_until_observe_true() {
     let hub = Hub::new();
-    let mut a = attach(&hub, "a");
+    let a = attach(&hub, "a");
     let id = a.registration.id;
     assert!(hub.record_use(id, "ep1", "v1", "tok"), "first use");
     assert!(
@@ -176,8 +174,7 @@ async fn observe_false_stops_pushes_of_that_extension_until_observe_true() {
     hub.set_observe(id, "ep1", "cex", true);
     assert_eq!(push("cex"), 1);
     assert!(hub.send_to(id, "ep1", "cex", "t".into(), Bytes::new()));
-    let got: Vec<String> =
-        std::iter::from_fn(|| a.inbox.try_recv().ok().map(|m| m.topic)).collect();
+    let got: Vec<String> = std::iter::from_fn(|| a.inbox.try_recv().map(|m| m.topic)).collect();
     assert_eq!(
         got,
         ["kp1/v1/cmx/tok/x/status", "kp1/v1/cex/tok/x/status", "t"]
@@ -191,8 +188,8 @@ async fn bound_sessions_act_for_and_watch_only_their_reach() {
         versions: ["a-v1".to_owned()].into(),
         tokens: HashSet::new(),
     };
-    let mut bound = hub.register_scoped("bound", Identity::Basic("b".into()), Some(reach));
-    let mut free = attach(&hub, "free");
+    let bound = hub.register_scoped("bound", Identity::Basic("b".into()), Some(reach));
+    let free = attach(&hub, "free");
     for s in [&bound, &free] {
         s.registration
             .set_filters(vec![("kp1/#".into(), QoS::AtMostOnce)]);
@@ -207,10 +204,10 @@ async fn bound_sessions_act_for_and_watch_only_their_reach() {
     let b = Bytes::new();
     assert_eq!(hub.fan_out(u64::MAX, "kp1/b-v1/dcx/t/json/1/status", &b), 1);
     assert!(
-        bound.inbox.try_recv().is_err(),
+        bound.inbox.try_recv().is_none(),
         "another application's reply"
     );
-    assert!(free.inbox.try_recv().is_ok());
+    assert!(free.inbox.try_recv().is_some());
     let tokens = vec![("b-v1".to_owned(), "t".to_owned())];
     let n = hub.push(
         "ep-t",
@@ -223,6 +220,6 @@ async fn bound_sessions_act_for_and_watch_only_their_reach() {
         n, 1,
         "only the unbound watcher gets another application's push"
     );
-    assert!(bound.inbox.try_recv().is_err());
+    assert!(bound.inbox.try_recv().is_none());
     assert_eq!(hub.fan_out(u64::MAX, "kp1/a-v1/dcx/t/json/1/status", &b), 2);
 }

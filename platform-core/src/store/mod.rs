@@ -64,7 +64,7 @@ enum Work {
 }
 
 /// Most appends one transaction holds (the queue rarely holds more).
-const MAX_GROUP: usize = 512;
+const MAX_GROUP: usize = 4096;
 
 /// SQLite `synchronous` for the core database (`core.synchronous`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -110,7 +110,7 @@ impl StoreHandle {
         })?;
         schema::configure(&conn, durability)?;
         schema::migrate(&mut conn, path)?;
-        let (tx, rx) = mpsc::channel::<Work>(1024);
+        let (tx, rx) = mpsc::channel::<Work>(MAX_GROUP);
         let generation = Arc::new(AtomicU64::new(0));
         std::thread::Builder::new()
             .name("core-store".into())
@@ -125,6 +125,26 @@ impl StoreHandle {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
+        self.run_call(f, true).await
+    }
+
+    /// [`StoreHandle::call`] for a job that changes nothing [`StoreHandle::generation`]
+    /// guards (no token, endpoint or app version: metadata, points): cached look-ups
+    /// stay valid. EPL's connectivity writes, which come in bursts when many clients
+    /// connect at once, would otherwise empty the token cache each time.
+    pub async fn call_outside_registry<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        self.run_call(f, false).await
+    }
+
+    async fn run_call<R, F>(&self, f: F, tracked: bool) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
         let (done, result) = oneshot::channel();
         let generation = self.generation.clone();
         let job: Job = Box::new(move |conn| {
@@ -132,7 +152,7 @@ impl StoreHandle {
             let r = f(conn);
             // Moved before the caller hears of the change, so no cached read of the
             // old state is used after it.
-            if conn.total_changes() != before {
+            if tracked && conn.total_changes() != before {
                 generation.fetch_add(1, Ordering::AcqRel);
             }
             // The caller may have gone away (cancelled); the result is then dropped.
@@ -186,16 +206,17 @@ impl StoreHandle {
     }
 }
 
-/// The store thread: runs calls one at a time and appends in groups, in arrival order.
+/// The store thread: runs calls one at a time and appends in groups. Calls queued among
+/// appends run right after the group's commit, in their order: appends only add rows,
+/// so no call depends on running before them, and a call in the queue no longer cuts a
+/// group short (many clients' first requests, each with a call or two, would otherwise
+/// leave groups of a few appends when they matter most).
 fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>) {
-    let mut next: Option<Work> = None;
+    let mut calls: Vec<Job> = Vec::new();
     loop {
-        let work = match next.take() {
+        let work = match rx.blocking_recv() {
             Some(w) => w,
-            None => match rx.blocking_recv() {
-                Some(w) => w,
-                None => return,
-            },
+            None => return,
         };
         match work {
             Work::Call(job) => job(&mut conn),
@@ -204,14 +225,14 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>) {
                 while group.len() < MAX_GROUP {
                     match rx.try_recv() {
                         Ok(Work::Grouped(j)) => group.push(j),
-                        Ok(call) => {
-                            next = Some(call);
-                            break;
-                        }
+                        Ok(Work::Call(job)) => calls.push(job),
                         Err(_) => break,
                     }
                 }
                 run_group(&conn, group);
+                for job in calls.drain(..) {
+                    job(&mut conn);
+                }
             }
         }
     }

@@ -127,12 +127,55 @@ CREATE TABLE bcx_files (
 "#,
     // 4: credential scopes (JSON; NULL: unbound, as every credential made before).
     "ALTER TABLE credentials_basic ADD COLUMN scope TEXT;",
+    // 5: raw samples are a log in arrival order: no per-endpoint index (each group
+    // commit would touch one index page per endpoint in it). A deleted endpoint's
+    // samples are purged in steps of row IDs (`tsdb::purge_step`), recorded here so a
+    // purge cut short by a stop goes on at the next start.
+    r#"
+DROP INDEX data_samples_endpoint;
+CREATE TABLE sample_purges (
+    endpoint_id TEXT PRIMARY KEY,
+    next_id     INTEGER NOT NULL
+);
+"#,
+    // 6: time series points keyed by a small series number, in one B-tree (no separate
+    // table and index, no endpoint ID repeated in every point): a point costs about
+    // half the page writes. `seq` orders points of one timestamp (last inserted last):
+    // a sample's points take its `data_samples` id; the points copied from before
+    // keep their order below every later one.
+    r#"
+CREATE TABLE series (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint_id TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    UNIQUE (endpoint_id, name)
+);
+CREATE TABLE points (
+    series_id INTEGER NOT NULL,
+    ts_ms     INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    value     REAL NOT NULL,
+    PRIMARY KEY (series_id, ts_ms, seq)
+) WITHOUT ROWID;
+INSERT INTO series (endpoint_id, name)
+    SELECT DISTINCT endpoint_id, name FROM time_series ORDER BY endpoint_id, name;
+INSERT INTO points (series_id, ts_ms, seq, value)
+    SELECT s.id, t.ts_ms, t.rowid - (SELECT coalesce(max(rowid), 0) FROM time_series) - 1, t.value
+    FROM time_series t JOIN series s ON s.endpoint_id = t.endpoint_id AND s.name = t.name;
+DROP TABLE time_series;
+-- What was the table, for reading with SQL (README): points in insertion order by
+-- (ts_ms, seq) within a series.
+CREATE VIEW time_series (endpoint_id, name, ts_ms, value, seq) AS
+    SELECT s.endpoint_id, s.name, p.ts_ms, p.value, p.seq
+    FROM points p JOIN series s ON s.id = p.series_id;
+"#,
 ];
 
 pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.pragma_update(None, "cache_size", -16384)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
 }

@@ -2,6 +2,8 @@
 //!
 //! A data sample is kept verbatim in `data_samples`; each of its numeric or boolean
 //! top-level fields is a point in the series `auto~<field>` (docs/protocol.md §3).
+//! A series is a row of `series` (endpoint, name → number); its points are rows of
+//! `points` keyed by (series number, timestamp, order of insertion).
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -56,18 +58,94 @@ pub fn append_samples(
         "INSERT INTO data_samples(endpoint_id, received_ms, sample) VALUES (?1, ?2, ?3)",
     )?;
     let mut pt = conn.prepare_cached(
-        "INSERT INTO time_series(endpoint_id, name, ts_ms, value) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)",
     )?;
+    // The series of a batch repeat from sample to sample: each is looked up once.
+    let mut known: Vec<(&str, i64)> = Vec::new();
     for s in samples {
         raw.execute(params![endpoint_id, received_ms, s.raw])?;
+        let seq = conn.last_insert_rowid();
         for p in &s.points {
-            pt.execute(params![endpoint_id, p.series, p.ts_ms, p.value])?;
+            let id = match known.iter().find(|(name, _)| *name == p.series) {
+                Some((_, id)) => *id,
+                None => {
+                    let id = series_id(conn, endpoint_id, &p.series)?;
+                    known.push((&p.series, id));
+                    id
+                }
+            };
+            pt.execute(params![id, p.ts_ms, seq, p.value])?;
         }
     }
     Ok(())
 }
 
-/// Stores points without a raw sample (e.g. EPL's `connectivity`).
+/// The number of `endpoint_id`'s series `name`, made on first use.
+fn series_id(conn: &Connection, endpoint_id: &str, name: &str) -> Result<i64, StoreError> {
+    let mut find =
+        conn.prepare_cached("SELECT id FROM series WHERE endpoint_id = ?1 AND name = ?2")?;
+    if let Some(id) = find
+        .query_row(params![endpoint_id, name], |r| r.get(0))
+        .optional()?
+    {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO series(endpoint_id, name) VALUES (?1, ?2)")?
+        .execute(params![endpoint_id, name])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Row IDs of `data_samples` one purge step looks through (a range scan of the table:
+/// a few milliseconds, so appends wait little between steps).
+const PURGE_STEP_ROWS: i64 = 100_000;
+
+/// One step of purging deleted endpoints' raw samples (see migration 5): looks through
+/// the next [`PURGE_STEP_ROWS`] row IDs for one endpoint. True while a purge remains;
+/// run it as its own store call, repeatedly, so appends go on between the steps.
+pub fn purge_step(conn: &mut Connection) -> Result<bool, StoreError> {
+    let next: Option<(String, i64)> = conn
+        .query_row(
+            "SELECT endpoint_id, next_id FROM sample_purges LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((endpoint_id, from)) = next else {
+        return Ok(false);
+    };
+    let to = from.saturating_add(PURGE_STEP_ROWS);
+    let tx = conn.transaction()?;
+    tx.execute(
+        "DELETE FROM data_samples WHERE id >= ?1 AND id < ?2 AND endpoint_id = ?3",
+        params![from, to, endpoint_id],
+    )?;
+    let last: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM data_samples", [], |r| {
+        r.get(0)
+    })?;
+    if to > last {
+        tx.execute(
+            "DELETE FROM sample_purges WHERE endpoint_id = ?1",
+            [&endpoint_id],
+        )?;
+    } else {
+        tx.execute(
+            "UPDATE sample_purges SET next_id = ?2 WHERE endpoint_id = ?1",
+            params![endpoint_id, to],
+        )?;
+    }
+    tx.commit()?;
+    Ok(true)
+}
+
+/// Runs purge steps until no deleted endpoint has raw samples left; call after deleting
+/// endpoints, and once at start (a purge cut short by a stop goes on).
+pub async fn purge_deleted(store: &crate::store::StoreHandle) -> Result<(), StoreError> {
+    while store.call_outside_registry(purge_step).await? {}
+    Ok(())
+}
+
+/// Stores points without a raw sample, in series no sample writes (EPL's
+/// `connectivity`; a sample's are `auto~…`).
 pub fn insert_points(
     conn: &mut Connection,
     endpoint_id: &str,
@@ -75,11 +153,14 @@ pub fn insert_points(
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     {
+        // After every point of the series at that time (no sample to take the order of).
         let mut pt = tx.prepare_cached(
-            "INSERT INTO time_series(endpoint_id, name, ts_ms, value) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2,
+             (SELECT coalesce(max(seq), 0) + 1 FROM points WHERE series_id = ?1 AND ts_ms = ?2), ?3)",
         )?;
         for p in points {
-            pt.execute(params![endpoint_id, p.series, p.ts_ms, p.value])?;
+            let id = series_id(&tx, endpoint_id, &p.series)?;
+            pt.execute(params![id, p.ts_ms, p.value])?;
         }
     }
     tx.commit()?;
@@ -94,8 +175,8 @@ pub fn last(
 ) -> Result<Option<DataPoint>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT ts_ms, value FROM time_series WHERE endpoint_id = ?1 AND name = ?2
-             ORDER BY ts_ms DESC, rowid DESC LIMIT 1",
+            "SELECT p.ts_ms, p.value FROM points p JOIN series s ON s.id = p.series_id
+             WHERE s.endpoint_id = ?1 AND s.name = ?2 ORDER BY p.ts_ms DESC, p.seq DESC LIMIT 1",
             params![endpoint_id, series],
             |r| {
                 Ok(DataPoint {
@@ -117,8 +198,9 @@ pub fn range(
     to_ms: i64,
 ) -> Result<Vec<DataPoint>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT ts_ms, value FROM time_series WHERE endpoint_id = ?1 AND name = ?2
-         AND ts_ms >= ?3 AND ts_ms < ?4 ORDER BY ts_ms, rowid",
+        "SELECT p.ts_ms, p.value FROM points p JOIN series s ON s.id = p.series_id
+         WHERE s.endpoint_id = ?1 AND s.name = ?2 AND p.ts_ms >= ?3 AND p.ts_ms < ?4
+         ORDER BY p.ts_ms, p.seq",
     )?;
     let rows = stmt.query_map(params![endpoint_id, series, from_ms, to_ms], |r| {
         Ok(DataPoint {
@@ -168,5 +250,86 @@ mod tests {
             .query_row("SELECT count(*) FROM data_samples", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_deleted_endpoints_samples_are_purged_in_steps_and_others_stay() {
+        let mut c = Connection::open_in_memory().unwrap();
+        for m in MIGRATIONS {
+            c.execute_batch(m).unwrap();
+        }
+        let one = vec![StoredSample {
+            raw: "{}".into(),
+            points: vec![],
+        }];
+        // Three steps' worth of row IDs, the two endpoints interleaved.
+        let rows = 2 * PURGE_STEP_ROWS + 10;
+        let tx = c.transaction().unwrap();
+        for i in 0..rows {
+            append_samples(&tx, if i % 2 == 0 { "gone" } else { "kept" }, 0, &one).unwrap();
+        }
+        tx.commit().unwrap();
+        c.execute(
+            "INSERT INTO sample_purges(endpoint_id, next_id) VALUES ('gone', 0)",
+            [],
+        )
+        .unwrap();
+        let mut steps = 0;
+        while purge_step(&mut c).unwrap() {
+            steps += 1;
+        }
+        assert_eq!(steps, 3);
+        let count = |ep: &str| -> i64 {
+            c.query_row(
+                "SELECT count(*) FROM data_samples WHERE endpoint_id = ?1",
+                [ep],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!((count("gone"), count("kept")), (0, rows / 2));
+        let left: i64 = c
+            .query_row("SELECT count(*) FROM sample_purges", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn points_from_before_migration_6_keep_their_order_below_later_ones() {
+        let mut c = Connection::open_in_memory().unwrap();
+        for m in &MIGRATIONS[..5] {
+            c.execute_batch(m).unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO time_series VALUES ('ep', 'auto~t', 5, 1.0), ('ep', 'auto~t', 5, 2.0),
+             ('ep', 'auto~t', 1, 0.5), ('other', 'auto~t', 5, 9.0);",
+        )
+        .unwrap();
+        for m in &MIGRATIONS[5..] {
+            c.execute_batch(m).unwrap();
+        }
+        let p = |ts, v| DataPoint {
+            series: "auto~t".into(),
+            ts_ms: ts,
+            value: v,
+        };
+        assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(5, 2.0)));
+        insert_samples(
+            &mut c,
+            "ep",
+            0,
+            &[StoredSample {
+                raw: "{}".into(),
+                points: vec![p(5, 3.0)],
+            }],
+        )
+        .unwrap();
+        insert_points(&mut c, "ep", &[p(5, 4.0)]).unwrap();
+        assert_eq!(
+            range(&c, "ep", "auto~t", 0, 10).unwrap(),
+            vec![p(1, 0.5), p(5, 1.0), p(5, 2.0), p(5, 3.0), p(5, 4.0)]
+        );
+        assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(5, 4.0)));
+        assert_eq!(last(&c, "other", "auto~t").unwrap(), Some(p(5, 9.0)));
     }
 }
