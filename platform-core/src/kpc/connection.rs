@@ -149,7 +149,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let mut conn = PacketReader {
         io,
         // Small to start (most of a site's connections idle); grows with what arrives.
-        buf: BytesMut::with_capacity(512),
+        buf: BytesMut::with_capacity(256),
         max_packet_size: ctx.limits.max_packet_size,
     };
     let outcome = run(&mut conn, &peer, &ctx, &shutdown).await;

@@ -175,7 +175,6 @@ pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(),
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.pragma_update(None, "cache_size", -16384)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
 }
