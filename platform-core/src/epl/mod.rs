@@ -285,9 +285,12 @@ impl Epl {
             Value::String(crate::store::rfc3339_ms(ts)),
         );
         let ids: Vec<String> = endpoints.iter().map(|(id, _)| id.clone()).collect();
+        // A grouped append: the connectivity of many clients connecting at once shares
+        // the commits of their data (one fsync per group, not two per endpoint), and it
+        // is one commit: whoever sees the new state also finds its point.
         let written = self
             .store
-            .call_outside_registry(move |c| {
+            .call_grouped(move |c| {
                 let point = tsdb::DataPoint {
                     series: CONNECTIVITY_SERIES.into(),
                     ts_ms: ts,
@@ -297,9 +300,8 @@ impl Epl {
                     if known_only && epr::endpoint_app_version(c, ep)?.is_none() {
                         continue;
                     }
-                    // The point first: whoever sees the new state also finds its point.
-                    tsdb::insert_points(c, ep, std::slice::from_ref(&point))?;
-                    epr::write_metadata(c, ep, &meta, false)?;
+                    tsdb::append_points(c, ep, std::slice::from_ref(&point))?;
+                    epr::write_metadata_in(c, ep, &meta, false, &[])?;
                 }
                 Ok(())
             })

@@ -70,26 +70,40 @@ pub fn write_metadata_keeping(
     keep: &[String],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
+    write_metadata_in(&tx, endpoint_id, values, replace_all, keep)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// [`write_metadata_keeping`] inside the caller's transaction (e.g. the store's group
+/// commit).
+pub fn write_metadata_in(
+    conn: &Connection,
+    endpoint_id: &str,
+    values: &Map<String, Value>,
+    replace_all: bool,
+    keep: &[String],
+) -> Result<(), StoreError> {
     if replace_all {
         let existing: Vec<String> = {
-            let mut stmt = tx.prepare_cached("SELECT key FROM metadata WHERE endpoint_id = ?1")?;
+            let mut stmt =
+                conn.prepare_cached("SELECT key FROM metadata WHERE endpoint_id = ?1")?;
             let rows = stmt.query_map([endpoint_id], |r| r.get(0))?;
             rows.collect::<Result<_, _>>()?
         };
         for k in existing.iter().filter(|k| !keep.contains(k)) {
-            tx.execute(
+            conn.execute(
                 "DELETE FROM metadata WHERE endpoint_id = ?1 AND key = ?2",
                 params![endpoint_id, k],
             )?;
         }
     }
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO metadata(endpoint_id, key, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT(endpoint_id, key) DO UPDATE SET value = excluded.value",
+    )?;
     for (k, v) in values {
-        tx.execute(
-            "INSERT INTO metadata(endpoint_id, key, value) VALUES (?1, ?2, ?3)
-             ON CONFLICT(endpoint_id, key) DO UPDATE SET value = excluded.value",
-            params![endpoint_id, k, v.to_string()],
-        )?;
+        upsert.execute(params![endpoint_id, k, v.to_string()])?;
     }
-    tx.commit()?;
     Ok(())
 }

@@ -152,18 +152,26 @@ pub fn insert_points(
     points: &[DataPoint],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    {
-        // After every point of the series at that time (no sample to take the order of).
-        let mut pt = tx.prepare_cached(
-            "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2,
-             (SELECT coalesce(max(seq), 0) + 1 FROM points WHERE series_id = ?1 AND ts_ms = ?2), ?3)",
-        )?;
-        for p in points {
-            let id = series_id(&tx, endpoint_id, &p.series)?;
-            pt.execute(params![id, p.ts_ms, p.value])?;
-        }
-    }
+    append_points(&tx, endpoint_id, points)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// [`insert_points`] inside the caller's transaction (e.g. the store's group commit).
+pub fn append_points(
+    conn: &Connection,
+    endpoint_id: &str,
+    points: &[DataPoint],
+) -> Result<(), StoreError> {
+    // After every point of the series at that time (no sample to take the order of).
+    let mut pt = conn.prepare_cached(
+        "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2,
+         (SELECT coalesce(max(seq), 0) + 1 FROM points WHERE series_id = ?1 AND ts_ms = ?2), ?3)",
+    )?;
+    for p in points {
+        let id = series_id(conn, endpoint_id, &p.series)?;
+        pt.execute(params![id, p.ts_ms, p.value])?;
+    }
     Ok(())
 }
 
