@@ -1,0 +1,75 @@
+"""Gateway footprint in bridge mode (not a test): RSS and CPU of `kp-gateway` polling
+10 Modbus TCP devices x 30 holding registers every second, forwarding over its one
+upstream MQTT connection to the embedded core running as a separate process.
+
+The devices are one pymodbus server (tests/e2e/modbus_device.py) with 10 unit IDs.
+After a warm-up the gateway's RSS (VmRSS), peak RSS (VmHWM), CPU seconds and samples the
+core stored are read over the measuring window. The gateway runs with the packaged
+unit's allocator settings (`MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`).
+
+Usage (after `cargo build --release -p kp-gateway`):
+  tests/.venv/bin/python tests/bench/gateway_rss.py [--seconds 120] [--warmup 20]
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+os.environ.setdefault("KP_GATEWAY_BIN", str(ROOT / "target" / "release" / "kp-gateway"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import configs  # noqa: E402
+from conftest import BIN, Core, Proc, free_port, start_modbus_device, wait_for  # noqa: E402
+from core_vs_broker import cpu_seconds, status_kib  # noqa: E402
+
+DEVICES, REGISTERS = 10, 30
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=120)
+    ap.add_argument("--warmup", type=int, default=20)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gateway-rss-") as d:
+        tmp = Path(d)
+        port = free_port()
+        slaves = {str(u): {"hr": [u * 100 + i for i in range(REGISTERS)]} for u in range(1, DEVICES + 1)}
+        device = start_modbus_device(tmp, {"transport": "tcp", "port": port, "slaves": slaves})
+        core = Core(tmp, extra_tokens=[f"dev{u}" for u in range(1, DEVICES + 1)])
+        points = [configs.point(f"r{i}", i, "u16") for i in range(REGISTERS)]
+        devices = [configs.modbus_device(f"dev{u}", "bus", points, unit_id=u, app_version=core.APP_VERSION,
+                                         poll_interval_ms=1000) for u in range(1, DEVICES + 1)]
+        up = configs.upstream(core.port, client_id="rss-bench", username=core.USER, password=core.PASSWORD)
+        cfg = tmp / "gateway.toml"
+        cfg.write_text(configs.config(tmp / "gw-state", upstream=up, buses=[configs.tcp_bus("bus", port)],
+                                      devices=devices, log_level="warn"))
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_ARENA_MAX="2")
+        gw = Proc("gateway", [str(BIN), "-c", str(cfg)], tmp / "gw.log", env=env)
+        try:
+            count = lambda: core.query("SELECT count(*) FROM data_samples")[0][0]  # noqa: E731
+            wait_for("the first samples in the core", lambda: count() > 0, timeout=60)
+            time.sleep(a.warmup)
+            cpu0, n0, t0 = cpu_seconds(gw.pid), count(), time.monotonic()
+            time.sleep(a.seconds)
+            cpu1, n1, t1 = cpu_seconds(gw.pid), count(), time.monotonic()
+            r = {"devices": DEVICES, "registers": REGISTERS, "poll_ms": 1000, "seconds": round(t1 - t0, 1),
+                 "gateway_cpu_s": round(cpu1 - cpu0, 2), "gateway_rss_kib": status_kib(gw.pid, "VmRSS"),
+                 "gateway_peak_rss_kib": status_kib(gw.pid, "VmHWM"),
+                 "threads": int(next(x for x in Path(f"/proc/{gw.pid}/status").read_text().splitlines()
+                                     if x.startswith("Threads:")).split()[1]),
+                 "samples_stored": n1 - n0}
+            for k in ("RssAnon", "RssFile"):
+                r[k] = status_kib(gw.pid, k)
+            print(json.dumps(r))
+        finally:
+            gw.stop()
+            core.stop()
+            device.stop()
+
+
+if __name__ == "__main__":
+    main()
