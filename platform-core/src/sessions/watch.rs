@@ -35,7 +35,10 @@ impl Watchers {
         for f in filters {
             match token_of(f) {
                 Some(t) => {
-                    self.by_token.entry(t.to_owned()).or_default().insert(session);
+                    self.by_token
+                        .entry(t.to_owned())
+                        .or_default()
+                        .insert(session);
                 }
                 None => {
                     self.wide.insert(session);
