@@ -225,12 +225,22 @@ mod tests {
     use super::*;
     use crate::store::MIGRATIONS;
 
-    #[test]
-    fn stored_points_come_back_by_last_and_range() {
-        let mut c = Connection::open_in_memory().unwrap();
-        for m in MIGRATIONS {
+    /// An in-memory database with the first `upto` migrations.
+    fn migrated(upto: usize) -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        for m in &MIGRATIONS[..upto] {
             c.execute_batch(m).unwrap();
         }
+        c
+    }
+
+    fn count(c: &Connection, sql: &str) -> i64 {
+        c.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn stored_points_come_back_by_last_and_range() {
+        let mut c = migrated(MIGRATIONS.len());
         let p = |ts, v| DataPoint {
             series: "auto~t".into(),
             ts_ms: ts,
@@ -254,18 +264,12 @@ mod tests {
             vec![p(10, 1.0), p(20, 2.0)]
         );
         assert_eq!(range(&c, "ep", "auto~t", 11, 20).unwrap(), vec![]);
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM data_samples", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 2);
+        assert_eq!(count(&c, "SELECT count(*) FROM data_samples"), 2);
     }
 
     #[test]
     fn a_deleted_endpoints_samples_are_purged_in_steps_and_others_stay() {
-        let mut c = Connection::open_in_memory().unwrap();
-        for m in MIGRATIONS {
-            c.execute_batch(m).unwrap();
-        }
+        let mut c = migrated(MIGRATIONS.len());
         let one = vec![StoredSample {
             raw: "{}".into(),
             points: vec![],
@@ -287,27 +291,19 @@ mod tests {
             steps += 1;
         }
         assert_eq!(steps, 3);
-        let count = |ep: &str| -> i64 {
-            c.query_row(
-                "SELECT count(*) FROM data_samples WHERE endpoint_id = ?1",
-                [ep],
-                |r| r.get(0),
+        let of = |ep: &str| {
+            count(
+                &c,
+                &format!("SELECT count(*) FROM data_samples WHERE endpoint_id = '{ep}'"),
             )
-            .unwrap()
         };
-        assert_eq!((count("gone"), count("kept")), (0, rows / 2));
-        let left: i64 = c
-            .query_row("SELECT count(*) FROM sample_purges", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(left, 0);
+        assert_eq!((of("gone"), of("kept")), (0, rows / 2));
+        assert_eq!(count(&c, "SELECT count(*) FROM sample_purges"), 0);
     }
 
     #[test]
     fn points_from_before_migration_6_keep_their_order_below_later_ones() {
-        let mut c = Connection::open_in_memory().unwrap();
-        for m in &MIGRATIONS[..5] {
-            c.execute_batch(m).unwrap();
-        }
+        let mut c = migrated(5);
         c.execute_batch(
             "INSERT INTO time_series VALUES ('ep', 'auto~t', 5, 1.0), ('ep', 'auto~t', 5, 2.0),
              ('ep', 'auto~t', 1, 0.5), ('other', 'auto~t', 5, 9.0);",
