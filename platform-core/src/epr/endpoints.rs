@@ -91,6 +91,8 @@ pub fn delete_endpoint_in(conn: &Connection, id: &str) -> Result<bool, StoreErro
         // Raw samples have no per-endpoint index: they go in steps (tsdb::purge_step).
         "INSERT OR REPLACE INTO sample_purges(endpoint_id, next_id) VALUES (?1, 0)",
         "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE endpoint_id = ?1)",
+        "DELETE FROM points_recent WHERE series_id IN
+            (SELECT id FROM series WHERE endpoint_id = ?1)",
         "DELETE FROM series WHERE endpoint_id = ?1",
         "DELETE FROM commands WHERE endpoint_id = ?1",
         "DELETE FROM configs WHERE endpoint_id = ?1",

@@ -169,6 +169,25 @@ CREATE VIEW time_series (endpoint_id, name, ts_ms, value, seq) AS
     SELECT s.endpoint_id, s.name, p.ts_ms, p.value, p.seq
     FROM points p JOIN series s ON s.id = p.series_id;
 "#,
+    // 7: new points are appended to `points_recent` (a plain table, rows in arrival
+    // order) and moved into `points` in bulk, sorted (tsdb::settle). Written one group
+    // commit at a time into `points`, where each series has its own leaf page, a commit
+    // holding a thousand endpoints' samples rewrote a thousand or more pages; appended
+    // here it writes the few pages the new rows fill.
+    r#"
+CREATE TABLE points_recent (
+    series_id INTEGER NOT NULL,
+    ts_ms     INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    value     REAL NOT NULL
+);
+DROP VIEW time_series;
+CREATE VIEW time_series (endpoint_id, name, ts_ms, value, seq) AS
+    SELECT s.endpoint_id, s.name, p.ts_ms, p.value, p.seq
+    FROM (SELECT series_id, ts_ms, value, seq FROM points
+          UNION ALL SELECT series_id, ts_ms, value, seq FROM points_recent) p
+    JOIN series s ON s.id = p.series_id;
+"#,
 ];
 
 pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError> {

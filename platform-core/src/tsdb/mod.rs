@@ -3,7 +3,9 @@
 //! A data sample is kept verbatim in `data_samples`; each of its numeric or boolean
 //! top-level fields is a point in the series `auto~<field>` (docs/protocol.md §3).
 //! A series is a row of `series` (endpoint, name → number); its points are rows of
-//! `points` keyed by (series number, timestamp, order of insertion).
+//! `points` keyed by (series number, timestamp, order of insertion). A sample's points
+//! are first appended to `points_recent` and moved into `points` in bulk ([`settle`]):
+//! reads look in both.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -58,8 +60,9 @@ pub fn append_samples(
         "INSERT INTO data_samples(endpoint_id, received_ms, sample) VALUES (?1, ?2, ?3)",
     )?;
     let mut pt = conn.prepare_cached(
-        "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO points_recent(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)",
     )?;
+    let mut appended = false;
     // The series of a batch repeat from sample to sample: each is looked up once.
     let mut known: Vec<(&str, i64)> = Vec::new();
     for s in samples {
@@ -75,19 +78,37 @@ pub fn append_samples(
                 }
             };
             pt.execute(params![id, p.ts_ms, seq, p.value])?;
+            appended = true;
         }
     }
+    // Row IDs of `points_recent` count up from 1 after each settle (the table is emptied).
+    if appended && conn.last_insert_rowid() >= SETTLE_ROWS {
+        settle(conn)?;
+    }
+    Ok(())
+}
+
+/// How many points `points_recent` gathers before [`settle`] moves them. Larger: fewer
+/// `points` pages rewritten per point; smaller: less for a read to look through (the
+/// table has no index, a read scans it: ~5 ms for this many rows on a 2-core machine).
+pub const SETTLE_ROWS: i64 = 65_536;
+
+/// Moves every point of `points_recent` into `points`, sorted by series, in the caller's
+/// transaction: each series' page of `points` is written once for all its new points.
+pub fn settle(conn: &Connection) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO points(series_id, ts_ms, seq, value)
+         SELECT series_id, ts_ms, seq, value FROM points_recent ORDER BY series_id, ts_ms, seq",
+    )?
+    .execute([])?;
+    conn.prepare_cached("DELETE FROM points_recent")?
+        .execute([])?;
     Ok(())
 }
 
 /// The number of `endpoint_id`'s series `name`, made on first use.
 fn series_id(conn: &Connection, endpoint_id: &str, name: &str) -> Result<i64, StoreError> {
-    let mut find =
-        conn.prepare_cached("SELECT id FROM series WHERE endpoint_id = ?1 AND name = ?2")?;
-    if let Some(id) = find
-        .query_row(params![endpoint_id, name], |r| r.get(0))
-        .optional()?
-    {
+    if let Some(id) = find_series(conn, endpoint_id, name)? {
         return Ok(id);
     }
     conn.prepare_cached("INSERT INTO series(endpoint_id, name) VALUES (?1, ?2)")?
@@ -163,7 +184,15 @@ pub fn append_points(
     endpoint_id: &str,
     points: &[DataPoint],
 ) -> Result<(), StoreError> {
-    // After every point of the series at that time (no sample to take the order of).
+    // After every point of the series at that time (no sample to take the order of),
+    // looked up in `points` alone: settle the recent points first. These points are
+    // rare (a connection coming or going), settling a few rows is cheap.
+    let recent: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM points_recent)")?
+        .query_row([], |r| r.get(0))?;
+    if recent {
+        settle(conn)?;
+    }
     let mut pt = conn.prepare_cached(
         "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2,
          (SELECT coalesce(max(seq), 0) + 1 FROM points WHERE series_id = ?1 AND ts_ms = ?2), ?3)",
@@ -175,25 +204,44 @@ pub fn append_points(
     Ok(())
 }
 
+/// The number of `endpoint_id`'s series `name`, if it has one.
+fn find_series(
+    conn: &Connection,
+    endpoint_id: &str,
+    name: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT id FROM series WHERE endpoint_id = ?1 AND name = ?2")?
+        .query_row(params![endpoint_id, name], |r| r.get(0))
+        .optional()?)
+}
+
 /// The newest point of a series (largest timestamp; ties: last inserted).
 pub fn last(
     conn: &Connection,
     endpoint_id: &str,
     series: &str,
 ) -> Result<Option<DataPoint>, StoreError> {
+    let Some(id) = find_series(conn, endpoint_id, series)? else {
+        return Ok(None);
+    };
     Ok(conn
-        .query_row(
-            "SELECT p.ts_ms, p.value FROM points p JOIN series s ON s.id = p.series_id
-             WHERE s.endpoint_id = ?1 AND s.name = ?2 ORDER BY p.ts_ms DESC, p.seq DESC LIMIT 1",
-            params![endpoint_id, series],
-            |r| {
-                Ok(DataPoint {
-                    series: series.to_owned(),
-                    ts_ms: r.get(0)?,
-                    value: r.get(1)?,
-                })
-            },
-        )
+        .prepare_cached(
+            "SELECT ts_ms, value FROM (
+                 SELECT * FROM (SELECT ts_ms, seq, value FROM points WHERE series_id = ?1
+                                ORDER BY ts_ms DESC, seq DESC LIMIT 1)
+                 UNION ALL
+                 SELECT * FROM (SELECT ts_ms, seq, value FROM points_recent WHERE series_id = ?1
+                                ORDER BY ts_ms DESC, seq DESC LIMIT 1))
+             ORDER BY ts_ms DESC, seq DESC LIMIT 1",
+        )?
+        .query_row([id], |r| {
+            Ok(DataPoint {
+                series: series.to_owned(),
+                ts_ms: r.get(0)?,
+                value: r.get(1)?,
+            })
+        })
         .optional()?)
 }
 
@@ -205,12 +253,19 @@ pub fn range(
     from_ms: i64,
     to_ms: i64,
 ) -> Result<Vec<DataPoint>, StoreError> {
+    let Some(id) = find_series(conn, endpoint_id, series)? else {
+        return Ok(Vec::new());
+    };
     let mut stmt = conn.prepare_cached(
-        "SELECT p.ts_ms, p.value FROM points p JOIN series s ON s.id = p.series_id
-         WHERE s.endpoint_id = ?1 AND s.name = ?2 AND p.ts_ms >= ?3 AND p.ts_ms < ?4
-         ORDER BY p.ts_ms, p.seq",
+        "SELECT ts_ms, value FROM (
+             SELECT ts_ms, seq, value FROM points
+             WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3
+             UNION ALL
+             SELECT ts_ms, seq, value FROM points_recent
+             WHERE series_id = ?1 AND ts_ms >= ?2 AND ts_ms < ?3)
+         ORDER BY ts_ms, seq",
     )?;
-    let rows = stmt.query_map(params![endpoint_id, series, from_ms, to_ms], |r| {
+    let rows = stmt.query_map(params![id, from_ms, to_ms], |r| {
         Ok(DataPoint {
             series: series.to_owned(),
             ts_ms: r.get(0)?,
@@ -265,6 +320,47 @@ mod tests {
         );
         assert_eq!(range(&c, "ep", "auto~t", 11, 20).unwrap(), vec![]);
         assert_eq!(count(&c, "SELECT count(*) FROM data_samples"), 2);
+    }
+
+    #[test]
+    fn recent_points_settle_in_bulk_and_reads_see_both_tables_in_order() {
+        let mut c = migrated(MIGRATIONS.len());
+        let p = |ts, v| DataPoint {
+            series: "auto~t".into(),
+            ts_ms: ts,
+            value: v,
+        };
+        let sample = |ts, v| StoredSample {
+            raw: "{}".into(),
+            points: vec![p(ts, v)],
+        };
+        // One point more than a settle takes, timestamps running backwards so the
+        // newest point by time is the first one stored.
+        let n = SETTLE_ROWS + 1;
+        let tx = c.transaction().unwrap();
+        for i in 0..n {
+            append_samples(&tx, "ep", 0, &[sample(n - i, i as f64)]).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM points"), SETTLE_ROWS);
+        assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 1);
+        assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, 0.0)));
+        // Same timestamp in both tables: the later one (in points_recent) comes last.
+        insert_samples(&mut c, "ep", 0, &[sample(n, -1.0)]).unwrap();
+        assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, -1.0)));
+        assert_eq!(
+            range(&c, "ep", "auto~t", 1, 3).unwrap(),
+            vec![p(1, (n - 1) as f64), p(2, (n - 2) as f64)]
+        );
+        assert_eq!(
+            range(&c, "ep", "auto~t", n, n + 1).unwrap(),
+            vec![p(n, 0.0), p(n, -1.0)]
+        );
+        // A point without a sample settles the recent ones first and orders after them.
+        insert_points(&mut c, "ep", &[p(n, 7.0)]).unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
+        assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, 7.0)));
+        assert_eq!(count(&c, "SELECT count(*) FROM time_series"), n + 2);
     }
 
     #[test]
