@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_store;
 pub mod downlink;
 pub mod endpoint;
+pub mod footprint;
 pub mod live;
 pub mod logring;
 pub mod modbus;

@@ -348,6 +348,11 @@ fn run(cli: Cli) -> ExitCode {
             }
             Err(e) => log::warn!("cannot install the SIGHUP handler (no reload): {e}"),
         }
+        tokio::spawn(async {
+            tokio::time::sleep(kp_gateway::footprint::AFTER_START).await;
+            let n = kp_gateway::footprint::give_back_code_pages();
+            log::debug!("footprint: {n} bytes of code mappings handed back after start-up");
+        });
         let opts = RunOptions {
             status_every,
             config_text: text,

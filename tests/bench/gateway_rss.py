@@ -14,6 +14,7 @@ Usage (after `cargo build --release -p kp-gateway`):
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -23,10 +24,23 @@ ROOT = Path(__file__).resolve().parents[2]
 os.environ.setdefault("KP_GATEWAY_BIN", str(ROOT / "target" / "release" / "kp-gateway"))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import configs  # noqa: E402
+import conftest  # noqa: E402
 from conftest import BIN, Core, Proc, free_port, start_modbus_device, wait_for  # noqa: E402
 from core_vs_broker import cpu_seconds, status_kib  # noqa: E402
 
 DEVICES, REGISTERS = 10, 30
+
+
+def rss_by_mapping(pid: int) -> dict:
+    """Resident KiB per mapped file (or [heap], [anon]…), largest first."""
+    rss, name = {}, "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and ":" in head[3]:
+            name = head[5] if len(head) > 5 else "[anon]"
+        elif head[0] == "Rss:":
+            rss[name] = rss.get(name, 0) + int(head[1])
+    return dict(sorted(rss.items(), key=lambda kv: -kv[1])[:8])
 
 
 def main():
@@ -39,6 +53,11 @@ def main():
         port = free_port()
         slaves = {str(u): {"hr": [u * 100 + i for i in range(REGISTERS)]} for u in range(1, DEVICES + 1)}
         device = start_modbus_device(tmp, {"transport": "tcp", "port": port, "slaves": slaves})
+        # The core runs from a copy of the binary: in the field the platform is another
+        # machine, and two processes of one file share its code pages (the kernel does not
+        # reclaim shared pages for one of them, see gateway/src/footprint.rs).
+        shutil.copy(BIN, tmp / "core-bin")
+        conftest.BIN = tmp / "core-bin"
         core = Core(tmp, extra_tokens=[f"dev{u}" for u in range(1, DEVICES + 1)])
         points = [configs.point(f"r{i}", i, "u16") for i in range(REGISTERS)]
         devices = [configs.modbus_device(f"dev{u}", "bus", points, unit_id=u, app_version=core.APP_VERSION,
@@ -64,6 +83,7 @@ def main():
                  "samples_stored": n1 - n0}
             for k in ("RssAnon", "RssFile"):
                 r[k] = status_kib(gw.pid, k)
+            r["rss_by_mapping_kib"] = rss_by_mapping(gw.pid)
             print(json.dumps(r))
         finally:
             gw.stop()
