@@ -8,7 +8,7 @@ core stored are read over the measuring window. The gateway runs with the packag
 unit's allocator settings (`MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`).
 
 Usage (after `cargo build --release -p kp-gateway`):
-  tests/.venv/bin/python tests/bench/gateway_rss.py [--seconds 120] [--warmup 20]
+  tests/.venv/bin/python tests/bench/gateway_rss.py [--seconds 120] [--warmup 40]
 """
 
 import argparse
@@ -43,51 +43,68 @@ def rss_by_mapping(pid: int) -> dict:
     return dict(sorted(rss.items(), key=lambda kv: -kv[1])[:8])
 
 
+def start_devices(tmp: Path) -> tuple:
+    """One pymodbus server with DEVICES unit IDs of REGISTERS holding registers; (proc, port)."""
+    port = free_port()
+    slaves = {str(u): {"hr": [u * 100 + i for i in range(REGISTERS)]} for u in range(1, DEVICES + 1)}
+    return start_modbus_device(tmp, {"transport": "tcp", "port": port, "slaves": slaves}), port
+
+
+def measure(pid: int, seconds: int, warmup: int, count) -> dict:
+    """CPU seconds, RSS and samples delivered (`count()`) over `seconds` after `warmup`."""
+    time.sleep(warmup)
+    cpu0, n0, t0 = cpu_seconds(pid), count(), time.monotonic()
+    time.sleep(seconds)
+    cpu1, n1, t1 = cpu_seconds(pid), count(), time.monotonic()
+    r = {"devices": DEVICES, "registers": REGISTERS, "poll_ms": 1000, "seconds": round(t1 - t0, 1),
+         "cpu_s": round(cpu1 - cpu0, 2), "rss_kib": status_kib(pid, "VmRSS"),
+         "peak_rss_kib": status_kib(pid, "VmHWM"),
+         "threads": int(next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                             if x.startswith("Threads:")).split()[1]),
+         "samples_delivered": n1 - n0}
+    for k in ("RssAnon", "RssFile"):
+        r[k] = status_kib(pid, k)
+    r["rss_by_mapping_kib"] = rss_by_mapping(pid)
+    return r
+
+
+def run_kp_gateway(tmp: Path, device_port: int, seconds: int, warmup: int) -> dict:
+    """kp-gateway in bridge mode on the devices, forwarding to the core (a separate process)."""
+    # The core runs from a copy of the binary: in the field the platform is another
+    # machine, and two processes of one file share its code pages (the kernel does not
+    # reclaim shared pages for one of them, see gateway/src/footprint.rs).
+    shutil.copy(BIN, tmp / "core-bin")
+    conftest.BIN = tmp / "core-bin"
+    core = Core(tmp, extra_tokens=[f"dev{u}" for u in range(1, DEVICES + 1)])
+    points = [configs.point(f"r{i}", i, "u16") for i in range(REGISTERS)]
+    devices = [configs.modbus_device(f"dev{u}", "bus", points, unit_id=u, app_version=core.APP_VERSION,
+                                     poll_interval_ms=1000) for u in range(1, DEVICES + 1)]
+    up = configs.upstream(core.port, client_id="rss-bench", username=core.USER, password=core.PASSWORD)
+    cfg = tmp / "gateway.toml"
+    cfg.write_text(configs.config(tmp / "gw-state", upstream=up, buses=[configs.tcp_bus("bus", device_port)],
+                                  devices=devices, log_level="warn"))
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_ARENA_MAX="2")
+    gw = Proc("gateway", [str(BIN), "-c", str(cfg)], tmp / "gw.log", env=env)
+    try:
+        count = lambda: core.query("SELECT count(*) FROM data_samples")[0][0]  # noqa: E731
+        wait_for("the first samples in the core", lambda: count() > 0, timeout=60)
+        return measure(gw.pid, seconds, warmup, count)
+    finally:
+        gw.stop()
+        core.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=120)
-    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=40)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="gateway-rss-") as d:
         tmp = Path(d)
-        port = free_port()
-        slaves = {str(u): {"hr": [u * 100 + i for i in range(REGISTERS)]} for u in range(1, DEVICES + 1)}
-        device = start_modbus_device(tmp, {"transport": "tcp", "port": port, "slaves": slaves})
-        # The core runs from a copy of the binary: in the field the platform is another
-        # machine, and two processes of one file share its code pages (the kernel does not
-        # reclaim shared pages for one of them, see gateway/src/footprint.rs).
-        shutil.copy(BIN, tmp / "core-bin")
-        conftest.BIN = tmp / "core-bin"
-        core = Core(tmp, extra_tokens=[f"dev{u}" for u in range(1, DEVICES + 1)])
-        points = [configs.point(f"r{i}", i, "u16") for i in range(REGISTERS)]
-        devices = [configs.modbus_device(f"dev{u}", "bus", points, unit_id=u, app_version=core.APP_VERSION,
-                                         poll_interval_ms=1000) for u in range(1, DEVICES + 1)]
-        up = configs.upstream(core.port, client_id="rss-bench", username=core.USER, password=core.PASSWORD)
-        cfg = tmp / "gateway.toml"
-        cfg.write_text(configs.config(tmp / "gw-state", upstream=up, buses=[configs.tcp_bus("bus", port)],
-                                      devices=devices, log_level="warn"))
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_ARENA_MAX="2")
-        gw = Proc("gateway", [str(BIN), "-c", str(cfg)], tmp / "gw.log", env=env)
+        device, port = start_devices(tmp)
         try:
-            count = lambda: core.query("SELECT count(*) FROM data_samples")[0][0]  # noqa: E731
-            wait_for("the first samples in the core", lambda: count() > 0, timeout=60)
-            time.sleep(a.warmup)
-            cpu0, n0, t0 = cpu_seconds(gw.pid), count(), time.monotonic()
-            time.sleep(a.seconds)
-            cpu1, n1, t1 = cpu_seconds(gw.pid), count(), time.monotonic()
-            r = {"devices": DEVICES, "registers": REGISTERS, "poll_ms": 1000, "seconds": round(t1 - t0, 1),
-                 "gateway_cpu_s": round(cpu1 - cpu0, 2), "gateway_rss_kib": status_kib(gw.pid, "VmRSS"),
-                 "gateway_peak_rss_kib": status_kib(gw.pid, "VmHWM"),
-                 "threads": int(next(x for x in Path(f"/proc/{gw.pid}/status").read_text().splitlines()
-                                     if x.startswith("Threads:")).split()[1]),
-                 "samples_stored": n1 - n0}
-            for k in ("RssAnon", "RssFile"):
-                r[k] = status_kib(gw.pid, k)
-            r["rss_by_mapping_kib"] = rss_by_mapping(gw.pid)
-            print(json.dumps(r))
+            print(json.dumps(run_kp_gateway(tmp, port, a.seconds, a.warmup)))
         finally:
-            gw.stop()
-            core.stop()
             device.stop()
 
 
