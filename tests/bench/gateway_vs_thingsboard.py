@@ -11,7 +11,7 @@ same window after the same warm-up, one gateway after the other, in one run.
   ThingsBoard server, with a password file and an ACL so the gateway never receives its
   own publishes; a small paho-mqtt responder answers its `getSessionLimits` request (no
   rate limits) and counts the telemetry messages it publishes. It runs in its own venv
-  (tests/bench/.tb-venv, made on first use with the Modbus library version its connector
+  (tests/.tb-venv, made on first use with the Modbus library version its connector
   pins, so it never installs anything itself), from a temporary folder with a `logs/`
   folder, with its statistics, remote shell and remote configuration off. Its update
   check (HTTPS to updates.thingsboard.io at start) and any other HTTP(S) call go to proxy
@@ -38,7 +38,7 @@ from conftest import Proc, free_port, wait_for, wait_port  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-TB_VENV = HERE / ".tb-venv"
+TB_VENV = HERE.parent / ".tb-venv"
 TB_VERSION = "3.8.5"
 # The version its Modbus connector requires (connectors/modbus/modbus_connector.py):
 # with another one installed it would pip-install this one at start.
