@@ -10,6 +10,9 @@
 //! from the page cache. What the gateway goes on running is read back on its next touch;
 //! page contents never change. Pages shared with other processes (libc) stay.
 //!
+//! Done in bridge mode only (no embedded core): the core's request path runs much of the
+//! code, and paging it out under load cost a 45 ms p99 in the core benchmark.
+//!
 //! This is the workspace's one `unsafe` call (`madvise` takes an address range).
 
 use std::time::Duration;

@@ -59,9 +59,16 @@ pub fn append_samples(
     let mut raw = conn.prepare_cached(
         "INSERT INTO data_samples(endpoint_id, received_ms, sample) VALUES (?1, ?2, ?3)",
     )?;
-    let mut pt = conn.prepare_cached(
-        "INSERT INTO points_recent(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)",
-    )?;
+    // Few series: straight into `points` (each commit rewrites a few pages anyway).
+    let series: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM series")?
+        .query_row([], |r| r.get(0))?;
+    let recent = series > DIRECT_SERIES;
+    let mut pt = conn.prepare_cached(if recent {
+        "INSERT INTO points_recent(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)"
+    } else {
+        "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)"
+    })?;
     let mut appended = false;
     // The series of a batch repeat from sample to sample: each is looked up once.
     let mut known: Vec<(&str, i64)> = Vec::new();
@@ -82,16 +89,26 @@ pub fn append_samples(
         }
     }
     // Row IDs of `points_recent` count up from 1 after each settle (the table is emptied).
-    if appended && conn.last_insert_rowid() >= SETTLE_ROWS {
+    if recent && appended && conn.last_insert_rowid() >= settle_rows(series) {
         settle(conn)?;
     }
     Ok(())
 }
 
-/// How many points `points_recent` gathers before [`settle`] moves them. Larger: fewer
-/// `points` pages rewritten per point; smaller: less for a read to look through (the
-/// table has no index, a read scans it: ~5 ms for this many rows on a 2-core machine).
+/// Up to this many series (all endpoints', ever made) points go straight into `points`.
+pub const DIRECT_SERIES: i64 = 512;
+
+/// The most points `points_recent` gathers before [`settle`] moves them. Larger: fewer
+/// `points` pages rewritten per point; smaller: a shorter settle (it holds up the commit
+/// it runs in: ~30 ms for this many on a 2-core machine) and less for a read to look
+/// through (the table has no index, a read scans it: ~5 ms for this many rows).
 pub const SETTLE_ROWS: i64 = 65_536;
+
+/// When `points_recent` is settled, given the number of series: about 32 points per
+/// series, so each series' page of `points` is rewritten once for many points.
+fn settle_rows(series: i64) -> i64 {
+    series.saturating_mul(32).clamp(4096, SETTLE_ROWS)
+}
 
 /// Moves every point of `points_recent` into `points`, sorted by series, in the caller's
 /// transaction: each series' page of `points` is written once for all its new points.
@@ -320,6 +337,11 @@ mod tests {
         );
         assert_eq!(range(&c, "ep", "auto~t", 11, 20).unwrap(), vec![]);
         assert_eq!(count(&c, "SELECT count(*) FROM data_samples"), 2);
+        // Few series: the points went straight into `points`.
+        assert_eq!(count(&c, "SELECT count(*) FROM points"), 2);
+        assert_eq!(settle_rows(1), 4096);
+        assert_eq!(settle_rows(1000), 32_000);
+        assert_eq!(settle_rows(1_000_000), SETTLE_ROWS);
     }
 
     #[test]
@@ -334,6 +356,12 @@ mod tests {
             raw: "{}".into(),
             points: vec![p(ts, v)],
         };
+        // Many series (other endpoints'), so points go through points_recent.
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO series(endpoint_id, name) SELECT 'other' || i, 'auto~t' FROM n;",
+        )
+        .unwrap();
         // One point more than a settle takes, timestamps running backwards so the
         // newest point by time is the first one stored.
         let n = SETTLE_ROWS + 1;
