@@ -69,7 +69,8 @@ pub fn append_samples(
     } else {
         "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)"
     })?;
-    let mut appended = false;
+    // Row IDs of the first and last point this call appended.
+    let mut appended: Option<(i64, i64)> = None;
     // The series of a batch repeat from sample to sample: each is looked up once.
     let mut known: Vec<(&str, i64)> = Vec::new();
     for s in samples {
@@ -85,12 +86,27 @@ pub fn append_samples(
                 }
             };
             pt.execute(params![id, p.ts_ms, seq, p.value])?;
-            appended = true;
+            let row = conn.last_insert_rowid();
+            appended = Some((appended.map_or(row, |(first, _)| first), row));
         }
     }
-    // Row IDs of `points_recent` count up from 1 after each settle (the table is emptied).
-    if recent && appended && conn.last_insert_rowid() >= settle_rows(series) {
-        settle(conn)?;
+    // Row IDs of `points_recent` count up from 1 after each settle (the table is emptied):
+    // settle when this call's points crossed a multiple of the settle size. Should a
+    // settle fail, the points stay where they are (reads see them), the append stands,
+    // and the next multiple tries again.
+    if let (true, Some((first, last))) = (recent, appended) {
+        let every = settle_rows(series);
+        if last / every > (first - 1) / every {
+            if let Err(e) = conn
+                .execute_batch("SAVEPOINT settle")
+                .map_err(StoreError::from)
+                .and_then(|()| settle(conn))
+            {
+                let _ = conn.execute_batch("ROLLBACK TO settle");
+                log::error!("core store: moving recent time series points failed (they stay in points_recent): {e}");
+            }
+            let _ = conn.execute_batch("RELEASE settle");
+        }
     }
     Ok(())
 }
@@ -389,6 +405,53 @@ mod tests {
         assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
         assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, 7.0)));
         assert_eq!(count(&c, "SELECT count(*) FROM time_series"), n + 2);
+    }
+
+    #[test]
+    fn a_settle_that_fails_keeps_the_points_and_the_appends_and_is_tried_again() {
+        let mut c = migrated(MIGRATIONS.len());
+        c.execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+             INSERT INTO series(endpoint_id, name) SELECT 'other' || i, 'auto~t' FROM n;",
+        )
+        .unwrap();
+        let every = settle_rows(601);
+        let sample = |ts| StoredSample {
+            raw: "{}".into(),
+            points: vec![DataPoint {
+                series: "auto~t".into(),
+                ts_ms: ts,
+                value: 1.0,
+            }],
+        };
+        insert_samples(&mut c, "ep", 0, &[sample(0)]).unwrap();
+        // A point in `points` that the first recent one would collide with (no path
+        // writes such a point: this stands for whatever might).
+        c.execute("INSERT INTO points VALUES (601, 0, 1, 9.0)", [])
+            .unwrap();
+        let tx = c.transaction().unwrap();
+        for i in 1..every {
+            append_samples(&tx, "ep", 0, &[sample(i)]).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), every);
+        assert_eq!(
+            count(
+                &c,
+                "SELECT count(*) FROM time_series WHERE endpoint_id = 'ep'"
+            ),
+            every + 1
+        );
+        // Once the collision is gone, the next multiple settles everything.
+        c.execute("DELETE FROM points WHERE value = 9.0", [])
+            .unwrap();
+        let tx = c.transaction().unwrap();
+        for i in every..2 * every {
+            append_samples(&tx, "ep", 0, &[sample(i)]).unwrap();
+        }
+        tx.commit().unwrap();
+        assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
+        assert_eq!(count(&c, "SELECT count(*) FROM points"), 2 * every);
     }
 
     #[test]
