@@ -122,7 +122,10 @@ garbage line
         assert!(give_back_code_pages() > 0);
         let after = rss_file_kib();
         assert!(after < before, "RssFile {before} KiB -> {after} KiB");
-        // The code runs on, read back from the file: this parse goes through it again.
-        assert_eq!(code_ranges(&maps), code_ranges(&maps.clone()));
+        // Reclaimed, not unmapped: every mapping is still there, and the code that reads
+        // them again runs from pages read back from the file.
+        let again = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let now = code_ranges(&again);
+        assert!(code_ranges(&maps).iter().all(|r| now.contains(r)));
     }
 }

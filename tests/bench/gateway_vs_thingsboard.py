@@ -177,7 +177,7 @@ def run_thingsboard(tmp: Path, device_port: int, seconds: int, warmup: int) -> d
     env = dict(os.environ, TB_GW_CONFIG_DIR=str(conf), HTTP_PROXY=proxy, HTTPS_PROXY=proxy,
                http_proxy=proxy, https_proxy=proxy, ALL_PROXY=proxy, all_proxy=proxy, NO_PROXY="", no_proxy="",
                PIP_NO_INDEX="1")
-    proc = Proc("thingsboard-gateway", [str(exe)], tmp / "tb-gateway.log", env=env)
+    proc = Proc("thingsboard-gateway", [str(exe)], tmp / "tb-gateway.log", env=env, cwd=work)
     try:
         wait_for("ThingsBoard gateway telemetry", lambda: server.count() > 0, timeout=120)
         r = measure(proc.pid, seconds, warmup, server.count)

@@ -54,11 +54,11 @@ def wait_for(what: str, check, timeout: float = 20.0, every: float = 0.1):
 class Proc:
     """A child process with its output in a file; stopped by PID."""
 
-    def __init__(self, name: str, args: list, log: Path, env=None):
+    def __init__(self, name: str, args: list, log: Path, env=None, cwd=None):
         self.name = name
         self.log = log
         self._out = open(log, "wb")
-        self.popen = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT, env=env)
+        self.popen = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
     @property
     def pid(self) -> int:

@@ -3,9 +3,9 @@
 //! A data sample is kept verbatim in `data_samples`; each of its numeric or boolean
 //! top-level fields is a point in the series `auto~<field>` (docs/protocol.md §3).
 //! A series is a row of `series` (endpoint, name → number); its points are rows of
-//! `points` keyed by (series number, timestamp, order of insertion). A sample's points
-//! are first appended to `points_recent` and moved into `points` in bulk ([`settle`]):
-//! reads look in both.
+//! `points` keyed by (series number, timestamp, order of insertion). With more than
+//! [`DIRECT_SERIES`] series, a sample's points are first appended to `points_recent` and
+//! moved into `points` in bulk ([`settle`]): reads look in both.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -103,7 +103,10 @@ pub fn append_samples(
                 .and_then(|()| settle(conn))
             {
                 let _ = conn.execute_batch("ROLLBACK TO settle");
-                log::error!("core store: moving recent time series points failed (they stay in points_recent): {e}");
+                log::error!(
+                    "core store: moving recent time series points failed \
+                     (they stay in points_recent): {e}"
+                );
             }
             let _ = conn.execute_batch("RELEASE settle");
         }
