@@ -5,7 +5,9 @@ upstream MQTT connection to the embedded core running as a separate process.
 The devices are one pymodbus server (tests/e2e/modbus_device.py) with 10 unit IDs.
 After a warm-up the gateway's RSS (VmRSS), peak RSS (VmHWM), CPU seconds and samples the
 core stored are read over the measuring window. The gateway runs with the packaged
-unit's allocator settings (`MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`).
+unit's allocator settings (`MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`) and, when
+the script runs as root, as the unprivileged user `nobody` with the binary owned by root,
+as the packaged service runs.
 
 Usage (after `cargo build --release -p kp-gateway`):
   tests/.venv/bin/python tests/bench/gateway_rss.py [--seconds 120] [--warmup 40]
@@ -68,6 +70,19 @@ def measure(pid: int, seconds: int, warmup: int, count) -> dict:
     return r
 
 
+def as_service_user(tmp: Path, args: list) -> list:
+    """Run as the packaged service does: a user of its own, not the owner of the binary
+    (the kernel treats the code pages of a file one may not write differently). Run as
+    root, the command drops to `nobody`; the gateway's folders are handed to it."""
+    if os.geteuid() != 0:
+        return args
+    os.chmod(tmp, 0o755)
+    state = tmp / "gw-state"
+    state.mkdir(exist_ok=True)
+    os.chown(state, 65534, 65534)
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *args]
+
+
 def run_kp_gateway(tmp: Path, device_port: int, seconds: int, warmup: int) -> dict:
     """kp-gateway in bridge mode on the devices, forwarding to the core (a separate process)."""
     # The core runs from a copy of the binary: in the field the platform is another
@@ -84,7 +99,7 @@ def run_kp_gateway(tmp: Path, device_port: int, seconds: int, warmup: int) -> di
     cfg.write_text(configs.config(tmp / "gw-state", upstream=up, buses=[configs.tcp_bus("bus", device_port)],
                                   devices=devices, log_level="warn"))
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_ARENA_MAX="2")
-    gw = Proc("gateway", [str(BIN), "-c", str(cfg)], tmp / "gw.log", env=env)
+    gw = Proc("gateway", as_service_user(tmp, [str(BIN), "-c", str(cfg)]), tmp / "gw.log", env=env)
     try:
         count = lambda: core.query("SELECT count(*) FROM data_samples")[0][0]  # noqa: E731
         wait_for("the first samples in the core", lambda: count() > 0, timeout=60)
