@@ -1,14 +1,16 @@
 //! Memory footprint: hands the kernel back the program's code pages once start-up is over.
 //!
-//! The kernel maps a program's code in windows around each page it runs (a whole large
-//! folio at a time on recent kernels) and reads ahead around each fault, so after start-up
-//! (configuration, database migrations, TLS set-up, the first polls) most of the 16 MB
+//! The kernel maps a program's code in windows around each page it runs (64 KiB of
+//! cached pages, or a whole large folio) and reads ahead around each fault, so after
+//! start-up (configuration, database migrations, TLS set-up, the first polls) most of the
 //! executable is mapped and counted in the resident set although the steady loop runs a
 //! small part of it. [`give_back_code_pages`] marks the executable's and the shared
 //! libraries' read-only mappings for random access (no read-ahead: a later fault reads the
 //! one page it needs), unmaps their pages from this process (`MADV_DONTNEED`) and drops the
-//! executable's now unmapped pages from the page cache. What the gateway goes on running
-//! is mapped again, page by page, on its next touch.
+//! executable's now unmapped pages from the page cache where the kernel lets it (only a
+//! process that may write the file can evict its pages). What the gateway goes on running
+//! is mapped again on its next touch, a window of cached pages at a time; that is why the
+//! release build is optimised for size (`Cargo.toml`).
 //!
 //! `MADV_DONTNEED` rather than `MADV_PAGEOUT`: the kernel only pages out file pages for a
 //! process that could write the file, and the packaged service runs as its own user while
