@@ -11,7 +11,8 @@ import paho.mqtt.client as mqtt
 
 class KaaServer:
     def __init__(self, port: int, mode: str = "status", client_id: str = "kaa-server"):
-        self.mode = mode  # "status", "error:<code>", "silent", "delay:<ms>"
+        self.mode = mode  # "status", "error:<code>", "silent", "delay:<ms>", "hold"
+        self.held = []  # (topic, payload) of batches kept unanswered in "hold" mode
         self.lock = threading.Lock()
         self.samples = []  # (token, sample) for every sample in an answered-with-status batch
         self.batches = 0
@@ -40,6 +41,10 @@ class KaaServer:
             mode = self.mode
             if mode == "silent":
                 return
+            with self.lock:
+                if self.mode == "hold":
+                    self.held.append((msg.topic, msg.payload))
+                    return
             if mode.startswith("delay:"):
                 time.sleep(int(mode.split(":")[1]) / 1000)
                 mode = "status"
@@ -80,6 +85,25 @@ class KaaServer:
         with self.lock:
             found = [r for r in self.results if r["id"] == cid]
         return found[-1] if found else None
+
+    def stop_holding(self):
+        """Answers from now on; returns the batches held so far, unanswered (a lost answer)."""
+        with self.lock:
+            self.mode = "status"
+            held, self.held = self.held, []
+        return held
+
+    def answer_held(self):
+        """Answers from now on, and stores and answers (`/status`) every batch held so far;
+        returns how many there were."""
+        held = self.stop_holding()
+        for topic, payload in held:
+            parts = topic.split("/")
+            with self.lock:
+                self.samples.extend((parts[3], s) for s in json.loads(payload))
+                self.batches += 1
+            self.c.publish(topic + "/status", b"", qos=1)
+        return len(held)
 
     def close(self):
         self.c.loop_stop()

@@ -107,7 +107,9 @@ pub(super) fn start_generation(
         .map_or(crate::upstream::defaults::RECONNECT_MAX, |u| {
             u.reconnect_max
         });
-    let mut state = ClientState::new(endpoints, devices, reconnect_max).with_metadata(metadata);
+    let mut state = ClientState::new(endpoints, devices, reconnect_max)
+        .with_metadata(metadata)
+        .with_first_id(random_request_id());
     let mut link = None;
     if let (Some(endpoint), Some(r)) = (own, remote) {
         state = state.with_own_config(OwnConfig {
@@ -170,4 +172,11 @@ pub(super) fn command_targets(config: &Config, buses: &[(String, BusHandle)]) ->
             _ => None,
         })
         .collect()
+}
+
+/// A random first request ID for a new session (see `ClientState::with_first_id`).
+fn random_request_id() -> platform_core::kp1::RequestId {
+    use rand::Rng;
+    let id = rand::thread_rng().gen_range(1..=platform_core::kp1::MAX_REQUEST_ID);
+    platform_core::kp1::RequestId::new(id).unwrap_or(platform_core::kp1::RequestId::FIRST)
 }

@@ -37,6 +37,8 @@ struct Backoff {
 pub struct InFlight {
     outstanding: HashMap<BatchKey, Outstanding>,
     last_id: HashMap<Endpoint, RequestId>,
+    /// The ID of each endpoint's first request.
+    first_id: RequestId,
     backoff: HashMap<Endpoint, Backoff>,
     backoff_max: Duration,
 }
@@ -46,16 +48,22 @@ impl InFlight {
         Self {
             outstanding: HashMap::new(),
             last_id: HashMap::new(),
+            first_id: RequestId::FIRST,
             backoff: HashMap::new(),
             backoff_max,
         }
+    }
+
+    /// Numbers each endpoint's requests from `first` on (see [`super::protocol::ClientState::with_first_id`]).
+    pub fn set_first_id(&mut self, first: RequestId) {
+        self.first_id = first;
     }
 
     /// Registers a request for `key` and returns its ID.
     pub fn start(&mut self, key: &BatchKey, now: Instant) -> RequestId {
         let request_id = match self.last_id.get(&key.endpoint) {
             Some(last) => last.next(),
-            None => RequestId::FIRST,
+            None => self.first_id,
         };
         self.last_id.insert(key.endpoint.clone(), request_id);
         self.outstanding.insert(
@@ -143,7 +151,7 @@ impl InFlight {
         self.backoff.remove(ep);
     }
 
-    #[cfg(test)]
+    /// How many requests wait for an answer.
     pub fn outstanding(&self) -> usize {
         self.outstanding.len()
     }

@@ -98,6 +98,8 @@ pub struct ClientState {
     commands: CommandLog,
     /// Last request ID used for requests other than 2/DCP batches.
     last_id: Option<RequestId>,
+    /// The first request ID (see [`ClientState::with_first_id`]).
+    first_id: RequestId,
 }
 
 impl ClientState {
@@ -120,7 +122,18 @@ impl ClientState {
             inflight: InFlight::new(backoff_max.max(Duration::from_secs(1))),
             commands: CommandLog::default(),
             last_id: None,
+            first_id: RequestId::FIRST,
         }
+    }
+
+    /// Numbers requests from `first` on rather than from 1. Each configuration (each
+    /// session) gets a random start: an answer to a request of the previous session that
+    /// arrives late on the new connection (same client ID and subscriptions) then cannot
+    /// be taken for the answer to a new request with the same number.
+    pub fn with_first_id(mut self, first: RequestId) -> Self {
+        self.inflight.set_first_id(first);
+        self.first_id = first;
+        self
     }
 
     /// Metadata to publish for each endpoint on every connect (empty maps are skipped).
@@ -293,7 +306,6 @@ impl ClientState {
     }
 
     /// How many batches wait for an answer.
-    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.inflight.outstanding()
     }
@@ -427,7 +439,7 @@ impl ClientState {
 
     /// A request topic with the next request ID.
     fn request(&mut self, ep: &Endpoint, ext: Ext, resource: &str) -> String {
-        let id = self.last_id.map_or(RequestId::FIRST, RequestId::next);
+        let id = self.last_id.map_or(self.first_id, RequestId::next);
         self.last_id = Some(id);
         let ext = match ext {
             Ext::Cex => &self.cex,

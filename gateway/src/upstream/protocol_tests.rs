@@ -388,3 +388,26 @@ fn the_dcp_payload_is_a_json_array_of_the_samples() {
         json!([{"a": 1}, {"b": 2}])
     );
 }
+
+#[test]
+fn requests_are_numbered_from_the_chosen_start_and_an_old_sessions_number_is_not_taken() {
+    let first = RequestId::new(1_000_000).unwrap();
+    let mut s = state().with_first_id(first);
+    let now = Instant::now();
+    let topic = send_one(&mut s, now);
+    assert_eq!(topic, "kp1/app-v1/dcx/dev1/json/1000000");
+    // A late answer to request 1 of the previous session (numbered from 1) is ignored.
+    assert!(s
+        .message("kp1/app-v1/dcx/dev1/json/1/status", b"{}", now, 0.5)
+        .is_empty());
+    assert_eq!(s.outstanding(), 1);
+    let effects = s.message(&format!("{topic}/status"), b"{}", now, 0.5);
+    assert_eq!(effects, vec![Effect::Ack(backlog(dev()))]);
+    // Requests other than batches start there too.
+    let requests = publishes(&s.connected());
+    assert!(requests.len() >= 3, "{requests:?}");
+    for (topic, _) in requests {
+        let id: u32 = topic.rsplit('/').next().unwrap().parse().unwrap();
+        assert!((1_000_000..1_000_010).contains(&id), "{topic}");
+    }
+}

@@ -24,6 +24,10 @@ use crate::endpoint::Endpoint;
 pub const MAX_PACKET_SIZE: usize = 1024 * 1024;
 /// How often time-outs are checked and the buffer is looked at without a notification.
 const TICK: Duration = Duration::from_millis(250);
+/// Longest wait at a stop or reload for the answers to batches already sent (bounded by
+/// `response_timeout` too): long enough for a healthy link, short enough that a reload
+/// does not hold up sampling for long.
+const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
 /// Whether the connection is up, and how many attempts failed in a row.
 #[derive(Debug, Default, Clone, Copy)]
@@ -95,7 +99,9 @@ impl UpstreamSession {
         self.status.clone()
     }
 
-    /// Runs until `shutdown`; then sends DISCONNECT (leased batches stay in the buffer).
+    /// Runs until `shutdown`; then waits a little for the answers to batches in flight,
+    /// gives what stays unanswered back to the buffer (the next session sends it again)
+    /// and sends DISCONNECT.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let c = self.config.clone();
         let opts = match mqtt_options(&c) {
@@ -121,7 +127,7 @@ impl UpstreamSession {
         loop {
             let connected = link.connected;
             let effects = tokio::select! {
-                // Shutdown: say goodbye; unconfirmed batches stay in the buffer for next time.
+                // Shutdown: drain, then say goodbye (below).
                 _ = shutdown.cancelled() => break,
                 // The connection: CONNACK, messages, errors (then a backoff before rumqttc
                 // reconnects on the next poll; `None`: shutdown came during the backoff).
@@ -147,9 +153,70 @@ impl UpstreamSession {
             self.apply(&client, effects, &finished_tx).await;
         }
         if link.connected {
+            self.drain(&client, &mut events, &finished_tx).await;
+        }
+        let unanswered = self.state.disconnected();
+        self.apply(&client, unanswered, &finished_tx).await;
+        if link.connected {
             disconnect(&client, &mut events).await;
         }
         log::info!("upstream: stopped");
+    }
+
+    /// At a stop or reload: waits (at most [`DRAIN_LIMIT`]) for the answers to the batches
+    /// already sent, so that the platform does not get them again from the next session.
+    /// Nothing new is sent, and commands or configurations arriving now are not taken.
+    async fn drain(
+        &mut self,
+        client: &AsyncClient,
+        events: &mut EventLoop,
+        finished: &mpsc::Sender<Finished>,
+    ) {
+        let waiting = self.state.outstanding();
+        if waiting == 0 {
+            return;
+        }
+        let limit = self.config.response_timeout.min(DRAIN_LIMIT);
+        log::info!(
+            "upstream: stopping: waiting up to {limit:?} for the answers to {waiting} batches sent"
+        );
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        while self.state.outstanding() > 0 {
+            let ev = tokio::select! {
+                _ = &mut deadline => break,
+                ev = events.poll() => ev,
+            };
+            let effects = match ev {
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    self.state
+                        .message(&p.topic, &p.payload, Instant::now(), jitter())
+                }
+                Ok(_) => continue,
+                Err(e) => {
+                    log::warn!("upstream: connection lost while stopping: {e}");
+                    break;
+                }
+            };
+            let (settle, other): (Vec<Effect>, Vec<Effect>) = effects.into_iter().partition(|e| {
+                matches!(e, Effect::Ack(_) | Effect::Release(_) | Effect::Park { .. })
+            });
+            for e in other {
+                if let Effect::Execute { endpoint, kind, .. } = e {
+                    log::warn!(
+                        "upstream: a {kind:?} command for {:?} came while stopping; not run",
+                        endpoint.token
+                    );
+                }
+            }
+            self.apply(client, settle, finished).await;
+        }
+        match self.state.outstanding() {
+            0 => log::info!("upstream: every batch sent was answered"),
+            n => log::warn!(
+                "upstream: {n} batches unanswered at the stop; they stay in the buffer and the next session sends them again"
+            ),
+        }
     }
 
     /// One event of the connection. `None`: shutdown came while waiting to reconnect.
