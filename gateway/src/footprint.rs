@@ -10,7 +10,8 @@
 //! executable's now unmapped pages from the page cache where the kernel lets it (only a
 //! process that may write the file can evict its pages). What the gateway goes on running
 //! is mapped again on its next touch, a window of cached pages at a time; that is why the
-//! release build is optimised for size (`Cargo.toml`).
+//! release build is optimised for size (`Cargo.toml`) and links the steady loop's
+//! functions side by side where the linker is LLD (`gateway/build.rs`).
 //!
 //! `MADV_DONTNEED` rather than `MADV_PAGEOUT`: the kernel only pages out file pages for a
 //! process that could write the file, and the packaged service runs as its own user while

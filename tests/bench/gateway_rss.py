@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +44,15 @@ def rss_by_mapping(pid: int) -> dict:
         elif head[0] == "Rss:":
             rss[name] = rss.get(name, 0) + int(head[1])
     return dict(sorted(rss.items(), key=lambda kv: -kv[1])[:8])
+
+
+def symbol_order_matched(binary: Path) -> str:
+    """How many names of gateway/link/symbol-order.txt the binary has ("n/m"), i.e. how much
+    of its hot-code ordering took effect (see gateway/build.rs); "no symbols" when stripped."""
+    listed = (ROOT / "gateway" / "link" / "symbol-order.txt").read_text().split()
+    out = subprocess.run(["nm", "--defined-only", str(binary)], capture_output=True, text=True).stdout
+    names = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    return f"{sum(n in names for n in listed)}/{len(listed)}" if names else "no symbols"
 
 
 def start_devices(tmp: Path) -> tuple:
@@ -118,7 +128,9 @@ def main():
         tmp = Path(d)
         device, port = start_devices(tmp)
         try:
-            print(json.dumps(run_kp_gateway(tmp, port, a.seconds, a.warmup)))
+            r = run_kp_gateway(tmp, port, a.seconds, a.warmup)
+            r["symbol_order_matched"] = symbol_order_matched(Path(BIN))
+            print(json.dumps(r))
         finally:
             device.stop()
 
