@@ -141,7 +141,24 @@ class Core:
         core["http"].update(http_keys or {})
         self.config = tmp / "core.toml"
         self.config.write_text(configs.config(self.state, core=core))
-        self.proc = Proc("core", [str(BIN), "--config", str(self.config)], tmp / "core.log")
+        # Ready is the process's own word (every listener bound: MQTT, HTTP and any TLS one
+        # a test adds), not the first port that answers.
+        notify = ReadyListener()
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
+        self.proc = Proc("core", [str(BIN), "--config", str(self.config)], tmp / "core.log", env=env)
+
+        def started():
+            if self.proc.popen.poll() is not None:
+                raise RuntimeError(f"core exited with {self.proc.popen.returncode}:\n{self.proc.output()}")
+            return notify.ready()
+
+        try:
+            wait_for("the core to be ready", started, timeout=60)
+        except BaseException:
+            self.proc.stop()
+            raise
+        finally:
+            notify.close()  # later notices (STOPPING=1) go nowhere; the binary ignores that
         wait_port(self.port, self.proc)
         wait_port(self.http_port, self.proc)
 
