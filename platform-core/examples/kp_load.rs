@@ -58,6 +58,10 @@ struct Args {
     /// Set TCP_NODELAY on the clients' sockets.
     #[arg(long)]
     nodelay: bool,
+    /// Also write every answer as a CSV line `client,sent_ms,latency_ms` to this file (to
+    /// tell a stall of the whole server from one connection served late).
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
 }
 
 /// Latencies and counts of one run, shared by every client.
@@ -66,6 +70,8 @@ struct Tally {
     answered: AtomicU64,
     errors: AtomicU64,
     latencies_us: Mutex<Vec<u32>>,
+    /// With `--trace`: (client, sent µs after the start, latency µs) of every answer.
+    trace: Option<Mutex<Vec<(u32, u32, u32)>>>,
 }
 
 #[tokio::main]
@@ -79,7 +85,10 @@ async fn main() {
         eprintln!("--addr must be host:port");
         std::process::exit(2);
     }
-    let tally = Arc::new(Tally::default());
+    let tally = Arc::new(Tally {
+        trace: args.trace.as_ref().map(|_| Mutex::default()),
+        ..Tally::default()
+    });
     let connected = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
     let stop = began + Duration::from_secs(args.seconds);
@@ -112,6 +121,7 @@ async fn main() {
             tally: tally.clone(),
             connected: connected.clone(),
             stop,
+            began,
             window: args.window,
         };
         tokio::spawn(run_client(ctx, client, events, tx));
@@ -138,6 +148,20 @@ async fn main() {
     let mut lat =
         std::mem::take(&mut *tally.latencies_us.lock().unwrap_or_else(|p| p.into_inner()));
     lat.sort_unstable();
+    if let (Some(path), Some(trace)) = (&args.trace, &tally.trace) {
+        let rows = std::mem::take(&mut *trace.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut csv = String::from("client,sent_ms,latency_ms\n");
+        for (c, sent, us) in rows {
+            csv.push_str(&format!(
+                "{c},{:.3},{:.3}\n",
+                f64::from(sent) / 1000.0,
+                f64::from(us) / 1000.0
+            ));
+        }
+        if let Err(e) = std::fs::write(path, csv) {
+            eprintln!("--trace {}: {e}", path.display());
+        }
+    }
     let pct = |q: f64| -> f64 {
         if lat.is_empty() {
             return 0.0;
@@ -167,6 +191,7 @@ struct ClientCtx {
     tally: Arc<Tally>,
     connected: Arc<AtomicU64>,
     stop: Instant,
+    began: Instant,
     window: usize,
 }
 
@@ -233,6 +258,10 @@ async fn run_client(
                         let us = u32::try_from(at.elapsed().as_micros()).unwrap_or(u32::MAX);
                         if let Ok(mut l) = ctx.tally.latencies_us.lock() {
                             l.push(us);
+                        }
+                        if let Some(Ok(mut t)) = ctx.tally.trace.as_ref().map(|t| t.lock()) {
+                            let sent = at.duration_since(ctx.began).as_micros();
+                            t.push((ctx.index as u32, sent as u32, us));
                         }
                     }
                 }

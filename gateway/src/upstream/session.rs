@@ -114,6 +114,11 @@ impl UpstreamSession {
         };
         self.status.starting(format!("{}:{}", c.host, c.port));
         let (client, mut events) = AsyncClient::new(opts, 1024);
+        // No Nagle: a batch must not wait for the ACK of an earlier small packet (a
+        // PUBACK for a command), which a server with nothing to send delays up to 40 ms.
+        let mut net = events.network_options();
+        net.set_tcp_nodelay(true);
+        events.set_network_options(net);
         let (finished_tx, mut finished) = mpsc::channel::<Finished>(256);
         let mut verdicts = self.verdicts.take();
         let mut link = LinkState::default();

@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{serve, ConnContext, Peer};
+use super::quickack::QuickAck;
 use super::stats::Incident;
 use crate::ccm::fingerprint_der;
 
@@ -56,7 +57,7 @@ pub async fn run(
                     match tls {
                         None => {
                             let who = Peer { addr: peer, transport: "tcp", cert_fingerprint: None };
-                            serve(stream, who, ctx, shutdown).await;
+                            serve(QuickAck(stream), who, ctx, shutdown).await;
                         }
                         // Boxed: the TLS state would otherwise size every connection's task.
                         Some(acceptor) => {
@@ -80,7 +81,10 @@ async fn serve_tls(
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) {
-    let handshake = tokio::time::timeout(ctx.limits.connect_timeout, acceptor.accept(stream));
+    let handshake = tokio::time::timeout(
+        ctx.limits.connect_timeout,
+        acceptor.accept(QuickAck(stream)),
+    );
     let tls = tokio::select! {
         _ = shutdown.cancelled() => return,
         r = handshake => match r {

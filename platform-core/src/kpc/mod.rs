@@ -6,6 +6,7 @@ pub mod http;
 pub mod https;
 
 pub mod listener;
+pub mod quickack;
 pub mod router;
 pub mod stats;
 pub mod tls;
