@@ -84,54 +84,63 @@ applications = ["*"]
         for c in idle:
             c.close()
 
-        # REST command → push to a live paho endpoint → result → HTTP answer.
-        responder = KpClient(port, "bench", "bench-pw", client_id="responder")
-        # paho leaves Nagle on: its PUBACK and our result would then wait ~40 ms for the
-        # server's delayed ACK — a client-side artifact, not the core's time.
+        # REST command → push to a live paho endpoint → result → HTTP answer: with paho's
+        # default (Nagle on, as most device clients leave it) and with TCP_NODELAY.
+        for key, nodelay in (("command_round_trip_ms", False), ("command_round_trip_nodelay_ms", True)):
+            out[key] = command_round_trips(port, http_port, nodelay)
+        out["rss_end_kib"] = rss_kib(core.pid)
+    finally:
+        core.stop()
+    print(json.dumps(out, indent=2))
+
+
+def command_round_trips(port: int, http_port: int, nodelay: bool, n: int = 300) -> dict:
+    """`n` REST commands in a row to a live paho endpoint that answers each one."""
+    responder = KpClient(port, "bench", "bench-pw", client_id=f"responder-{nodelay}")
+    if nodelay:
         responder.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        assert responder.request("kp1/bench-v1/dcx/t0/json/1", [{"x": 1}]) == ("status", b"")
-        stop = threading.Event()
+    assert responder.request("kp1/bench-v1/dcx/t0/json/1", [{"x": 1}]) == ("status", b"")
+    stop = threading.Event()
 
-        def answer():
-            while not stop.is_set():
-                try:
-                    topic, payload = responder.wait_message("kp1/bench-v1/cex/t0/command/", timeout=0.5)
-                except TimeoutError:
-                    continue
-                ids = [c["id"] for c in json.loads(payload)]
-                responder.client.publish("kp1/bench-v1/cex/t0/result/ping",
-                                         json.dumps([{"id": i, "statusCode": 200} for i in ids]), qos=1)
+    def answer():
+        while not stop.is_set():
+            try:
+                topic, payload = responder.wait_message("kp1/bench-v1/cex/t0/command/", timeout=0.5)
+            except TimeoutError:
+                continue
+            ids = [c["id"] for c in json.loads(payload)]
+            responder.client.publish("kp1/bench-v1/cex/t0/result/ping",
+                                     json.dumps([{"id": i, "statusCode": 200} for i in ids]), qos=1)
 
-        t = threading.Thread(target=answer, daemon=True)
-        t.start()
-        conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
-        auth = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-pw").decode(),
-                "Content-Type": "application/json"}
-        ep = None
-        conn.request("GET", "/api/v1/endpoints?appVersionName=bench-v1", headers=auth)
-        eps = json.loads(conn.getresponse().read())
-        for e in eps:
-            conn.request("GET", f"/api/v1/endpoints/{e['endpointId']}/tokens", headers=auth)
-            if any(tk["token"] == "t0" for tk in json.loads(conn.getresponse().read())):
-                ep = e["endpointId"]
-                break
-        lat = []
-        for i in range(300):
+    t = threading.Thread(target=answer, daemon=True)
+    t.start()
+    conn = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:admin-pw").decode(),
+            "Content-Type": "application/json"}
+    ep = None
+    conn.request("GET", "/api/v1/endpoints?appVersionName=bench-v1", headers=auth)
+    for e in json.loads(conn.getresponse().read()):
+        conn.request("GET", f"/api/v1/endpoints/{e['endpointId']}/tokens", headers=auth)
+        if any(tk["token"] == "t0" for tk in json.loads(conn.getresponse().read())):
+            ep = e["endpointId"]
+            break
+    lat = []
+    try:
+        for _ in range(n):
             t0 = time.perf_counter()
             conn.request("POST", f"/api/v1/endpoints/{ep}/commands/ping?awaitTimeout=5000", body=b"{}", headers=auth)
             r = conn.getresponse()
             r.read()
             assert r.status == 200, r.status
             lat.append((time.perf_counter() - t0) * 1000)
-        stop.set()
-        responder.close()
-        lat.sort()
-        out["command_round_trip_ms"] = {"n": len(lat), "p50": round(statistics.median(lat), 2),
-                                        "p99": round(lat[int(len(lat) * 0.99) - 1], 2), "max": round(lat[-1], 2)}
-        out["rss_end_kib"] = rss_kib(core.pid)
     finally:
-        core.stop()
-    print(json.dumps(out, indent=2))
+        stop.set()
+        t.join()
+        responder.close()
+        conn.close()
+    lat.sort()
+    return {"n": len(lat), "p50": round(statistics.median(lat), 2),
+            "p99": round(lat[int(len(lat) * 0.99) - 1], 2), "max": round(lat[-1], 2)}
 
 
 if __name__ == "__main__":

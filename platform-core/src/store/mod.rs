@@ -3,9 +3,12 @@
 //! SQLite calls block, so they never run on the async runtime: a dedicated thread owns
 //! the [`rusqlite::Connection`] and runs jobs sent through [`StoreHandle::call`] one at a
 //! time, in order. Appends that arrive together ([`StoreHandle::call_grouped`], the
-//! data samples of many requests) share one transaction — each in its own savepoint, so
-//! one failure undoes only its own rows — and every caller is answered only after the
-//! commit that holds its rows. The thread ends when the last handle is dropped.
+//! data samples of many requests) share one transaction, and every caller is answered
+//! only after the commit that holds its rows. One failure undoes only its own rows: the
+//! group first runs straight through (no savepoints, whose sub-journal would copy every
+//! page each append touches); should an append fail, the transaction is rolled back and
+//! the group runs again with a savepoint per append. The thread ends when the last
+//! handle is dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,11 +55,48 @@ pub enum StoreError {
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// Runs an append inside the shared transaction (`None`: it could not begin) and says
-/// whether it succeeded; the returned [`Finish`] answers its caller after the commit.
-type Grouped = Box<dyn FnOnce(Option<&Connection>) -> (bool, Finish) + Send>;
-/// Answers a grouped job's caller: `None` if the commit succeeded, else why not.
-type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// An append waiting for its group's commit.
+type Grouped = Box<dyn Append>;
+
+/// An append of a group: run in the shared transaction (again, should the group be rolled
+/// back and retried), then answered once the group's fate is known.
+trait Append: Send {
+    /// Runs the append; false if it failed (its outcome is kept for [`Append::finish`]).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Answers the caller: its own outcome, or `failed` (why the group was not committed)
+    /// instead of a success.
+    fn finish(self: Box<Self>, failed: Option<&StoreError>);
+}
+
+/// [`Append`] of a closure and the channel its caller waits on.
+struct Pending<F, R> {
+    f: F,
+    outcome: Option<Result<R, StoreError>>,
+    done: oneshot::Sender<Result<R, StoreError>>,
+}
+
+impl<F, R> Append for Pending<F, R>
+where
+    F: FnMut(&Connection) -> Result<R, StoreError> + Send,
+    R: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let outcome = (self.f)(conn);
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
+    }
+
+    fn finish(self: Box<Self>, failed: Option<&StoreError>) {
+        let r = match (self.outcome, failed) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok(r)), None) => Ok(r),
+            (_, Some(e)) => Err(StoreError::Internal(format!("commit failed: {e}"))),
+            (None, None) => Err(StoreError::Internal("the append never ran".into())),
+        };
+        let _ = self.done.send(r);
+    }
+}
 
 enum Work {
     Call(Job),
@@ -168,28 +208,19 @@ impl StoreHandle {
     /// Runs the append `f` inside a transaction shared with the other appends queued at
     /// the same time, and returns its result once that transaction has committed. `f`
     /// must not begin or end transactions itself; if it fails, only its own changes are
-    /// undone. Appends must not change what [`StoreHandle::generation`] guards (tokens,
-    /// endpoints, app versions).
+    /// undone. `f` may run twice (when another append of its group failed, the group is
+    /// rolled back and run again): it must do nothing but database work. Appends must not
+    /// change what [`StoreHandle::generation`] guards (tokens, endpoints, app versions).
     pub async fn call_grouped<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        F: FnMut(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let (done, result) = oneshot::channel();
-        let job: Grouped = Box::new(move |conn| {
-            let outcome = match conn {
-                Some(c) => f(c),
-                None => Err(StoreError::Internal("no transaction".into())),
-            };
-            let ok = outcome.is_ok();
-            let finish: Finish = Box::new(move |commit: Option<&StoreError>| {
-                let r = match (outcome, commit) {
-                    (Ok(_), Some(e)) => Err(StoreError::Internal(format!("commit failed: {e}"))),
-                    (r, _) => r,
-                };
-                let _ = done.send(r);
-            });
-            (ok, finish)
+        let job: Grouped = Box::new(Pending {
+            f,
+            outcome: None,
+            done,
         });
         self.tx
             .send(Work::Grouped(job))
@@ -238,56 +269,47 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>) {
     }
 }
 
-/// One transaction for the group, a savepoint per append, then every caller's answer.
-fn run_group(conn: &Connection, group: Vec<Grouped>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        let e = StoreError::from(e);
-        for job in group {
-            let (_, finish) = job(None);
-            finish(Some(&e));
+/// One transaction for the group, then every caller's answer. Straight through first; if
+/// an append fails, the group is rolled back and run again, each append in a savepoint.
+fn run_group(conn: &Connection, mut group: Vec<Grouped>) {
+    let outcome = exec(conn, "BEGIN IMMEDIATE").and_then(|()| {
+        // `all` stops at the first failure; the appends after it run in the retry.
+        if group.iter_mut().all(|a| a.run(conn)) {
+            return exec(conn, "COMMIT");
         }
-        return;
-    }
-    let mut finishes = Vec::with_capacity(group.len());
-    let mut failed: Option<StoreError> = None;
-    for job in group {
-        if failed.is_some() {
-            let (_, finish) = job(None);
-            finishes.push(finish);
-            continue;
+        let _ = exec(conn, "ROLLBACK");
+        exec(conn, "BEGIN IMMEDIATE")
+            .and_then(|()| run_in_savepoints(conn, &mut group))
+            .and_then(|()| exec(conn, "COMMIT"))
+    });
+    if let Err(e) = &outcome {
+        if !conn.is_autocommit() {
+            let _ = exec(conn, "ROLLBACK");
         }
-        if let Err(e) = conn.execute_batch("SAVEPOINT append") {
-            failed = Some(e.into());
-            let (_, finish) = job(None);
-            finishes.push(finish);
-            continue;
+        log::error!("core store: a group of {} appends failed: {e}", group.len());
+    }
+    let failed = outcome.err();
+    for append in group {
+        append.finish(failed.as_ref());
+    }
+}
+
+/// Runs each append in its own savepoint: a failed one undoes only its own rows.
+fn run_in_savepoints(conn: &Connection, group: &mut [Grouped]) -> Result<(), StoreError> {
+    for append in group {
+        exec(conn, "SAVEPOINT append")?;
+        if !append.run(conn) {
+            exec(conn, "ROLLBACK TO append")?;
         }
-        let (ok, finish) = job(Some(conn));
-        let end = if ok {
-            "RELEASE append"
-        } else {
-            "ROLLBACK TO append; RELEASE append"
-        };
-        if let Err(e) = conn.execute_batch(end) {
-            failed = Some(e.into());
-        }
-        finishes.push(finish);
+        exec(conn, "RELEASE append")?;
     }
-    let commit = match failed {
-        Some(e) => Err(e),
-        None => conn.execute_batch("COMMIT").map_err(StoreError::from),
-    };
-    if let Err(e) = &commit {
-        let _ = conn.execute_batch("ROLLBACK");
-        log::error!(
-            "core store: a group of {} appends failed: {e}",
-            finishes.len()
-        );
-    }
-    let commit_err = commit.err();
-    for finish in finishes {
-        finish(commit_err.as_ref());
-    }
+    Ok(())
+}
+
+/// Runs one statement without results, prepared once per connection.
+fn exec(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -334,6 +356,43 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(n, 1);
+    }
+
+    #[tokio::test]
+    async fn appends_of_a_group_that_all_succeed_run_once() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            StoreHandle::open(&dir.path().join("c.sqlite")).unwrap_or_else(|e| panic!("{e}"));
+        let runs = Arc::new(AtomicU64::new(0));
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let blocker = store.call(move |_| {
+            let _ = wait.recv();
+            Ok(())
+        });
+        let mut appends = Vec::new();
+        for i in 0..50 {
+            let (s, runs) = (store.clone(), runs.clone());
+            appends.push(tokio::spawn(async move {
+                s.call_grouped(move |c| {
+                    runs.fetch_add(1, Ordering::Relaxed);
+                    c.execute(
+                        "INSERT INTO applications(name) VALUES (?1)",
+                        [format!("a{i}")],
+                    )?;
+                    Ok(())
+                })
+                .await
+            }));
+        }
+        tokio::task::yield_now().await;
+        let _ = release.send(());
+        blocker.await.unwrap_or_else(|e| panic!("{e}"));
+        for a in appends {
+            a.await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(runs.load(Ordering::Relaxed), 50);
     }
 
     #[tokio::test]
