@@ -58,9 +58,20 @@ def test_more_requests_than_the_cores_in_flight_budget_are_all_answered_in_turn(
 def test_echo_mode_against_mosquitto(tmp_path):
     broker = Mosquitto(tmp_path)
     try:
-        r = load("--mode", "echo", "--addr", f"127.0.0.1:{broker.port}", "--clients", "3", "--window", "16")
+        trace = tmp_path / "trace.csv"
+        r = load("--mode", "echo", "--addr", f"127.0.0.1:{broker.port}", "--clients", "3", "--window", "16",
+                 "--trace", str(trace))
         assert r["connected"] == 3 and r["errors"] == 0, r
         assert r["answered"] > 0 and r["p99_ms"] >= r["p50_ms"] > 0, r
+        # The trace: one line per counted answer, from every client, latencies that give
+        # the same median as the summary (both to 2 decimals, as printed).
+        lines = trace.read_text().splitlines()
+        assert lines[0] == "client,sent_ms,latency_ms"
+        rows = [tuple(float(x) for x in line.split(",")) for line in lines[1:]]
+        assert len(rows) == r["answered"], (len(rows), r)
+        assert {int(c) for c, _, _ in rows} == {0, 1, 2}
+        lat = sorted(x for _, _, x in rows)
+        assert abs(lat[(len(lat) + 1) // 2 - 1] - r["p50_ms"]) < 0.01, (lat[len(lat) // 2], r)
     finally:
         broker.stop()
 
