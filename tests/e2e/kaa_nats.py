@@ -7,6 +7,7 @@ import glob
 import io
 import json
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import fastavro
 import nats
 
-from conftest import Proc, free_port, wait_port
+from conftest import Proc, free_port, wait_for, wait_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = ROOT.parent / "shared" / "kaa-schemas"
@@ -77,6 +78,100 @@ class NatsServer:
 
     def stop(self):
         self.proc.stop()
+
+
+def wait_on_nats(url: str, replica_id: str, timeout: float = 60):
+    """Returns once the core replica `replica_id` answers on NATS: connected, with its
+    subscriptions in place. (A core is ready to serve before it reaches NATS, which it
+    does in the background; a test that publishes to it must wait for this.) The probe
+    is a malformed call on the replica's REST subject, answered with a 400."""
+    probe = NatsPeer(url)
+
+    def answered():
+        try:
+            probe._run(probe.nc.request(f"kaa.v1.replica.{replica_id}.kpgw.rest", b"{not json", timeout=1),
+                       timeout=5)
+            return True
+        except Exception:  # no responders yet, or no answer in time: ask again
+            return False
+
+    try:
+        wait_for(f"replica {replica_id} to answer on NATS", answered, timeout=timeout)
+    finally:
+        probe.close()
+
+
+class TcpRelay:
+    """A TCP relay on 127.0.0.1 to `target_port` that the test can cut and restore (same
+    port): NATS away for one client only, while others stay connected to the server."""
+
+    def __init__(self, target_port: int):
+        self.target = target_port
+        self.port = free_port()
+        self.lock = threading.Lock()
+        self.sockets: list = []
+        self.listener = None
+        self.restore()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def restore(self):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self):
+        """Stops accepting and closes every relayed connection (both ends see it)."""
+        # shutdown() first: close() alone would leave the accept() blocked in the other
+        # thread holding the socket, and the kernel would go on accepting.
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.listener.close()
+        with self.lock:
+            for s in self.sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            self.sockets.clear()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self.lock:
+                self.sockets += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class NatsPeer:

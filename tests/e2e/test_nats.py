@@ -9,7 +9,7 @@ import time
 import pytest
 
 from conftest import Core, wait_for
-from kaa_nats import NatsPeer, decode, encode, extension_data
+from kaa_nats import NatsPeer, TcpRelay, decode, encode, extension_data, wait_on_nats
 from kp_client import KpClient
 
 AVN = Core.APP_VERSION
@@ -25,7 +25,9 @@ def peer(nats_server):
 
 def nats_core(tmp_path, server, **nats_keys):
     keys = {"servers": [server.url], "replica_id": "replica-a", **nats_keys.pop("nats", {})}
-    return Core(tmp_path, core_keys={"nats": keys, **nats_keys})
+    core = Core(tmp_path, core_keys={"nats": keys, **nats_keys})
+    wait_on_nats(server.url, keys["replica_id"])
+    return core
 
 
 def decoded(peer, subject, record):
@@ -171,17 +173,23 @@ def test_an_external_extension_answers_pushes_and_fails_loudly(tmp_path, nats_se
 def test_events_queue_while_nats_is_away_bounded_and_counted(tmp_path, nats_server, peer):
     """NATS away: clients keep getting answers, events wait in a bounded queue, what does
     not fit is dropped and counted, and the queue drains when NATS is back."""
-    core = nats_core(tmp_path, nats_server, nats={"queue_capacity": 5})
+    # The core reaches NATS through a relay the test cuts, so the peer's subscription
+    # stays live on the server the whole time: the queued events cannot be flushed before
+    # the peer is back (NATS keeps nothing for absent subscribers).
+    relay = TcpRelay(nats_server.port)
     peer.collect(EVENTS + ">")
-    nats_server.stop()
+    core = Core(tmp_path, core_keys={"nats": {"servers": [relay.url], "replica_id": "replica-a",
+                                              "queue_capacity": 5}})
+    wait_on_nats(nats_server.url, "replica-a")
+    relay.cut()
     wait_for("the core to see NATS down", lambda: "nats: disconnected" in core.proc.output())
     client = KpClient(core.port, core.USER, core.PASSWORD, client_id="sensor")
     try:
         for i in range(1, 51):
             assert client.request(f"kp1/{AVN}/dcx/tok1/json/{i}", {"v": i}) == ("status", b"")
         assert len(core.query("SELECT 1 FROM time_series WHERE endpoint_id = 'ep-tok1' AND name = 'auto~v'")) == 50
-        nats_server.start()
-        # what waited in the queue arrives once both sides are back
+        relay.restore()
+        # what waited in the queue arrives once the core is back
         got = peer.wait_messages(EVENTS, 5, timeout=60)
         for subject, data in got:
             assert data, subject

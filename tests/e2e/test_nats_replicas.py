@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from conftest import Core, wait_for
-from kaa_nats import NatsPeer, decode, encode, extension_data
+from kaa_nats import NatsPeer, decode, encode, extension_data, wait_on_nats
 from kp_client import KpClient
 
 AVN = Core.APP_VERSION
@@ -27,7 +27,9 @@ def peer(nats_server):
 def replica(tmp_path, server, name):
     d = tmp_path / name
     d.mkdir()
-    return Core(d, core_keys={"nats": {"servers": [server.url], "replica_id": name}})
+    core = Core(d, core_keys={"nats": {"servers": [server.url], "replica_id": name}})
+    wait_on_nats(server.url, name)
+    return core
 
 
 def connected(core, endpoint):
@@ -147,6 +149,7 @@ def test_a_push_from_an_extension_service_reaches_the_replica_holding_the_sessio
         d.mkdir()
         cores.append(Core(d, core_keys={"nats": {"servers": [nats_server.url], "replica_id": name},
                                         "extensions": extensions}))
+        wait_on_nats(nats_server.url, name)
     a, b = cores
     peer.serve_extension("ext-cmd", lambda req: extension_data(req, 200))
     c = KpClient(b.port, b.USER, b.PASSWORD, client_id="device")
@@ -180,6 +183,7 @@ def test_every_replica_shows_the_owners_registry(tmp_path, nats_server, peer):
         d.mkdir()
         nats = {"servers": [nats_server.url], "replica_id": name, "registry_owner": "replica-a"}
         cores.append(Core(d, core_keys={"nats": nats}))
+        wait_on_nats(nats_server.url, name)
     a, b = cores
     # Made through the mirror's API: it is the owner's, and the mirror's copy has it at once.
     code, ep = b.api("POST", "/api/v1/endpoints", {"appVersion": AVN, "endpointId": "boiler-1", "token": "boiler-tok"})
