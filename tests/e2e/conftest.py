@@ -143,22 +143,8 @@ class Core:
         self.config.write_text(configs.config(self.state, core=core))
         # Ready is the process's own word (every listener bound: MQTT, HTTP and any TLS one
         # a test adds), not the first port that answers.
-        notify = ReadyListener()
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify.path)}
-        self.proc = Proc("core", [str(BIN), "--config", str(self.config)], tmp / "core.log", env=env)
-
-        def started():
-            if self.proc.popen.poll() is not None:
-                raise RuntimeError(f"core exited with {self.proc.popen.returncode}:\n{self.proc.output()}")
-            return notify.ready()
-
-        try:
-            wait_for("the core to be ready", started, timeout=60)
-        except BaseException:
-            self.proc.stop()
-            raise
-        finally:
-            notify.close()  # later notices (STOPPING=1) go nowhere; the binary ignores that
+        self.proc, notify = start_notified("core", ["--config", str(self.config)], tmp / "core.log")
+        notify.close()  # later notices (STOPPING=1) go nowhere; the binary ignores that
         wait_port(self.port, self.proc)
         wait_port(self.http_port, self.proc)
 
@@ -281,6 +267,28 @@ class ReadyListener:
             self.dir.rmdir()
 
 
+def start_notified(name: str, args: list, log: Path, env=None) -> tuple:
+    """Starts the kp-gateway binary with `args` and a `$NOTIFY_SOCKET`, and returns (its
+    Proc, the ReadyListener) once it sent READY=1; stopped at once if it exits or never
+    does."""
+    notify = ReadyListener()
+    env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(notify.path)}
+    proc = Proc(name, [str(BIN), *args], log, env=env)
+
+    def started():
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.popen.returncode}:\n{proc.output()}")
+        return notify.ready()
+
+    try:
+        wait_for(f"{name} to be ready", started, timeout=60)
+    except BaseException:
+        proc.stop()
+        notify.close()
+        raise
+    return proc, notify
+
+
 class Gateway:
     """The kp-gateway binary with a config written by the test; returns once it told its
     readiness over `$NOTIFY_SOCKET` (buffer open, core and listeners up)."""
@@ -289,21 +297,7 @@ class Gateway:
         self.tmp_path = tmp_path
         self.config = tmp_path / f"{name}.toml"
         self.config.write_text(config)
-        self.notify = ReadyListener()
-        env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": str(self.notify.path)}
-        self.proc = Proc(name, [str(BIN), "-c", str(self.config), *args], tmp_path / f"{name}.log", env=env)
-
-        def started():
-            if self.proc.popen.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.proc.popen.returncode}:\n{self.proc.output()}")
-            return self.notify.ready()
-
-        try:
-            wait_for(f"{name} to be ready", started, timeout=60)
-        except BaseException:
-            self.proc.stop()
-            self.notify.close()
-            raise
+        self.proc, self.notify = start_notified(name, ["-c", str(self.config), *args], tmp_path / f"{name}.log", env)
 
     def stop(self) -> int:
         code = self.proc.stop()

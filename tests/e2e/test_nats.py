@@ -178,9 +178,7 @@ def test_events_queue_while_nats_is_away_bounded_and_counted(tmp_path, nats_serv
     # the peer is back (NATS keeps nothing for absent subscribers).
     relay = TcpRelay(nats_server.port)
     peer.collect(EVENTS + ">")
-    core = Core(tmp_path, core_keys={"nats": {"servers": [relay.url], "replica_id": "replica-a",
-                                              "queue_capacity": 5}})
-    wait_on_nats(nats_server.url, "replica-a")
+    core = nats_core(tmp_path, nats_server, nats={"servers": [relay.url], "queue_capacity": 5})
     relay.cut()
     wait_for("the core to see NATS down", lambda: "nats: disconnected" in core.proc.output())
     client = KpClient(core.port, core.USER, core.PASSWORD, client_id="sensor")
