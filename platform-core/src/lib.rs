@@ -210,7 +210,7 @@ impl Core {
                 connect_timeout: config.mqtt.connect_timeout,
             },
             stats: stats.clone(),
-            in_flight: Arc::new(Semaphore::new(kpc::connection::MAX_REQUESTS_IN_FLIGHT)),
+            in_flight: Arc::new(Semaphore::new(config.mqtt.max_requests_in_flight)),
         });
         let mut tasks = Vec::new();
         let mut http_addr = None;

@@ -55,6 +55,32 @@ def test_more_requests_than_the_cores_in_flight_budget_are_all_answered_in_turn(
         core.stop()
 
 
+def test_idle_connections_hold_no_turns_so_a_small_budget_still_serves_a_busy_client(tmp_path):
+    # A budget of 4 requests in flight, and 12 connected clients that send nothing. A
+    # connection takes a turn only for a request it has read and gives spare ones back
+    # before it waits on its client, so the 13th client's requests are still answered.
+    tokens = [f"t{i}" for i in range(2)]
+    core = Core(tmp_path, allow_anonymous=True, extra_tokens=tokens, mqtt_keys={"max_requests_in_flight": 4})
+    idle = None
+    try:
+        idle = subprocess.Popen([str(LOAD), "--mode", "storm", "--addr", f"127.0.0.1:{core.port}",
+                                 "--clients", "12", "--seconds", "120"], stdout=subprocess.PIPE, text=True)
+        connected = json.loads(idle.stdout.readline())
+        assert (connected["connected"], connected["failed"]) == (12, 0), connected
+        r = load("--mode", "kp1", "--addr", f"127.0.0.1:{core.port}", "--clients", "2", "--window", "16",
+                 "--avn", core.APP_VERSION, "--token-prefix", "t", seconds=3)
+        assert r["connected"] == 2 and r["errors"] == 0, r
+        assert r["answered"] > 0, r
+        stored = core.query("SELECT count(*) FROM data_samples")[0][0]
+        assert stored >= r["answered"], (stored, r)
+        assert idle.poll() is None, "the idle clients are still connected"
+    finally:
+        if idle is not None:
+            idle.kill()
+            idle.wait()
+        core.stop()
+
+
 def test_echo_mode_against_mosquitto(tmp_path):
     broker = Mosquitto(tmp_path)
     try:

@@ -245,6 +245,8 @@ fn core_tls_websocket_and_epmx_keys_are_checked_with_their_paths() {
         r#"
 [core]
 extension_timeout_ms = 0
+[core.mqtt]
+max_requests_in_flight = 0
 [core.tls]
 listen = "nowhere"
 cert_file = "/nonexistent/server.pem"
@@ -263,6 +265,7 @@ kind = "nope"
     );
     for want in [
         "core.extension_timeout_ms: must be at least 1",
+        "core.mqtt.max_requests_in_flight: must be 1 to 1048576",
         "core.tls.listen: \"nowhere\" is not an IP:port address",
         "core.tls.cert_file: /nonexistent/server.pem is not a readable file",
         "core.tls.key_file: /nonexistent/server.key is not a readable file",

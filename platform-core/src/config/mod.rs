@@ -92,6 +92,7 @@ impl CoreConfig {
                 max_packet_size: DEFAULT_MAX_PACKET_SIZE,
                 max_connections: d::max_connections(),
                 connect_timeout: Duration::from_secs(d::connect_timeout_secs()),
+                max_requests_in_flight: d::max_requests_in_flight(),
                 allow_anonymous: false,
             },
             http: None,
@@ -152,6 +153,9 @@ pub struct MqttListener {
     pub max_packet_size: usize,
     pub max_connections: usize,
     pub connect_timeout: Duration,
+    /// The core's budget of requests read and not yet answered, over every MQTT
+    /// connection of every transport (see [`crate::kpc::turns`]).
+    pub max_requests_in_flight: usize,
     /// Accept CONNECT without user name and password (token-only clients, like KaaIoT's
     /// example clients); a token used in a topic must still exist and be active.
     pub allow_anonymous: bool,

@@ -83,6 +83,8 @@ pub struct RawCoreMqtt {
     pub max_connections: usize,
     #[serde(default = "defaults::connect_timeout_secs")]
     pub connect_timeout_secs: u64,
+    #[serde(default = "defaults::max_requests_in_flight")]
+    pub max_requests_in_flight: usize,
     #[serde(default)]
     pub allow_anonymous: bool,
 }
@@ -94,6 +96,7 @@ impl Default for RawCoreMqtt {
             max_packet_size: defaults::max_packet_size(),
             max_connections: defaults::max_connections(),
             connect_timeout_secs: defaults::connect_timeout_secs(),
+            max_requests_in_flight: defaults::max_requests_in_flight(),
             allow_anonymous: false,
         }
     }
@@ -271,6 +274,9 @@ pub mod defaults {
     }
     pub fn core_synchronous() -> String {
         "full".into()
+    }
+    pub fn max_requests_in_flight() -> usize {
+        crate::kpc::turns::MAX_REQUESTS_IN_FLIGHT
     }
     pub fn connect_timeout_secs() -> u64 {
         10

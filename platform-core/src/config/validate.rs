@@ -11,6 +11,9 @@ use super::{resolve, CoreConfig, HttpListener, MqttListener, Problems, TlsListen
 use crate::epr::is_valid_metadata_key;
 use crate::kp1::{AppVersionName, EndpointToken};
 
+/// Largest `core.mqtt.max_requests_in_flight` accepted.
+const MOST_REQUESTS_IN_FLIGHT: usize = 1 << 20;
+
 /// Validates `[core]`; paths are reported under `core.`, files resolved against `state_dir`.
 pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
     let listen = SocketAddr::from_str(&c.mqtt.listen).unwrap_or_else(|_| {
@@ -195,6 +198,12 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
     if c.mqtt.max_connections == 0 {
         e.add("core.mqtt.max_connections", "must be at least 1");
     }
+    if !(1..=MOST_REQUESTS_IN_FLIGHT).contains(&c.mqtt.max_requests_in_flight) {
+        e.add(
+            "core.mqtt.max_requests_in_flight",
+            format!("must be 1 to {MOST_REQUESTS_IN_FLIGHT}"),
+        );
+    }
     if c.mqtt.connect_timeout_secs == 0 {
         e.add("core.mqtt.connect_timeout_secs", "must be at least 1");
     }
@@ -299,6 +308,7 @@ pub fn validate(c: RawCore, state_dir: &Path, e: &mut Problems) -> CoreConfig {
             max_packet_size: c.mqtt.max_packet_size,
             max_connections: c.mqtt.max_connections,
             connect_timeout: Duration::from_secs(c.mqtt.connect_timeout_secs),
+            max_requests_in_flight: c.mqtt.max_requests_in_flight,
             allow_anonymous: c.mqtt.allow_anonymous,
         },
         http,

@@ -16,19 +16,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet, Publish};
-use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
+use rumqttc::mqttbytes::{Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::{ConnError, PacketReader};
 use super::router::{Dispatcher, Reply};
 use super::stats::{Incident, Stats};
+use super::turns::{self, Turn, Turns};
 use crate::ccm::{Authenticator, Verdict};
 use crate::mqtt::connect::{peek_connect, ConnectPeek};
 use crate::mqtt::session::{Action, CloseReason, Session};
@@ -44,16 +46,9 @@ pub struct ConnContext {
     pub limits: ConnectionLimits,
     pub stats: Stats,
     /// The core's budget of requests in flight over all connections (see
-    /// [`MAX_REQUESTS_IN_FLIGHT`]).
+    /// [`super::turns::MAX_REQUESTS_IN_FLIGHT`]).
     pub in_flight: Arc<Semaphore>,
 }
-
-/// Most requests read and not yet answered, over every connection together. A
-/// connection reads its next packet only with one of these in hand, so under more load
-/// than the core can take, requests wait in the kernel's socket buffers (where TCP slows
-/// the senders down) instead of in the core's memory, and connections take turns (the
-/// semaphore is fair). Enough to keep the store's group commit full.
-pub const MAX_REQUESTS_IN_FLIGHT: usize = 8192;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone)]
@@ -74,71 +69,6 @@ pub struct ConnectionLimits {
     pub connect_timeout: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum ConnError {
-    #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed packet: {0}")]
-    Malformed(CodecError),
-    #[error("packet larger than the limit of {0} bytes")]
-    TooLarge(usize),
-    #[error("closed by peer")]
-    Eof,
-    #[error("no packet within the keepalive window")]
-    Idle,
-    #[error("the client has not read what we sent for {0:?}")]
-    WriteStalled(Duration),
-}
-
-/// A client that does not read for this long is disconnected (it would otherwise hold
-/// its connection task, and its queue, forever).
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Reads whole packets from a byte stream through the `mqttbytes` codec.
-struct PacketReader<S> {
-    io: S,
-    buf: BytesMut,
-    max_packet_size: usize,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
-    async fn next(&mut self) -> Result<Packet, ConnError> {
-        loop {
-            match Packet::read(&mut self.buf, self.max_packet_size) {
-                Ok(p) => return Ok(p),
-                Err(CodecError::InsufficientBytes(_)) => {}
-                Err(CodecError::PayloadSizeLimitExceeded(_)) => {
-                    return Err(ConnError::TooLarge(self.max_packet_size))
-                }
-                Err(e) => return Err(ConnError::Malformed(e)),
-            }
-            if self.io.read_buf(&mut self.buf).await? == 0 {
-                return Err(ConnError::Eof);
-            }
-        }
-    }
-
-    async fn send(&mut self, p: &Packet) -> Result<(), ConnError> {
-        self.send_all(std::slice::from_ref(p)).await
-    }
-
-    /// Sends packets in one write.
-    async fn send_all(&mut self, packets: &[Packet]) -> Result<(), ConnError> {
-        if packets.is_empty() {
-            return Ok(());
-        }
-        let mut out = BytesMut::new();
-        for p in packets {
-            p.write(&mut out, usize::MAX)
-                .map_err(ConnError::Malformed)?;
-        }
-        tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&out))
-            .await
-            .map_err(|_| ConnError::WriteStalled(WRITE_TIMEOUT))??;
-        Ok(())
-    }
-}
-
 /// Serves one client until it disconnects, breaks the protocol, idles out, is cut, or `shutdown`.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
@@ -146,12 +76,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: Arc<ConnContext>,
     shutdown: CancellationToken,
 ) {
-    let mut conn = PacketReader {
-        io,
-        // Small to start (most of a site's connections idle); grows with what arrives.
-        buf: BytesMut::with_capacity(256),
-        max_packet_size: ctx.limits.max_packet_size,
-    };
+    let mut conn = PacketReader::new(io, ctx.limits.max_packet_size);
     let outcome = run(&mut conn, &peer, &ctx, &shutdown).await;
     let (addr, transport) = (peer.addr, peer.transport);
     match outcome {
@@ -384,17 +309,16 @@ struct Live {
     client_id: String,
 }
 
-/// A request being answered while the connection reads on: its packet's acknowledgement
-/// and the reply, sent together once the reply is ready.
-type Answer = (Publish, Option<Packet>, Option<Reply>);
-
-/// Waiting for a turn to read (one of the core's in-flight requests); `None`: no more
-/// turns (the budget was closed, which only happens when the core stops).
-type Turn = BoxFuture<'static, Option<OwnedSemaphorePermit>>;
+/// A request being answered while the connection reads on: its packet's acknowledgement,
+/// the reply, sent together once the reply is ready, and the turn it holds until then.
+type Answer = (Publish, Option<Packet>, Option<Reply>, Option<Turn>);
 
 /// Most requests of one connection answered at once (data samples only; see
 /// [`Dispatcher::may_overlap`]). Replies still go out in the order of the requests.
 const MAX_OVERLAP: usize = 64;
+
+/// The idle timer of a connection without keepalive (never fires: its branch is off).
+const NEVER: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Live {
     /// Serves the client until it leaves, breaks the protocol, idles out or is cut.
@@ -404,42 +328,62 @@ impl Live {
         peer: &Peer,
         ctx: &ConnContext,
     ) -> Result<(), ConnError> {
-        let mut deadline = self.idle.map(|d| Instant::now() + d);
+        let idle = self.idle;
+        // When the client was last heard from. The idle timer is set once and moved on
+        // only when it fires, not at every packet.
+        let mut heard = Instant::now();
+        let idle_timer = tokio::time::sleep(idle.unwrap_or(NEVER));
+        tokio::pin!(idle_timer);
+        let kill = self.attached.kill.clone();
+        let killed = kill.cancelled();
+        tokio::pin!(killed);
         let mut overlap: FuturesOrdered<BoxFuture<'_, Answer>> = FuturesOrdered::new();
-        // A turn to read the next packet, or the wait for one (MAX_REQUESTS_IN_FLIGHT).
-        let mut turn: Option<OwnedSemaphorePermit> = None;
-        let mut waiting: Option<Turn> = None;
+        let mut turns = Turns::new(ctx.in_flight.clone());
+        // A PUBLISH read and waiting for a turn (MAX_REQUESTS_IN_FLIGHT); nothing more is
+        // read meanwhile, so what the client sends next waits in the socket buffer.
+        let mut pending: Option<Packet> = None;
         loop {
-            if turn.is_none() && waiting.is_none() {
-                match ctx.in_flight.clone().try_acquire_owned() {
-                    Ok(p) => turn = Some(p),
-                    Err(_) => {
-                        let budget = ctx.in_flight.clone();
-                        waiting = Some(Box::pin(async move { budget.acquire_owned().await.ok() }));
-                    }
-                }
+            if !conn.has_packet() {
+                // What comes next is the client's to send: hold no spare turns meanwhile.
+                turns.release_spare();
             }
             let room = overlap.len() < MAX_OVERLAP;
             tokio::select! {
-                // Our turn came: read on. The wait was the core's, not the client's
-                // silence, so the keepalive window starts again.
-                got = wait_for_turn(&mut waiting), if room && waiting.is_some() => {
-                    waiting = None;
-                    let Some(p) = got else { return Ok(()) };
-                    turn = Some(p);
-                    deadline = self.idle.map(|d| Instant::now() + d);
+                // Our turn came for the PUBLISH read before.
+                arrived = turns.arrived(), if turns.is_waiting() => {
+                    if !arrived {
+                        return Ok(());
+                    }
+                    // The wait was the core's, not the client's silence.
+                    heard = Instant::now();
+                    if let Some(packet) = pending.take() {
+                        let turn = turns.take(MAX_OVERLAP - overlap.len());
+                        let flow = Box::pin(self.on_packet(packet, turn, &mut turns, conn, peer, ctx, &mut overlap)).await?;
+                        if flow == Flow::Close {
+                            return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
+                        }
+                    }
                 }
                 // A packet from the client (cancel-safe: partial frames stay in the buffer).
-                packet = conn.next(), if room && turn.is_some() => {
-                    deadline = self.idle.map(|d| Instant::now() + d);
+                packet = conn.next(), if room && pending.is_none() => {
+                    heard = Instant::now();
+                    let packet = packet?;
+                    // A PUBLISH may be a request: it needs a turn before it is acted on.
+                    let turn = match packet {
+                        Packet::Publish(_) => match turns.take(MAX_OVERLAP - overlap.len()) {
+                            Some(turn) => Some(turn),
+                            None => {
+                                turns.wait(MAX_OVERLAP - overlap.len());
+                                pending = Some(packet);
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
                     // Boxed, like `answer` below: kept out of the idle connection's task.
-                    let flow = Box::pin(self.on_packet(packet?, &mut turn, conn, peer, ctx, &mut overlap)).await?;
+                    let flow = Box::pin(self.on_packet(packet, turn, &mut turns, conn, peer, ctx, &mut overlap)).await?;
                     if flow == Flow::Close {
-                        // A DISCONNECT: what was asked before it is still answered.
-                        while let Some(done) = overlap.next().await {
-                            let _ = Box::pin(self.answer(vec![done], conn, peer, ctx)).await;
-                        }
-                        return Ok(());
+                        return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
                     }
                 }
                 // Requests answered (in order); whatever is ready goes out in one write.
@@ -458,32 +402,60 @@ impl Live {
                 }
                 // The token or credential this session uses was suspended or revoked, or
                 // the same client ID connected again.
-                _ = self.attached.kill.cancelled() => {
+                () = &mut killed => {
                     let (addr, transport, client_id) = (peer.addr, peer.transport, &self.client_id);
                     ctx.stats.report(Incident::SessionCut, || {
                         format!("mqtt {transport} {addr}: session of client {client_id:?} ended by the server")
                     });
                     return Ok(());
                 }
-                // §3.1.2.10: nothing from the client for 1.5 × keepalive (while we read).
-                _ = sleep_until_deadline(deadline), if turn.is_some() => return Err(ConnError::Idle),
+                // §3.1.2.10: nothing from the client for 1.5 × keepalive (waiting for a
+                // turn does not count).
+                () = &mut idle_timer, if idle.is_some() => {
+                    if pending.is_some() {
+                        heard = Instant::now();
+                    }
+                    let due = heard + idle.unwrap_or(NEVER);
+                    if due <= Instant::now() {
+                        return Err(ConnError::Idle);
+                    }
+                    idle_timer.as_mut().reset(due);
+                }
             }
         }
     }
 
+    /// After a DISCONNECT: what was asked before it is still answered.
+    async fn finish<'c, S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        mut overlap: FuturesOrdered<BoxFuture<'c, Answer>>,
+        conn: &mut PacketReader<S>,
+        peer: &Peer,
+        ctx: &ConnContext,
+    ) -> Result<(), ConnError> {
+        while let Some(done) = overlap.next().await {
+            let _ = self.answer(vec![done], conn, peer, ctx).await;
+        }
+        Ok(())
+    }
+
     /// Acts on one packet: what the session state machine says. A data-sample request
     /// joins the requests being answered; any other request first waits for those, then
-    /// runs alone (so a request never overtakes one sent before it, except samples).
+    /// runs alone (so a request never overtakes one sent before it, except samples). A
+    /// request holds `turn`; a turn left unspent goes back to `turns`.
+    #[allow(clippy::too_many_arguments)]
     async fn on_packet<'c, S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         packet: Packet,
-        turn: &mut Option<OwnedSemaphorePermit>,
+        mut turn: Option<Turn>,
+        turns: &mut Turns,
         conn: &mut PacketReader<S>,
         peer: &Peer,
         ctx: &'c ConnContext,
         overlap: &mut FuturesOrdered<BoxFuture<'c, Answer>>,
     ) -> Result<Flow, ConnError> {
         let resubscribed = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+        let mut flow = Flow::Continue;
         for action in self.session.handle(packet) {
             match action {
                 Action::Send(p) => conn.send(&p).await?,
@@ -498,8 +470,7 @@ impl Live {
                         let reply = router
                             .route(&publish.topic, &publish.payload, Some(sid))
                             .await;
-                        drop(held);
-                        (publish, ack, reply)
+                        (publish, ack, reply, held)
                     });
                     overlap.push_back(work);
                     if !overlaps {
@@ -508,25 +479,33 @@ impl Live {
                         }
                     }
                 }
-                Action::Close(CloseReason::ClientDisconnect) => return Ok(Flow::Close),
+                Action::Close(CloseReason::ClientDisconnect) => {
+                    flow = Flow::Close;
+                    break;
+                }
                 Action::Close(CloseReason::ProtocolViolation(why)) => {
                     let (addr, transport) = (peer.addr, peer.transport);
                     ctx.stats.report(Incident::ProtocolViolation, || {
                         format!("mqtt {transport} {addr}: protocol violation, closing: {why}")
                     });
-                    return Ok(Flow::Close);
+                    flow = Flow::Close;
+                    break;
                 }
             }
         }
-        if resubscribed {
+        if let Some(unspent) = turn {
+            turns.give_back(unspent);
+        }
+        if resubscribed && flow == Flow::Continue {
             let filters = self.session.subscriptions().to_vec();
             self.attached.registration.set_filters(filters);
         }
-        Ok(Flow::Continue)
+        Ok(flow)
     }
 
     /// Sends the replies of answered requests, each followed by its request's PUBACK, in
-    /// one write (copies go to watchers via the hub).
+    /// one write (copies go to watchers via the hub); their turns go back to the budget
+    /// together first.
     async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         answered: Vec<Answer>,
@@ -536,7 +515,9 @@ impl Live {
     ) -> Result<(), ConnError> {
         let sid = self.attached.registration.id;
         let mut out = Vec::with_capacity(answered.len() * 2);
-        for (publish, ack, reply) in answered {
+        let mut done = Vec::with_capacity(answered.len());
+        for (publish, ack, reply, turn) in answered {
+            done.extend(turn);
             if let Some(reply) = reply {
                 let qos = match publish.qos {
                     QoS::AtMostOnce => QoS::AtMostOnce,
@@ -560,6 +541,7 @@ impl Live {
             }
             out.extend(ack);
         }
+        turns::release_all(done);
         conn.send_all(&out).await
     }
 }
@@ -569,20 +551,6 @@ impl Live {
 enum Flow {
     Continue,
     Close,
-}
-
-async fn wait_for_turn(waiting: &mut Option<Turn>) -> Option<OwnedSemaphorePermit> {
-    match waiting {
-        Some(w) => w.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_deadline(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

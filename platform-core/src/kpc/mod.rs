@@ -1,6 +1,7 @@
 //! KPC, the Kaa Protocol Communication service: listeners, connections and request routing.
 
 pub mod connection;
+pub mod framing;
 pub mod guard;
 pub mod http;
 pub mod https;
@@ -11,6 +12,7 @@ pub mod router;
 pub mod stats;
 pub mod tls;
 pub mod token_cache;
+pub mod turns;
 pub mod ws;
 
 pub use router::{Dispatcher, Reply};
