@@ -5,7 +5,8 @@ Starts the release `kp-gateway` in core-only mode and a Mosquitto broker (apt), 
 (`platform-core/examples/kp_load.rs`, rumqttc): QoS 1, the same ~40-byte JSON payload,
 the same window and duration. The core answers each 2/DCP request on `/status` after the
 commit that stores it; Mosquitto relays each message back to its sender through the
-sender's own subscription. Runs interleave (core, broker, core, broker, …) and the table
+sender's own subscription. Each client count gets a fresh core (empty database) and
+broker unless `--db shared`. Runs interleave (core, broker, core, broker, …) and the table
 gives medians and core/broker ratios: round trips per second, server CPU µs per message
 (from /proc/PID/stat), latency p50/p99, server RSS. The core runs with the packaged
 unit's allocator settings (`MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2`). `--storm N` adds a connect storm: N
@@ -16,6 +17,7 @@ idle connection).
 Usage (after `cargo build --release -p kp-gateway -p platform-core --example kp_load`):
   tests/.venv/bin/python tests/bench/core_vs_broker.py [--clients 1,10,100,1000]
       [--seconds 10] [--rounds 3] [--window 64] [--storm 1000] [--synchronous full]
+      [--db fresh|shared]
 """
 
 import argparse
@@ -50,8 +52,10 @@ def status_kib(pid: int, key: str) -> int:
 
 
 class Core:
-    def __init__(self, tmp: Path, tokens: int, synchronous: str, pw_hash: str, connections: int = 0):
+    def __init__(self, tmp: Path, tokens: int, synchronous: str, pw_hash: str, connections: int = 0,
+                 mqtt_keys=()):
         self.port = free_port()
+        self.state = tmp / "core-state"
         eps = "".join(f'[[core.endpoints]]\ntoken = "t{i}"\napp_version = "bench-v1"\n' for i in range(tokens))
         (tmp / "core.toml").write_text(f"""
 [gateway]
@@ -62,7 +66,7 @@ synchronous = "{synchronous}"
 [core.mqtt]
 listen = "127.0.0.1:{self.port}"
 max_connections = {max(tokens, connections) + 100}
-[[core.applications]]
+{"".join(k + chr(10) for k in mqtt_keys)}[[core.applications]]
 name = "bench"
 versions = ["bench-v1"]
 [[core.credentials]]
@@ -128,24 +132,39 @@ def main():
     ap.add_argument("--window", type=int, default=64)
     ap.add_argument("--storm", type=int, default=0)
     ap.add_argument("--synchronous", default="full", choices=["full", "normal"])
+    # fresh: a new core (empty database) and broker for each client count, so the counts
+    # differ in clients only; shared: one of each for the whole run (the database grows
+    # from count to count, as in the tables before 2026-12-03 evening).
+    ap.add_argument("--db", default="fresh", choices=["fresh", "shared"])
     a = ap.parse_args()
     counts = [int(c) for c in a.clients.split(",") if c]
     most = max(counts + [a.storm])
     pw_hash = hash_password(PASSWORD)
-    raw = {"machine": f"{os.cpu_count()} cores, {os.uname().release}", "synchronous": a.synchronous,
+    raw = {"machine": f"{os.cpu_count()} cores, {os.uname().release}", "synchronous": a.synchronous, "db": a.db,
            "mosquitto": subprocess.run(["mosquitto", "-h"], capture_output=True, text=True).stdout.splitlines()[0],
            "runs": [], "storm": []}
     rows = []
     with tempfile.TemporaryDirectory(prefix="core-vs-broker-") as d:
         tmp = Path(d)
-        core, broker = Core(tmp, most, a.synchronous, pw_hash), Broker(tmp, most)
+        servers = None
         try:
             for n in counts:
+                if servers is None or a.db == "fresh":
+                    if servers is not None:
+                        for s in servers:
+                            s.proc.stop()
+                    sub = tmp / f"run-{n}"
+                    sub.mkdir()
+                    servers = (Core(sub, most, a.synchronous, pw_hash), Broker(sub, most))
+                core, broker = servers
                 per = {"core": [], "broker": []}
                 for _ in range(a.rounds):
                     for name, server in (("core", core), ("broker", broker)):
                         r = run_load(server, "run", n, a.seconds, a.window)
                         r["server"] = name
+                        if name == "core":
+                            r["db_mib"] = round(sum(f.stat().st_size for f in core.state.rglob("*")
+                                                    if f.is_file()) / 2**20, 1)
                         per[name].append(r)
                         raw["runs"].append(r)
                         print(json.dumps(r), file=sys.stderr)
@@ -155,8 +174,8 @@ def main():
                              median(c, "p50_ms"), median(c, "p99_ms"), median(b, "p50_ms"), median(b, "p99_ms"),
                              sum(r["errors"] for r in c)))
         finally:
-            core.proc.stop()
-            broker.proc.stop()
+            for s in servers or ():
+                s.proc.stop()
         if a.storm:
             for name in ("core", "broker"):
                 sub = tmp / f"storm-{name}"
