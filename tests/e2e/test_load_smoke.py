@@ -38,9 +38,9 @@ def test_kp1_mode_counts_only_answers_the_core_stored(tmp_path):
 
 def test_more_requests_than_the_cores_in_flight_budget_are_all_answered_in_turn(tmp_path):
     # 150 clients x 64 outstanding = 9 600 requests, over the core's budget of 8 192 read
-    # and unanswered (docs/protocol.md §5): connections wait for turns to read; nothing is
-    # refused, nothing deadlocks, and what was answered was stored. Anonymous clients, so
-    # the run is about requests, not password checks.
+    # and unanswered (docs/protocol.md §5): connections wait for turns to act on what they
+    # read; nothing is refused, nothing deadlocks, and what was answered was stored.
+    # Anonymous clients, so the run is about requests, not password checks.
     tokens = [f"t{i}" for i in range(150)]
     core = Core(tmp_path, allow_anonymous=True, extra_tokens=tokens)
     try:

@@ -409,10 +409,10 @@ impl Live {
                     });
                     return Ok(());
                 }
-                // §3.1.2.10: nothing from the client for 1.5 × keepalive (waiting for a
-                // turn does not count).
+                // §3.1.2.10: nothing from the client for 1.5 × keepalive. Time the core
+                // was not reading (waiting for a turn, or its own answers) does not count.
                 () = &mut idle_timer, if idle.is_some() => {
-                    if pending.is_some() {
+                    if pending.is_some() || overlap.len() >= MAX_OVERLAP {
                         heard = Instant::now();
                     }
                     let due = heard + idle.unwrap_or(NEVER);
