@@ -133,11 +133,7 @@ impl HttpLimits {
 }
 
 /// Binds the HTTP listener (port 0 picks a free port) and returns it with its address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(addr).await?;
-    let local = l.local_addr()?;
-    Ok((l, local))
-}
+pub use super::listener::bind;
 
 /// Serves HTTP (the 1/KP binding, plus `extra` routes: the REST API, `/ws`) until
 /// `shutdown`; HTTPS when `tls` is given.

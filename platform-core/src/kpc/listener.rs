@@ -113,9 +113,75 @@ async fn serve_tls(
     serve(tls, who, ctx, shutdown).await;
 }
 
-/// Binds a listener (port 0 picks a free port) and returns it with its address.
+/// Connections the kernel completes and queues for a listener before it accepts them
+/// (capped by `net.core.somaxconn`, 4 096 by default). A site's devices reconnect all at
+/// once after a power cut: with a queue smaller than the storm, the kernel drops the
+/// handshakes that do not fit and those clients retry a second or more later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener (port 0 picks a free port, `SO_REUSEADDR` so a restart finds its
+/// port free) and returns it with its address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let l = TcpListener::bind(addr).await?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let l = socket.listen(LISTEN_BACKLOG)?;
     let local = l.local_addr()?;
     Ok((l, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A storm larger than the kernel's usual default queue (and than what the
+    /// standard library's or mio's bind asks for: 128 / 1 024) completes its handshakes
+    /// while the listener accepts nothing yet; none is dropped to retry later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_storm_bigger_than_a_default_backlog_is_queued_whole() {
+        const STORM: usize = 1500;
+        use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let need = (STORM + 100) as u64;
+        if limit.current.is_some_and(|c| c < need) {
+            let raised = Rlimit {
+                current: Some(limit.maximum.map_or(need, |m| m.min(need))),
+                maximum: limit.maximum,
+            };
+            setrlimit(Resource::Nofile, raised).expect("raise the open-files limit");
+        }
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        assert!(
+            somaxconn >= STORM,
+            "net.core.somaxconn is {somaxconn}, below this test's storm"
+        );
+        let (listener, addr) = bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind");
+        let mut storm = tokio::task::JoinSet::new();
+        for _ in 0..STORM {
+            storm.spawn(tokio::net::TcpStream::connect(addr));
+        }
+        let mut connected = Vec::with_capacity(STORM);
+        let all = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(done) = storm.join_next().await {
+                connected.push(done.expect("task").expect("connect"));
+            }
+        })
+        .await;
+        assert!(
+            all.is_ok(),
+            "only {} of {STORM} handshakes completed without an accept",
+            connected.len()
+        );
+        drop(listener);
+    }
 }
