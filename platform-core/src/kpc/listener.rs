@@ -139,9 +139,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A storm larger than the kernel's usual default queue (and than what the
-    /// standard library's or mio's bind asks for: 128 / 1 024) completes its handshakes
-    /// while the listener accepts nothing yet; none is dropped to retry later.
+    /// A storm larger than the queue the standard library's and mio's bind ask for
+    /// (128) and than a backlog of 1 024 completes its handshakes while the listener
+    /// accepts nothing yet; none is dropped to retry later.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_storm_bigger_than_a_default_backlog_is_queued_whole() {
         const STORM: usize = 1500;
