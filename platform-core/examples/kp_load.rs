@@ -55,6 +55,10 @@ struct Args {
     /// kp1: client c uses endpoint token `<prefix><c>`.
     #[arg(long, default_value = "t")]
     token_prefix: String,
+    /// kp1: spread the clients over this many endpoints (client c uses endpoint
+    /// `c % endpoints`); 0: one endpoint per client.
+    #[arg(long, default_value_t = 0)]
+    endpoints: usize,
     /// Set TCP_NODELAY on the clients' sockets.
     #[arg(long)]
     nodelay: bool,
@@ -113,8 +117,15 @@ async fn main() {
             mode: args.mode,
             topic_base: match args.mode {
                 Mode::Kp1 => format!(
-                    "kp1/{}/{}/{}{c}/json",
-                    args.avn, args.extension, args.token_prefix
+                    "kp1/{}/{}/{}{}/json",
+                    args.avn,
+                    args.extension,
+                    args.token_prefix,
+                    if args.endpoints == 0 {
+                        c
+                    } else {
+                        c % args.endpoints
+                    }
                 ),
                 _ => format!("load/{}/{c}", std::process::id()),
             },
