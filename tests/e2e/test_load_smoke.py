@@ -48,6 +48,22 @@ def test_kp1_mode_counts_only_answers_the_core_stored(tmp_path):
         core.stop()
 
 
+def test_kp1_endpoints_option_spreads_clients_over_fewer_endpoints(tmp_path):
+    # 6 clients on 2 endpoints: client c reports as endpoint t(c % 2). Only t0 and t1
+    # get samples, both of them do, and every answer counted was stored.
+    core = Core(tmp_path, allow_anonymous=True, extra_tokens=("t0", "t1", "t2"))
+    try:
+        r = load("--mode", "kp1", "--addr", f"127.0.0.1:{core.port}", "--clients", "6", "--window", "8",
+                 "--avn", core.APP_VERSION, "--token-prefix", "t", "--endpoints", "2", seconds=2)
+        assert r["connected"] == 6 and r["errors"] == 0 and r["answered"] > 0, r
+        stored = {t: core.query("SELECT count(*) FROM data_samples WHERE endpoint_id = ?", f"ep-{t}")[0][0]
+                  for t in ("t0", "t1", "t2")}
+        assert stored["t0"] > 0 and stored["t1"] > 0 and stored["t2"] == 0, stored
+        assert stored["t0"] + stored["t1"] >= r["answered"], (stored, r)
+    finally:
+        core.stop()
+
+
 def test_more_requests_than_the_cores_in_flight_budget_are_all_answered_in_turn(tmp_path):
     # 150 clients x 64 outstanding = 9 600 requests, over the core's budget of 8 192 read
     # and unanswered (docs/protocol.md §5): connections wait for turns to act on what they
