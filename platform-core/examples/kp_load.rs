@@ -52,7 +52,7 @@ struct Args {
     /// kp1: the extension instance the requests go to (a DCX instance, local or external).
     #[arg(long, default_value = "dcx")]
     extension: String,
-    /// kp1: client c uses endpoint token `<prefix><c>`.
+    /// kp1: client c uses endpoint token `<prefix><c>` (or `<prefix><c % endpoints>`).
     #[arg(long, default_value = "t")]
     token_prefix: String,
     /// kp1: spread the clients over this many endpoints (client c uses endpoint
@@ -121,11 +121,7 @@ async fn main() {
                     args.avn,
                     args.extension,
                     args.token_prefix,
-                    if args.endpoints == 0 {
-                        c
-                    } else {
-                        c % args.endpoints
-                    }
+                    c.checked_rem(args.endpoints).unwrap_or(c)
                 ),
                 _ => format!("load/{}/{c}", std::process::id()),
             },
