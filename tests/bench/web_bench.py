@@ -14,8 +14,8 @@ import http.cookiejar
 import os
 import re
 import signal
-import socket
 import statistics
+import sys
 import subprocess
 import tempfile
 import time
@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests/e2e"))
+from conftest import free_port  # noqa: E402
 BIN = ROOT / "target/release/kp-gateway"
 PAGES = ["/", "/devices", "/config", "/config/devices/0", "/config/raw", "/config/versions", "/buffer",
          "/logs", "/console"]
@@ -33,12 +35,6 @@ PAGES = ["/", "/devices", "/config", "/config/devices/0", "/config/raw", "/confi
 UNIT_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_ARENA_MAX": "2"}
 ENV = {**os.environ, **UNIT_ENV}
 LIVE = ["/api/status", "/api/devices", "/api/history?device=dev0&point=p0", "/api/logs?level=info"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def config(state: Path, devices: int, points: int, mqtt: int, web: int = None) -> str:

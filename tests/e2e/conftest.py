@@ -21,10 +21,20 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("KP_GATEWAY_BIN", ROOT / "target" / "debug" / "kp-gateway"))
 
 
+_PORTS_GIVEN: set = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one this test run has handed out before: two calls in a
+    row can otherwise get the same port back from the kernel (a core whose MQTT and HTTP
+    ports clashed failed one CI run)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def wait_port(port: int, proc: "Proc", timeout: float = 60.0) -> None:
