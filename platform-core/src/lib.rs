@@ -24,12 +24,12 @@ pub mod tsdb;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::CoreConfig;
 use kpc::connection::{ConnContext, ConnectionLimits};
+use kpc::turns::Budget;
 pub use store::{StoreError, StoreHandle};
 
 /// Errors that stop the core from starting.
@@ -210,7 +210,7 @@ impl Core {
                 connect_timeout: config.mqtt.connect_timeout,
             },
             stats: stats.clone(),
-            in_flight: Arc::new(Semaphore::new(config.mqtt.max_requests_in_flight)),
+            in_flight: Budget::new(config.mqtt.max_requests_in_flight),
         });
         let mut tasks = Vec::new();
         let mut http_addr = None;

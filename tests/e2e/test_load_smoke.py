@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import BIN, Core, Mosquitto
+from kp_client import KpClient
 
 LOAD = Path(BIN).parent / "examples" / "kp_load"
 
@@ -96,6 +97,34 @@ def test_idle_connections_hold_no_turns_so_a_small_budget_still_serves_a_busy_cl
         if idle is not None:
             idle.kill()
             idle.wait()
+        core.stop()
+
+
+def test_a_budget_smaller_than_a_batch_of_turns_still_answers_every_request(tmp_path):
+    # A budget of 4 requests in flight, fewer than a connection takes at once. A
+    # connection that has to wait for turns asks for at most what the budget holds, so
+    # 40 requests sent back to back are all answered and stored (a wait for a whole
+    # batch from a smaller budget never ended: the 5th request stalled the core).
+    core = Core(tmp_path, allow_anonymous=True, extra_tokens=("t0",), mqtt_keys={"max_requests_in_flight": 4})
+    client = None
+    try:
+        client = KpClient(core.port, client_id="back-to-back")
+        base = f"kp1/{core.APP_VERSION}/dcx/t0/json"
+        client.subscribe(f"{base}/+/status")
+        client.subscribe(f"{base}/+/error")
+        for i in range(1, 41):
+            client.client.publish(f"{base}/{i}", json.dumps({"n": i}), qos=1)
+        answered = set()
+        while len(answered) < 40:
+            topic, body = client.wait_message(f"{base}/", timeout=30)
+            request, outcome = topic[len(base) + 1:].split("/")
+            assert outcome == "status", (topic, body)
+            answered.add(int(request))
+        assert answered == set(range(1, 41))
+        assert core.query("SELECT count(*) FROM data_samples WHERE endpoint_id = 'ep-t0'")[0][0] == 40
+    finally:
+        if client is not None:
+            client.close()
         core.stop()
 
 

@@ -23,14 +23,13 @@ use futures_util::stream::{FuturesOrdered, StreamExt};
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet, Publish};
 use rumqttc::mqttbytes::{Protocol, QoS};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::framing::{ConnError, PacketReader};
 use super::router::{Dispatcher, Reply};
 use super::stats::{Incident, Stats};
-use super::turns::{self, Turn, Turns};
+use super::turns::{self, Budget, Turn, Turns};
 use crate::ccm::{Authenticator, Verdict};
 use crate::mqtt::connect::{peek_connect, ConnectPeek};
 use crate::mqtt::session::{Action, CloseReason, Session};
@@ -47,7 +46,7 @@ pub struct ConnContext {
     pub stats: Stats,
     /// The core's budget of requests in flight over all connections (see
     /// [`super::turns::MAX_REQUESTS_IN_FLIGHT`]).
-    pub in_flight: Arc<Semaphore>,
+    pub in_flight: Budget,
 }
 
 /// Who is on the other end of a connection.
