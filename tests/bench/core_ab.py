@@ -43,8 +43,8 @@ def main():
                     finally:
                         core.proc.stop()
                 results.setdefault((variant, n), []).append(r)
-                print(f"{variant} {n} clients: {r['per_second']} req/s, {r['cpu_us_per_message']} µs/req, "
-                      f"p99 {r['p99_ms']} ms, peak RSS {r['server_peak_rss_kib']} KiB", flush=True)
+                print(f"{variant} {n} clients: {r['per_second']} req/s, {r['cpu_us_per_message']} µs/req "
+                      f"(load tool {r['load_cpu_us_per_message']}), p99 {r['p99_ms']} ms, peak RSS {r['server_peak_rss_kib']} KiB", flush=True)
     for (variant, n), runs in results.items():
         print(f"median {variant} {n} clients: {statistics.median(r['per_second'] for r in runs):.0f} req/s, "
               f"{statistics.median(r['cpu_us_per_message'] for r in runs)} µs/req")

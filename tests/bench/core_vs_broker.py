@@ -23,6 +23,7 @@ Usage (after `cargo build --release -p kp-gateway -p platform-core --example kp_
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -105,6 +106,9 @@ class Broker:
 def run_load(server, mode, clients, seconds, window):
     pid = server.proc.pid
     cpu0 = cpu_seconds(pid)
+    # The load tool shares the machine's cores with the server: its own CPU time (from
+    # the rusage of the child reaped by subprocess.run) shows how much of them it took.
+    load0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([str(LOAD), *server.load_args(mode), "--addr", f"127.0.0.1:{server.port}",
                           "--clients", str(clients), "--window", str(window), "--seconds", str(seconds),
                           "--user", USER, "--password", PASSWORD],
@@ -113,10 +117,13 @@ def run_load(server, mode, clients, seconds, window):
         raise RuntimeError(f"load tool failed: {out.stderr}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
     r["server_cpu_s"] = round(cpu_seconds(pid) - cpu0, 2)
+    load1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r["load_cpu_s"] = round(load1.ru_utime - load0.ru_utime + load1.ru_stime - load0.ru_stime, 2)
     r["server_rss_kib"] = status_kib(pid, "VmRSS")
     r["server_peak_rss_kib"] = status_kib(pid, "VmHWM")
     if mode == "run":
         r["cpu_us_per_message"] = round(r["server_cpu_s"] * 1e6 / max(r["answered"], 1), 1)
+        r["load_cpu_us_per_message"] = round(r["load_cpu_s"] * 1e6 / max(r["answered"], 1), 1)
     return r
 
 
@@ -172,7 +179,8 @@ def main():
                 rows.append((n, median(c, "per_second"), median(b, "per_second"),
                              median(c, "cpu_us_per_message"), median(b, "cpu_us_per_message"),
                              median(c, "p50_ms"), median(c, "p99_ms"), median(b, "p50_ms"), median(b, "p99_ms"),
-                             sum(r["errors"] for r in c)))
+                             sum(r["errors"] for r in c),
+                             median(c, "load_cpu_us_per_message"), median(b, "load_cpu_us_per_message")))
         finally:
             for s in servers or ():
                 s.proc.stop()
@@ -213,11 +221,12 @@ def main():
                         p.wait()
                     server.proc.stop()
     print("| clients | core round trips/s | Mosquitto relays/s | ratio | core CPU µs/request "
-          "| Mosquitto CPU µs/message | core p50 / p99 ms | Mosquitto p50 / p99 ms | core errors |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for n, cr, br, cc, bc, c50, c99, b50, b99, errs in rows:
+          "| Mosquitto CPU µs/message | core p50 / p99 ms | Mosquitto p50 / p99 ms | core errors "
+          "| load tool CPU µs/message (core / Mosquitto) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, cr, br, cc, bc, c50, c99, b50, b99, errs, lc, lb in rows:
         print(f"| {n} | {cr:,.0f} | {br:,.0f} | **{cr / max(br, 1):.2f}** | {cc} | {bc} | {c50} / {c99} "
-              f"| {b50} / {b99} | {errs} |".replace(",", " "))
+              f"| {b50} / {b99} | {errs} | {lc} / {lb} |".replace(",", " "))
     for s in raw["storm"]:
         print(f"storm {s['server']}: {s['connected']}/{s['clients']} in {s['seconds_to_connect']} s, "
               f"peak RSS {s['peak_rss_kib'] / 1024:.1f} MiB, {s['kib_per_idle_connection']} KiB per idle connection")
