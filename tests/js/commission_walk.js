@@ -16,12 +16,21 @@ const WAIT = 120000; // generous: a slow, loaded machine must pass
 const steps = [];
 const out = {};
 
+// What the page showed and logged when a step failed (for the failure message).
+const seen = { page: null, console: [], requests: [] };
+
 async function step(name, f) {
   try {
     await f();
     steps.push(name);
   } catch (e) {
-    throw new Error(`step "${name}": ${e.stack || e}`);
+    let where = '';
+    if (seen.page) {
+      where = `\npage: ${seen.page.url()}`;
+      try { await shot(seen.page, 'failed'); } catch (_) { /* the page may be gone */ }
+    }
+    throw new Error(`step "${name}": ${e.stack || e}${where}\nconsole: ${seen.console.slice(-20).join(' | ')}` +
+      `\nlast requests: ${seen.requests.slice(-20).join(' | ')}`);
   }
 }
 
@@ -41,6 +50,13 @@ async function main() {
   const page = await context.newPage();
   const problems = [];
   page.on('pageerror', e => problems.push(String(e)));
+  seen.page = page;
+  page.on('console', m => seen.console.push(`${m.type()}: ${m.text()}`));
+  page.on('requestfinished', async r => {
+    const resp = await r.response().catch(() => null);
+    seen.requests.push(`${r.method()} ${r.url().replace(spec.base, '')} ${resp ? resp.status() : '?'}`);
+  });
+  page.on('requestfailed', r => seen.requests.push(`${r.method()} ${r.url().replace(spec.base, '')} failed: ${r.failure() && r.failure().errorText}`));
   const base = spec.base;
 
   await step('claim the page', async () => {

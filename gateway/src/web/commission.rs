@@ -29,9 +29,18 @@ use crate::source::DeviceSource;
 pub struct Scans(Mutex<HashMap<String, (watch::Receiver<ScanProgress>, CancellationToken)>>);
 
 impl Scans {
+    /// The scan of `bus`, named after it even before the bus's task has picked the scan up
+    /// (its first progress is empty until then: a page shown in that moment must still
+    /// poll the right bus).
     fn progress(&self, bus: &str) -> Option<ScanProgress> {
         let scans = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        scans.get(bus).map(|(rx, _)| rx.borrow().clone())
+        scans.get(bus).map(|(rx, _)| {
+            let mut p = rx.borrow().clone();
+            if p.bus.is_empty() {
+                p.bus = bus.to_owned();
+            }
+            p
+        })
     }
 }
 
@@ -432,4 +441,32 @@ pub async fn registers_write(
     }
     show(&mut page, f.address, got);
     html(page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_not_yet_picked_up_by_its_bus_is_still_named_after_the_bus() {
+        // What `BusHandle::start_scan` returns: the default progress until the bus's task
+        // starts the scan (it may be in the middle of a slow poll).
+        let (tx, rx) = watch::channel(ScanProgress::default());
+        let scans = Scans::default();
+        scans
+            .0
+            .lock()
+            .expect("not poisoned")
+            .insert("rs485".into(), (rx, CancellationToken::new()));
+        let queued = scans.progress("rs485").expect("a scan");
+        assert_eq!(queued.bus, "rs485");
+        assert!(!queued.finished);
+        tx.send_replace(ScanProgress {
+            bus: "rs485".into(),
+            total: 247,
+            ..ScanProgress::default()
+        });
+        assert_eq!(scans.progress("rs485").expect("a scan").total, 247);
+        assert!(scans.progress("other").is_none());
+    }
 }
