@@ -477,3 +477,45 @@ async fn a_clock_step_moves_the_waiting_samples_before_it_but_not_those_in_fligh
     assert_eq!(all, expected, "the leased one keeps its time");
     assert_eq!(b.stats().await.unwrap().bytes, 0);
 }
+
+#[tokio::test]
+async fn acks_hold_while_another_connection_opens_the_buffer_file() {
+    // The web page's buffer view and the `dead-letters` command open the buffer file beside
+    // the owner thread, and opening it checkpoints the WAL. The owner's transactions take
+    // the write lock first, so they wait for that instead of failing at once with
+    // "database is locked": a failed ack leaves confirmed samples to be sent again.
+    let dir = tempfile::tempdir().unwrap();
+    let b = open(&dir);
+    let path = dir.path().join("buffer.sqlite");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (first_open, opened_once) = std::sync::mpsc::channel();
+    let other = {
+        let (stop, path) = (stop.clone(), path.clone());
+        std::thread::spawn(move || {
+            let mut opened = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if dead_letter::list(&path).is_ok() {
+                    opened += 1;
+                    let _ = first_open.send(());
+                }
+            }
+            opened
+        })
+    };
+    // The rounds start once the other connection is at work.
+    opened_once.recv().unwrap();
+    for round in 0..300 {
+        b.append(vec![sample("a", round), sample("a", round + 1000)])
+            .await
+            .unwrap();
+        let batches = b.lease(limits(10), vec![]).await.unwrap();
+        assert_eq!(batches.len(), 1, "round {round}");
+        let acked = b.ack(batches[0].key.clone()).await;
+        assert_eq!(acked.unwrap(), 2, "round {round}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        other.join().unwrap() > 0,
+        "the other connection opened the file"
+    );
+}
