@@ -15,8 +15,8 @@ import os
 import re
 import signal
 import statistics
-import sys
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.parse

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params_from_iter, TransactionBehavior};
+use rusqlite::params_from_iter;
 
 use super::store::open_db;
 use super::Synchronous;
@@ -89,7 +89,7 @@ pub fn each_pending(
 /// Moves dead letters (all, or the given sequence numbers) back into the queue.
 pub fn retry(path: &Path, seqs: &[i64]) -> Result<usize, BufferError> {
     let mut conn = open_db(path, Synchronous::Full)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.transaction()?;
     let sel = selection(seqs);
     tx.execute(
         &format!(

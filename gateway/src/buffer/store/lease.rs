@@ -221,9 +221,7 @@ impl BufferStore {
 
     /// Deletes (or, with `park`, moves to the dead letters) one batch, in one transaction.
     fn delete_batch(&mut self, seqs: &[i64], park: Option<(u16, &str)>) -> rusqlite::Result<usize> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction()?;
         let mut n = 0;
         let mut freed = 0u64;
         {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use platform_core::kp1::{AppVersionName, EndpointToken};
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use tokio::sync::mpsc;
 
 use super::*;
@@ -251,9 +251,7 @@ impl BufferStore {
 
     fn write_drops(&mut self) -> rusqlite::Result<()> {
         (|| -> rusqlite::Result<()> {
-            let tx = self
-                .conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self.conn.transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT INTO drops(app_version, token, reason, count) VALUES (?1, ?2, ?3, ?4)
@@ -317,9 +315,7 @@ impl BufferStore {
         if rows.is_empty() {
             return Ok(0);
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction()?;
         {
             let mut del = tx.prepare_cached("DELETE FROM samples WHERE seq = ?1")?;
             for (seq, ..) in rows {
@@ -415,9 +411,7 @@ impl BufferStore {
 
     fn insert(&mut self, samples: &[Sample]) -> rusqlite::Result<usize> {
         let entered = self.clock_ms();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO samples(app_version, token, ts_ms, payload, entered_clock)

@@ -24,9 +24,7 @@ impl BufferStore {
         delta_ms: i64,
     ) -> Result<usize, BufferError> {
         let leased = self.busy();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction()?;
         let mut n = 0;
         {
             let seqs: Vec<i64> = {

@@ -61,7 +61,7 @@ pub(in crate::buffer) fn open_db(
         },
     };
     let existed = path.exists();
-    let conn = Connection::open_with_flags(
+    let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -104,6 +104,12 @@ pub(in crate::buffer) fn open_db(
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    // Every transaction takes the write lock first (BEGIN IMMEDIATE), so it waits for
+    // another connection to the file (the web page's buffer view, the `dead-letters`
+    // command) instead of failing at once: a deferred one that read first and then found
+    // the file changed got "database is locked" regardless of the busy timeout, and a
+    // failed ack sent its confirmed samples again.
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     conn.execute_batch(SCHEMA)?;
     // Buffers written before the buffer clock existed get the column (their rows enter
     // the clock when loaded).
