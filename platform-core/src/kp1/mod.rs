@@ -49,6 +49,10 @@ fn is_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['+', '#', '/', '.'])
+}
+
 /// Application version name, e.g. `demo-v1` (globally unique in a Kaa platform).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AppVersionName(String);
@@ -94,7 +98,7 @@ pub struct EndpointToken(String);
 
 impl EndpointToken {
     pub fn new(s: &str) -> Result<Self, TopicError> {
-        if !s.is_empty() && !s.contains(['+', '#', '/', '.']) {
+        if is_token(s) {
             Ok(Self(s.to_owned()))
         } else {
             Err(TopicError::EndpointToken(s.to_owned()))
@@ -147,6 +151,81 @@ pub enum Direction {
     Error,
 }
 
+/// A 1/KP topic's parts borrowed from the topic: the checks of [`Kp1Topic::parse`]
+/// without its allocations (every request's topic is looked at before it is routed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kp1TopicRef<'a> {
+    pub app_version: &'a str,
+    pub extension: &'a str,
+    pub token: &'a str,
+    /// Resource path after the token (e.g. `json`, `get/keys`).
+    pub resource: &'a str,
+    pub request_id: Option<RequestId>,
+    pub direction: Direction,
+}
+
+impl<'a> Kp1TopicRef<'a> {
+    /// Checks `topic` as [`Kp1Topic::parse`] does, in the same order.
+    pub fn parse(topic: &'a str) -> Result<Self, TopicError> {
+        if topic.split('/').next() != Some(PREFIX) {
+            return Err(TopicError::NotKp1(topic.to_owned()));
+        }
+        if topic.split('/').any(str::is_empty) {
+            return Err(TopicError::EmptyLevel(topic.to_owned()));
+        }
+        let mut levels = topic.split('/').count();
+        // `kept` is the topic without the suffix and request ID levels taken off.
+        let mut kept = topic;
+        let last_level = |t: &'a str| t.rsplit('/').next().unwrap_or(t);
+        let drop_last = |t: &'a str| t.rsplit_once('/').map_or(t, |(head, _)| head);
+        // A `status`/`error` suffix needs a resource before it, else it *is* the resource.
+        let direction = match last_level(kept) {
+            "status" if levels > 5 => Direction::Status,
+            "error" if levels > 5 => Direction::Error,
+            _ => Direction::Request,
+        };
+        if direction != Direction::Request {
+            kept = drop_last(kept);
+            levels -= 1;
+        }
+        let mut request_id = None;
+        let last = last_level(kept);
+        if levels > 5 && last.bytes().all(|b| b.is_ascii_digit()) {
+            let id = last
+                .parse::<u32>()
+                .ok()
+                .and_then(RequestId::new)
+                .ok_or_else(|| TopicError::RequestId(last.to_owned()))?;
+            request_id = Some(id);
+            kept = drop_last(kept);
+            levels -= 1;
+        }
+        if levels < 5 {
+            return Err(TopicError::TooShort(topic.to_owned()));
+        }
+        let mut parts = kept.splitn(5, '/').skip(1);
+        let mut next = || parts.next().unwrap_or_default();
+        let (app_version, extension, token, resource) = (next(), next(), next(), next());
+        if !is_name(app_version) {
+            return Err(TopicError::AppVersionName(app_version.to_owned()));
+        }
+        if !is_name(extension) {
+            return Err(TopicError::ExtensionInstance(extension.to_owned()));
+        }
+        if !is_token(token) {
+            return Err(TopicError::EndpointToken(token.to_owned()));
+        }
+        Ok(Self {
+            app_version,
+            extension,
+            token,
+            resource,
+            request_id,
+            direction,
+        })
+    }
+}
+
 /// A parsed 1/KP topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Kp1Topic {
@@ -180,44 +259,14 @@ impl Kp1Topic {
 
     /// Parses an MQTT topic or an HTTP path (without the leading `/`).
     pub fn parse(topic: &str) -> Result<Self, TopicError> {
-        let mut levels: Vec<&str> = topic.split('/').collect();
-        if levels.first() != Some(&PREFIX) {
-            return Err(TopicError::NotKp1(topic.to_owned()));
-        }
-        if levels.iter().any(|l| l.is_empty()) {
-            return Err(TopicError::EmptyLevel(topic.to_owned()));
-        }
-        // A `status`/`error` suffix needs a resource before it, else it *is* the resource.
-        let direction = match levels.last() {
-            Some(&"status") if levels.len() > 5 => Direction::Status,
-            Some(&"error") if levels.len() > 5 => Direction::Error,
-            _ => Direction::Request,
-        };
-        if direction != Direction::Request {
-            levels.pop();
-        }
-        let mut request_id = None;
-        if let Some(last) = levels.last() {
-            if levels.len() > 5 && last.bytes().all(|b| b.is_ascii_digit()) {
-                let id = last
-                    .parse::<u32>()
-                    .ok()
-                    .and_then(RequestId::new)
-                    .ok_or_else(|| TopicError::RequestId((*last).to_owned()))?;
-                request_id = Some(id);
-                levels.pop();
-            }
-        }
-        if levels.len() < 5 {
-            return Err(TopicError::TooShort(topic.to_owned()));
-        }
+        let t = Kp1TopicRef::parse(topic)?;
         Ok(Self {
-            app_version: AppVersionName::new(levels[1])?,
-            extension: ExtensionInstance::new(levels[2])?,
-            token: EndpointToken::new(levels[3])?,
-            resource: levels[4..].join("/"),
-            request_id,
-            direction,
+            app_version: AppVersionName(t.app_version.to_owned()),
+            extension: ExtensionInstance(t.extension.to_owned()),
+            token: EndpointToken(t.token.to_owned()),
+            resource: t.resource.to_owned(),
+            request_id: t.request_id,
+            direction: t.direction,
         })
     }
 

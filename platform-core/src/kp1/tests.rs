@@ -150,7 +150,87 @@ fn resource() -> impl Strategy<Value = String> {
         .prop_map(|v| v.join("/"))
 }
 
+/// The level-by-level parse `Kp1Topic::parse` had before `Kp1TopicRef` (one `Vec` and
+/// an owned string per part): the borrowed parse must agree with it on any input.
+fn parse_by_levels(topic: &str) -> Result<Kp1Topic, TopicError> {
+    let mut levels: Vec<&str> = topic.split('/').collect();
+    if levels.first() != Some(&PREFIX) {
+        return Err(TopicError::NotKp1(topic.to_owned()));
+    }
+    if levels.iter().any(|l| l.is_empty()) {
+        return Err(TopicError::EmptyLevel(topic.to_owned()));
+    }
+    // A `status`/`error` suffix needs a resource before it, else it *is* the resource.
+    let direction = match levels.last() {
+        Some(&"status") if levels.len() > 5 => Direction::Status,
+        Some(&"error") if levels.len() > 5 => Direction::Error,
+        _ => Direction::Request,
+    };
+    if direction != Direction::Request {
+        levels.pop();
+    }
+    let mut request_id = None;
+    if let Some(last) = levels.last() {
+        if levels.len() > 5 && last.bytes().all(|b| b.is_ascii_digit()) {
+            let id = last
+                .parse::<u32>()
+                .ok()
+                .and_then(RequestId::new)
+                .ok_or_else(|| TopicError::RequestId((*last).to_owned()))?;
+            request_id = Some(id);
+            levels.pop();
+        }
+    }
+    if levels.len() < 5 {
+        return Err(TopicError::TooShort(topic.to_owned()));
+    }
+    Ok(Kp1Topic {
+        app_version: AppVersionName::new(levels[1])?,
+        extension: ExtensionInstance::new(levels[2])?,
+        token: EndpointToken::new(levels[3])?,
+        resource: levels[4..].join("/"),
+        request_id,
+        direction,
+    })
+}
+
+/// Topic-like strings: the prefix or not, and levels that are names, tokens, digits,
+/// suffix words, empty, or carry forbidden characters.
+fn topicish() -> impl Strategy<Value = String> {
+    let level = prop_oneof![
+        "[a-z0-9_-]{1,6}",
+        "[A-Za-z0-9.+#~]{0,4}",
+        "[0-9]{1,11}",
+        Just("status".to_owned()),
+        Just("error".to_owned()),
+        Just(String::new()),
+    ];
+    (
+        prop_oneof![Just("kp1"), Just("kp2"), Just("")],
+        prop::collection::vec(level, 0..9),
+    )
+        .prop_map(|(head, levels)| {
+            std::iter::once(head.to_owned())
+                .chain(levels)
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+}
+
 proptest! {
+    #[test]
+    fn the_borrowed_parse_agrees_with_the_level_by_level_one(topic in topicish()) {
+        let owned = Kp1TopicRef::parse(&topic).map(|t| Kp1Topic {
+            app_version: AppVersionName::new(t.app_version).unwrap_or_else(|e| panic!("{e}")),
+            extension: ExtensionInstance::new(t.extension).unwrap_or_else(|e| panic!("{e}")),
+            token: EndpointToken::new(t.token).unwrap_or_else(|e| panic!("{e}")),
+            resource: t.resource.to_owned(),
+            request_id: t.request_id,
+            direction: t.direction,
+        });
+        prop_assert_eq!(owned, parse_by_levels(&topic));
+    }
+
     #[test]
     fn format_then_parse_is_identity(
         avn in name(), ext in name(), tok in token(), res in resource(),

@@ -32,7 +32,7 @@ use super::stats::{Incident, Stats};
 use super::turns::{self, Budget, Turn, Turns};
 use crate::ccm::{Authenticator, Verdict};
 use crate::mqtt::connect::{peek_connect, ConnectPeek};
-use crate::mqtt::session::{Action, CloseReason, Session};
+use crate::mqtt::session::{Ack, Action, CloseReason, Session};
 use crate::sessions::{Attached, Hub};
 
 /// Everything a connection needs from its listener; shared by every connection (each
@@ -310,7 +310,7 @@ struct Live {
 
 /// A request being answered while the connection reads on: its packet's acknowledgement,
 /// the reply, sent together once the reply is ready, and the turn it holds until then.
-type Answer = (Publish, Option<Packet>, Option<Reply>, Option<Turn>);
+type Answer = (Publish, Option<Ack>, Option<Reply>, Option<Turn>);
 
 /// Most requests of one connection answered at once (data samples only; see
 /// [`Dispatcher::may_overlap`]). Replies still go out in the order of the requests.
@@ -538,7 +538,7 @@ impl Live {
                     out.push(p);
                 }
             }
-            out.extend(ack);
+            out.extend(ack.map(Ack::packet));
         }
         turns::release_all(done);
         conn.send_all(&out).await

@@ -11,7 +11,7 @@ use crate::bus::nats::EspError;
 use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
 use crate::ext::{ExtensionKind, Extensions};
-use crate::kp1::{Direction, Kp1Error, Kp1Topic};
+use crate::kp1::{Direction, Kp1Error, Kp1Topic, Kp1TopicRef};
 use crate::sessions::SessionId;
 use crate::store::StoreHandle;
 
@@ -70,9 +70,9 @@ impl Dispatcher {
     /// connection run: data samples (DCX) only — they add rows and read nothing another
     /// request could change; everything else keeps strict order.
     pub fn may_overlap(&self, topic: &str) -> bool {
-        Kp1Topic::parse(topic).is_ok_and(|t| {
+        Kp1TopicRef::parse(topic).is_ok_and(|t| {
             t.direction == Direction::Request
-                && self.extensions.kind_of(t.extension.as_str()) == Some(ExtensionKind::Dcx)
+                && self.extensions.kind_of(t.extension) == Some(ExtensionKind::Dcx)
         })
     }
 

@@ -41,9 +41,29 @@ pub enum Action {
     /// Route this PUBLISH to the extensions, then send `ack` (if any).
     Request {
         publish: Publish,
-        ack: Option<Packet>,
+        ack: Option<Ack>,
     },
     Close(CloseReason),
+}
+
+/// The acknowledgement a request gets once it was processed: 4 bytes, where a whole
+/// [`Packet`] would take the size of its largest kind in every request in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// QoS 1: PUBACK.
+    PubAck(u16),
+    /// QoS 2: PUBREC (PUBCOMP follows the client's PUBREL).
+    PubRec(u16),
+}
+
+impl Ack {
+    /// The packet to send.
+    pub fn packet(self) -> Packet {
+        match self {
+            Ack::PubAck(pkid) => Packet::PubAck(PubAck::new(pkid)),
+            Ack::PubRec(pkid) => Packet::PubRec(PubRec::new(pkid)),
+        }
+    }
 }
 
 /// Upper bound on our own unacknowledged QoS 1 publishes per session (in-flight window).
@@ -185,18 +205,18 @@ impl Session {
                 ack: None,
             }],
             QoS::AtLeastOnce => {
-                let ack = Some(Packet::PubAck(PubAck::new(p.pkid)));
+                let ack = Some(Ack::PubAck(p.pkid));
                 vec![Action::Request { publish: p, ack }]
             }
             QoS::ExactlyOnce => {
-                let rec = Packet::PubRec(PubRec::new(p.pkid));
+                let rec = Ack::PubRec(p.pkid);
                 if self.incoming_qos2.insert(p.pkid) {
                     vec![Action::Request {
                         publish: p,
                         ack: Some(rec),
                     }]
                 } else {
-                    vec![Action::Send(rec)]
+                    vec![Action::Send(rec.packet())]
                 }
             }
         }
@@ -300,7 +320,7 @@ mod tests {
         assert!(matches!(
             &a[..],
             [Action::Request {
-                ack: Some(Packet::PubAck(PubAck { pkid: 7 })),
+                ack: Some(Ack::PubAck(7)),
                 ..
             }]
         ));
@@ -313,7 +333,7 @@ mod tests {
         assert!(matches!(
             &first[..],
             [Action::Request {
-                ack: Some(Packet::PubRec(_)),
+                ack: Some(Ack::PubRec(9)),
                 ..
             }]
         ));
