@@ -2,13 +2,14 @@
 //! inspect, send again, or purge (`kp-gateway dead-letters ...`, and later the web page).
 //!
 //! These functions open the buffer file with their own connection, so they work while the
-//! daemon runs (SQLite WAL); the daemon notices the change and recounts its size.
+//! daemon runs (SQLite WAL); the daemon notices the change and recounts its size. Reading
+//! (the list, the export) opens it read-only and never creates it.
 
 use std::path::Path;
 
 use rusqlite::params_from_iter;
 
-use super::store::open_db;
+use super::store::{open_db, open_for_reading};
 use super::Synchronous;
 use super::{BufferError, DeadLetter};
 
@@ -22,7 +23,9 @@ fn selection(seqs: &[i64]) -> String {
 
 /// Every dead letter, oldest first.
 pub fn list(path: &Path) -> Result<Vec<DeadLetter>, BufferError> {
-    let conn = open_db(path, Synchronous::Full)?;
+    let Some(conn) = open_for_reading(path)? else {
+        return Ok(Vec::new());
+    };
     let mut stmt = conn.prepare(
         "SELECT seq, app_version, token, ts_ms, status, reason, parked_ms, payload FROM dead_letters ORDER BY seq",
     )?;
@@ -58,7 +61,9 @@ pub fn each_pending(
     page: usize,
     mut each: impl FnMut(Vec<Pending>) -> bool,
 ) -> Result<(), BufferError> {
-    let conn = open_db(path, Synchronous::Full)?;
+    let Some(conn) = open_for_reading(path)? else {
+        return Ok(());
+    };
     let mut stmt = conn.prepare(
         "SELECT seq, app_version, token, ts_ms, payload FROM samples WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;

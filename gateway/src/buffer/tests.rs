@@ -480,10 +480,11 @@ async fn a_clock_step_moves_the_waiting_samples_before_it_but_not_those_in_fligh
 
 #[tokio::test]
 async fn acks_hold_while_another_connection_opens_the_buffer_file() {
-    // The web page's buffer view and the `dead-letters` command open the buffer file beside
-    // the owner thread, and opening it checkpoints the WAL. The owner's transactions take
-    // the write lock first, so they wait for that instead of failing at once with
-    // "database is locked": a failed ack leaves confirmed samples to be sent again.
+    // The `dead-letters` command and the web page's dead-letter buttons open the buffer
+    // file beside the owner thread, and opening it to write checkpoints the WAL. The
+    // owner's transactions take the write lock first, so they wait for that instead of
+    // failing at once with "database is locked": a failed ack leaves confirmed samples to
+    // be sent again.
     let dir = tempfile::tempdir().unwrap();
     let b = open(&dir);
     let path = dir.path().join("buffer.sqlite");
@@ -494,7 +495,7 @@ async fn acks_hold_while_another_connection_opens_the_buffer_file() {
         std::thread::spawn(move || {
             let mut opened = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if dead_letter::list(&path).is_ok() {
+                if dead_letter::purge(&path, &[]).is_ok() {
                     opened += 1;
                     let _ = first_open.send(());
                 }
@@ -518,4 +519,65 @@ async fn acks_hold_while_another_connection_opens_the_buffer_file() {
         other.join().unwrap() > 0,
         "the other connection opened the file"
     );
+}
+
+#[test]
+fn reading_a_buffer_that_is_not_there_lists_nothing_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.sqlite");
+    assert!(dead_letter::list(&path).unwrap().is_empty());
+    let mut pages = 0;
+    dead_letter::each_pending(&path, 10, |_| {
+        pages += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(pages, 0);
+    assert!(!path.exists(), "a read created the buffer file");
+}
+
+#[tokio::test]
+async fn the_buffer_views_read_without_writing_to_the_file() {
+    // The web page's views open the file every few seconds while the daemon writes: they
+    // must not checkpoint (or otherwise write) it. A full open checkpoints the WAL and
+    // truncates it to nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.sqlite");
+    let wal = dir.path().join("buffer.sqlite-wal");
+    let b = open(&dir);
+    b.append(vec![sample("a", 1), sample("a", 2)])
+        .await
+        .unwrap();
+    b.lease(limits(10), vec![]).await.unwrap();
+    b.park(bk("a", Lane::Backlog), 401, "unknown token".into())
+        .await
+        .unwrap();
+    b.append(vec![sample("b", 3)]).await.unwrap();
+    let before = std::fs::metadata(&wal).unwrap().len();
+    assert!(before > 0, "the WAL holds the appends");
+    assert_eq!(dead_letter::list(&path).unwrap().len(), 2);
+    let mut waiting = Vec::new();
+    dead_letter::each_pending(&path, 10, |rows| {
+        waiting.extend(rows.into_iter().map(|p| p.payload));
+        true
+    })
+    .unwrap();
+    assert_eq!(waiting, vec![r#"{"n":3}"#.to_owned()]);
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), before);
+    // The owner goes on as before.
+    assert_eq!(b.stats().await.unwrap().pending, 1);
+}
+
+#[test]
+fn another_programs_database_is_refused_by_the_buffer_views_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.sqlite");
+    let c = Connection::open(&other).unwrap();
+    c.execute_batch("CREATE TABLE samples(id INTEGER); CREATE TABLE dead_letters(id INTEGER)")
+        .unwrap();
+    drop(c);
+    let before = std::fs::read(&other).unwrap();
+    let err = dead_letter::list(&other).unwrap_err();
+    assert!(matches!(err, BufferError::Foreign { .. }), "{err}");
+    assert_eq!(std::fs::read(&other).unwrap(), before);
 }

@@ -17,9 +17,9 @@ mod retime;
 mod room;
 mod schema;
 
-pub(super) use schema::open_db;
 pub use schema::APPLICATION_ID;
 use schema::{damage, is_disk_full};
+pub(super) use schema::{open_db, open_for_reading};
 
 /// How often expired samples are looked for (and the buffer clock is saved).
 const EXPIRY_EVERY: Duration = Duration::from_secs(10);

@@ -128,6 +128,53 @@ pub(in crate::buffer) fn open_db(
     Ok(conn)
 }
 
+/// Opens the buffer file only to read it (the web page's buffer view, `dead-letters
+/// list`, the export): no checkpoint, no schema statements, no write lock, so a view
+/// that is opened every few seconds never gets in the way of the daemon's writes.
+/// `None` when there is no buffer file (nothing is buffered; none is created). A file
+/// from an older version that lacks a table is opened the full way ([`open_db`]), which
+/// brings it up to date.
+pub(in crate::buffer) fn open_for_reading(path: &Path) -> Result<Option<Connection>, BufferError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| BufferError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let unreadable = |e: rusqlite::Error| match damage(&e) {
+        true => BufferError::Corrupt {
+            path: path.to_owned(),
+            why: e.to_string(),
+        },
+        false => BufferError::Open {
+            path: path.to_owned(),
+            source: e,
+        },
+    };
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(unreadable)?;
+    let ours: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('samples', 'dead_letters')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(unreadable)?;
+    if app_id != APPLICATION_ID || ours < 2 {
+        // A foreign file is refused there; an older or new one is made current.
+        drop(conn);
+        return open_db(path, Synchronous::Full).map(Some);
+    }
+    Ok(Some(conn))
+}
+
 /// A buffer made before `auto_vacuum` was set is rewritten once with it (a VACUUM), when
 /// the disk has room for the copy; otherwise it stays as it is, and says so.
 fn vacuum_older_file(conn: &Connection, path: &Path) {
