@@ -581,3 +581,28 @@ fn another_programs_database_is_refused_by_the_buffer_views_too() {
     assert!(matches!(err, BufferError::Foreign { .. }), "{err}");
     assert_eq!(std::fs::read(&other).unwrap(), before);
 }
+
+#[tokio::test]
+async fn the_buffer_views_read_a_closed_buffer_too() {
+    // `dead-letters list` with the daemon stopped: the last close removed the WAL files.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("buffer.sqlite");
+    let b = open(&dir);
+    b.append(vec![sample("a", 1)]).await.unwrap();
+    drop(b);
+    // The owner thread closes the file once its handle is gone.
+    let wal = dir.path().join("buffer.sqlite-wal");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while wal.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!wal.exists(), "the buffer was not closed");
+    assert!(dead_letter::list(&path).unwrap().is_empty());
+    let mut waiting = 0;
+    dead_letter::each_pending(&path, 10, |rows| {
+        waiting += rows.len();
+        true
+    })
+    .unwrap();
+    assert_eq!(waiting, 1);
+}
