@@ -538,8 +538,8 @@ fn reading_a_buffer_that_is_not_there_lists_nothing_and_creates_nothing() {
 
 #[tokio::test]
 async fn the_buffer_views_read_without_writing_to_the_file() {
-    // The web page's views open the file every few seconds while the daemon writes: they
-    // must not checkpoint (or otherwise write) it. A full open checkpoints the WAL and
+    // The web page's views open the file each time the page is shown, while the daemon
+    // writes: they must not checkpoint (or otherwise write) it. A full open checkpoints the WAL and
     // truncates it to nothing.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("buffer.sqlite");

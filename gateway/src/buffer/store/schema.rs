@@ -129,8 +129,8 @@ pub(in crate::buffer) fn open_db(
 }
 
 /// Opens the buffer file only to read it (the web page's buffer view, `dead-letters
-/// list`, the export): no checkpoint, no schema statements, no write lock, so a view
-/// that is opened every few seconds never gets in the way of the daemon's writes.
+/// list`, the export): no checkpoint, no schema statements, no write lock, so showing
+/// the page (as often as anyone likes) never gets in the way of the daemon's writes.
 /// `None` when there is no buffer file (nothing is buffered; none is created). A file
 /// from an older version that lacks a table is opened the full way ([`open_db`]), which
 /// brings it up to date.
