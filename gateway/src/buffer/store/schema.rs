@@ -47,19 +47,7 @@ pub(in crate::buffer) fn open_db(
         path: path.to_owned(),
         why,
     };
-    // Unreadable as SQLite: damaged (a buffer cut short by a crash or a failing card), not
-    // another program's database.
-    let unreadable = |e: rusqlite::Error| match damage(&e) {
-        true => BufferError::Corrupt {
-            path: path.to_owned(),
-            why: e.to_string(),
-        },
-        // Another error (I/O, permissions, a lock) says nothing about whose file it is.
-        false => BufferError::Open {
-            path: path.to_owned(),
-            source: e,
-        },
-    };
+    let unreadable = |e| unreadable(path, e);
     let existed = path.exists();
     let mut conn = Connection::open_with_flags(
         path,
@@ -147,16 +135,7 @@ pub(in crate::buffer) fn open_for_reading(path: &Path) -> Result<Option<Connecti
         source,
     })?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let unreadable = |e: rusqlite::Error| match damage(&e) {
-        true => BufferError::Corrupt {
-            path: path.to_owned(),
-            why: e.to_string(),
-        },
-        false => BufferError::Open {
-            path: path.to_owned(),
-            source: e,
-        },
-    };
+    let unreadable = |e| unreadable(path, e);
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(unreadable)?;
@@ -204,6 +183,23 @@ fn vacuum_older_file(conn: &Connection, path: &Path) {
             "buffer {}: conversion to incremental vacuum failed: {e}",
             path.display()
         ),
+    }
+}
+
+/// A first read of the file failed: damaged (a buffer cut short by a crash or a failing
+/// card) when SQLite says so, never another program's database; any other error (I/O,
+/// permissions, a lock) says nothing about whose file it is.
+fn unreadable(path: &Path, e: rusqlite::Error) -> BufferError {
+    if damage(&e) {
+        BufferError::Corrupt {
+            path: path.to_owned(),
+            why: e.to_string(),
+        }
+    } else {
+        BufferError::Open {
+            path: path.to_owned(),
+            source: e,
+        }
     }
 }
 
