@@ -57,7 +57,7 @@ pub async fn run(
                     match tls {
                         None => {
                             let who = Peer { addr: peer, transport: "tcp", cert_fingerprint: None };
-                            serve(QuickAck { stream, budget: Some(ctx.in_flight.clone()) }, who, ctx, shutdown).await;
+                            serve(QuickAck(stream), who, ctx, shutdown).await;
                         }
                         // Boxed: the TLS state would otherwise size every connection's task.
                         Some(acceptor) => {
@@ -83,10 +83,7 @@ async fn serve_tls(
 ) {
     let handshake = tokio::time::timeout(
         ctx.limits.connect_timeout,
-        acceptor.accept(QuickAck {
-            stream,
-            budget: Some(ctx.in_flight.clone()),
-        }),
+        acceptor.accept(QuickAck(stream)),
     );
     let tls = tokio::select! {
         _ = shutdown.cancelled() => return,

@@ -49,13 +49,6 @@ impl Budget {
         }
     }
 
-    /// Whether the budget is (nearly) used up: fewer turns free than a connection takes
-    /// at once ([`BATCH`], or an eighth of a small budget; none free for a budget under 8),
-    /// so a connection that wants more waits for them.
-    pub fn saturated(&self) -> bool {
-        self.free.available_permits() < (self.size / 8).clamp(1, BATCH)
-    }
-
     /// How many turns to ask for at once, given room for `room` more requests: never
     /// more than the budget holds, or a wait for them would never end.
     fn batch(&self, room: usize) -> u32 {
@@ -187,23 +180,6 @@ mod tests {
         assert_eq!(budget.free.available_permits(), 38);
         release_all([first, second]);
         assert_eq!(budget.free.available_permits(), 40);
-    }
-
-    #[test]
-    fn a_budget_is_saturated_below_a_batch_free_or_when_a_small_one_is_spent() {
-        let big = Budget::new(1024);
-        let held = big.free.clone().try_acquire_many_owned(1024 - BATCH as u32);
-        assert!(!big.saturated(), "a batch free");
-        let one = big.free.clone().try_acquire_owned();
-        assert!(big.saturated(), "less than a batch free");
-        drop((held, one));
-        let small = Budget::new(4);
-        let three = small.free.clone().try_acquire_many_owned(3);
-        assert!(!small.saturated(), "one of four free");
-        let last = small.free.clone().try_acquire_owned();
-        assert!(small.saturated(), "none free");
-        drop((three, last));
-        assert!(!small.saturated());
     }
 
     #[test]
