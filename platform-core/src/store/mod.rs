@@ -7,8 +7,10 @@
 //! only after the commit that holds its rows. One failure undoes only its own rows: the
 //! group first runs straight through (no savepoints, whose sub-journal would copy every
 //! page each append touches); should an append fail, the transaction is rolled back and
-//! the group runs again with a savepoint per append. The thread ends when the last
-//! handle is dropped.
+//! the group runs again with a savepoint per append. A committed group's callers are
+//! answered by a task on the async runtime the store was opened on (the store thread
+//! only hands the group over), or by the store thread when it was opened outside one.
+//! The thread ends when the last handle is dropped.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,9 +154,10 @@ impl StoreHandle {
         schema::migrate(&mut conn, path)?;
         let (tx, rx) = mpsc::channel::<Work>(MAX_GROUP);
         let generation = Arc::new(AtomicU64::new(0));
+        let answers = answerer();
         std::thread::Builder::new()
             .name("core-store".into())
-            .spawn(move || serve(conn, rx))
+            .spawn(move || serve(conn, rx, answers))
             .map_err(|e| StoreError::Internal(format!("cannot start store thread: {e}")))?;
         Ok(Self { tx, generation })
     }
@@ -242,7 +245,7 @@ impl StoreHandle {
 /// so no call depends on running before them, and a call in the queue no longer cuts a
 /// group short (many clients' first requests, each with a call or two, would otherwise
 /// leave groups of a few appends when they matter most).
-fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>) {
+fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>, answers: Option<Answers>) {
     let mut calls: Vec<Job> = Vec::new();
     loop {
         let work = match rx.blocking_recv() {
@@ -260,7 +263,8 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>) {
                         Err(_) => break,
                     }
                 }
-                run_group(&conn, group);
+                let (group, failed) = run_group(&conn, group);
+                answer(answers.as_ref(), group, failed);
                 for job in calls.drain(..) {
                     job(&mut conn);
                 }
@@ -269,9 +273,50 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>) {
     }
 }
 
-/// One transaction for the group, then every caller's answer. Straight through first; if
-/// an append fails, the group is rolled back and run again, each append in a savepoint.
-fn run_group(conn: &Connection, mut group: Vec<Grouped>) {
+/// A group run, and why it was not committed, if it was not.
+type Ran = (Vec<Grouped>, Option<StoreError>);
+
+/// Where the store thread hands a committed group's answers: a task on the async runtime
+/// that was current when the store opened. Waking 1 000 callers' tasks from the store
+/// thread cost it about 2.7 µs per append (each wake from outside the runtime goes through
+/// its shared queue and may wake a worker thread); from a task on the runtime the wakes
+/// are local, and the store thread goes back to its queue at once.
+type Answers = mpsc::UnboundedSender<Ran>;
+
+/// The task that answers groups, when a runtime is current (else the store thread answers).
+fn answerer() -> Option<Answers> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Ran>();
+    runtime.spawn(async move {
+        while let Some((group, failed)) = rx.recv().await {
+            finish(group, failed.as_ref());
+        }
+    });
+    Some(tx)
+}
+
+/// Answers a group's callers through `answers`, or here if there is no task to take them.
+fn answer(answers: Option<&Answers>, group: Vec<Grouped>, failed: Option<StoreError>) {
+    let ran = match answers {
+        Some(tx) => match tx.send((group, failed)) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(ran)) => ran,
+        },
+        None => (group, failed),
+    };
+    finish(ran.0, ran.1.as_ref());
+}
+
+/// Every caller's answer: its own outcome, or why the group failed.
+fn finish(group: Vec<Grouped>, failed: Option<&StoreError>) {
+    for append in group {
+        append.finish(failed);
+    }
+}
+
+/// One transaction for the group. Straight through first; if an append fails, the group
+/// is rolled back and run again, each append in a savepoint.
+fn run_group(conn: &Connection, mut group: Vec<Grouped>) -> Ran {
     let outcome = exec(conn, "BEGIN IMMEDIATE").and_then(|()| {
         // `all` stops at the first failure; the appends after it run in the retry.
         if group.iter_mut().all(|a| a.run(conn)) {
@@ -288,10 +333,7 @@ fn run_group(conn: &Connection, mut group: Vec<Grouped>) {
         }
         log::error!("core store: a group of {} appends failed: {e}", group.len());
     }
-    let failed = outcome.err();
-    for append in group {
-        append.finish(failed.as_ref());
-    }
+    (group, outcome.err())
 }
 
 /// Runs each append in its own savepoint: a failed one undoes only its own rows.
@@ -455,6 +497,51 @@ mod tests {
             (199, 0),
             "every append but the failed one, none of its rows"
         );
+    }
+
+    /// Opened outside any runtime, the store thread answers the appends itself; opened on
+    /// a multi-threaded runtime, a task on it does. Either way every caller hears back.
+    #[test]
+    fn appends_are_answered_with_and_without_a_runtime_at_open() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let outside =
+            StoreHandle::open(&dir.path().join("a.sqlite")).unwrap_or_else(|e| panic!("{e}"));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let inside = runtime.block_on(async {
+            StoreHandle::open(&dir.path().join("b.sqlite")).unwrap_or_else(|e| panic!("{e}"))
+        });
+        for store in [outside, inside] {
+            let answered = runtime.block_on(async {
+                let mut all = Vec::new();
+                for i in 0..100i64 {
+                    let s = store.clone();
+                    all.push(tokio::spawn(async move {
+                        s.call_grouped(move |c| {
+                            c.execute(
+                                "INSERT INTO applications(name) VALUES (?1)",
+                                [format!("a{i}")],
+                            )?;
+                            Ok(i)
+                        })
+                        .await
+                    }));
+                }
+                let mut got = Vec::new();
+                for a in all {
+                    got.push(
+                        a.await
+                            .unwrap_or_else(|e| panic!("{e}"))
+                            .unwrap_or_else(|e| panic!("{e}")),
+                    );
+                }
+                got
+            });
+            assert_eq!(answered, (0..100).collect::<Vec<_>>());
+        }
     }
 
     #[tokio::test]
