@@ -375,6 +375,15 @@ pub fn rfc3339_ms(ms: i64) -> String {
 mod tests {
     use super::*;
 
+    /// Adds application `a{i}`; returns `i`.
+    fn insert_app(c: &Connection, i: i64) -> Result<i64, StoreError> {
+        c.execute(
+            "INSERT INTO applications(name) VALUES (?1)",
+            [format!("a{i}")],
+        )?;
+        Ok(i)
+    }
+
     #[test]
     fn times_are_written_with_exactly_three_fraction_digits() {
         assert_eq!(rfc3339_ms(1_764_576_000_120), "2025-12-01T08:00:00.120Z");
@@ -457,11 +466,7 @@ mod tests {
                         c.execute("INSERT INTO applications(name) VALUES ('x')", [])?;
                         return Err(StoreError::Invalid("append 7 fails after writing".into()));
                     }
-                    c.execute(
-                        "INSERT INTO applications(name) VALUES (?1)",
-                        [format!("a{i}")],
-                    )?;
-                    Ok(i)
+                    insert_app(c, i)
                 })
                 .await
             }));
@@ -520,14 +525,7 @@ mod tests {
                 for i in 0..100i64 {
                     let s = store.clone();
                     all.push(tokio::spawn(async move {
-                        s.call_grouped(move |c| {
-                            c.execute(
-                                "INSERT INTO applications(name) VALUES (?1)",
-                                [format!("a{i}")],
-                            )?;
-                            Ok(i)
-                        })
-                        .await
+                        s.call_grouped(move |c| insert_app(c, i)).await
                     }));
                 }
                 let mut got = Vec::new();
@@ -541,6 +539,12 @@ mod tests {
                 got
             });
             assert_eq!(answered, (0..100).collect::<Vec<_>>());
+            let stored: i64 = runtime
+                .block_on(store.call(|c| {
+                    Ok(c.query_row("SELECT count(*) FROM applications", [], |r| r.get(0))?)
+                }))
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(stored, 100, "every answered append is stored");
         }
     }
 
