@@ -122,6 +122,8 @@ pub struct Extensions {
     pub remote: Option<Arc<NatsBus>>,
     /// Whose registry this replica keeps (its own unless `[core.nats] registry_owner`).
     pub registry: crate::mirror::Registry,
+    /// DCX's series numbers, kept between appends (used on the store thread only).
+    series: tsdb::SharedSeries,
 }
 
 impl Extensions {
@@ -154,6 +156,7 @@ impl Extensions {
             bus,
             remote,
             registry: crate::mirror::Registry::Own,
+            series: tsdb::SharedSeries::default(),
         }
     }
 
@@ -249,8 +252,12 @@ impl Extensions {
                 &samples,
             )
         });
+        let (known, generation) = (self.series.clone(), store.clone());
         store
-            .call_grouped(move |c| tsdb::append_samples(c, &endpoint_id, now, &samples))
+            .call_grouped(move |c| {
+                let mut known = known.lock(generation.generation());
+                tsdb::append_samples(c, &mut known, &endpoint_id, now, &samples)
+            })
             .await
             .map_err(storage)?;
         // After the commit: what the events announce is stored.

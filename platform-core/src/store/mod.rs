@@ -132,8 +132,8 @@ impl Durability {
 #[derive(Clone, Debug)]
 pub struct StoreHandle {
     tx: mpsc::Sender<Work>,
-    /// Bumped after every job that changed rows outside grouped appends (see
-    /// [`StoreHandle::generation`]).
+    /// Bumped after every job that changed rows outside grouped appends, and after every
+    /// rolled-back append (see [`StoreHandle::generation`]).
     generation: Arc<AtomicU64>,
 }
 
@@ -155,9 +155,10 @@ impl StoreHandle {
         let (tx, rx) = mpsc::channel::<Work>(MAX_GROUP);
         let generation = Arc::new(AtomicU64::new(0));
         let answers = answerer();
+        let undone = generation.clone();
         std::thread::Builder::new()
             .name("core-store".into())
-            .spawn(move || serve(conn, rx, answers))
+            .spawn(move || serve(conn, rx, answers, &undone))
             .map_err(|e| StoreError::Internal(format!("cannot start store thread: {e}")))?;
         Ok(Self { tx, generation })
     }
@@ -232,9 +233,10 @@ impl StoreHandle {
         result.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// A number that changes after every [`StoreHandle::call`] that changed any row:
-    /// read it inside a job, next to what it read, and a cached copy of that is still
-    /// current while the number is the same.
+    /// A number that changes after every [`StoreHandle::call`] that changed any row, and
+    /// after every append rolled back (its rows, e.g. a new series, are gone): read it
+    /// inside a job, next to what it read, and a cached copy of that is still current
+    /// while the number is the same.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -245,7 +247,12 @@ impl StoreHandle {
 /// so no call depends on running before them, and a call in the queue no longer cuts a
 /// group short (many clients' first requests, each with a call or two, would otherwise
 /// leave groups of a few appends when they matter most).
-fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>, answers: Option<Answers>) {
+fn serve(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Work>,
+    answers: Option<Answers>,
+    undone: &AtomicU64,
+) {
     let mut calls: Vec<Job> = Vec::new();
     loop {
         let work = match rx.blocking_recv() {
@@ -263,7 +270,7 @@ fn serve(mut conn: Connection, mut rx: mpsc::Receiver<Work>, answers: Option<Ans
                         Err(_) => break,
                     }
                 }
-                let (group, failed) = run_group(&conn, group);
+                let (group, failed) = run_group(&conn, group, undone);
                 answer(answers.as_ref(), group, failed);
                 for job in calls.drain(..) {
                     job(&mut conn);
@@ -315,19 +322,24 @@ fn finish(group: Vec<Grouped>, failed: Option<&StoreError>) {
 }
 
 /// One transaction for the group. Straight through first; if an append fails, the group
-/// is rolled back and run again, each append in a savepoint.
-fn run_group(conn: &Connection, mut group: Vec<Grouped>) -> Ran {
+/// is rolled back and run again, each append in a savepoint. Every rollback moves the
+/// generation (`undone`) before the next append runs.
+fn run_group(conn: &Connection, mut group: Vec<Grouped>, undone: &AtomicU64) -> Ran {
     let outcome = exec(conn, "BEGIN IMMEDIATE").and_then(|()| {
         // `all` stops at the first failure; the appends after it run in the retry.
         if group.iter_mut().all(|a| a.run(conn)) {
             return exec(conn, "COMMIT");
         }
         let _ = exec(conn, "ROLLBACK");
+        undone.fetch_add(1, Ordering::AcqRel);
         exec(conn, "BEGIN IMMEDIATE")
-            .and_then(|()| run_in_savepoints(conn, &mut group))
+            .and_then(|()| run_in_savepoints(conn, &mut group, undone))
             .and_then(|()| exec(conn, "COMMIT"))
     });
     if let Err(e) = &outcome {
+        // A failed COMMIT may have rolled back by itself: the appends' rows are gone
+        // either way.
+        undone.fetch_add(1, Ordering::AcqRel);
         if !conn.is_autocommit() {
             let _ = exec(conn, "ROLLBACK");
         }
@@ -337,10 +349,15 @@ fn run_group(conn: &Connection, mut group: Vec<Grouped>) -> Ran {
 }
 
 /// Runs each append in its own savepoint: a failed one undoes only its own rows.
-fn run_in_savepoints(conn: &Connection, group: &mut [Grouped]) -> Result<(), StoreError> {
+fn run_in_savepoints(
+    conn: &Connection,
+    group: &mut [Grouped],
+    undone: &AtomicU64,
+) -> Result<(), StoreError> {
     for append in group {
         exec(conn, "SAVEPOINT append")?;
         if !append.run(conn) {
+            undone.fetch_add(1, Ordering::AcqRel);
             exec(conn, "ROLLBACK TO append")?;
         }
         exec(conn, "RELEASE append")?;

@@ -7,7 +7,11 @@
 //! [`DIRECT_SERIES`] series, a sample's points are first appended to `points_recent` and
 //! moved into `points` in bulk ([`settle`]): reads look in both.
 
+mod cache;
+
 use rusqlite::{params, Connection, OptionalExtension};
+
+pub use cache::{SeriesCache, SharedSeries};
 
 use crate::store::StoreError;
 
@@ -43,15 +47,23 @@ pub fn insert_samples(
     samples: &[StoredSample],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    append_samples(&tx, endpoint_id, received_ms, samples)?;
+    append_samples(
+        &tx,
+        &mut SeriesCache::default(),
+        endpoint_id,
+        received_ms,
+        samples,
+    )?;
     tx.commit()?;
     Ok(())
 }
 
 /// Stores samples and their points inside the caller's transaction (the store's group
-/// commit: `StoreHandle::call_grouped`).
+/// commit: `StoreHandle::call_grouped`). `known`: series numbers looked up before (see
+/// [`SeriesCache`] for when it may be kept between calls); this call adds its own.
 pub fn append_samples(
     conn: &Connection,
+    known: &mut SeriesCache,
     endpoint_id: &str,
     received_ms: i64,
     samples: &[StoredSample],
@@ -71,17 +83,17 @@ pub fn append_samples(
     })?;
     // Row IDs of the first and last point this call appended.
     let mut appended: Option<(i64, i64)> = None;
-    // The series of a batch repeat from sample to sample: each is looked up once.
-    let mut known: Vec<(&str, i64)> = Vec::new();
     for s in samples {
         raw.execute(params![endpoint_id, received_ms, s.raw])?;
         let seq = conn.last_insert_rowid();
         for p in &s.points {
-            let id = match known.iter().find(|(name, _)| *name == p.series) {
-                Some((_, id)) => *id,
+            // The series of a batch repeat from sample to sample, and those of a
+            // device from batch to batch: each is looked up once.
+            let id = match known.get(endpoint_id, &p.series) {
+                Some(id) => id,
                 None => {
                     let id = series_id(conn, endpoint_id, &p.series)?;
-                    known.push((&p.series, id));
+                    known.put(endpoint_id, &p.series, id);
                     id
                 }
             };
@@ -385,8 +397,9 @@ mod tests {
         // newest point by time is the first one stored.
         let n = SETTLE_ROWS + 1;
         let tx = c.transaction().unwrap();
+        let mut known = SeriesCache::default();
         for i in 0..n {
-            append_samples(&tx, "ep", 0, &[sample(n - i, i as f64)]).unwrap();
+            append_samples(&tx, &mut known, "ep", 0, &[sample(n - i, i as f64)]).unwrap();
         }
         tx.commit().unwrap();
         assert_eq!(count(&c, "SELECT count(*) FROM points"), SETTLE_ROWS);
@@ -434,7 +447,7 @@ mod tests {
             .unwrap();
         let tx = c.transaction().unwrap();
         for i in 1..every {
-            append_samples(&tx, "ep", 0, &[sample(i)]).unwrap();
+            append_samples(&tx, &mut SeriesCache::default(), "ep", 0, &[sample(i)]).unwrap();
         }
         tx.commit().unwrap();
         assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), every);
@@ -450,7 +463,7 @@ mod tests {
             .unwrap();
         let tx = c.transaction().unwrap();
         for i in every..2 * every {
-            append_samples(&tx, "ep", 0, &[sample(i)]).unwrap();
+            append_samples(&tx, &mut SeriesCache::default(), "ep", 0, &[sample(i)]).unwrap();
         }
         tx.commit().unwrap();
         assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
@@ -468,7 +481,14 @@ mod tests {
         let rows = 2 * PURGE_STEP_ROWS + 10;
         let tx = c.transaction().unwrap();
         for i in 0..rows {
-            append_samples(&tx, if i % 2 == 0 { "gone" } else { "kept" }, 0, &one).unwrap();
+            append_samples(
+                &tx,
+                &mut SeriesCache::default(),
+                if i % 2 == 0 { "gone" } else { "kept" },
+                0,
+                &one,
+            )
+            .unwrap();
         }
         tx.commit().unwrap();
         c.execute(
