@@ -144,7 +144,7 @@ mod tests {
                     &mut known.lock(s.generation()),
                     endpoint,
                     0,
-                    &[sample.clone()],
+                    std::slice::from_ref(&sample),
                 )?;
                 match fail {
                     true => Err(StoreError::Internal("this append fails".into())),
