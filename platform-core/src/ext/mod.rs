@@ -253,13 +253,28 @@ impl Extensions {
             )
         });
         let (known, generation) = (self.series.clone(), store.clone());
-        store
+        let settle_due = store
             .call_grouped(move |c| {
                 let mut known = known.lock(generation.generation());
                 tsdb::append_samples(c, &mut known, &endpoint_id, now, &samples)
             })
             .await
             .map_err(storage)?;
+        if settle_due {
+            // No request waits for it; it changes nothing cached (no series, no token).
+            let store = store.clone();
+            tokio::spawn(async move {
+                let settled = store
+                    .call_outside_registry(|c| {
+                        tsdb::settle_logged(c);
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = settled {
+                    log::warn!("core store: recent time series points not moved now: {e}");
+                }
+            });
+        }
         // After the commit: what the events announce is stored.
         for ev in events.into_iter().flatten() {
             self.bus.publish(ev);
@@ -551,3 +566,6 @@ impl Extensions {
         Ok((config_id, changed))
     }
 }
+
+#[cfg(test)]
+mod tests;

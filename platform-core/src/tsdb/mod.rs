@@ -47,7 +47,7 @@ pub fn insert_samples(
     samples: &[StoredSample],
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
-    append_samples(
+    let due = append_samples(
         &tx,
         &mut SeriesCache::default(),
         endpoint_id,
@@ -55,19 +55,25 @@ pub fn insert_samples(
         samples,
     )?;
     tx.commit()?;
+    if due {
+        settle_logged(conn);
+    }
     Ok(())
 }
 
 /// Stores samples and their points inside the caller's transaction (the store's group
 /// commit: `StoreHandle::call_grouped`). `known`: series numbers looked up before (see
 /// [`SeriesCache`] for when it may be kept between calls); this call adds its own.
+///
+/// True when `points_recent` has gathered enough points to be moved into `points`: run
+/// [`settle_now`] once the caller's transaction has committed.
 pub fn append_samples(
     conn: &Connection,
     known: &mut SeriesCache,
     endpoint_id: &str,
     received_ms: i64,
     samples: &[StoredSample],
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut raw = conn.prepare_cached(
         "INSERT INTO data_samples(endpoint_id, received_ms, sample) VALUES (?1, ?2, ?3)",
     )?;
@@ -103,27 +109,16 @@ pub fn append_samples(
         }
     }
     // Row IDs of `points_recent` count up from 1 after each settle (the table is emptied):
-    // settle when this call's points crossed a multiple of the settle size. Should a
-    // settle fail, the points stay where they are (reads see them), the append stands,
-    // and the next multiple tries again.
-    if let (true, Some((first, last))) = (recent, appended) {
-        let every = settle_rows(series);
-        if last / every > (first - 1) / every {
-            if let Err(e) = conn
-                .execute_batch("SAVEPOINT settle")
-                .map_err(StoreError::from)
-                .and_then(|()| settle(conn))
-            {
-                let _ = conn.execute_batch("ROLLBACK TO settle");
-                log::error!(
-                    "core store: moving recent time series points failed \
-                     (they stay in points_recent): {e}"
-                );
-            }
-            let _ = conn.execute_batch("RELEASE settle");
+    // a settle is due when this call's points crossed a multiple of the settle size.
+    // Should that settle fail, the points stay where they are (reads see them) and the
+    // next multiple is due again.
+    Ok(match (recent, appended) {
+        (true, Some((first, last))) => {
+            let every = settle_rows(series);
+            last / every > (first - 1) / every
         }
-    }
-    Ok(())
+        _ => false,
+    })
 }
 
 /// Up to this many series (all endpoints', ever made) points go straight into `points`.
@@ -141,13 +136,41 @@ fn settle_rows(series: i64) -> i64 {
     series.saturating_mul(32).clamp(4096, SETTLE_ROWS)
 }
 
+/// [`settle`] in a transaction of its own, after the commit of the appends that made it
+/// due. Inside their transaction it needed a savepoint (a failed settle must not undo the
+/// appends), and SQLite first copies every page changed under a savepoint to a temporary
+/// file: thousands of pages per settle with many series. For the same reason the move is
+/// `OR ROLLBACK`: a conflict ends the whole transaction, so SQLite keeps no copy to undo
+/// the one statement with (points never conflict; should one, the settle fails whole).
+pub fn settle_now(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    move_recent(&tx, "INSERT OR ROLLBACK")?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// [`settle_now`]; a failure is logged and leaves the points in `points_recent`.
+pub fn settle_logged(conn: &mut Connection) {
+    if let Err(e) = settle_now(conn) {
+        log::error!(
+            "core store: moving recent time series points failed \
+             (they stay in points_recent): {e}"
+        );
+    }
+}
+
 /// Moves every point of `points_recent` into `points`, sorted by series, in the caller's
 /// transaction: each series' page of `points` is written once for all its new points.
 pub fn settle(conn: &Connection) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO points(series_id, ts_ms, seq, value)
-         SELECT series_id, ts_ms, seq, value FROM points_recent ORDER BY series_id, ts_ms, seq",
-    )?
+    move_recent(conn, "INSERT")
+}
+
+/// [`settle`] with the given INSERT verb (with or without its conflict clause).
+fn move_recent(conn: &Connection, insert: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "{insert} INTO points(series_id, ts_ms, seq, value)
+         SELECT series_id, ts_ms, seq, value FROM points_recent ORDER BY series_id, ts_ms, seq"
+    ))?
     .execute([])?;
     conn.prepare_cached("DELETE FROM points_recent")?
         .execute([])?;
@@ -398,10 +421,19 @@ mod tests {
         let n = SETTLE_ROWS + 1;
         let tx = c.transaction().unwrap();
         let mut known = SeriesCache::default();
-        for i in 0..n {
-            append_samples(&tx, &mut known, "ep", 0, &[sample(n - i, i as f64)]).unwrap();
+        let mut due = Vec::new();
+        for i in 0..SETTLE_ROWS {
+            if append_samples(&tx, &mut known, "ep", 0, &[sample(n - i, i as f64)]).unwrap() {
+                due.push(i);
+            }
         }
         tx.commit().unwrap();
+        // Due once, by the point that filled the settle; nothing moved inside the appends'
+        // transaction.
+        assert_eq!(due, vec![SETTLE_ROWS - 1]);
+        assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), SETTLE_ROWS);
+        settle_now(&mut c).unwrap();
+        insert_samples(&mut c, "ep", 0, &[sample(1, (n - 1) as f64)]).unwrap();
         assert_eq!(count(&c, "SELECT count(*) FROM points"), SETTLE_ROWS);
         assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 1);
         assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, 0.0)));
@@ -424,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn a_settle_that_fails_keeps_the_points_and_the_appends_and_is_tried_again() {
+    fn a_settle_that_fails_keeps_the_points_and_the_appends_and_the_next_one_is_due() {
         let mut c = migrated(MIGRATIONS.len());
         c.execute_batch(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
@@ -445,11 +477,18 @@ mod tests {
         // writes such a point: this stands for whatever might).
         c.execute("INSERT INTO points VALUES (601, 0, 1, 9.0)", [])
             .unwrap();
-        let tx = c.transaction().unwrap();
-        for i in 1..every {
-            append_samples(&tx, &mut SeriesCache::default(), "ep", 0, &[sample(i)]).unwrap();
-        }
-        tx.commit().unwrap();
+        let mut known = SeriesCache::default();
+        let mut appends = |c: &mut Connection, from: i64, to: i64| {
+            let tx = c.transaction().unwrap();
+            let due: Vec<i64> = (from..to)
+                .filter(|i| append_samples(&tx, &mut known, "ep", 0, &[sample(*i)]).unwrap())
+                .collect();
+            tx.commit().unwrap();
+            due
+        };
+        assert_eq!(appends(&mut c, 1, every), vec![every - 1]);
+        assert!(settle_now(&mut c).is_err());
+        settle_logged(&mut c);
         assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), every);
         assert_eq!(
             count(
@@ -461,11 +500,8 @@ mod tests {
         // Once the collision is gone, the next multiple settles everything.
         c.execute("DELETE FROM points WHERE value = 9.0", [])
             .unwrap();
-        let tx = c.transaction().unwrap();
-        for i in every..2 * every {
-            append_samples(&tx, &mut SeriesCache::default(), "ep", 0, &[sample(i)]).unwrap();
-        }
-        tx.commit().unwrap();
+        assert_eq!(appends(&mut c, every, 2 * every), vec![2 * every - 1]);
+        settle_now(&mut c).unwrap();
         assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
         assert_eq!(count(&c, "SELECT count(*) FROM points"), 2 * every);
     }
