@@ -1,0 +1,245 @@
+//! The time series store against an in-memory database: appends, settles, reads, purges.
+
+use super::*;
+use crate::store::MIGRATIONS;
+
+/// An in-memory database with the first `upto` migrations.
+fn migrated(upto: usize) -> Connection {
+    let c = Connection::open_in_memory().unwrap();
+    for m in &MIGRATIONS[..upto] {
+        c.execute_batch(m).unwrap();
+    }
+    c
+}
+
+fn count(c: &Connection, sql: &str) -> i64 {
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn stored_points_come_back_by_last_and_range() {
+    let mut c = migrated(MIGRATIONS.len());
+    let p = |ts, v| DataPoint {
+        series: "auto~t".into(),
+        ts_ms: ts,
+        value: v,
+    };
+    let samples = vec![
+        StoredSample {
+            raw: "{}".into(),
+            points: vec![p(20, 2.0)],
+        },
+        StoredSample {
+            raw: "{}".into(),
+            points: vec![p(10, 1.0)],
+        },
+    ];
+    insert_samples(&mut c, "ep", 0, &samples).unwrap();
+    assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(20, 2.0)));
+    assert_eq!(last(&c, "ep", "auto~x").unwrap(), None);
+    assert_eq!(
+        range(&c, "ep", "auto~t", 0, 100).unwrap(),
+        vec![p(10, 1.0), p(20, 2.0)]
+    );
+    assert_eq!(range(&c, "ep", "auto~t", 11, 20).unwrap(), vec![]);
+    assert_eq!(count(&c, "SELECT count(*) FROM data_samples"), 2);
+    // Few series: the points went straight into `points`.
+    assert_eq!(count(&c, "SELECT count(*) FROM points"), 2);
+    assert_eq!(settle_rows(1), 4096);
+    assert_eq!(settle_rows(1000), 32_000);
+    assert_eq!(settle_rows(1_000_000), SETTLE_ROWS);
+}
+
+#[test]
+fn recent_points_settle_in_bulk_and_reads_see_both_tables_in_order() {
+    let mut c = migrated(MIGRATIONS.len());
+    let p = |ts, v| DataPoint {
+        series: "auto~t".into(),
+        ts_ms: ts,
+        value: v,
+    };
+    let sample = |ts, v| StoredSample {
+        raw: "{}".into(),
+        points: vec![p(ts, v)],
+    };
+    // Many series (other endpoints'), so points go through points_recent.
+    c.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+         INSERT INTO series(endpoint_id, name) SELECT 'other' || i, 'auto~t' FROM n;",
+    )
+    .unwrap();
+    // One point more than a settle takes, timestamps running backwards so the
+    // newest point by time is the first one stored.
+    let n = SETTLE_ROWS + 1;
+    let tx = c.transaction().unwrap();
+    let mut known = SeriesCache::default();
+    let mut due = Vec::new();
+    for i in 0..SETTLE_ROWS {
+        if append_samples(&tx, &mut known, "ep", 0, &[sample(n - i, i as f64)]).unwrap() {
+            due.push(i);
+        }
+    }
+    tx.commit().unwrap();
+    // Due once, by the point that filled the settle; nothing moved inside the appends'
+    // transaction.
+    assert_eq!(due, vec![SETTLE_ROWS - 1]);
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), SETTLE_ROWS);
+    settle_now(&mut c).unwrap();
+    insert_samples(&mut c, "ep", 0, &[sample(1, (n - 1) as f64)]).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM points"), SETTLE_ROWS);
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 1);
+    assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, 0.0)));
+    // Same timestamp in both tables: the later one (in points_recent) comes last.
+    insert_samples(&mut c, "ep", 0, &[sample(n, -1.0)]).unwrap();
+    assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, -1.0)));
+    assert_eq!(
+        range(&c, "ep", "auto~t", 1, 3).unwrap(),
+        vec![p(1, (n - 1) as f64), p(2, (n - 2) as f64)]
+    );
+    assert_eq!(
+        range(&c, "ep", "auto~t", n, n + 1).unwrap(),
+        vec![p(n, 0.0), p(n, -1.0)]
+    );
+    // A point of a series no sample writes leaves the recent ones where they are.
+    let connected = DataPoint {
+        series: "connectivity".into(),
+        ts_ms: n,
+        value: 1.0,
+    };
+    insert_points(&mut c, "ep", std::slice::from_ref(&connected)).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 2);
+    assert_eq!(last(&c, "ep", "connectivity").unwrap(), Some(connected));
+    // A point without a sample settles the recent ones first and orders after them.
+    insert_points(&mut c, "ep", &[p(n, 7.0)]).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
+    assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, 7.0)));
+    assert_eq!(count(&c, "SELECT count(*) FROM time_series"), n + 3);
+}
+
+#[test]
+fn a_settle_that_fails_keeps_the_points_and_the_appends_and_the_next_one_is_due() {
+    let mut c = migrated(MIGRATIONS.len());
+    c.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+         INSERT INTO series(endpoint_id, name) SELECT 'other' || i, 'auto~t' FROM n;",
+    )
+    .unwrap();
+    let every = settle_rows(601);
+    let sample = |ts| StoredSample {
+        raw: "{}".into(),
+        points: vec![DataPoint {
+            series: "auto~t".into(),
+            ts_ms: ts,
+            value: 1.0,
+        }],
+    };
+    insert_samples(&mut c, "ep", 0, &[sample(0)]).unwrap();
+    // A point in `points` that the first recent one would collide with (no path
+    // writes such a point: this stands for whatever might).
+    c.execute("INSERT INTO points VALUES (601, 0, 1, 9.0)", [])
+        .unwrap();
+    let mut known = SeriesCache::default();
+    let mut appends = |c: &mut Connection, from: i64, to: i64| {
+        let tx = c.transaction().unwrap();
+        let due: Vec<i64> = (from..to)
+            .filter(|i| append_samples(&tx, &mut known, "ep", 0, &[sample(*i)]).unwrap())
+            .collect();
+        tx.commit().unwrap();
+        due
+    };
+    assert_eq!(appends(&mut c, 1, every), vec![every - 1]);
+    assert!(settle_now(&mut c).is_err());
+    settle_logged(&mut c);
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), every);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM time_series WHERE endpoint_id = 'ep'"
+        ),
+        every + 1
+    );
+    // Once the collision is gone, the next multiple settles everything.
+    c.execute("DELETE FROM points WHERE value = 9.0", [])
+        .unwrap();
+    assert_eq!(appends(&mut c, every, 2 * every), vec![2 * every - 1]);
+    settle_now(&mut c).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
+    assert_eq!(count(&c, "SELECT count(*) FROM points"), 2 * every);
+}
+
+#[test]
+fn a_deleted_endpoints_samples_are_purged_in_steps_and_others_stay() {
+    let mut c = migrated(MIGRATIONS.len());
+    let one = vec![StoredSample {
+        raw: "{}".into(),
+        points: vec![],
+    }];
+    // Three steps' worth of row IDs, the two endpoints interleaved.
+    let rows = 2 * PURGE_STEP_ROWS + 10;
+    let tx = c.transaction().unwrap();
+    for i in 0..rows {
+        append_samples(
+            &tx,
+            &mut SeriesCache::default(),
+            if i % 2 == 0 { "gone" } else { "kept" },
+            0,
+            &one,
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    c.execute(
+        "INSERT INTO sample_purges(endpoint_id, next_id) VALUES ('gone', 0)",
+        [],
+    )
+    .unwrap();
+    let mut steps = 0;
+    while purge_step(&mut c).unwrap() {
+        steps += 1;
+    }
+    assert_eq!(steps, 3);
+    let of = |ep: &str| {
+        count(
+            &c,
+            &format!("SELECT count(*) FROM data_samples WHERE endpoint_id = '{ep}'"),
+        )
+    };
+    assert_eq!((of("gone"), of("kept")), (0, rows / 2));
+    assert_eq!(count(&c, "SELECT count(*) FROM sample_purges"), 0);
+}
+
+#[test]
+fn points_from_before_migration_6_keep_their_order_below_later_ones() {
+    let mut c = migrated(5);
+    c.execute_batch(
+        "INSERT INTO time_series VALUES ('ep', 'auto~t', 5, 1.0), ('ep', 'auto~t', 5, 2.0),
+         ('ep', 'auto~t', 1, 0.5), ('other', 'auto~t', 5, 9.0);",
+    )
+    .unwrap();
+    for m in &MIGRATIONS[5..] {
+        c.execute_batch(m).unwrap();
+    }
+    let p = |ts, v| DataPoint {
+        series: "auto~t".into(),
+        ts_ms: ts,
+        value: v,
+    };
+    assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(5, 2.0)));
+    insert_samples(
+        &mut c,
+        "ep",
+        0,
+        &[StoredSample {
+            raw: "{}".into(),
+            points: vec![p(5, 3.0)],
+        }],
+    )
+    .unwrap();
+    insert_points(&mut c, "ep", &[p(5, 4.0)]).unwrap();
+    assert_eq!(
+        range(&c, "ep", "auto~t", 0, 10).unwrap(),
+        vec![p(1, 0.5), p(5, 1.0), p(5, 2.0), p(5, 3.0), p(5, 4.0)]
+    );
+    assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(5, 4.0)));
+    assert_eq!(last(&c, "other", "auto~t").unwrap(), Some(p(5, 9.0)));
+}
