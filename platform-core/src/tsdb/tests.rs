@@ -16,14 +16,29 @@ fn count(c: &Connection, sql: &str) -> i64 {
     c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// A point of the series `auto~t`.
+fn p(ts_ms: i64, value: f64) -> DataPoint {
+    DataPoint {
+        series: "auto~t".into(),
+        ts_ms,
+        value,
+    }
+}
+
+/// `n` series of other endpoints: past [`DIRECT_SERIES`], points go through
+/// `points_recent`.
+fn other_series(c: &Connection, n: i64) {
+    c.execute(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+         INSERT INTO series(endpoint_id, name) SELECT 'other' || i, 'auto~t' FROM n",
+        [n],
+    )
+    .unwrap();
+}
+
 #[test]
 fn stored_points_come_back_by_last_and_range() {
     let mut c = migrated(MIGRATIONS.len());
-    let p = |ts, v| DataPoint {
-        series: "auto~t".into(),
-        ts_ms: ts,
-        value: v,
-    };
     let samples = vec![
         StoredSample {
             raw: "{}".into(),
@@ -53,21 +68,11 @@ fn stored_points_come_back_by_last_and_range() {
 #[test]
 fn recent_points_settle_in_bulk_and_reads_see_both_tables_in_order() {
     let mut c = migrated(MIGRATIONS.len());
-    let p = |ts, v| DataPoint {
-        series: "auto~t".into(),
-        ts_ms: ts,
-        value: v,
-    };
     let sample = |ts, v| StoredSample {
         raw: "{}".into(),
         points: vec![p(ts, v)],
     };
-    // Many series (other endpoints'), so points go through points_recent.
-    c.execute_batch(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
-         INSERT INTO series(endpoint_id, name) SELECT 'other' || i, 'auto~t' FROM n;",
-    )
-    .unwrap();
+    other_series(&c, 3000);
     // One point more than a settle takes, timestamps running backwards so the
     // newest point by time is the first one stored.
     let n = SETTLE_ROWS + 1;
@@ -119,19 +124,11 @@ fn recent_points_settle_in_bulk_and_reads_see_both_tables_in_order() {
 #[test]
 fn a_settle_that_fails_keeps_the_points_and_the_appends_and_the_next_one_is_due() {
     let mut c = migrated(MIGRATIONS.len());
-    c.execute_batch(
-        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
-         INSERT INTO series(endpoint_id, name) SELECT 'other' || i, 'auto~t' FROM n;",
-    )
-    .unwrap();
+    other_series(&c, 600);
     let every = settle_rows(601);
     let sample = |ts| StoredSample {
         raw: "{}".into(),
-        points: vec![DataPoint {
-            series: "auto~t".into(),
-            ts_ms: ts,
-            value: 1.0,
-        }],
+        points: vec![p(ts, 1.0)],
     };
     insert_samples(&mut c, "ep", 0, &[sample(0)]).unwrap();
     // A point in `points` that the first recent one would collide with (no path
@@ -219,11 +216,6 @@ fn points_from_before_migration_6_keep_their_order_below_later_ones() {
     for m in &MIGRATIONS[5..] {
         c.execute_batch(m).unwrap();
     }
-    let p = |ts, v| DataPoint {
-        series: "auto~t".into(),
-        ts_ms: ts,
-        value: v,
-    };
     assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(5, 2.0)));
     insert_samples(
         &mut c,
