@@ -312,6 +312,15 @@ struct Live {
 /// the reply, sent together once the reply is ready, and the turn it holds until then.
 type Answer = (Publish, Option<Ack>, Option<Reply>, Option<Turn>);
 
+/// What a packet asked for, beyond a data-sample request: see [`Live::act`].
+struct Actions {
+    actions: Vec<Action>,
+    /// The turn the packet was read with (a PUBLISH), if not spent.
+    turn: Option<Turn>,
+    /// A SUBSCRIBE or UNSUBSCRIBE: the hub learns the new filters.
+    resubscribed: bool,
+}
+
 /// Most requests of one connection answered at once (data samples only; see
 /// [`Dispatcher::may_overlap`]). Replies still go out in the order of the requests.
 const MAX_OVERLAP: usize = 64;
@@ -357,9 +366,11 @@ impl Live {
                     heard = Instant::now();
                     if let Some(packet) = pending.take() {
                         let turn = turns.take(MAX_OVERLAP - overlap.len());
-                        let flow = Box::pin(self.on_packet(packet, turn, &mut turns, conn, peer, ctx, &mut overlap)).await?;
-                        if flow == Flow::Close {
-                            return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
+                        if let Some(rest) = self.on_packet(packet, turn, &mut turns, ctx, &mut overlap) {
+                            let flow = Box::pin(self.act(rest, &mut turns, conn, peer, ctx, &mut overlap)).await?;
+                            if flow == Flow::Close {
+                                return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
+                            }
                         }
                     }
                 }
@@ -379,10 +390,12 @@ impl Live {
                         },
                         _ => None,
                     };
-                    // Boxed, like `answer` below: kept out of the idle connection's task.
-                    let flow = Box::pin(self.on_packet(packet, turn, &mut turns, conn, peer, ctx, &mut overlap)).await?;
-                    if flow == Flow::Close {
-                        return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
+                    if let Some(rest) = self.on_packet(packet, turn, &mut turns, ctx, &mut overlap) {
+                        // Boxed, like `answer` below: kept out of the idle connection's task.
+                        let flow = Box::pin(self.act(rest, &mut turns, conn, peer, ctx, &mut overlap)).await?;
+                        if flow == Flow::Close {
+                            return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
+                        }
                     }
                 }
                 // Requests answered (in order); whatever is ready goes out in one write.
@@ -438,40 +451,88 @@ impl Live {
         Ok(())
     }
 
-    /// Acts on one packet: what the session state machine says. A data-sample request
-    /// joins the requests being answered; any other request first waits for those, then
-    /// runs alone (so a request never overtakes one sent before it, except samples). A
-    /// request holds `turn`; a turn left unspent goes back to `turns`.
-    #[allow(clippy::too_many_arguments)]
-    async fn on_packet<'c, S: AsyncRead + AsyncWrite + Unpin>(
+    /// Takes one packet to the session state machine. A data-sample request, the hot
+    /// path, joins the requests being answered right here, with no future of its own;
+    /// whatever else the packet asks for is returned for [`Live::act`].
+    fn on_packet<'c>(
         &mut self,
         packet: Packet,
-        mut turn: Option<Turn>,
+        turn: Option<Turn>,
+        turns: &mut Turns,
+        ctx: &'c ConnContext,
+        overlap: &mut FuturesOrdered<BoxFuture<'c, Answer>>,
+    ) -> Option<Actions> {
+        let resubscribed = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+        let mut actions = self.session.handle(packet);
+        match actions.pop() {
+            Some(Action::Request { publish, ack })
+                if actions.is_empty() && ctx.router.may_overlap(&publish.topic) =>
+            {
+                self.start(publish, ack, turn, ctx, overlap);
+                return None;
+            }
+            Some(other) => actions.push(other),
+            // Nothing to do (a PUBACK with nothing queued behind it).
+            None if !resubscribed => {
+                if let Some(unspent) = turn {
+                    turns.give_back(unspent);
+                }
+                return None;
+            }
+            None => {}
+        }
+        Some(Actions {
+            actions,
+            turn,
+            resubscribed,
+        })
+    }
+
+    /// A request joins those being answered, holding `turn` until it is answered.
+    fn start<'c>(
+        &self,
+        publish: Publish,
+        ack: Option<Ack>,
+        turn: Option<Turn>,
+        ctx: &'c ConnContext,
+        overlap: &mut FuturesOrdered<BoxFuture<'c, Answer>>,
+    ) {
+        ctx.stats.request();
+        let sid = self.attached.registration.id;
+        let router = &ctx.router;
+        overlap.push_back(Box::pin(async move {
+            let reply = router
+                .route(&publish.topic, &publish.payload, Some(sid))
+                .await;
+            (publish, ack, reply, turn)
+        }));
+    }
+
+    /// Acts on what a packet asked for beyond a data sample. A request other than a
+    /// data sample first waits for those being answered, then runs alone (so a request
+    /// never overtakes one sent before it, except samples). A turn left unspent goes
+    /// back to `turns`.
+    async fn act<'c, S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        todo: Actions,
         turns: &mut Turns,
         conn: &mut PacketReader<S>,
         peer: &Peer,
         ctx: &'c ConnContext,
         overlap: &mut FuturesOrdered<BoxFuture<'c, Answer>>,
     ) -> Result<Flow, ConnError> {
-        let resubscribed = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
+        let Actions {
+            actions,
+            mut turn,
+            resubscribed,
+        } = todo;
         let mut flow = Flow::Continue;
-        for action in self.session.handle(packet) {
+        for action in actions {
             match action {
                 Action::Send(p) => conn.send(&p).await?,
                 Action::Request { publish, ack } => {
-                    ctx.stats.request();
-                    let sid = self.attached.registration.id;
-                    let router = &ctx.router;
-                    let overlaps = router.may_overlap(&publish.topic);
-                    // The request holds the turn it was read with until it is answered.
-                    let held = turn.take();
-                    let work: BoxFuture<'c, Answer> = Box::pin(async move {
-                        let reply = router
-                            .route(&publish.topic, &publish.payload, Some(sid))
-                            .await;
-                        (publish, ack, reply, held)
-                    });
-                    overlap.push_back(work);
+                    let overlaps = ctx.router.may_overlap(&publish.topic);
+                    self.start(publish, ack, turn.take(), ctx, overlap);
                     if !overlaps {
                         while let Some(done) = overlap.next().await {
                             self.answer(vec![done], conn, peer, ctx).await?;

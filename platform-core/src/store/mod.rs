@@ -202,10 +202,7 @@ impl StoreHandle {
             // The caller may have gone away (cancelled); the result is then dropped.
             let _ = done.send(r);
         });
-        self.tx
-            .send(Work::Call(job))
-            .await
-            .map_err(|_| StoreError::Stopped)?;
+        self.submit(Work::Call(job)).await?;
         result.await.map_err(|_| StoreError::Stopped)?
     }
 
@@ -226,11 +223,21 @@ impl StoreHandle {
             outcome: None,
             done,
         });
-        self.tx
-            .send(Work::Grouped(job))
-            .await
-            .map_err(|_| StoreError::Stopped)?;
+        self.submit(Work::Grouped(job)).await?;
         result.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Queues `work` for the store thread, waiting only while the queue is full. The
+    /// wait is boxed: it is rare, and kept out of every request's future (whose size is
+    /// what thousands of requests in flight cost; see `kpc::connection`).
+    async fn submit(&self, work: Work) -> Result<(), StoreError> {
+        match self.tx.try_send(work) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(work)) => Box::pin(self.tx.send(work))
+                .await
+                .map_err(|_| StoreError::Stopped),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Stopped),
+        }
     }
 
     /// A number that changes after every [`StoreHandle::call`] that changed any row, and
