@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::CoreConfig;
-use kpc::connection::{ConnContext, ConnectionLimits};
+use kpc::context::{ConnContext, ConnectionLimits};
 use kpc::turns::Budget;
 pub use store::{StoreError, StoreHandle};
 

@@ -12,7 +12,6 @@
 //! Clean sessions start empty; a persistent session (`clean session` = 0) is resumed from
 //! the hub, and its unacknowledged pushes are sent again (DUP) before anything else.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,53 +19,19 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 
-use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Packet, Publish};
-use rumqttc::mqttbytes::{Protocol, QoS};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use rumqttc::mqttbytes::v4::{Packet, Publish};
+use rumqttc::mqttbytes::QoS;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::context::{ConnContext, Peer};
 use super::framing::{ConnError, PacketReader};
-use super::router::{Dispatcher, Reply};
-use super::stats::{Incident, Stats};
-use super::turns::{self, Budget, Turn, Turns};
-use crate::ccm::{Authenticator, Verdict};
-use crate::mqtt::connect::{peek_connect, ConnectPeek};
-use crate::mqtt::session::{Ack, Action, CloseReason, Session};
-use crate::sessions::{Attached, Hub};
-
-/// Everything a connection needs from its listener; shared by every connection (each
-/// holds an `Arc` of it, not a copy: most of a site's connections idle).
-#[derive(Debug, Clone)]
-pub struct ConnContext {
-    pub router: Dispatcher,
-    pub auth: Authenticator,
-    pub hub: Hub,
-    pub limits: ConnectionLimits,
-    pub stats: Stats,
-    /// The core's budget of requests in flight over all connections (see
-    /// [`super::turns::MAX_REQUESTS_IN_FLIGHT`]).
-    pub in_flight: Budget,
-}
-
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub addr: SocketAddr,
-    /// `tcp`, `tls` or `ws`, for logs.
-    pub transport: &'static str,
-    /// SHA-256 fingerprint of the TLS client certificate, when one was presented.
-    pub cert_fingerprint: Option<String>,
-}
-
-/// Per-connection limits, from the listener's config.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
-    /// Largest accepted MQTT packet (whole frame), in bytes.
-    pub max_packet_size: usize,
-    /// How long a new connection may take to send CONNECT.
-    pub connect_timeout: Duration,
-}
+use super::handshake::{accept, read_connect, Live};
+use super::router::Reply;
+use super::stats::Incident;
+use super::turns::{self, Turn, Turns};
+use crate::mqtt::session::{Ack, Action, CloseReason};
 
 /// Serves one client until it disconnects, breaks the protocol, idles out, is cut, or `shutdown`.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -132,180 +97,6 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // EPL: the endpoints this session used may now be disconnected.
     ctx.router.session_closed(sid).await;
     outcome
-}
-
-/// Reads the CONNECT packet within the connect timeout; `None` when the client was
-/// refused (a protocol we do not speak: CONNACK 0x01 sent) or sent something else first.
-async fn read_connect<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut PacketReader<S>,
-    peer: &Peer,
-    ctx: &ConnContext,
-) -> Result<Option<Connect>, ConnError> {
-    let (addr, transport) = (peer.addr, peer.transport);
-    let timeout = ctx.limits.connect_timeout;
-    // Wait until the protocol name and level are readable, then refuse what we do not speak.
-    let first = tokio::time::timeout(timeout, async {
-        loop {
-            match peek_connect(&conn.buf) {
-                ConnectPeek::NeedMore => {}
-                // Not a CONNECT, or a mangled header: the full decode below reports it.
-                ConnectPeek::NotConnect => return Ok::<_, ConnError>(None),
-                ConnectPeek::Connect { name, level } => return Ok(Some((name, level))),
-            }
-            if conn.io.read_buf(&mut conn.buf).await? == 0 {
-                return Err(ConnError::Eof);
-            }
-        }
-    })
-    .await
-    .map_err(|_| ConnError::Idle)??;
-    if let Some((name, level)) = first {
-        if name != "MQTT" || level != 4 {
-            ctx.stats.report(Incident::ConnectRefused, || {
-                format!("mqtt {transport} {addr}: refusing protocol {name:?} level {level} (only MQTT 3.1.1 is served)")
-            });
-            let ack = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-            conn.send(&Packet::ConnAck(ack)).await?;
-            return Ok(None);
-        }
-    }
-    match tokio::time::timeout(timeout, conn.next()).await {
-        Err(_) => Err(ConnError::Idle),
-        Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => Ok(Some(c)),
-        Ok(Ok(other)) => {
-            ctx.stats.report(Incident::ProtocolViolation, || {
-                format!("mqtt {transport} {addr}: first packet is not CONNECT: {other:?}")
-            });
-            Ok(None)
-        }
-        Ok(Err(e)) => Err(e),
-    }
-}
-
-/// Authenticates the client (CCM), registers it with the hub, answers CONNACK and
-/// resumes a persistent session; `None` when the client was refused.
-async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut PacketReader<S>,
-    peer: &Peer,
-    ctx: &ConnContext,
-    connect: &Connect,
-) -> Result<Option<Live>, ConnError> {
-    let (addr, transport) = (peer.addr, peer.transport);
-    let login = connect
-        .login
-        .as_ref()
-        .map(|l| (l.username.as_str(), l.password.as_str()));
-    let (verdict, identity) = ctx
-        .auth
-        .check(
-            login,
-            peer.cert_fingerprint.as_deref(),
-            Some(peer.addr.ip()),
-        )
-        .await
-        .unwrap_or_else(|e| {
-            log::error!("mqtt {transport} {addr}: credential check failed: {e}");
-            (Verdict::NotAuthorized, crate::ccm::Identity::Anonymous)
-        });
-    let mut code = match verdict {
-        Verdict::Accepted => ConnectReturnCode::Success,
-        Verdict::BadCredentials => ConnectReturnCode::BadUserNamePassword,
-        Verdict::NotAuthorized => ConnectReturnCode::NotAuthorized,
-        Verdict::Busy => ConnectReturnCode::ServiceUnavailable,
-    };
-    let client_id = connect.client_id.as_str();
-    // §3.1.3.1: a persistent session needs a client ID to be found again.
-    if code == ConnectReturnCode::Success && !connect.clean_session && client_id.is_empty() {
-        code = ConnectReturnCode::BadClientId;
-    }
-    if code != ConnectReturnCode::Success {
-        conn.send(&Packet::ConnAck(ConnAck::new(code, false)))
-            .await?;
-        ctx.stats.report(Incident::ConnectRefused, || {
-            format!(
-                "mqtt {transport} {addr}: CONNECT refused ({code:?}) for client {client_id:?} as {identity:?}"
-            )
-        });
-        return Ok(None);
-    }
-    let reach = match &identity {
-        crate::ccm::Identity::Basic(user) => {
-            let user = user.clone();
-            let found = ctx
-                .auth
-                .store()
-                .call(move |c| crate::ccm::scope::reach_of_basic(c, &user))
-                .await;
-            match found {
-                Ok(r) => r,
-                Err(e) => {
-                    // Never let a client in unbound because its scope could not be read.
-                    log::error!("mqtt {transport} {addr}: cannot read the credential's scope: {e}");
-                    conn.send(&Packet::ConnAck(ConnAck::new(
-                        ConnectReturnCode::ServiceUnavailable,
-                        false,
-                    )))
-                    .await?;
-                    return Ok(None);
-                }
-            }
-        }
-        _ => None,
-    };
-    let attached = ctx.hub.register_scoped(client_id, identity.clone(), reach);
-    ctx.stats.connection_accepted();
-    if !client_id.is_empty() {
-        // Takeover: give the old connection of this client ID a moment to park its session.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !ctx.hub.client_gone(client_id, attached.registration.id) && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let parked = if client_id.is_empty() {
-        None
-    } else {
-        ctx.hub.take_parked(client_id)
-    };
-    let (mut session, present) = match parked {
-        Some(s) if !connect.clean_session => (s, true),
-        _ => (Session::new(), false),
-    };
-    conn.send(&Packet::ConnAck(ConnAck::new(code, present)))
-        .await?;
-    log::info!(
-        "mqtt {transport} {addr}: client {client_id:?} connected as {identity:?}{}",
-        if present { " (session resumed)" } else { "" }
-    );
-    if connect.last_will.is_some() {
-        log::debug!("mqtt {transport} {addr}: will message accepted (KPC does not relay wills)");
-    }
-    if present {
-        attached
-            .registration
-            .set_filters(session.subscriptions().to_vec());
-        for p in session.resume() {
-            conn.send(&p).await?;
-        }
-    }
-    // §3.1.2.10: the server closes after 1.5 × keepalive without a packet; 0 disables it.
-    let idle = (connect.keep_alive > 0)
-        .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
-    Ok(Some(Live {
-        session,
-        attached,
-        idle,
-        client_id: client_id.to_owned(),
-    }))
-}
-
-/// An accepted client: its MQTT session state and its place in the hub.
-struct Live {
-    session: Session,
-    attached: Attached,
-    /// Longest silence allowed (1.5 × keepalive), if any.
-    idle: Option<Duration>,
-    client_id: String,
 }
 
 /// A request being answered while the connection reads on: its packet's acknowledgement,

@@ -15,7 +15,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{serve, ConnContext, Peer};
+use super::connection::serve;
+use super::context::{ConnContext, Peer};
 use super::quickack::QuickAck;
 use super::stats::Incident;
 use crate::ccm::fingerprint_der;

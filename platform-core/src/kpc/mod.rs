@@ -1,8 +1,10 @@
 //! KPC, the Kaa Protocol Communication service: listeners, connections and request routing.
 
 pub mod connection;
+pub mod context;
 pub mod framing;
 pub mod guard;
+mod handshake;
 pub mod http;
 pub mod https;
 

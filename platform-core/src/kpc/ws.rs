@@ -20,7 +20,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::connection::{serve, ConnContext, Peer};
+use super::connection::serve;
+use super::context::{ConnContext, Peer};
 use super::stats::Incident;
 
 /// Size of the in-memory pipe between the WebSocket and the MQTT connection actor.
