@@ -113,7 +113,8 @@ struct Actions {
 }
 
 /// Most requests of one connection answered at once (data samples only; see
-/// [`Dispatcher::may_overlap`]). Replies still go out in the order of the requests.
+/// [`super::router::Dispatcher::may_overlap`]). Replies still go out in the order of the
+/// requests.
 const MAX_OVERLAP: usize = 64;
 
 /// The idle timer of a connection without keepalive (never fires: its branch is off).
