@@ -148,7 +148,7 @@ impl Live {
                 turns.release_spare();
             }
             let room = overlap.len() < MAX_OVERLAP;
-            tokio::select! {
+            let next = tokio::select! {
                 // Our turn came for the PUBLISH read before.
                 arrived = turns.arrived(), if turns.is_waiting() => {
                     if !arrived {
@@ -156,15 +156,7 @@ impl Live {
                     }
                     // The wait was the core's, not the client's silence.
                     heard = Instant::now();
-                    if let Some(packet) = pending.take() {
-                        let turn = turns.take(MAX_OVERLAP - overlap.len());
-                        if let Some(rest) = self.on_packet(packet, turn, &mut turns, ctx, &mut overlap) {
-                            let flow = Box::pin(self.act(rest, &mut turns, conn, peer, ctx, &mut overlap)).await?;
-                            if flow == Flow::Close {
-                                return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
-                            }
-                        }
-                    }
+                    pending.take().map(|packet| (packet, turns.take(MAX_OVERLAP - overlap.len())))
                 }
                 // A packet from the client (cancel-safe: partial frames stay in the buffer).
                 packet = conn.next(), if room && pending.is_none() => {
@@ -182,13 +174,7 @@ impl Live {
                         },
                         _ => None,
                     };
-                    if let Some(rest) = self.on_packet(packet, turn, &mut turns, ctx, &mut overlap) {
-                        // Boxed, like `answer` below: kept out of the idle connection's task.
-                        let flow = Box::pin(self.act(rest, &mut turns, conn, peer, ctx, &mut overlap)).await?;
-                        if flow == Flow::Close {
-                            return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
-                        }
-                    }
+                    Some((packet, turn))
                 }
                 // Requests answered (in order); whatever is ready goes out in one write.
                 Some(done) = overlap.next(), if !overlap.is_empty() => {
@@ -197,12 +183,14 @@ impl Live {
                         ready.push(more);
                     }
                     Box::pin(self.answer(ready, conn, peer, ctx)).await?;
+                    None
                 }
                 // A push for an endpoint this session used, or a copy of another session's reply.
                 msg = self.attached.inbox.recv() => {
                     if let Some(out) = self.session.publish(msg.topic, msg.qos, msg.payload) {
                         Box::pin(conn.send(&out)).await?;
                     }
+                    None
                 }
                 // The token or credential this session uses was suspended or revoked, or
                 // the same client ID connected again.
@@ -224,6 +212,17 @@ impl Live {
                         return Err(ConnError::Idle);
                     }
                     idle_timer.as_mut().reset(due);
+                    None
+                }
+            };
+            // A packet to act on, just read or after waiting for its turn.
+            let Some((packet, turn)) = next else { continue };
+            if let Some(rest) = self.on_packet(packet, turn, &mut turns, ctx, &mut overlap) {
+                // Boxed, like `answer`: kept out of the idle connection's task.
+                let flow =
+                    Box::pin(self.act(rest, &mut turns, conn, peer, ctx, &mut overlap)).await?;
+                if flow == Flow::Close {
+                    return Box::pin(self.finish(overlap, conn, peer, ctx)).await;
                 }
             }
         }
