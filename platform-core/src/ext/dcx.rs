@@ -30,11 +30,14 @@ pub fn parse_json(payload: &[u8], now_ms: i64) -> Result<Vec<StoredSample>, Kp1E
             )))
         }
     };
+    // About each sample's share of the payload: room for its stored text.
+    let room = payload.len() / samples.len().max(1) + 16;
     samples
         .into_iter()
         .enumerate()
         .map(|(i, s)| {
-            to_stored(s, now_ms).map_err(|e| Kp1Error::bad_request(format!("sample {i}: {e}")))
+            to_stored(s, now_ms, room)
+                .map_err(|e| Kp1Error::bad_request(format!("sample {i}: {e}")))
         })
         .collect()
 }
@@ -96,7 +99,7 @@ pub fn parse_plain(metric: &str, payload: &[u8], now_ms: i64) -> Result<StoredSa
         .ok_or_else(|| Kp1Error::bad_request(format!("plain payload {text:?} is not a number")))?;
     let mut obj = serde_json::Map::new();
     obj.insert(metric.to_owned(), serde_json::json!(value));
-    to_stored(Value::Object(obj), now_ms).map_err(Kp1Error::bad_request)
+    to_stored(Value::Object(obj), now_ms, metric.len() + 32).map_err(Kp1Error::bad_request)
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -110,8 +113,13 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-fn to_stored(sample: Value, now_ms: i64) -> Result<StoredSample, String> {
-    let mut points = Vec::new();
+/// A sample's stored text (compact JSON, written into `room` bytes reserved at once)
+/// and its points.
+fn to_stored(sample: Value, now_ms: i64, room: usize) -> Result<StoredSample, String> {
+    let mut points = Vec::with_capacity(match &sample {
+        Value::Object(fields) => fields.len(),
+        _ => 0,
+    });
     if let Value::Object(fields) = &sample {
         let ts_ms = match fields.get(TIMESTAMP_FIELD) {
             None | Some(Value::Null) => now_ms,
@@ -127,18 +135,21 @@ fn to_stored(sample: Value, now_ms: i64) -> Result<StoredSample, String> {
                 _ => None,
             };
             if let Some(value) = value {
+                let mut series = String::with_capacity(AUTO_PREFIX.len() + name.len());
+                series.push_str(AUTO_PREFIX);
+                series.push_str(name);
                 points.push(DataPoint {
-                    series: format!("{AUTO_PREFIX}{name}"),
+                    series,
                     ts_ms,
                     value,
                 });
             }
         }
     }
-    Ok(StoredSample {
-        raw: sample.to_string(),
-        points,
-    })
+    let mut raw = Vec::with_capacity(room);
+    serde_json::to_writer(&mut raw, &sample).map_err(|e| format!("cannot be stored: {e}"))?;
+    let raw = String::from_utf8(raw).map_err(|e| format!("cannot be stored: {e}"))?;
+    Ok(StoredSample { raw, points })
 }
 
 /// Epoch milliseconds (integer or float) or an RFC 3339 string.

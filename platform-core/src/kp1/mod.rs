@@ -272,25 +272,45 @@ impl Kp1Topic {
 
     /// The request topic (no `/status` or `/error` suffix).
     pub fn request_topic(&self) -> String {
-        let mut t = format!(
-            "{PREFIX}/{}/{}/{}/{}",
-            self.app_version.0, self.extension.0, self.token.0, self.resource
-        );
-        if let Some(id) = self.request_id {
-            t.push('/');
-            t.push_str(&id.0.to_string());
-        }
-        t
+        self.topic_with("")
     }
 
     /// The success response topic: request topic + `/status`.
     pub fn status_topic(&self) -> String {
-        self.request_topic() + "/status"
+        self.topic_with("/status")
     }
 
     /// The error response topic: request topic + `/error`.
     pub fn error_topic(&self) -> String {
-        self.request_topic() + "/error"
+        self.topic_with("/error")
+    }
+
+    /// The request topic followed by `suffix`, built in one allocation (every answered
+    /// request needs one).
+    fn topic_with(&self, suffix: &str) -> String {
+        use std::fmt::Write as _;
+        let parts = [
+            PREFIX,
+            &self.app_version.0,
+            &self.extension.0,
+            &self.token.0,
+            &self.resource,
+        ];
+        // Four `/` between the parts, and `/` + at most 10 digits for a request ID.
+        let len = parts.iter().map(|p| p.len()).sum::<usize>() + 4 + 11 + suffix.len();
+        let mut t = String::with_capacity(len);
+        for (i, part) in parts.into_iter().enumerate() {
+            if i > 0 {
+                t.push('/');
+            }
+            t.push_str(part);
+        }
+        if let Some(id) = self.request_id {
+            // Writing to a String cannot fail.
+            let _ = write!(t, "/{}", id.0);
+        }
+        t.push_str(suffix);
+        t
     }
 }
 

@@ -31,7 +31,7 @@ use super::handshake::{accept, read_connect, Live};
 use super::router::Reply;
 use super::stats::Incident;
 use super::turns::{self, Turn, Turns};
-use crate::mqtt::session::{Ack, Action, CloseReason};
+use crate::mqtt::session::{self, Ack, Action, CloseReason};
 
 /// Serves one client until it disconnects, breaks the protocol, idles out, is cut, or `shutdown`.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
@@ -104,8 +104,8 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 type Answer = (Publish, Option<Ack>, Option<Reply>, Option<Turn>);
 
 /// What a packet asked for, beyond a data-sample request: see [`Live::act`].
-struct Actions {
-    actions: Vec<Action>,
+struct Todo {
+    actions: session::Actions,
     /// The turn the packet was read with (a PUBLISH), if not spent.
     turn: Option<Turn>,
     /// A SUBSCRIBE or UNSUBSCRIBE: the hub learns the new filters.
@@ -252,7 +252,7 @@ impl Live {
         turns: &mut Turns,
         ctx: &'c ConnContext,
         overlap: &mut FuturesOrdered<BoxFuture<'c, Answer>>,
-    ) -> Option<Actions> {
+    ) -> Option<Box<Todo>> {
         let resubscribed = matches!(packet, Packet::Subscribe(_) | Packet::Unsubscribe(_));
         let mut actions = self.session.handle(packet);
         match actions.pop() {
@@ -272,11 +272,12 @@ impl Live {
             }
             None => {}
         }
-        Some(Actions {
+        // Boxed: rare, and kept out of the connection task's own state.
+        Some(Box::new(Todo {
             actions,
             turn,
             resubscribed,
-        })
+        }))
     }
 
     /// A request joins those being answered, holding `turn` until it is answered.
@@ -305,18 +306,18 @@ impl Live {
     /// back to `turns`.
     async fn act<'c, S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        todo: Actions,
+        todo: Box<Todo>,
         turns: &mut Turns,
         conn: &mut PacketReader<S>,
         peer: &Peer,
         ctx: &'c ConnContext,
         overlap: &mut FuturesOrdered<BoxFuture<'c, Answer>>,
     ) -> Result<Flow, ConnError> {
-        let Actions {
+        let Todo {
             actions,
             mut turn,
             resubscribed,
-        } = todo;
+        } = *todo;
         let mut flow = Flow::Continue;
         for action in actions {
             match action {

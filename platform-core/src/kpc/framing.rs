@@ -84,7 +84,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
         if packets.is_empty() {
             return Ok(());
         }
-        let mut out = BytesMut::new();
+        // Sized up front: one allocation, not one per doubling.
+        let mut out = BytesMut::with_capacity(packets.iter().map(Packet::size).sum());
         for p in packets {
             p.write(&mut out, usize::MAX)
                 .map_err(ConnError::Malformed)?;

@@ -21,11 +21,19 @@ const CAPACITY: usize = 65_536;
 
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<(String, String), (u64, String)>>,
+    entries: Mutex<Entries>,
     /// Look-ups under way: whoever else misses the same key waits for the first one. The
     /// semaphore never has permits; it is closed when the look-up ends, which wakes every
     /// waiter, including those that start waiting after it ended.
     flights: Mutex<HashMap<(String, String), Arc<Semaphore>>>,
+}
+
+/// App version → token → (generation, endpoint ID): looked up by borrowed parts, with
+/// no key to build per request.
+#[derive(Debug, Default)]
+struct Entries {
+    by_version: HashMap<String, HashMap<String, (u64, String)>>,
+    len: usize,
 }
 
 /// What a miss does: look the token up itself, or wait for the look-up under way.
@@ -83,22 +91,24 @@ impl TokenCache {
     /// The endpoint `token` of `app_version` names, if known at `generation`.
     pub fn get(&self, app_version: &str, token: &str, generation: u64) -> Option<String> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        // A tuple key cannot be looked up by borrowed parts without allocating; the
-        // two short strings cost less than the store round trip they save.
-        let (gen, endpoint) = entries.get(&(app_version.to_owned(), token.to_owned()))?;
+        let (gen, endpoint) = entries.by_version.get(app_version)?.get(token)?;
         (*gen == generation).then(|| endpoint.clone())
     }
 
     /// Remembers that `token` named `endpoint_id` at `generation`.
     pub fn put(&self, app_version: &str, token: &str, endpoint_id: &str, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= CAPACITY {
-            entries.clear();
+        if entries.len >= CAPACITY {
+            *entries = Entries::default();
         }
-        entries.insert(
-            (app_version.to_owned(), token.to_owned()),
-            (generation, endpoint_id.to_owned()),
-        );
+        let tokens = entries
+            .by_version
+            .entry(app_version.to_owned())
+            .or_default();
+        let new = tokens
+            .insert(token.to_owned(), (generation, endpoint_id.to_owned()))
+            .is_none();
+        entries.len += usize::from(new);
     }
 }
 
@@ -114,6 +124,25 @@ mod tests {
         assert_eq!(c.get("v1", "t", 3).as_deref(), Some("ep-1"));
         assert_eq!(c.get("v1", "t", 4), None, "the registry changed since");
         assert_eq!(c.get("v2", "t", 3), None, "another app version");
+    }
+
+    #[test]
+    fn a_full_cache_starts_over_and_a_token_put_again_counts_once() {
+        let c = TokenCache::default();
+        for _ in 0..3 {
+            c.put("v1", "same", "ep-0", 1);
+        }
+        for i in 1..CAPACITY {
+            c.put("v1", &format!("t{i}"), "ep", 1);
+        }
+        assert_eq!(
+            c.get("v1", "same", 1).as_deref(),
+            Some("ep-0"),
+            "not full yet"
+        );
+        c.put("v2", "next", "ep-2", 1);
+        assert_eq!(c.get("v1", "same", 1), None, "started over when full");
+        assert_eq!(c.get("v2", "next", 1).as_deref(), Some("ep-2"));
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use rumqttc::mqttbytes::v4::{
     Packet, PubAck, PubComp, PubRec, PubRel, Publish, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use rumqttc::mqttbytes::QoS;
+use smallvec::{smallvec, SmallVec};
 
 use super::filter::{validate_filter, validate_topic_name};
 
@@ -45,6 +46,10 @@ pub enum Action {
     },
     Close(CloseReason),
 }
+
+/// What one packet asks for: nearly always one action, kept inline (no allocation per
+/// packet).
+pub type Actions = SmallVec<[Action; 1]>;
 
 /// The acknowledgement a request gets once it was processed: 4 bytes, where a whole
 /// [`Packet`] would take the size of its largest kind in every request in flight.
@@ -143,13 +148,13 @@ impl Session {
     }
 
     /// Reacts to one packet from the client.
-    pub fn handle(&mut self, packet: Packet) -> Vec<Action> {
+    pub fn handle(&mut self, packet: Packet) -> Actions {
         match packet {
             Packet::Publish(p) => self.on_publish(p),
             Packet::PubRel(rel) => {
                 self.incoming_qos2.remove(&rel.pkid);
                 // §4.3.3: answer PUBCOMP even for an unknown ID (a resend after our PUBCOMP got lost).
-                vec![Action::Send(Packet::PubComp(PubComp::new(rel.pkid)))]
+                smallvec![Action::Send(Packet::PubComp(PubComp::new(rel.pkid)))]
             }
             Packet::PubAck(ack) => {
                 self.outgoing.remove(&ack.pkid);
@@ -158,11 +163,11 @@ impl Session {
             Packet::PubRec(rec) => {
                 // We never publish QoS 2, but answer correctly if a client treats ours so.
                 self.outgoing.remove(&rec.pkid);
-                let mut out = vec![Action::Send(Packet::PubRel(PubRel::new(rec.pkid)))];
+                let mut out = smallvec![Action::Send(Packet::PubRel(PubRel::new(rec.pkid)))];
                 out.extend(self.release().into_iter().map(Action::Send));
                 out
             }
-            Packet::PubComp(_) => vec![],
+            Packet::PubComp(_) => smallvec![],
             Packet::Subscribe(sub) => {
                 let mut codes = Vec::with_capacity(sub.filters.len());
                 for f in sub.filters {
@@ -179,44 +184,44 @@ impl Session {
                     self.subscriptions.push((f.path, granted));
                     codes.push(SubscribeReasonCode::Success(granted));
                 }
-                vec![Action::Send(Packet::SubAck(SubAck::new(sub.pkid, codes)))]
+                smallvec![Action::Send(Packet::SubAck(SubAck::new(sub.pkid, codes)))]
             }
             Packet::Unsubscribe(unsub) => {
                 self.subscriptions
                     .retain(|(p, _)| !unsub.topics.contains(p));
-                vec![Action::Send(Packet::UnsubAck(UnsubAck::new(unsub.pkid)))]
+                smallvec![Action::Send(Packet::UnsubAck(UnsubAck::new(unsub.pkid)))]
             }
-            Packet::PingReq => vec![Action::Send(Packet::PingResp)],
-            Packet::Disconnect => vec![Action::Close(CloseReason::ClientDisconnect)],
-            Packet::Connect(_) => vec![violation("second CONNECT on one connection")],
-            other => vec![violation(&format!(
+            Packet::PingReq => smallvec![Action::Send(Packet::PingResp)],
+            Packet::Disconnect => smallvec![Action::Close(CloseReason::ClientDisconnect)],
+            Packet::Connect(_) => smallvec![violation("second CONNECT on one connection")],
+            other => smallvec![violation(&format!(
                 "server-only packet from client: {other:?}"
             ))],
         }
     }
 
-    fn on_publish(&mut self, p: Publish) -> Vec<Action> {
+    fn on_publish(&mut self, p: Publish) -> Actions {
         if let Err(e) = validate_topic_name(&p.topic) {
-            return vec![violation(&e.to_string())];
+            return smallvec![violation(&e.to_string())];
         }
         match p.qos {
-            QoS::AtMostOnce => vec![Action::Request {
+            QoS::AtMostOnce => smallvec![Action::Request {
                 publish: p,
                 ack: None,
             }],
             QoS::AtLeastOnce => {
                 let ack = Some(Ack::PubAck(p.pkid));
-                vec![Action::Request { publish: p, ack }]
+                smallvec![Action::Request { publish: p, ack }]
             }
             QoS::ExactlyOnce => {
                 let rec = Ack::PubRec(p.pkid);
                 if self.incoming_qos2.insert(p.pkid) {
-                    vec![Action::Request {
+                    smallvec![Action::Request {
                         publish: p,
                         ack: Some(rec),
                     }]
                 } else {
-                    vec![Action::Send(rec.packet())]
+                    smallvec![Action::Send(rec.packet())]
                 }
             }
         }
@@ -338,9 +343,15 @@ mod tests {
             }]
         ));
         let dup = s.handle(publish("kp1/a/dcx/t/json", QoS::ExactlyOnce, 9));
-        assert_eq!(dup, vec![Action::Send(Packet::PubRec(PubRec::new(9)))]);
+        assert_eq!(
+            dup.into_vec(),
+            vec![Action::Send(Packet::PubRec(PubRec::new(9)))]
+        );
         let comp = s.handle(Packet::PubRel(PubRel::new(9)));
-        assert_eq!(comp, vec![Action::Send(Packet::PubComp(PubComp::new(9)))]);
+        assert_eq!(
+            comp.into_vec(),
+            vec![Action::Send(Packet::PubComp(PubComp::new(9)))]
+        );
         let again = s.handle(publish("kp1/a/dcx/t/json", QoS::ExactlyOnce, 9));
         assert!(matches!(&again[..], [Action::Request { .. }]));
     }
@@ -363,7 +374,7 @@ mod tests {
         sub.add("a/#/b".into(), QoS::AtMostOnce);
         let a = s.handle(Packet::Subscribe(sub));
         assert_eq!(
-            a,
+            a.into_vec(),
             vec![Action::Send(Packet::SubAck(SubAck::new(
                 3,
                 vec![
@@ -380,7 +391,7 @@ mod tests {
         let mut unsub = Unsubscribe::new("kp1/a/#");
         unsub.pkid = 4;
         assert_eq!(
-            s.handle(Packet::Unsubscribe(unsub)),
+            s.handle(Packet::Unsubscribe(unsub)).into_vec(),
             vec![Action::Send(Packet::UnsubAck(UnsubAck::new(4)))]
         );
         assert_eq!(s.subscribed_qos("kp1/a/dcx/t/json/1/status"), None);
@@ -433,11 +444,11 @@ mod tests {
     fn ping_disconnect_and_protocol_violations() {
         let mut s = Session::new();
         assert_eq!(
-            s.handle(Packet::PingReq),
+            s.handle(Packet::PingReq).into_vec(),
             vec![Action::Send(Packet::PingResp)]
         );
         assert_eq!(
-            s.handle(Packet::Disconnect),
+            s.handle(Packet::Disconnect).into_vec(),
             vec![Action::Close(CloseReason::ClientDisconnect)]
         );
         assert!(matches!(
