@@ -22,7 +22,12 @@ pub fn parse_json(payload: &[u8], now_ms: i64) -> Result<Vec<StoredSample>, Kp1E
         .map_err(|e| Kp1Error::bad_request(format!("payload is not valid JSON: {e}")))?;
     let samples = match value {
         Value::Array(items) => items,
-        obj @ Value::Object(_) => vec![obj],
+        // One sample: no one-element list to build first.
+        obj @ Value::Object(_) => {
+            let room = payload.len();
+            return Ok(vec![to_stored(obj, now_ms, room)
+                .map_err(|e| Kp1Error::bad_request(format!("sample 0: {e}")))?]);
+        }
         other => {
             return Err(Kp1Error::bad_request(format!(
                 "payload must be a JSON array of samples (or one sample object), got {}",

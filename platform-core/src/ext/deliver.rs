@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::{cex, cmx, storage, ExtensionKind, Extensions};
-use crate::kp1::{Kp1Error, Kp1Topic};
+use crate::kp1::{Kp1Error, Kp1TopicRef};
 use crate::sessions::SessionId;
 use crate::store::now_ms;
 
@@ -34,7 +34,7 @@ impl Extensions {
         &self,
         session: SessionId,
         endpoint_id: &str,
-        request: &Kp1Topic,
+        request: &Kp1TopicRef<'_>,
     ) -> Result<(), Kp1Error> {
         let mut cmx_instances = Vec::new();
         let mut cex_instances = Vec::new();
@@ -74,9 +74,9 @@ impl Extensions {
             })
             .await
             .map_err(storage)?;
-        let (avn, token) = (request.app_version.as_str(), request.token.as_str());
+        let (avn, token) = (request.app_version, request.token);
         let fetched_here = |instance: &str, resource: &str| {
-            request.extension.as_str() == instance && request.resource == resource
+            request.extension == instance && request.resource == resource
         };
         for (inst, name, id, body) in waiting.configs {
             let resource = if name.is_empty() {

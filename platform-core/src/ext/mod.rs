@@ -28,7 +28,7 @@ use tokio::sync::broadcast;
 use crate::bus::nats::NatsBus;
 use crate::bus::EventBus;
 use crate::epr;
-use crate::kp1::{Kp1Error, Kp1Topic};
+use crate::kp1::{Kp1Error, Kp1TopicRef};
 use crate::sessions::{Hub, SessionId};
 use crate::store::{now_ms, StoreError, StoreHandle};
 use crate::tsdb;
@@ -180,7 +180,7 @@ impl Extensions {
     /// the request may set.
     pub async fn handle(
         &self,
-        t: &Kp1Topic,
+        t: &Kp1TopicRef<'_>,
         kind: ExtensionKind,
         endpoint_id: String,
         payload: &[u8],
@@ -223,11 +223,11 @@ impl Extensions {
     /// announces them.
     async fn dcx(
         &self,
-        t: &Kp1Topic,
+        t: &Kp1TopicRef<'_>,
         endpoint_id: String,
         payload: &[u8],
     ) -> Result<Vec<u8>, Kp1Error> {
-        let (instance, resource) = (t.extension.as_str(), t.resource.as_str());
+        let (instance, resource) = (t.extension, t.resource);
         let store = &self.store;
         let now = now_ms();
         let samples = if resource == "json" {
@@ -243,15 +243,10 @@ impl Extensions {
             return Ok(Vec::new());
         }
         // Events are built only when someone takes them (the hot path).
-        let events = self.bus.wants_data().then(|| {
-            dcx::events(
-                instance,
-                &endpoint_id,
-                t.app_version.as_str(),
-                now,
-                &samples,
-            )
-        });
+        let events = self
+            .bus
+            .wants_data()
+            .then(|| dcx::events(instance, &endpoint_id, t.app_version, now, &samples));
         let (known, generation) = (self.series.clone(), store.clone());
         let settle_due = store
             .call_grouped(move |c| {
@@ -284,13 +279,13 @@ impl Extensions {
 
     async fn run(
         &self,
-        t: &Kp1Topic,
+        t: &Kp1TopicRef<'_>,
         kind: ExtensionKind,
         endpoint_id: String,
         payload: &[u8],
         session: Option<SessionId>,
     ) -> Result<Vec<u8>, Kp1Error> {
-        let (instance, resource) = (t.extension.as_str(), t.resource.as_str());
+        let (instance, resource) = (t.extension, t.resource);
         let store = &self.store;
         let inst = instance.to_owned();
         let observe = |observe: Option<bool>| {

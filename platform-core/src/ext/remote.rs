@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::bus::avro::{ClientData, ExtensionData};
 use crate::bus::nats::{EspError, NatsBus};
-use crate::kp1::{Kp1Error, Kp1Topic};
+use crate::kp1::{Kp1Error, Kp1TopicRef};
 use crate::sessions::Hub;
 use crate::store::now_ms;
 
@@ -16,12 +16,12 @@ use crate::store::now_ms;
 /// No NATS or NATS down → 503 at once; no answer within `timeout` → 504.
 pub async fn request(
     remote: Option<&NatsBus>,
-    t: &Kp1Topic,
+    t: &Kp1TopicRef<'_>,
     endpoint_id: String,
     payload: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>, Kp1Error> {
-    let instance = t.extension.as_str();
+    let instance = t.extension;
     let Some(bus) = remote else {
         return Err(Kp1Error::new(
             503,
@@ -32,7 +32,7 @@ pub async fn request(
         correlation_id: uuid::Uuid::new_v4().to_string(),
         timestamp_ms: now_ms(),
         timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
-        app_version: t.app_version.as_str().to_owned(),
+        app_version: t.app_version.to_owned(),
         endpoint_id: Some(endpoint_id),
         resource_path: format!("/{}", t.resource),
         request_id: t.request_id.and_then(|r| i32::try_from(r.get()).ok()),
@@ -149,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn no_nats_is_503_not_silence() {
-        let t = Kp1Topic::parse("kp1/v/ext/tok/json/3").unwrap();
+        let t = crate::kp1::Kp1TopicRef::parse("kp1/v/ext/tok/json/3").unwrap();
         let e = request(None, &t, "e".into(), b"[]", Duration::from_secs(1))
             .await
             .unwrap_err();

@@ -152,7 +152,7 @@ pub enum Direction {
 }
 
 /// A 1/KP topic's parts borrowed from the topic: the checks of [`Kp1Topic::parse`]
-/// without its allocations (every request's topic is looked at before it is routed).
+/// without its allocations (every request is routed with one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kp1TopicRef<'a> {
     pub app_version: &'a str,
@@ -224,6 +224,41 @@ impl<'a> Kp1TopicRef<'a> {
             direction,
         })
     }
+
+    /// The success response topic: the request topic + `/status`.
+    pub fn status_topic(&self) -> String {
+        self.topic_with("/status")
+    }
+
+    /// The error response topic: the request topic + `/error`.
+    pub fn error_topic(&self) -> String {
+        self.topic_with("/error")
+    }
+
+    fn topic_with(&self, suffix: &str) -> String {
+        let parts = [self.app_version, self.extension, self.token, self.resource];
+        topic_with(parts, self.request_id, suffix)
+    }
+}
+
+/// `kp1/<app version>/<extension>/<token>/<resource>[/<request ID>]` followed by
+/// `suffix`, built in one allocation (every answered request needs one).
+fn topic_with(parts: [&str; 4], request_id: Option<RequestId>, suffix: &str) -> String {
+    use std::fmt::Write as _;
+    // `kp1`, a `/` before each part, and `/` + at most 10 digits for a request ID.
+    let len = PREFIX.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>() + 11 + suffix.len();
+    let mut t = String::with_capacity(len);
+    t.push_str(PREFIX);
+    for part in parts {
+        t.push('/');
+        t.push_str(part);
+    }
+    if let Some(id) = request_id {
+        // Writing to a String cannot fail.
+        let _ = write!(t, "/{}", id.0);
+    }
+    t.push_str(suffix);
+    t
 }
 
 /// A parsed 1/KP topic.
@@ -285,32 +320,14 @@ impl Kp1Topic {
         self.topic_with("/error")
     }
 
-    /// The request topic followed by `suffix`, built in one allocation (every answered
-    /// request needs one).
     fn topic_with(&self, suffix: &str) -> String {
-        use std::fmt::Write as _;
         let parts = [
-            PREFIX,
-            &self.app_version.0,
+            self.app_version.0.as_str(),
             &self.extension.0,
             &self.token.0,
             &self.resource,
         ];
-        // Four `/` between the parts, and `/` + at most 10 digits for a request ID.
-        let len = parts.iter().map(|p| p.len()).sum::<usize>() + 4 + 11 + suffix.len();
-        let mut t = String::with_capacity(len);
-        for (i, part) in parts.into_iter().enumerate() {
-            if i > 0 {
-                t.push('/');
-            }
-            t.push_str(part);
-        }
-        if let Some(id) = self.request_id {
-            // Writing to a String cannot fail.
-            let _ = write!(t, "/{}", id.0);
-        }
-        t.push_str(suffix);
-        t
+        topic_with(parts, self.request_id, suffix)
     }
 }
 

@@ -220,7 +220,8 @@ fn topicish() -> impl Strategy<Value = String> {
 proptest! {
     #[test]
     fn the_borrowed_parse_agrees_with_the_level_by_level_one(topic in topicish()) {
-        let owned = Kp1TopicRef::parse(&topic).map(|t| Kp1Topic {
+        let borrowed = Kp1TopicRef::parse(&topic);
+        let owned = borrowed.clone().map(|t| Kp1Topic {
             app_version: AppVersionName::new(t.app_version).unwrap_or_else(|e| panic!("{e}")),
             extension: ExtensionInstance::new(t.extension).unwrap_or_else(|e| panic!("{e}")),
             token: EndpointToken::new(t.token).unwrap_or_else(|e| panic!("{e}")),
@@ -228,7 +229,12 @@ proptest! {
             request_id: t.request_id,
             direction: t.direction,
         });
-        prop_assert_eq!(owned, parse_by_levels(&topic));
+        prop_assert_eq!(&owned, &parse_by_levels(&topic));
+        // Both build the same response topics.
+        if let (Ok(b), Ok(o)) = (borrowed, owned) {
+            prop_assert_eq!(b.status_topic(), o.status_topic());
+            prop_assert_eq!(b.error_topic(), o.error_topic());
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::bus::nats::EspError;
 use crate::epl::Epl;
 use crate::epr::{self, TokenLookup};
 use crate::ext::{ExtensionKind, Extensions};
-use crate::kp1::{Direction, Kp1Error, Kp1Topic, Kp1TopicRef};
+use crate::kp1::{Direction, Kp1Error, Kp1TopicRef};
 use crate::sessions::SessionId;
 use crate::store::StoreHandle;
 
@@ -79,7 +79,7 @@ impl Dispatcher {
     /// Handles a request on `path` (an MQTT topic or the HTTP path without its leading
     /// `/`) and returns the success payload or the error (HTTP binding, docs/protocol.md §5).
     pub async fn handle(&self, path: &str, payload: &[u8]) -> Result<Vec<u8>, Kp1Error> {
-        let parsed = Kp1Topic::parse(path).map_err(|e| Kp1Error::bad_request(e.to_string()))?;
+        let parsed = Kp1TopicRef::parse(path).map_err(|e| Kp1Error::bad_request(e.to_string()))?;
         if parsed.direction != Direction::Request {
             return Err(Kp1Error::bad_request(
                 "a /status or /error path is a response, not a request",
@@ -97,7 +97,7 @@ impl Dispatcher {
         payload: &[u8],
         session: Option<SessionId>,
     ) -> Option<Reply> {
-        let parsed = match Kp1Topic::parse(topic) {
+        let parsed = match Kp1TopicRef::parse(topic) {
             Ok(t) => t,
             Err(e) => {
                 return Some(Reply {
@@ -113,9 +113,9 @@ impl Dispatcher {
         }
         match self.dispatch(&parsed, payload, session).await {
             Ok(body) => {
-                let kind = self.extensions.kind_of(parsed.extension.as_str());
+                let kind = self.extensions.kind_of(parsed.extension);
                 let answer = parsed.request_id.is_some()
-                    || kind.is_some_and(|k| carries_data(k, &parsed.resource, &body));
+                    || kind.is_some_and(|k| carries_data(k, parsed.resource, &body));
                 answer.then(|| Reply {
                     topic: parsed.status_topic(),
                     payload: body,
@@ -130,8 +130,8 @@ impl Dispatcher {
 
     /// Whether the app version exists and what its token allows: from the cache while the
     /// registry is unchanged, else from the store (an active answer is then cached).
-    async fn look_up(&self, t: &Kp1Topic) -> Result<(bool, TokenLookup), Kp1Error> {
-        let (avn, token) = (t.app_version.as_str(), t.token.as_str());
+    async fn look_up(&self, t: &Kp1TopicRef<'_>) -> Result<(bool, TokenLookup), Kp1Error> {
+        let (avn, token) = (t.app_version, t.token);
         if let Some(endpoint_id) = self.tokens.get(avn, token, self.store.generation()) {
             return Ok((true, TokenLookup::Active { endpoint_id }));
         }
@@ -257,7 +257,7 @@ impl Dispatcher {
 
     async fn dispatch(
         &self,
-        t: &Kp1Topic,
+        t: &Kp1TopicRef<'_>,
         payload: &[u8],
         session: Option<SessionId>,
     ) -> Result<Vec<u8>, Kp1Error> {
@@ -269,11 +269,7 @@ impl Dispatcher {
             )));
         }
         if let Some(s) = session {
-            if !self
-                .extensions
-                .hub
-                .allows(s, t.app_version.as_str(), t.token.as_str())
-            {
+            if !self.extensions.hub.allows(s, t.app_version, t.token) {
                 return Err(Kp1Error::forbidden(
                     "this client's credential is not bound to this application version or endpoint",
                 ));
@@ -283,31 +279,23 @@ impl Dispatcher {
         if !known_avn {
             return Err(Kp1Error::not_found(format!(
                 "unknown application version {:?}",
-                t.app_version.as_str()
+                t.app_version
             )));
         }
-        let kind = self
-            .extensions
-            .kind_of(t.extension.as_str())
-            .ok_or_else(|| {
-                Kp1Error::not_found(format!(
-                    "unknown extension instance {:?}",
-                    t.extension.as_str()
-                ))
-            })?;
+        let kind = self.extensions.kind_of(t.extension).ok_or_else(|| {
+            Kp1Error::not_found(format!("unknown extension instance {:?}", t.extension))
+        })?;
         let endpoint_id = match lookup {
             TokenLookup::Active { endpoint_id } => {
                 if let Some(s) = session {
                     // Pushes for this endpoint now reach this session (docs/protocol.md §2);
                     // on its first use it gets what waited for the endpoint.
-                    let first = self.extensions.hub.record_use(
-                        s,
-                        &endpoint_id,
-                        t.app_version.as_str(),
-                        t.token.as_str(),
-                    );
+                    let first =
+                        self.extensions
+                            .hub
+                            .record_use(s, &endpoint_id, t.app_version, t.token);
                     if let Some(epl) = &self.epl {
-                        epl.touch(s, &endpoint_id, t.app_version.as_str()).await;
+                        epl.touch(s, &endpoint_id, t.app_version).await;
                     }
                     if first {
                         Box::pin(self.extensions.catch_up(s, &endpoint_id, t)).await?;
