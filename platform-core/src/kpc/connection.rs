@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::context::{ConnContext, Peer};
-use super::framing::{ConnError, PacketReader};
+use super::framing::{ConnError, Outgoing, PacketReader};
 use super::handshake::{accept, read_connect, Live};
 use super::router::Reply;
 use super::stats::Incident;
@@ -178,11 +178,12 @@ impl Live {
                 }
                 // Requests answered (in order); whatever is ready goes out in one write.
                 Some(done) = overlap.next(), if !overlap.is_empty() => {
-                    let mut ready = vec![done];
+                    let mut replies = Replies::default();
+                    self.answer(done, &mut replies, peer, ctx)?;
                     while let Some(Some(more)) = overlap.next().now_or_never() {
-                        ready.push(more);
+                        self.answer(more, &mut replies, peer, ctx)?;
                     }
-                    Box::pin(self.answer(ready, conn, peer, ctx)).await?;
+                    Box::pin(replies.send(conn)).await?;
                     None
                 }
                 // A push for an endpoint this session used, or a copy of another session's reply.
@@ -237,7 +238,10 @@ impl Live {
         ctx: &ConnContext,
     ) -> Result<(), ConnError> {
         while let Some(done) = overlap.next().await {
-            let _ = self.answer(vec![done], conn, peer, ctx).await;
+            let mut replies = Replies::default();
+            if self.answer(done, &mut replies, peer, ctx).is_ok() {
+                let _ = replies.send(conn).await;
+            }
         }
         Ok(())
     }
@@ -327,7 +331,9 @@ impl Live {
                     self.start(publish, ack, turn.take(), ctx, overlap);
                     if !overlaps {
                         while let Some(done) = overlap.next().await {
-                            self.answer(vec![done], conn, peer, ctx).await?;
+                            let mut replies = Replies::default();
+                            self.answer(done, &mut replies, peer, ctx)?;
+                            replies.send(conn).await?;
                         }
                     }
                 }
@@ -355,46 +361,63 @@ impl Live {
         Ok(flow)
     }
 
-    /// Sends the replies of answered requests, each followed by its request's PUBACK, in
-    /// one write (copies go to watchers via the hub); their turns go back to the budget
-    /// together first.
-    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Adds an answered request's reply, then its PUBACK, to `replies` (copies go to
+    /// watchers via the hub).
+    fn answer(
         &mut self,
-        answered: Vec<Answer>,
-        conn: &mut PacketReader<S>,
+        (publish, ack, reply, turn): Answer,
+        replies: &mut Replies,
         peer: &Peer,
         ctx: &ConnContext,
     ) -> Result<(), ConnError> {
-        let sid = self.attached.registration.id;
-        let mut out = Vec::with_capacity(answered.len() * 2);
-        let mut done = Vec::with_capacity(answered.len());
-        for (publish, ack, reply, turn) in answered {
-            done.extend(turn);
-            if let Some(reply) = reply {
-                let qos = match publish.qos {
-                    QoS::AtMostOnce => QoS::AtMostOnce,
-                    _ => QoS::AtLeastOnce,
-                };
-                if reply.topic.ends_with("/error") {
-                    let (addr, transport) = (peer.addr, peer.transport);
-                    ctx.stats.report(Incident::RequestError, || {
-                        format!(
-                            "mqtt {transport} {addr}: request on {} refused: {}",
-                            publish.topic,
-                            String::from_utf8_lossy(&reply.payload)
-                        )
-                    });
-                }
-                let payload = Bytes::from(reply.payload);
-                ctx.hub.fan_out(sid, &reply.topic, &payload);
-                if let Some(p) = self.session.publish(reply.topic, qos, payload) {
-                    out.push(p);
-                }
-            }
-            out.extend(ack.map(Ack::packet));
+        if let Some(turn) = turn {
+            turns::gather(&mut replies.turn, turn);
         }
-        turns::release_all(done);
-        conn.send_all(&out).await
+        if let Some(reply) = reply {
+            let qos = match publish.qos {
+                QoS::AtMostOnce => QoS::AtMostOnce,
+                _ => QoS::AtLeastOnce,
+            };
+            if reply.topic.ends_with("/error") {
+                let (addr, transport) = (peer.addr, peer.transport);
+                ctx.stats.report(Incident::RequestError, || {
+                    format!(
+                        "mqtt {transport} {addr}: request on {} refused: {}",
+                        publish.topic,
+                        String::from_utf8_lossy(&reply.payload)
+                    )
+                });
+            }
+            let payload = Bytes::from(reply.payload);
+            ctx.hub
+                .fan_out(self.attached.registration.id, &reply.topic, &payload);
+            if let Some(p) = self.session.publish(reply.topic, qos, payload) {
+                replies.out.push(&p)?;
+            }
+        }
+        if let Some(ack) = ack {
+            replies.out.push(&ack.packet())?;
+        }
+        Ok(())
+    }
+}
+
+/// Replies of answered requests on their way out in one write, and the turns those
+/// requests held, given back to the budget together before the write.
+#[derive(Default)]
+struct Replies {
+    out: Outgoing,
+    turn: Option<Turn>,
+}
+
+impl Replies {
+    async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        conn: &mut PacketReader<S>,
+    ) -> Result<(), ConnError> {
+        let Replies { out, turn } = self;
+        drop(turn);
+        conn.write(out).await
     }
 }
 

@@ -2,9 +2,10 @@
 //! the `mqttbytes` codec (with read-ahead for a busy client), replies written in one go
 //! with a timeout, and the errors that end a connection.
 
+use std::cell::Cell;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttc::mqttbytes::v4::Packet;
 use rumqttc::mqttbytes::Error as CodecError;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -40,6 +41,9 @@ pub struct PacketReader<S> {
     filled: bool,
 }
 
+/// Payloads up to this size are copied out of the read buffer (see [`PacketReader::next`]).
+const OWN_PAYLOAD: usize = 1024;
+
 /// Room added before a read when the last one filled the buffer. A connection that only
 /// ever sends a little keeps its small buffer.
 const READ_AHEAD: usize = 4096;
@@ -48,6 +52,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
     pub async fn next(&mut self) -> Result<Packet, ConnError> {
         loop {
             match Packet::read(&mut self.buf, self.max_packet_size) {
+                Ok(Packet::Publish(mut p)) if p.payload.len() <= OWN_PAYLOAD => {
+                    // A small payload gets its own copy, so the request does not keep
+                    // the read buffer: the next read reuses it instead of allocating.
+                    p.payload = Bytes::copy_from_slice(&p.payload);
+                    return Ok(Packet::Publish(p));
+                }
                 Ok(p) => return Ok(p),
                 Err(CodecError::InsufficientBytes(_)) => {}
                 Err(CodecError::PayloadSizeLimitExceeded(_)) => {
@@ -81,19 +91,68 @@ impl<S: AsyncRead + AsyncWrite + Unpin> PacketReader<S> {
 
     /// Sends packets in one write.
     pub async fn send_all(&mut self, packets: &[Packet]) -> Result<(), ConnError> {
-        if packets.is_empty() {
+        let mut out = Outgoing::new();
+        for p in packets {
+            out.push(p)?;
+        }
+        self.write(out).await
+    }
+
+    /// Writes what `out` holds in one go (nothing if it is empty).
+    pub async fn write(&mut self, out: Outgoing) -> Result<(), ConnError> {
+        if out.buf.is_empty() {
             return Ok(());
         }
-        // Sized up front: one allocation, not one per doubling.
-        let mut out = BytesMut::with_capacity(packets.iter().map(Packet::size).sum());
-        for p in packets {
-            p.write(&mut out, usize::MAX)
-                .map_err(ConnError::Malformed)?;
-        }
-        tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&out))
+        tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&out.buf))
             .await
             .map_err(|_| ConnError::WriteStalled(WRITE_TIMEOUT))??;
         Ok(())
+    }
+}
+
+thread_local! {
+    /// The thread's spare write buffer. Packets are encoded into it and written, so a
+    /// busy connection allocates no buffer for each write, and an idle one holds none.
+    static SPARE: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
+
+/// A spare buffer larger than this is let go after its write.
+const MAX_SPARE: usize = 64 * 1024;
+
+/// Packets encoded for one write, in the thread's spare buffer (a fresh one if another
+/// write on this thread holds it); the buffer goes back to the thread when done.
+#[derive(Debug)]
+pub struct Outgoing {
+    buf: BytesMut,
+}
+
+impl Outgoing {
+    pub fn new() -> Self {
+        let buf = SPARE.with(Cell::take).unwrap_or_default();
+        Self { buf }
+    }
+
+    /// Encodes `p` after what is already there.
+    pub fn push(&mut self, p: &Packet) -> Result<(), ConnError> {
+        p.write(&mut self.buf, usize::MAX)
+            .map_err(ConnError::Malformed)?;
+        Ok(())
+    }
+}
+
+impl Default for Outgoing {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Outgoing {
+    fn drop(&mut self) {
+        if self.buf.capacity() <= MAX_SPARE {
+            let mut buf = std::mem::take(&mut self.buf);
+            buf.clear();
+            SPARE.with(|spare| spare.set(Some(buf)));
+        }
     }
 }
 
@@ -160,5 +219,52 @@ mod tests {
             assert!(matches!(reader.next().await, Ok(Packet::PingReq)));
         }
         assert!(reader.buf.capacity() <= 256);
+    }
+
+    #[tokio::test]
+    async fn a_request_does_not_keep_the_read_buffer_unless_its_payload_is_large() {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut reader = PacketReader::new(server, 64 * 1024);
+        for (size, keeps) in [(40, false), (OWN_PAYLOAD, false), (OWN_PAYLOAD + 1, true)] {
+            let mut p = Publish::new(
+                "kp1/app/dcx/token/json/1",
+                QoS::AtLeastOnce,
+                vec![b'x'; size],
+            );
+            p.pkid = 1;
+            let mut one = BytesMut::new();
+            Packet::Publish(p)
+                .write(&mut one, usize::MAX)
+                .expect("encode");
+            client.write_all(&one).await.expect("write");
+            let held = reader.next().await.expect("packet");
+            let Packet::Publish(held) = held else {
+                panic!("unexpected {held:?}")
+            };
+            assert_eq!(held.payload.len(), size);
+            // Taking back the room the packet used, without allocating, works only if
+            // nothing else shares the buffer.
+            let room = reader.buf.capacity() - reader.buf.len();
+            assert_eq!(
+                !reader.buf.try_reclaim(room + 1),
+                keeps,
+                "payload of {size} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn writes_on_one_thread_reuse_its_spare_buffer() {
+        let mut first = Outgoing::new();
+        first.push(&Packet::PingResp).expect("encode");
+        assert_eq!(&first.buf[..], [0xd0, 0]);
+        // A second write while the first holds the spare gets a buffer of its own.
+        let second = Outgoing::new();
+        assert_eq!(second.buf.capacity(), 0);
+        drop(second);
+        drop(first);
+        let third = Outgoing::new();
+        assert!(third.buf.is_empty(), "handed back cleared");
+        assert!(third.buf.capacity() > 0, "the spare is reused");
     }
 }

@@ -151,15 +151,22 @@ impl Turns {
     }
 }
 
-/// Turns of answered requests, given back to the budget together (one wake-up of the
-/// connections waiting for them, not one per request).
-pub fn release_all(turns: impl IntoIterator<Item = Turn>) {
-    let mut turns = turns.into_iter();
-    if let Some(mut all) = turns.next() {
-        for t in turns {
-            all.merge(t);
-        }
-        drop(all);
+/// Adds `turn` to the turns of requests answered together, which go back to the budget
+/// together when `all` is dropped (one wake-up of the connections waiting for them, not
+/// one per request).
+pub fn gather(all: &mut Option<Turn>, turn: Turn) {
+    match all {
+        Some(all) => all.merge(turn),
+        None => *all = Some(turn),
+    }
+}
+
+/// Gives turns back to the budget together.
+#[cfg(test)]
+fn release_all(turns: impl IntoIterator<Item = Turn>) {
+    let mut all = None;
+    for t in turns {
+        gather(&mut all, t);
     }
 }
 
