@@ -128,7 +128,12 @@ pub struct Outgoing {
 
 impl Outgoing {
     pub fn new() -> Self {
-        let buf = SPARE.with(Cell::take).unwrap_or_default();
+        // `try_with`: a thread being torn down has no spare, and gets a fresh buffer.
+        let buf = SPARE
+            .try_with(Cell::take)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         Self { buf }
     }
 
@@ -151,7 +156,8 @@ impl Drop for Outgoing {
         if self.buf.capacity() <= MAX_SPARE {
             let mut buf = std::mem::take(&mut self.buf);
             buf.clear();
-            SPARE.with(|spare| spare.set(Some(buf)));
+            // On a thread being torn down the buffer is simply freed.
+            let _ = SPARE.try_with(|spare| spare.set(Some(buf)));
         }
     }
 }
