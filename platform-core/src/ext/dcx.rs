@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::bus::{Event, SeriesPoint};
 use crate::kp1::Kp1Error;
-use crate::tsdb::{DataPoint, StoredSample, AUTO_PREFIX};
+use crate::tsdb::{StoredSample, AUTO_PREFIX};
 
 /// Name of the sample field that carries its timestamp.
 pub const TIMESTAMP_FIELD: &str = "timestamp";
@@ -25,8 +25,9 @@ pub fn parse_json(payload: &[u8], now_ms: i64) -> Result<Vec<StoredSample>, Kp1E
         // One sample: no one-element list to build first.
         obj @ Value::Object(_) => {
             let room = payload.len();
-            return Ok(vec![to_stored(obj, now_ms, room)
-                .map_err(|e| Kp1Error::bad_request(format!("sample 0: {e}")))?]);
+            let one = to_stored(obj, now_ms, room)
+                .map_err(|e| Kp1Error::bad_request(format!("sample 0: {e}")))?;
+            return Ok(vec![one]);
         }
         other => {
             return Err(Kp1Error::bad_request(format!(
@@ -37,14 +38,15 @@ pub fn parse_json(payload: &[u8], now_ms: i64) -> Result<Vec<StoredSample>, Kp1E
     };
     // About each sample's share of the payload: room for its stored text.
     let room = payload.len() / samples.len().max(1) + 16;
-    samples
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
+    // Sized up front: collecting a `Result` starts at four and grows.
+    let mut stored = Vec::with_capacity(samples.len());
+    for (i, s) in samples.into_iter().enumerate() {
+        stored.push(
             to_stored(s, now_ms, room)
-                .map_err(|e| Kp1Error::bad_request(format!("sample {i}: {e}")))
-        })
-        .collect()
+                .map_err(|e| Kp1Error::bad_request(format!("sample {i}: {e}")))?,
+        );
+    }
+    Ok(stored)
 }
 
 /// The events announcing stored samples: one 13/DSTP event with every sample, and one
@@ -57,7 +59,7 @@ pub fn events(
     samples: &[StoredSample],
 ) -> Vec<Event> {
     let mut series: Vec<(String, Vec<SeriesPoint>)> = Vec::new();
-    for p in samples.iter().flat_map(|s| &s.points) {
+    for p in samples.iter().flat_map(|s| s.points()) {
         let point = SeriesPoint {
             ingestion_ms: now_ms,
             ts_ms: p.ts_ms,
@@ -65,7 +67,7 @@ pub fn events(
         };
         match series.iter_mut().find(|(name, _)| *name == p.series) {
             Some((_, points)) => points.push(point),
-            None => series.push((p.series.clone(), vec![point])),
+            None => series.push((p.series.to_owned(), vec![point])),
         }
     }
     let mut out = Vec::with_capacity(1 + series.len());
@@ -73,7 +75,7 @@ pub fn events(
         instance: instance.to_owned(),
         endpoint_id: endpoint_id.to_owned(),
         app_version: app_version.to_owned(),
-        samples: samples.iter().map(|s| s.raw.clone()).collect(),
+        samples: samples.iter().map(|s| s.raw().to_owned()).collect(),
         timestamp_ms: now_ms,
     });
     out.extend(series.into_iter().map(|(name, points)| Event::TimeSeries {
@@ -119,42 +121,49 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// A sample's stored text (compact JSON, written into `room` bytes reserved at once)
-/// and its points.
+/// and its points, whose series names go into the same buffer after the text.
 fn to_stored(sample: Value, now_ms: i64, room: usize) -> Result<StoredSample, String> {
-    let mut points = Vec::with_capacity(match &sample {
-        Value::Object(fields) => fields.len(),
-        _ => 0,
-    });
+    let (ts_ms, points, names) = match &sample {
+        Value::Object(fields) => {
+            let ts_ms = match fields.get(TIMESTAMP_FIELD) {
+                None | Some(Value::Null) => now_ms,
+                Some(v) => parse_timestamp(v)?,
+            };
+            let (mut points, mut names) = (0, 0);
+            for (name, v) in fields {
+                if name != TIMESTAMP_FIELD && point_value(v).is_some() {
+                    points += 1;
+                    names += AUTO_PREFIX.len() + name.len();
+                }
+            }
+            (ts_ms, points, names)
+        }
+        _ => (now_ms, 0, 0),
+    };
+    let mut text = Vec::with_capacity(room.max(1) + names);
+    serde_json::to_writer(&mut text, &sample).map_err(|e| format!("cannot be stored: {e}"))?;
+    let text = String::from_utf8(text).map_err(|e| format!("cannot be stored: {e}"))?;
+    let mut stored = StoredSample::from_text(text, points);
     if let Value::Object(fields) = &sample {
-        let ts_ms = match fields.get(TIMESTAMP_FIELD) {
-            None | Some(Value::Null) => now_ms,
-            Some(v) => parse_timestamp(v)?,
-        };
         for (name, v) in fields {
             if name == TIMESTAMP_FIELD {
                 continue;
             }
-            let value = match v {
-                Value::Number(n) => n.as_f64(),
-                Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-                _ => None,
-            };
-            if let Some(value) = value {
-                let mut series = String::with_capacity(AUTO_PREFIX.len() + name.len());
-                series.push_str(AUTO_PREFIX);
-                series.push_str(name);
-                points.push(DataPoint {
-                    series,
-                    ts_ms,
-                    value,
-                });
+            if let Some(value) = point_value(v) {
+                stored.push(&[AUTO_PREFIX, name], ts_ms, value);
             }
         }
     }
-    let mut raw = Vec::with_capacity(room);
-    serde_json::to_writer(&mut raw, &sample).map_err(|e| format!("cannot be stored: {e}"))?;
-    let raw = String::from_utf8(raw).map_err(|e| format!("cannot be stored: {e}"))?;
-    Ok(StoredSample { raw, points })
+    Ok(stored)
+}
+
+/// The point a sample field makes: numbers as they are, booleans as 1 and 0.
+fn point_value(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => n.as_f64(),
+        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        _ => None,
+    }
 }
 
 /// Epoch milliseconds (integer or float) or an RFC 3339 string.
@@ -184,11 +193,7 @@ mod tests {
     use serde_json::json;
 
     fn pts(s: &StoredSample) -> Vec<(&str, i64, f64)> {
-        let mut v: Vec<_> = s
-            .points
-            .iter()
-            .map(|p| (p.series.as_str(), p.ts_ms, p.value))
-            .collect();
+        let mut v: Vec<_> = s.points().map(|p| (p.series, p.ts_ms, p.value)).collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         v
     }
@@ -203,7 +208,7 @@ mod tests {
             pts(&s[0]),
             vec![("auto~on", 1000, 1.0), ("auto~temp", 1000, 21.5)]
         );
-        let back: Value = serde_json::from_str(&s[0].raw).unwrap();
+        let back: Value = serde_json::from_str(s[0].raw()).unwrap();
         assert_eq!(back, p[0]);
     }
 

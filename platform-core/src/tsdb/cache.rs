@@ -129,14 +129,14 @@ mod tests {
         fail: bool,
     ) -> Result<(), StoreError> {
         let (known, s) = (known.clone(), store.clone());
-        let sample = StoredSample {
-            raw: "{}".into(),
-            points: vec![DataPoint {
+        let sample = StoredSample::new(
+            "{}",
+            vec![DataPoint {
                 series: "auto~x".into(),
                 ts_ms: ts,
                 value: 1.0,
             }],
-        };
+        );
         store
             .call_grouped(move |c| {
                 append_samples(

@@ -8,10 +8,12 @@
 //! moved into `points` in bulk ([`settle`]): reads look in both.
 
 mod cache;
+mod sample;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub use cache::{SeriesCache, SharedSeries};
+pub use sample::{PointRef, StoredSample};
 
 use crate::store::StoreError;
 
@@ -24,13 +26,6 @@ pub struct DataPoint {
     pub series: String,
     pub ts_ms: i64,
     pub value: f64,
-}
-
-/// A sample to store: its JSON text and the points derived from it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredSample {
-    pub raw: String,
-    pub points: Vec<DataPoint>,
 }
 
 /// How many data samples are stored (all endpoints).
@@ -90,16 +85,16 @@ pub fn append_samples(
     // Row IDs of the first and last point this call appended.
     let mut appended: Option<(i64, i64)> = None;
     for s in samples {
-        raw.execute(params![endpoint_id, received_ms, s.raw])?;
+        raw.execute(params![endpoint_id, received_ms, s.raw()])?;
         let seq = conn.last_insert_rowid();
-        for p in &s.points {
+        for p in s.points() {
             // The series of a batch repeat from sample to sample, and those of a
             // device from batch to batch: each is looked up once.
-            let id = match known.get(endpoint_id, &p.series) {
+            let id = match known.get(endpoint_id, p.series) {
                 Some(id) => id,
                 None => {
-                    let id = series_id(conn, endpoint_id, &p.series)?;
-                    known.put(endpoint_id, &p.series, id);
+                    let id = series_id(conn, endpoint_id, p.series)?;
+                    known.put(endpoint_id, p.series, id);
                     id
                 }
             };

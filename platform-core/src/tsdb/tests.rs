@@ -40,14 +40,8 @@ fn other_series(c: &Connection, n: i64) {
 fn stored_points_come_back_by_last_and_range() {
     let mut c = migrated(MIGRATIONS.len());
     let samples = vec![
-        StoredSample {
-            raw: "{}".into(),
-            points: vec![p(20, 2.0)],
-        },
-        StoredSample {
-            raw: "{}".into(),
-            points: vec![p(10, 1.0)],
-        },
+        StoredSample::new("{}", vec![p(20, 2.0)]),
+        StoredSample::new("{}", vec![p(10, 1.0)]),
     ];
     insert_samples(&mut c, "ep", 0, &samples).unwrap();
     assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(20, 2.0)));
@@ -68,10 +62,7 @@ fn stored_points_come_back_by_last_and_range() {
 #[test]
 fn recent_points_settle_in_bulk_and_reads_see_both_tables_in_order() {
     let mut c = migrated(MIGRATIONS.len());
-    let sample = |ts, v| StoredSample {
-        raw: "{}".into(),
-        points: vec![p(ts, v)],
-    };
+    let sample = |ts, v| StoredSample::new("{}", vec![p(ts, v)]);
     other_series(&c, 3000);
     // One point more than a settle takes, timestamps running backwards so the
     // newest point by time is the first one stored.
@@ -126,10 +117,7 @@ fn a_settle_that_fails_keeps_the_points_and_the_appends_and_the_next_one_is_due(
     let mut c = migrated(MIGRATIONS.len());
     other_series(&c, 600);
     let every = settle_rows(601);
-    let sample = |ts| StoredSample {
-        raw: "{}".into(),
-        points: vec![p(ts, 1.0)],
-    };
+    let sample = |ts| StoredSample::new("{}", vec![p(ts, 1.0)]);
     insert_samples(&mut c, "ep", 0, &[sample(0)]).unwrap();
     // A point in `points` that the first recent one would collide with (no path
     // writes such a point: this stands for whatever might).
@@ -167,10 +155,7 @@ fn a_settle_that_fails_keeps_the_points_and_the_appends_and_the_next_one_is_due(
 #[test]
 fn a_deleted_endpoints_samples_are_purged_in_steps_and_others_stay() {
     let mut c = migrated(MIGRATIONS.len());
-    let one = vec![StoredSample {
-        raw: "{}".into(),
-        points: vec![],
-    }];
+    let one = vec![StoredSample::new("{}", vec![])];
     // Three steps' worth of row IDs, the two endpoints interleaved.
     let rows = 2 * PURGE_STEP_ROWS + 10;
     let tx = c.transaction().unwrap();
@@ -217,16 +202,7 @@ fn points_from_before_migration_6_keep_their_order_below_later_ones() {
         c.execute_batch(m).unwrap();
     }
     assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(5, 2.0)));
-    insert_samples(
-        &mut c,
-        "ep",
-        0,
-        &[StoredSample {
-            raw: "{}".into(),
-            points: vec![p(5, 3.0)],
-        }],
-    )
-    .unwrap();
+    insert_samples(&mut c, "ep", 0, &[StoredSample::new("{}", vec![p(5, 3.0)])]).unwrap();
     insert_points(&mut c, "ep", &[p(5, 4.0)]).unwrap();
     assert_eq!(
         range(&c, "ep", "auto~t", 0, 10).unwrap(),
