@@ -3,7 +3,7 @@
 //! Lifecycle: read CONNECT within `connect_timeout` → authenticate (CCM) → CONNACK →
 //! loop { read a packet or time out after 1.5 × keepalive (MQTT 3.1.1 §3.1.2.10) → act }.
 //! Data-sample requests are answered while the next packets are read (up to
-//! [`MAX_OVERLAP`] at once, so their appends share the store's group commit); any other
+//! `MAX_OVERLAP` at once, so their appends share the store's group commit); any other
 //! request waits for those and runs alone. Replies keep the order of requests.
 //! Malformed or oversized packets, protocol violations and idle timeouts close the
 //! connection; none of them affects other connections (counted and logged with a rate

@@ -187,7 +187,7 @@ fn series_id(conn: &Connection, endpoint_id: &str, name: &str) -> Result<i64, St
 const PURGE_STEP_ROWS: i64 = 100_000;
 
 /// One step of purging deleted endpoints' raw samples (see migration 5): looks through
-/// the next [`PURGE_STEP_ROWS`] row IDs for one endpoint. True while a purge remains;
+/// the next `PURGE_STEP_ROWS` row IDs for one endpoint. True while a purge remains;
 /// run it as its own store call, repeatedly, so appends go on between the steps.
 pub fn purge_step(conn: &mut Connection) -> Result<bool, StoreError> {
     let next: Option<(String, i64)> = conn
