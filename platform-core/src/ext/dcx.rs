@@ -130,40 +130,38 @@ fn to_stored(sample: Value, now_ms: i64, room: usize) -> Result<StoredSample, St
                 Some(v) => parse_timestamp(v)?,
             };
             let (mut points, mut names) = (0, 0);
-            for (name, v) in fields {
-                if name != TIMESTAMP_FIELD && point_value(v).is_some() {
-                    points += 1;
-                    names += AUTO_PREFIX.len() + name.len();
-                }
+            for (name, _) in field_points(fields) {
+                points += 1;
+                names += AUTO_PREFIX.len() + name.len();
             }
             (ts_ms, points, names)
         }
         _ => (now_ms, 0, 0),
     };
-    let mut text = Vec::with_capacity(room.max(1) + names);
+    let mut text = Vec::with_capacity(room + names);
     serde_json::to_writer(&mut text, &sample).map_err(|e| format!("cannot be stored: {e}"))?;
     let text = String::from_utf8(text).map_err(|e| format!("cannot be stored: {e}"))?;
     let mut stored = StoredSample::from_text(text, points);
     if let Value::Object(fields) = &sample {
-        for (name, v) in fields {
-            if name == TIMESTAMP_FIELD {
-                continue;
-            }
-            if let Some(value) = point_value(v) {
-                stored.push(&[AUTO_PREFIX, name], ts_ms, value);
-            }
+        for (name, value) in field_points(fields) {
+            stored.push(&[AUTO_PREFIX, name], ts_ms, value);
         }
     }
     Ok(stored)
 }
 
-/// The point a sample field makes: numbers as they are, booleans as 1 and 0.
-fn point_value(v: &Value) -> Option<f64> {
-    match v {
-        Value::Number(n) => n.as_f64(),
-        Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-        _ => None,
-    }
+/// The fields of a sample that are points (field name, value): numbers as they are,
+/// booleans as 1 and 0; not the timestamp.
+fn field_points(fields: &serde_json::Map<String, Value>) -> impl Iterator<Item = (&str, f64)> + '_ {
+    fields.iter().filter_map(|(name, v)| {
+        let value = match v {
+            _ if name == TIMESTAMP_FIELD => None,
+            Value::Number(n) => n.as_f64(),
+            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+            _ => None,
+        }?;
+        Some((name.as_str(), value))
+    })
 }
 
 /// Epoch milliseconds (integer or float) or an RFC 3339 string.

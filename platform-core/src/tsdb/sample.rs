@@ -16,7 +16,7 @@ use super::DataPoint;
 pub const INLINE_POINTS: usize = 2;
 
 /// A sample to store: its JSON text and the points derived from it.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredSample {
     /// The sample's text, then each point's series name, one after the other.
     text: String,
@@ -43,15 +43,8 @@ pub struct PointRef<'a> {
 }
 
 impl StoredSample {
-    /// A sample of text `raw`, with room for `names` more bytes of series names and
-    /// `points` points.
-    pub fn with_capacity(raw: &str, names: usize, points: usize) -> Self {
-        let mut text = String::with_capacity(raw.len() + names);
-        text.push_str(raw);
-        Self::from_text(text, points)
-    }
-
-    /// A sample whose text is `text` (any spare capacity is kept for series names).
+    /// A sample whose text is `text`, with room for `points` points (any spare capacity
+    /// of `text` is kept for their series names).
     pub fn from_text(text: String, points: usize) -> Self {
         Self {
             raw_len: text.len(),
@@ -63,7 +56,7 @@ impl StoredSample {
     /// A sample of text `raw` with these points (tests and callers that have
     /// [`DataPoint`]s at hand).
     pub fn new(raw: &str, points: impl IntoIterator<Item = DataPoint>) -> Self {
-        let mut sample = Self::with_capacity(raw, 0, 0);
+        let mut sample = Self::from_text(raw.to_owned(), 0);
         for p in points {
             sample.push(&[&p.series], p.ts_ms, p.value);
         }
@@ -114,7 +107,9 @@ mod tests {
     #[test]
     fn text_and_series_names_share_one_buffer_and_read_back_apart() {
         let raw = r#"{"t":1,"h":2}"#;
-        let mut s = StoredSample::with_capacity(raw, 12, 2);
+        let mut text = String::with_capacity(raw.len() + 12);
+        text.push_str(raw);
+        let mut s = StoredSample::from_text(text, 2);
         let capacity = s.text.capacity();
         s.push(&["auto~", "t"], 5, 1.0);
         s.push(&["auto~", "h"], 5, 2.0);
