@@ -1,6 +1,8 @@
 //! Endpoint tokens: look-up on use (with the INACTIVE → ACTIVE step), issue, states, and which
 //! tokens a push goes to.
 
+use std::sync::Arc;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::*;
@@ -9,9 +11,9 @@ use crate::store::{now_ms, StoreError};
 /// What a token currently allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenLookup {
-    /// Usable; the endpoint it names.
+    /// Usable; the endpoint it names (shared: every request of the endpoint carries it).
     Active {
-        endpoint_id: String,
+        endpoint_id: Arc<str>,
     },
     Suspended,
     Revoked,
@@ -41,7 +43,9 @@ pub fn use_token(conn: &Connection, avn: &str, token: &str) -> Result<TokenLooku
                     [token],
                 )?;
             }
-            TokenLookup::Active { endpoint_id }
+            TokenLookup::Active {
+                endpoint_id: endpoint_id.into(),
+            }
         }
     })
 }

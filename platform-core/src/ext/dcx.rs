@@ -5,48 +5,34 @@
 //! and boolean top-level fields become points of `auto~<field>`; the sample's `timestamp`
 //! field (epoch ms, or an RFC 3339 string) dates them and is not itself a series.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::dcx_json;
 use crate::bus::{Event, SeriesPoint};
 use crate::kp1::Kp1Error;
-use crate::tsdb::{StoredSample, AUTO_PREFIX};
+use crate::tsdb::StoredSample;
 
 /// Name of the sample field that carries its timestamp.
 pub const TIMESTAMP_FIELD: &str = "timestamp";
 
-/// Parses a `/json` payload into the samples to store.
+/// Parses a `/json` payload into the samples to store (see [`dcx_json`]).
 pub fn parse_json(payload: &[u8], now_ms: i64) -> Result<Vec<StoredSample>, Kp1Error> {
-    let value: Value = serde_json::from_slice(payload)
+    let mut batch = dcx_json::Batch::new(now_ms);
+    let shape = dcx_json::read(payload, &mut batch)
         .map_err(|e| Kp1Error::bad_request(format!("payload is not valid JSON: {e}")))?;
-    let samples = match value {
-        Value::Array(items) => items,
-        // One sample: no one-element list to build first.
-        obj @ Value::Object(_) => {
-            let room = payload.len();
-            let one = to_stored(obj, now_ms, room)
-                .map_err(|e| Kp1Error::bad_request(format!("sample 0: {e}")))?;
-            return Ok(vec![one]);
-        }
-        other => {
-            return Err(Kp1Error::bad_request(format!(
-                "payload must be a JSON array of samples (or one sample object), got {}",
-                kind(&other)
-            )))
-        }
-    };
-    // About each sample's share of the payload: room for its stored text.
-    let room = payload.len() / samples.len().max(1) + 16;
-    // Sized up front: collecting a `Result` starts at four and grows.
-    let mut stored = Vec::with_capacity(samples.len());
-    for (i, s) in samples.into_iter().enumerate() {
-        stored.push(
-            to_stored(s, now_ms, room)
-                .map_err(|e| Kp1Error::bad_request(format!("sample {i}: {e}")))?,
-        );
+    if let dcx_json::Shape::Other(kind) = shape {
+        return Err(Kp1Error::bad_request(format!(
+            "payload must be a JSON array of samples (or one sample object), got {kind}"
+        )));
     }
-    Ok(stored)
+    match batch.first_error {
+        Some((i, e)) => Err(Kp1Error::bad_request(format!("sample {i}: {e}"))),
+        None => Ok(batch.stored),
+    }
 }
 
 /// The events announcing stored samples: one 13/DSTP event with every sample, and one
@@ -104,11 +90,13 @@ pub fn parse_plain(metric: &str, payload: &[u8], now_ms: i64) -> Result<StoredSa
         .ok()
         .filter(|v: &f64| v.is_finite())
         .ok_or_else(|| Kp1Error::bad_request(format!("plain payload {text:?} is not a number")))?;
-    let mut obj = serde_json::Map::new();
-    obj.insert(metric.to_owned(), serde_json::json!(value));
-    to_stored(Value::Object(obj), now_ms, metric.len() + 32).map_err(Kp1Error::bad_request)
+    let fields = [(Cow::Borrowed(metric), Value::from(value))]
+        .into_iter()
+        .collect();
+    dcx_json::stored_from_fields(fields, now_ms).map_err(Kp1Error::bad_request)
 }
 
+/// The kind of a JSON value, for error messages.
 fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -120,47 +108,19 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// A sample's stored text (compact JSON, written into `room` bytes reserved at once)
-/// and its points, whose series names go into the same buffer after the text.
-fn to_stored(sample: Value, now_ms: i64, room: usize) -> Result<StoredSample, String> {
-    let (ts_ms, points, names) = match &sample {
-        Value::Object(fields) => {
-            let ts_ms = match fields.get(TIMESTAMP_FIELD) {
-                None | Some(Value::Null) => now_ms,
-                Some(v) => parse_timestamp(v)?,
-            };
-            let (mut points, mut names) = (0, 0);
-            for (name, _) in field_points(fields) {
-                points += 1;
-                names += AUTO_PREFIX.len() + name.len();
-            }
-            (ts_ms, points, names)
-        }
-        _ => (now_ms, 0, 0),
-    };
-    let mut text = Vec::with_capacity(room + names);
-    serde_json::to_writer(&mut text, &sample).map_err(|e| format!("cannot be stored: {e}"))?;
-    let text = String::from_utf8(text).map_err(|e| format!("cannot be stored: {e}"))?;
-    let mut stored = StoredSample::from_text(text, points);
-    if let Value::Object(fields) = &sample {
-        for (name, value) in field_points(fields) {
-            stored.push(&[AUTO_PREFIX, name], ts_ms, value);
-        }
-    }
-    Ok(stored)
-}
-
 /// The fields of a sample that are points (field name, value): numbers as they are,
 /// booleans as 1 and 0; not the timestamp.
-fn field_points(fields: &serde_json::Map<String, Value>) -> impl Iterator<Item = (&str, f64)> + '_ {
-    fields.iter().filter_map(|(name, v)| {
+pub fn field_points<'a>(
+    fields: impl Iterator<Item = (&'a str, &'a Value)>,
+) -> impl Iterator<Item = (&'a str, f64)> {
+    fields.filter_map(|(name, v)| {
         let value = match v {
             _ if name == TIMESTAMP_FIELD => None,
             Value::Number(n) => n.as_f64(),
             Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
             _ => None,
         }?;
-        Some((name.as_str(), value))
+        Some((name, value))
     })
 }
 

@@ -13,6 +13,7 @@ pub mod bcx;
 pub mod cex;
 pub mod cmx;
 pub mod dcx;
+pub mod dcx_json;
 mod deliver;
 pub mod epmx;
 pub mod remote;
@@ -182,7 +183,7 @@ impl Extensions {
         &self,
         t: &Kp1TopicRef<'_>,
         kind: ExtensionKind,
-        endpoint_id: String,
+        endpoint_id: Arc<str>,
         payload: &[u8],
         session: Option<SessionId>,
     ) -> Result<Vec<u8>, Kp1Error> {
@@ -192,7 +193,7 @@ impl Extensions {
             return Box::pin(remote::request(
                 self.remote.as_deref(),
                 t,
-                endpoint_id,
+                endpoint_id.to_string(),
                 payload,
                 self.timeout,
             ))
@@ -201,7 +202,7 @@ impl Extensions {
         let outcome = if kind == ExtensionKind::Dcx {
             tokio::time::timeout(self.timeout, self.dcx(t, endpoint_id, payload)).await
         } else {
-            let work = Box::pin(self.run(t, kind, endpoint_id, payload, session));
+            let work = Box::pin(self.run(t, kind, endpoint_id.to_string(), payload, session));
             tokio::time::timeout(self.timeout, work).await
         };
         match outcome {
@@ -224,7 +225,7 @@ impl Extensions {
     async fn dcx(
         &self,
         t: &Kp1TopicRef<'_>,
-        endpoint_id: String,
+        endpoint_id: Arc<str>,
         payload: &[u8],
     ) -> Result<Vec<u8>, Kp1Error> {
         let (instance, resource) = (t.extension, t.resource);
@@ -294,7 +295,7 @@ impl Extensions {
             }
         };
         match kind {
-            ExtensionKind::Dcx => self.dcx(t, endpoint_id, payload).await,
+            ExtensionKind::Dcx => self.dcx(t, endpoint_id.into(), payload).await,
             ExtensionKind::Epmx => {
                 self.epmx(endpoint_id, epmx::parse(resource, payload)?)
                     .await

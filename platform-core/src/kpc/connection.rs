@@ -391,9 +391,8 @@ impl Live {
             let payload = Bytes::from(reply.payload);
             ctx.hub
                 .fan_out(self.attached.registration.id, &reply.topic, &payload);
-            if let Some(p) = self.session.publish(reply.topic, qos, payload) {
-                replies.out.push(&p)?;
-            }
+            self.session
+                .publish_to(reply.topic, qos, payload, |p| replies.out.push(p))?;
         }
         if let Some(ack) = ack {
             replies.out.push(&ack.packet())?;

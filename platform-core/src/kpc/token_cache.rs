@@ -32,7 +32,7 @@ pub struct TokenCache {
 /// no key to build per request.
 #[derive(Debug, Default)]
 struct Entries {
-    by_version: HashMap<String, HashMap<String, (u64, String)>>,
+    by_version: HashMap<String, HashMap<String, (u64, Arc<str>)>>,
     len: usize,
 }
 
@@ -89,14 +89,14 @@ impl TokenCache {
     }
 
     /// The endpoint `token` of `app_version` names, if known at `generation`.
-    pub fn get(&self, app_version: &str, token: &str, generation: u64) -> Option<String> {
+    pub fn get(&self, app_version: &str, token: &str, generation: u64) -> Option<Arc<str>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let (gen, endpoint) = entries.by_version.get(app_version)?.get(token)?;
         (*gen == generation).then(|| endpoint.clone())
     }
 
     /// Remembers that `token` named `endpoint_id` at `generation`.
-    pub fn put(&self, app_version: &str, token: &str, endpoint_id: &str, generation: u64) {
+    pub fn put(&self, app_version: &str, token: &str, endpoint_id: &Arc<str>, generation: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len >= CAPACITY {
             *entries = Entries::default();
@@ -106,7 +106,7 @@ impl TokenCache {
             .entry(app_version.to_owned())
             .or_default();
         let new = tokens
-            .insert(token.to_owned(), (generation, endpoint_id.to_owned()))
+            .insert(token.to_owned(), (generation, endpoint_id.clone()))
             .is_none();
         entries.len += usize::from(new);
     }
@@ -120,7 +120,7 @@ mod tests {
     fn an_entry_is_used_only_at_the_generation_it_was_read() {
         let c = TokenCache::default();
         assert_eq!(c.get("v1", "t", 3), None);
-        c.put("v1", "t", "ep-1", 3);
+        c.put("v1", "t", &"ep-1".into(), 3);
         assert_eq!(c.get("v1", "t", 3).as_deref(), Some("ep-1"));
         assert_eq!(c.get("v1", "t", 4), None, "the registry changed since");
         assert_eq!(c.get("v2", "t", 3), None, "another app version");
@@ -130,17 +130,17 @@ mod tests {
     fn a_full_cache_starts_over_and_a_token_put_again_counts_once() {
         let c = TokenCache::default();
         for _ in 0..3 {
-            c.put("v1", "same", "ep-0", 1);
+            c.put("v1", "same", &"ep-0".into(), 1);
         }
         for i in 1..CAPACITY {
-            c.put("v1", &format!("t{i}"), "ep", 1);
+            c.put("v1", &format!("t{i}"), &"ep".into(), 1);
         }
         assert_eq!(
             c.get("v1", "same", 1).as_deref(),
             Some("ep-0"),
             "not full yet"
         );
-        c.put("v2", "next", "ep-2", 1);
+        c.put("v2", "next", &"ep-2".into(), 1);
         assert_eq!(c.get("v1", "same", 1), None, "started over when full");
         assert_eq!(c.get("v2", "next", 1).as_deref(), Some("ep-2"));
     }
@@ -163,7 +163,7 @@ mod tests {
             !waiting.is_finished(),
             "waits while the look-up is under way"
         );
-        c.put("v1", "t", "ep-1", 0);
+        c.put("v1", "t", &"ep-1".into(), 0);
         drop(lead);
         assert!(waiting.await.is_ok());
         // A follower that starts waiting after the end does not wait at all.

@@ -245,15 +245,39 @@ impl Session {
     /// Builds a PUBLISH to this client, or queues it when the in-flight window is full
     /// (`None`; it goes out when a PUBACK frees the window). QoS 2 is sent as QoS 1.
     pub fn publish(&mut self, topic: String, qos: QoS, payload: Bytes) -> Option<Packet> {
+        let mut out = None;
+        let sent: Result<(), std::convert::Infallible> =
+            self.publish_to(topic, qos, payload, |p| {
+                out = Some(p.clone());
+                Ok(())
+            });
+        let Ok(()) = sent;
+        out
+    }
+
+    /// [`Session::publish`], handing the packet to `send` (which writes it out) instead
+    /// of returning it: a QoS 1 packet is then kept for a resend as it is, with no copy
+    /// of its topic made (every answered request publishes one).
+    pub fn publish_to<E>(
+        &mut self,
+        topic: String,
+        qos: QoS,
+        payload: Bytes,
+        send: impl FnOnce(&Packet) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut p = Publish::from_bytes(topic, QoS::AtMostOnce, payload);
         if qos == QoS::AtMostOnce {
-            return Some(Packet::Publish(p));
+            return send(&Packet::Publish(p));
         }
         p.qos = QoS::AtLeastOnce;
         if self.outgoing.len() < MAX_OUTGOING_INFLIGHT && self.queued.is_empty() {
             p.pkid = self.next_pkid();
-            self.outgoing.insert(p.pkid, p.clone());
-            return Some(Packet::Publish(p));
+            let packet = Packet::Publish(p);
+            let sent = send(&packet);
+            if let Packet::Publish(p) = packet {
+                self.outgoing.insert(p.pkid, p);
+            }
+            return sent;
         }
         self.queued_bytes += p.payload.len();
         self.queued.push_back(p);
@@ -271,7 +295,7 @@ impl Session {
                 );
             }
         }
-        None
+        Ok(())
     }
 
     /// Number of QoS 1 publishes waiting for room in the window.
@@ -438,6 +462,48 @@ mod tests {
             panic!("expected one resend, got {again:?}")
         };
         assert_eq!((p.topic.as_str(), p.dup, p.pkid), ("b", true, 2));
+    }
+
+    #[test]
+    fn publish_to_hands_over_the_packet_and_keeps_it_for_a_resend() {
+        let mut s = Session::new();
+        let mut seen = Vec::new();
+        let sent: Result<(), ()> = s.publish_to(
+            "kp1/a/dcx/t/json/1/status".into(),
+            QoS::AtLeastOnce,
+            Bytes::from_static(b"x"),
+            |p| {
+                seen.push(p.clone());
+                Ok(())
+            },
+        );
+        assert_eq!(sent, Ok(()));
+        let [Packet::Publish(p)] = &seen[..] else {
+            panic!("expected the publish, got {seen:?}")
+        };
+        assert_eq!(
+            (p.pkid, p.qos, &p.payload[..]),
+            (1, QoS::AtLeastOnce, &b"x"[..])
+        );
+        assert_eq!(s.outgoing_inflight(), 1);
+        // What `send` failed to write is still resent.
+        let failed = s.publish_to("b".into(), QoS::AtLeastOnce, Bytes::new(), |_| Err("full"));
+        assert_eq!(failed, Err("full"));
+        let again = s.resume();
+        let topics: Vec<_> = again
+            .iter()
+            .map(|p| match p {
+                Packet::Publish(p) => (p.topic.as_str(), p.dup),
+                other => panic!("not a publish: {other:?}"),
+            })
+            .collect();
+        assert_eq!(topics, [("kp1/a/dcx/t/json/1/status", true), ("b", true)]);
+        // QoS 0 is handed over and not kept.
+        let _: Result<(), ()> = s.publish_to("c".into(), QoS::AtMostOnce, Bytes::new(), |p| {
+            assert!(matches!(p, Packet::Publish(p) if p.pkid == 0));
+            Ok(())
+        });
+        assert_eq!(s.outgoing_inflight(), 2);
     }
 
     #[test]
