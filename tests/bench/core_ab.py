@@ -9,6 +9,8 @@ A variant is a `kp-gateway` binary, optionally followed by `[core.mqtt]` keys:
   tests/.venv/bin/python tests/bench/core_ab.py /tmp/old/kp-gateway target/release/kp-gateway
   tests/.venv/bin/python tests/bench/core_ab.py 'target/release/kp-gateway,max_requests_in_flight=2048' \
       target/release/kp-gateway --clients 1000 --rounds 3
+`--pin` gives the core and the load tool one CPU each (how much of a change in rate comes
+from the two sharing the cores).
 """
 
 import argparse
@@ -28,6 +30,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--pin", action="store_true",
+                    help="the core on CPU 0, the load tool on CPU 1 (needs 2 CPUs; a diagnostic)")
     a = ap.parse_args()
     pw_hash = cb.hash_password(cb.PASSWORD)
     results = {}
@@ -39,7 +43,7 @@ def main():
                     cb.BIN = binary
                     core = cb.Core(Path(d), n, "full", pw_hash, mqtt_keys=keys)
                     try:
-                        r = cb.run_load(core, "run", n, a.seconds, a.window)
+                        r = cb.run_load(core, "run", n, a.seconds, a.window, pin=a.pin)
                     finally:
                         core.proc.stop()
                 results.setdefault((variant, n), []).append(r)

@@ -103,13 +103,19 @@ class Broker:
         return ["--mode", "echo" if mode == "run" else "storm"]
 
 
-def run_load(server, mode, clients, seconds, window):
+def run_load(server, mode, clients, seconds, window, pin=False):
+    """`pin`: the server's threads on CPU 0 and the load tool on CPU 1 (a diagnostic: each
+    gets one core of its own, so neither takes CPU time from the other)."""
     pid = server.proc.pid
+    prefix = []
+    if pin:
+        subprocess.run(["taskset", "-a", "-p", "-c", "0", str(pid)], stdout=subprocess.DEVNULL, check=True)
+        prefix = ["taskset", "-c", "1"]
     cpu0 = cpu_seconds(pid)
     # The load tool shares the machine's cores with the server: its own CPU time (from
     # the rusage of the child reaped by subprocess.run) shows how much of them it took.
     load0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run([str(LOAD), *server.load_args(mode), "--addr", f"127.0.0.1:{server.port}",
+    out = subprocess.run([*prefix, str(LOAD), *server.load_args(mode), "--addr", f"127.0.0.1:{server.port}",
                           "--clients", str(clients), "--window", str(window), "--seconds", str(seconds),
                           "--user", USER, "--password", PASSWORD],
                          capture_output=True, text=True, timeout=seconds + 120)
