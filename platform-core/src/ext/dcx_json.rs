@@ -353,6 +353,81 @@ mod tests {
         }
     }
 
+    /// Compares the two readings of `payload`: the same samples, or errors of one kind.
+    fn agrees(payload: &[u8]) -> Result<(), String> {
+        let new = parse_json(payload, 77).map_err(|e| e.reason);
+        match (through_values(payload, 77), new) {
+            (Ok(want), Ok(got)) if got == want => Ok(()),
+            (Err(want), Err(got)) if got.starts_with(&want) || got.contains(&want) => Ok(()),
+            (want, got) => Err(format!(
+                "{}: want {want:?}, got {got:?}",
+                String::from_utf8_lossy(payload)
+            )),
+        }
+    }
+
+    #[test]
+    fn stores_what_reading_into_values_stored_for_generated_payloads() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        let scalar = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("false".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            (-1e6f64..1e6).prop_map(|f| f.to_string()),
+            (-330i32..330, 1u32..9).prop_map(|(e, m)| format!("{m}.25e{e}")),
+            Just("-0.0".to_owned()),
+            "[a-z\"\\\\é\n]{0,5}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+            Just(r#""1970-01-01T00:00:01.5Z""#.to_owned()),
+            Just(r#""\u0074ext""#.to_owned()),
+        ];
+        let key = prop_oneof![
+            Just(r#""timestamp""#),
+            Just(r#""t""#),
+            Just(r#""a""#),
+            Just(r#""\u0061""#),
+            Just(r#""""#),
+            Just(r#""é""#),
+            Just(r#""x\"y""#),
+        ];
+        let object = |k: BoxedStrategy<&'static str>, v: BoxedStrategy<String>| {
+            prop::collection::vec((k, v), 0..6).prop_map(|kv| {
+                let fields: Vec<_> = kv.iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                format!("{{{}}}", fields.join(","))
+            })
+        };
+        let key = key.boxed();
+        let k2 = key.clone();
+        let value = scalar
+            .prop_recursive(3, 24, 4, move |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..4)
+                        .prop_map(|v| format!("[{}]", v.join(","))),
+                    object(k2.clone(), inner),
+                ]
+            })
+            .boxed();
+        let sample = prop_oneof![3 => object(key, value.clone()), 1 => value.clone()].boxed();
+        let payload = prop_oneof![
+            prop::collection::vec(sample.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            sample,
+            value,
+        ];
+        // Some payloads cut short: every prefix of a valid payload is a case too.
+        let cases = (payload, prop::option::of(any::<prop::sample::Index>()));
+        let mut runner = TestRunner::new(Config::with_cases(2000));
+        runner
+            .run(&cases, |(text, cut)| {
+                let bytes = text.as_bytes();
+                let bytes = cut.map_or(bytes, |i| &bytes[..i.index(bytes.len() + 1)]);
+                agrees(bytes).map_err(TestCaseError::fail)
+            })
+            .unwrap();
+    }
+
     #[test]
     fn short_keys_are_borrowed_and_few_fields_stay_inline() {
         let payload = br#"{"temperature":1.5,"n":1}"#;
