@@ -55,7 +55,7 @@ fn stored_points_come_back_by_last_and_range() {
     // Few series: the points went straight into `points`.
     assert_eq!(count(&c, "SELECT count(*) FROM points"), 2);
     assert_eq!(settle_rows(1), 4096);
-    assert_eq!(settle_rows(1000), 32_000);
+    assert_eq!(settle_rows(1000), 128_000);
     assert_eq!(settle_rows(1_000_000), SETTLE_ROWS);
 }
 
