@@ -51,7 +51,7 @@ async fn dcx_moves_recent_points_in_bulk_after_the_commit_that_made_it_due() {
     let ext = extensions(store.clone(), dir.path());
     let topic = Kp1TopicRef::parse("kp1/app-v1/dcx/tok/json/1").unwrap_or_else(|e| panic!("{e}"));
     // One batch with more points than one settle takes (the settle size for 601 series).
-    let n = 601 * 32 + 100;
+    let n = 601 * 128 + 100;
     let batch: Vec<String> = (0..n).map(|i| format!(r#"{{"t":{i}}}"#)).collect();
     let payload = format!("[{}]", batch.join(","));
     ext.handle(
