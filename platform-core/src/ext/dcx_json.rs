@@ -57,6 +57,14 @@ impl Batch {
         }
     }
 
+    /// Reads one sample object from `map` and stores it.
+    fn object<'de, A: MapAccess<'de>>(&mut self, map: A) -> Result<(), A::Error> {
+        let fields = read_fields(map)?;
+        let sample = stored_from_fields(fields, self.now_ms);
+        self.push(sample);
+        Ok(())
+    }
+
     fn push(&mut self, sample: Result<StoredSample, String>) {
         if self.first_error.is_some() {
             return;
@@ -195,9 +203,7 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
         Ok(Shape::Batch)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Shape, A::Error> {
-        let fields = read_fields(map)?;
-        let now_ms = self.0.now_ms;
-        self.0.push(stored_from_fields(fields, now_ms));
+        self.0.object(map)?;
         Ok(Shape::Batch)
     }
     fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
@@ -224,8 +230,10 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
 struct SampleSeed<'b>(&'b mut Batch);
 
 impl SampleSeed<'_> {
-    fn value(self, v: Value) {
+    /// Stores a sample that is not an object.
+    fn value<E>(self, v: Value) -> Result<(), E> {
         self.0.push(stored_from_value(&v));
+        Ok(())
     }
 }
 
@@ -242,39 +250,28 @@ impl<'de> Visitor<'de> for SampleSeed<'_> {
         f.write_str("a sample")
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        let fields = read_fields(map)?;
-        let now_ms = self.0.now_ms;
-        self.0.push(stored_from_fields(fields, now_ms));
-        Ok(())
+        self.0.object(map)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
-        let v = Value::deserialize(SeqAccessDeserializer::new(seq))?;
-        self.value(v);
-        Ok(())
+        self.value(Value::deserialize(SeqAccessDeserializer::new(seq))?)
     }
     fn visit_bool<E>(self, v: bool) -> Result<(), E> {
-        self.value(Value::Bool(v));
-        Ok(())
+        self.value(Value::Bool(v))
     }
     fn visit_i64<E>(self, v: i64) -> Result<(), E> {
-        self.value(Value::from(v));
-        Ok(())
+        self.value(Value::from(v))
     }
     fn visit_u64<E>(self, v: u64) -> Result<(), E> {
-        self.value(Value::from(v));
-        Ok(())
+        self.value(Value::from(v))
     }
     fn visit_f64<E>(self, v: f64) -> Result<(), E> {
-        self.value(Value::from(v));
-        Ok(())
+        self.value(Value::from(v))
     }
     fn visit_str<E>(self, v: &str) -> Result<(), E> {
-        self.value(Value::String(v.to_owned()));
-        Ok(())
+        self.value(Value::String(v.to_owned()))
     }
     fn visit_unit<E>(self) -> Result<(), E> {
-        self.value(Value::Null);
-        Ok(())
+        self.value(Value::Null)
     }
 }
 
