@@ -93,6 +93,8 @@ pub fn delete_endpoint_in(conn: &Connection, id: &str) -> Result<bool, StoreErro
         "DELETE FROM points WHERE series_id IN (SELECT id FROM series WHERE endpoint_id = ?1)",
         "DELETE FROM points_recent WHERE series_id IN
             (SELECT id FROM series WHERE endpoint_id = ?1)",
+        "DELETE FROM point_blocks WHERE series_id IN
+            (SELECT id FROM series WHERE endpoint_id = ?1)",
         "DELETE FROM series WHERE endpoint_id = ?1",
         "DELETE FROM commands WHERE endpoint_id = ?1",
         "DELETE FROM configs WHERE endpoint_id = ?1",

@@ -81,8 +81,7 @@ async fn dcx_moves_recent_points_in_bulk_after_the_commit_that_made_it_due() {
         .call(|c| {
             count(
                 c,
-                "SELECT count(*) FROM points JOIN series ON series.id = points.series_id
-                 WHERE endpoint_id = 'ep' AND name = 'auto~t'",
+                "SELECT count(*) FROM time_series WHERE endpoint_id = 'ep' AND name = 'auto~t'",
             )
         })
         .await

@@ -188,6 +188,31 @@ CREATE VIEW time_series (endpoint_id, name, ts_ms, value, seq) AS
           UNION ALL SELECT series_id, ts_ms, value, seq FROM points_recent) p
     JOIN series s ON s.id = p.series_id;
 "#,
+    // 8: a settle moves `points_recent` into blocks (tsdb::blocks), one row per series
+    // and settle appended at the end of the table, rather than into `points` one row
+    // per point in the middle of the B-tree. Points already in `points` stay there;
+    // `points` still takes the points of the first 512 series and those without a
+    // sample (EPL's `connectivity`).
+    r#"
+CREATE TABLE point_blocks (
+    id        INTEGER PRIMARY KEY,
+    series_id INTEGER NOT NULL,
+    first_ts  INTEGER NOT NULL,
+    last_ts   INTEGER NOT NULL,
+    max_seq   INTEGER NOT NULL,
+    points    TEXT NOT NULL
+);
+CREATE INDEX point_blocks_series ON point_blocks(series_id, last_ts, first_ts);
+DROP VIEW time_series;
+CREATE VIEW time_series (endpoint_id, name, ts_ms, value, seq) AS
+    SELECT s.endpoint_id, s.name, p.ts_ms, p.value, p.seq
+    FROM (SELECT series_id, ts_ms, value, seq FROM points
+          UNION ALL SELECT series_id, ts_ms, value, seq FROM points_recent
+          UNION ALL SELECT b.series_id, json_extract(j.value, '$[0]'),
+                           json_extract(j.value, '$[2]'), json_extract(j.value, '$[1]')
+                    FROM point_blocks b, json_each(b.points) j) p
+    JOIN series s ON s.id = p.series_id;
+"#,
 ];
 
 pub(super) fn configure(conn: &Connection, durability: Durability) -> Result<(), StoreError> {

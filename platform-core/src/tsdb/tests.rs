@@ -82,10 +82,15 @@ fn recent_points_settle_in_bulk_and_reads_see_both_tables_in_order() {
     assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), SETTLE_ROWS);
     settle_now(&mut c).unwrap();
     insert_samples(&mut c, "ep", 0, &[sample(1, (n - 1) as f64)]).unwrap();
-    assert_eq!(count(&c, "SELECT count(*) FROM points"), SETTLE_ROWS);
+    // One series: its points in blocks of BLOCK_POINTS, none as rows.
+    assert_eq!(count(&c, "SELECT count(*) FROM points"), 0);
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM point_blocks"),
+        SETTLE_ROWS / blocks::BLOCK_POINTS as i64
+    );
     assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 1);
     assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, 0.0)));
-    // Same timestamp in both tables: the later one (in points_recent) comes last.
+    // Same timestamp in a block and in points_recent: the later one comes last.
     insert_samples(&mut c, "ep", 0, &[sample(n, -1.0)]).unwrap();
     assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, -1.0)));
     assert_eq!(
@@ -105,11 +110,20 @@ fn recent_points_settle_in_bulk_and_reads_see_both_tables_in_order() {
     insert_points(&mut c, "ep", std::slice::from_ref(&connected)).unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 2);
     assert_eq!(last(&c, "ep", "connectivity").unwrap(), Some(connected));
-    // A point without a sample settles the recent ones first and orders after them.
-    insert_points(&mut c, "ep", &[p(n, 7.0)]).unwrap();
-    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
+    // A point without a sample orders after those of the same time in points_recent
+    // and in blocks.
+    insert_points(&mut c, "ep", &[p(n, 7.0), p(2, 8.0)]).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 2);
     assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(n, 7.0)));
-    assert_eq!(count(&c, "SELECT count(*) FROM time_series"), n + 3);
+    assert_eq!(
+        range(&c, "ep", "auto~t", 2, 3).unwrap(),
+        vec![p(2, (n - 2) as f64), p(2, 8.0)]
+    );
+    assert_eq!(
+        range(&c, "ep", "auto~t", n, n + 1).unwrap(),
+        vec![p(n, 0.0), p(n, -1.0), p(n, 7.0)]
+    );
+    assert_eq!(count(&c, "SELECT count(*) FROM time_series"), n + 4);
 }
 
 #[test]
@@ -119,10 +133,12 @@ fn a_settle_that_fails_keeps_the_points_and_the_appends_and_the_next_one_is_due(
     let every = settle_rows(601);
     let sample = |ts| StoredSample::new("{}", vec![p(ts, 1.0)]);
     insert_samples(&mut c, "ep", 0, &[sample(0)]).unwrap();
-    // A point in `points` that the first recent one would collide with (no path
-    // writes such a point: this stands for whatever might).
-    c.execute("INSERT INTO points VALUES (601, 0, 1, 9.0)", [])
-        .unwrap();
+    // Every block write fails (this stands for a full disk or whatever else might).
+    c.execute_batch(
+        "CREATE TRIGGER no_blocks BEFORE INSERT ON point_blocks
+         BEGIN SELECT RAISE(ABORT, 'no room'); END;",
+    )
+    .unwrap();
     let mut known = SeriesCache::default();
     let mut appends = |c: &mut Connection, from: i64, to: i64| {
         let tx = c.transaction().unwrap();
@@ -141,15 +157,24 @@ fn a_settle_that_fails_keeps_the_points_and_the_appends_and_the_next_one_is_due(
             &c,
             "SELECT count(*) FROM time_series WHERE endpoint_id = 'ep'"
         ),
-        every + 1
+        every
     );
-    // Once the collision is gone, the next multiple settles everything.
-    c.execute("DELETE FROM points WHERE value = 9.0", [])
-        .unwrap();
+    // Once blocks can be written again, the next multiple settles everything.
+    c.execute_batch("DROP TRIGGER no_blocks").unwrap();
     assert_eq!(appends(&mut c, every, 2 * every), vec![2 * every - 1]);
     settle_now(&mut c).unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
-    assert_eq!(count(&c, "SELECT count(*) FROM points"), 2 * every);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM time_series WHERE endpoint_id = 'ep'"
+        ),
+        2 * every
+    );
+    assert_eq!(
+        range(&c, "ep", "auto~t", 0, 2 * every).unwrap().len() as i64,
+        2 * every
+    );
 }
 
 #[test]
@@ -210,4 +235,91 @@ fn points_from_before_migration_6_keep_their_order_below_later_ones() {
     );
     assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(5, 4.0)));
     assert_eq!(last(&c, "other", "auto~t").unwrap(), Some(p(5, 9.0)));
+}
+
+#[test]
+fn settled_values_read_back_exactly_by_range_last_and_sql_and_infinities_stay_rows() {
+    let mut c = migrated(MIGRATIONS.len());
+    other_series(&c, 600);
+    let values = [0.1, 21.0, -2.5, 1e20, 5e-324, f64::MAX, -123.456, 1.0 / 3.0];
+    let samples: Vec<StoredSample> = values
+        .iter()
+        .chain(&[f64::INFINITY])
+        .enumerate()
+        .map(|(i, v)| StoredSample::new("{}", vec![p(i as i64, *v)]))
+        .collect();
+    insert_samples(&mut c, "ep", 0, &samples).unwrap();
+    settle_now(&mut c).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
+    assert_eq!(count(&c, "SELECT count(*) FROM point_blocks"), 1);
+    assert_eq!(count(&c, "SELECT count(*) FROM points"), 1);
+    let back: Vec<f64> = range(&c, "ep", "auto~t", 0, 100)
+        .unwrap()
+        .into_iter()
+        .map(|d| d.value)
+        .collect();
+    let mut want = values.to_vec();
+    want.push(f64::INFINITY);
+    assert_eq!(
+        back.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+    assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(8, f64::INFINITY)));
+    // The view reads blocks as REAL values and integer times, in the same order.
+    let mut stmt = c
+        .prepare(
+            "SELECT ts_ms, value, typeof(ts_ms), typeof(value) FROM time_series
+             WHERE endpoint_id = 'ep' ORDER BY ts_ms, seq",
+        )
+        .unwrap();
+    let rows: Vec<(i64, f64, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), want.len());
+    for (i, (ts, v, tt, vt)) in rows.into_iter().enumerate() {
+        assert_eq!(
+            (ts, tt.as_str(), vt.as_str()),
+            (i as i64, "integer", "real")
+        );
+        assert_eq!(v.to_bits(), want[i].to_bits(), "value {i}");
+    }
+}
+
+#[test]
+fn an_unreadable_block_is_reported_as_corrupt() {
+    let c = migrated(MIGRATIONS.len());
+    c.execute_batch(
+        "INSERT INTO series(endpoint_id, name) VALUES ('ep', 'auto~t');
+         INSERT INTO point_blocks(series_id, first_ts, last_ts, max_seq, points)
+         VALUES (1, 0, 5, 1, '[[0,1,');",
+    )
+    .unwrap();
+    assert!(matches!(
+        range(&c, "ep", "auto~t", 0, 10),
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(matches!(
+        last(&c, "ep", "auto~t"),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn deleting_an_endpoint_deletes_its_blocks_and_keeps_the_others() {
+    let mut c = migrated(MIGRATIONS.len());
+    other_series(&c, 600);
+    let one = |ts| vec![StoredSample::new("{}", vec![p(ts, 1.0)])];
+    for ep in ["gone", "kept"] {
+        insert_samples(&mut c, ep, 0, &one(1)).unwrap();
+    }
+    settle_now(&mut c).unwrap();
+    insert_samples(&mut c, "gone", 0, &one(2)).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM point_blocks"), 2);
+    crate::epr::delete_endpoint_in(&c, "gone").unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM point_blocks"), 1);
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
+    assert_eq!(range(&c, "gone", "auto~t", 0, 10).unwrap(), vec![]);
+    assert_eq!(range(&c, "kept", "auto~t", 0, 10).unwrap(), vec![p(1, 1.0)]);
 }
