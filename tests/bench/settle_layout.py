@@ -1,8 +1,9 @@
 """What the embedded core's settle would cost with another layout of `points` (not a test).
 
-The core appends points with many series to `points_recent` and moves them into `points`
-in bulk (the settle, `platform-core/src/tsdb`). `points` is keyed by series, so a settle
-inserts each point into the middle of the B-tree, next to its series' older points. This
+Until 2026-12-06 the core appended points with many series to `points_recent` and moved
+them into `points` in bulk (the settle). `points` is keyed by series, so a settle inserted
+each point into the middle of the B-tree, next to its series' older points (the core now
+settles into blocks, one row per series: `platform-core/examples/settle_time.rs`). This
 script measures, with Python's `sqlite3` on a scratch database (WAL, synchronous=FULL, a
 16 MiB page cache, as the core), the settle's cost per point and a read of one series:
 

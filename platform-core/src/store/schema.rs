@@ -190,9 +190,10 @@ CREATE VIEW time_series (endpoint_id, name, ts_ms, value, seq) AS
 "#,
     // 8: a settle moves `points_recent` into blocks (tsdb::blocks), one row per series
     // and settle appended at the end of the table, rather than into `points` one row
-    // per point in the middle of the B-tree. Points already in `points` stay there;
-    // `points` still takes the points of the first 512 series and those without a
-    // sample (EPL's `connectivity`).
+    // per point in the middle of the B-tree; and every sample's points go through
+    // `points_recent` (before, those of the first 512 series went straight into
+    // `points`). Points already in `points` stay there; `points` still takes points
+    // without a sample (EPL's `connectivity`).
     r#"
 CREATE TABLE point_blocks (
     id        INTEGER PRIMARY KEY,

@@ -3,10 +3,10 @@
 //! A data sample is kept verbatim in `data_samples`; each of its numeric or boolean
 //! top-level fields is a point in the series `auto~<field>` (docs/protocol.md §3).
 //! A series is a row of `series` (endpoint, name → number); its points are rows of
-//! `points` keyed by (series number, timestamp, order of insertion). With more than
-//! [`DIRECT_SERIES`] series, a sample's points are first appended to `points_recent` and
-//! moved in bulk ([`settle`]) into `point_blocks`, many points of a series per row
-//! (`blocks`): reads look in all three.
+//! `points_recent` in arrival order, then moved in bulk ([`settle`]) into `point_blocks`,
+//! many points of a series per row (`blocks`). Points without a sample (EPL's
+//! `connectivity`), and those stored before blocks existed, are rows of `points` keyed
+//! by (series number, timestamp, order of insertion). Reads look in all three.
 
 mod blocks;
 mod cache;
@@ -62,7 +62,7 @@ pub fn insert_samples(
 /// commit: `StoreHandle::call_grouped`). `known`: series numbers looked up before (see
 /// [`SeriesCache`] for when it may be kept between calls); this call adds its own.
 ///
-/// True when `points_recent` has gathered enough points to be moved into `points`: run
+/// True when `points_recent` has gathered enough points to be moved into blocks: run
 /// [`settle_now`] once the caller's transaction has committed.
 pub fn append_samples(
     conn: &Connection,
@@ -74,16 +74,14 @@ pub fn append_samples(
     let mut raw = conn.prepare_cached(
         "INSERT INTO data_samples(endpoint_id, received_ms, sample) VALUES (?1, ?2, ?3)",
     )?;
-    // Few series: straight into `points` (each commit rewrites a few pages anyway).
+    // Appended in arrival order: a commit writes the few pages its points fill, however
+    // many series they belong to (in `points` each series has pages of its own).
     let series: i64 = conn
         .prepare_cached("SELECT coalesce(max(id), 0) FROM series")?
         .query_row([], |r| r.get(0))?;
-    let recent = series > DIRECT_SERIES;
-    let mut pt = conn.prepare_cached(if recent {
-        "INSERT INTO points_recent(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)"
-    } else {
-        "INSERT INTO points(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)"
-    })?;
+    let mut pt = conn.prepare_cached(
+        "INSERT INTO points_recent(series_id, ts_ms, seq, value) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     // Row IDs of the first and last point this call appended.
     let mut appended: Option<(i64, i64)> = None;
     for s in samples {
@@ -109,23 +107,16 @@ pub fn append_samples(
     // a settle is due when this call's points crossed a multiple of the settle size.
     // Should that settle fail, the points stay where they are (reads see them) and the
     // next multiple is due again.
-    Ok(match (recent, appended) {
-        (true, Some((first, last))) => {
-            let every = settle_rows(series);
-            last / every > (first - 1) / every
-        }
-        _ => false,
-    })
+    Ok(appended.is_some_and(|(first, last)| {
+        let every = settle_rows(series);
+        last / every > (first - 1) / every
+    }))
 }
 
-/// Up to this many series (all endpoints', ever made) points go straight into `points`.
-pub const DIRECT_SERIES: i64 = 512;
-
-/// The most points `points_recent` gathers before [`settle`] moves them. Larger: fewer
-/// settles, each paying once per series for finding its place in `points`; smaller: a
-/// shorter settle (no append commits while it runs) and less for a read to look through
-/// (the table has no index, a read scans it: ~7 ms for this many rows on a 2-core
-/// machine). BENCHMARKS.md (2026-12-05, late night) has the trade measured.
+/// The most points `points_recent` gathers before [`settle`] moves them. Larger: fewer,
+/// fuller blocks; smaller: a shorter settle (no append commits while it runs) and less
+/// for a read to look through (the table has no index, a read scans it: ~7 ms for this
+/// many rows on a 2-core machine).
 pub const SETTLE_ROWS: i64 = 262_144;
 
 /// When `points_recent` is settled, given the number of series: about 128 points per
