@@ -21,6 +21,9 @@ struct Args {
     series: i64,
     #[arg(long, default_value_t = 10)]
     rounds: i64,
+    /// Keep the database at this path (a new file) instead of a temporary one.
+    #[arg(long)]
+    db: Option<std::path::PathBuf>,
 }
 
 fn point(ts_ms: i64, value: f64) -> DataPoint {
@@ -35,7 +38,10 @@ fn point(ts_ms: i64, value: f64) -> DataPoint {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let dir = tempfile::tempdir()?;
-    let store = StoreHandle::open(&dir.path().join("core.sqlite"))?;
+    let path =
+        a.db.clone()
+            .unwrap_or_else(|| dir.path().join("core.sqlite"));
+    let store = StoreHandle::open(&path)?;
     let series = a.series;
     let per_series = 128;
     for round in 0..a.rounds {

@@ -204,15 +204,21 @@ CREATE TABLE point_blocks (
     points    TEXT NOT NULL
 );
 CREATE INDEX point_blocks_series ON point_blocks(series_id, last_ts, first_ts);
+-- One arm per table, each joined with `series`: a query for one endpoint or series
+-- finds its series first and then only its points and blocks (a join over the union
+-- of the tables unpacked every block first: 4.5 s against 2.4 ms for one series of
+-- 5 million points).
 DROP VIEW time_series;
 CREATE VIEW time_series (endpoint_id, name, ts_ms, value, seq) AS
     SELECT s.endpoint_id, s.name, p.ts_ms, p.value, p.seq
-    FROM (SELECT series_id, ts_ms, value, seq FROM points
-          UNION ALL SELECT series_id, ts_ms, value, seq FROM points_recent
-          UNION ALL SELECT b.series_id, json_extract(j.value, '$[0]'),
-                           json_extract(j.value, '$[2]'), json_extract(j.value, '$[1]')
-                    FROM point_blocks b, json_each(b.points) j) p
-    JOIN series s ON s.id = p.series_id;
+    FROM series s JOIN points p ON p.series_id = s.id
+    UNION ALL
+    SELECT s.endpoint_id, s.name, r.ts_ms, r.value, r.seq
+    FROM series s JOIN points_recent r ON r.series_id = s.id
+    UNION ALL
+    SELECT s.endpoint_id, s.name, json_extract(j.value, '$[0]'), json_extract(j.value, '$[2]'),
+           json_extract(j.value, '$[1]')
+    FROM series s JOIN point_blocks b ON b.series_id = s.id, json_each(b.points) j;
 "#,
 ];
 

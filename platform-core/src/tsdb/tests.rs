@@ -323,3 +323,27 @@ fn deleting_an_endpoint_deletes_its_blocks_and_keeps_the_others() {
     assert_eq!(range(&c, "gone", "auto~t", 0, 10).unwrap(), vec![]);
     assert_eq!(range(&c, "kept", "auto~t", 0, 10).unwrap(), vec![p(1, 1.0)]);
 }
+
+#[test]
+fn the_view_finds_one_series_by_its_indexes_without_unpacking_other_blocks() {
+    let c = migrated(MIGRATIONS.len());
+    let mut stmt = c
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT ts_ms, value FROM time_series
+             WHERE endpoint_id = 'ep' AND name = 'auto~t'",
+        )
+        .unwrap();
+    let plan: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let plan = plan.join("\n");
+    for step in [
+        "SEARCH p USING PRIMARY KEY (series_id=?)",
+        "SEARCH b USING INDEX point_blocks_series (series_id=?)",
+    ] {
+        assert!(plan.contains(step), "{step} not in\n{plan}");
+    }
+    assert!(!plan.contains("SCAN b"), "{plan}");
+}
