@@ -347,3 +347,23 @@ fn the_view_finds_one_series_by_its_indexes_without_unpacking_other_blocks() {
     }
     assert!(!plan.contains("SCAN b"), "{plan}");
 }
+
+#[test]
+fn points_from_before_migration_8_stay_readable_and_recent_ones_settle_into_blocks() {
+    let mut c = migrated(7);
+    c.execute_batch(
+        "INSERT INTO series(endpoint_id, name) VALUES ('ep', 'auto~t');
+         INSERT INTO points VALUES (1, 1, 1, 1.0), (1, 3, 3, 3.0);
+         INSERT INTO points_recent VALUES (1, 2, 2, 2.0), (1, 4, 4, 4.0);",
+    )
+    .unwrap();
+    c.execute_batch(MIGRATIONS[7]).unwrap();
+    let all = || vec![p(1, 1.0), p(2, 2.0), p(3, 3.0), p(4, 4.0)];
+    assert_eq!(range(&c, "ep", "auto~t", 0, 10).unwrap(), all());
+    settle_now(&mut c).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM point_blocks"), 1);
+    assert_eq!(count(&c, "SELECT count(*) FROM points_recent"), 0);
+    assert_eq!(range(&c, "ep", "auto~t", 0, 10).unwrap(), all());
+    assert_eq!(last(&c, "ep", "auto~t").unwrap(), Some(p(4, 4.0)));
+    assert_eq!(count(&c, "SELECT count(*) FROM time_series"), 4);
+}
