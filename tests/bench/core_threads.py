@@ -1,15 +1,23 @@
-"""CPU per request of the embedded core's threads and of the load tool (not a test).
+"""Where the embedded core's CPU goes per request, by thread, and what the load costs TCP
+(not a test).
 
-Starts a fresh core (as `core_vs_broker.py` does), runs the Rust load tool against it
-with N clients for 14 s, and from the 4th to the 9th second reads each thread's CPU time
-(/proc/PID/task/*/stat) and counts the core's system calls (`perf stat`, Debian
-`linux-perf`). Prints µs of CPU per request by thread (the tokio workers summed) and
-system calls per request. Shows which part of the work grows with the client count.
+Starts a fresh core (as `core_vs_broker.py` does), runs the Rust load tool against it, and
+over a window in the middle of the run reads:
+- the CPU time (user and system) of the core's threads, grouped by name (the tokio
+  workers, the store thread), and of the load tool, in µs per answered request;
+- the TCP segments of the core's connections per request (from `ss -ti`): received and
+  sent, with data and without (pure ACKs, window updates).
 
-Usage: tests/.venv/bin/python tests/bench/core_threads.py 1000 [path/to/kp-gateway]
+One run per client count; the machine's noise is ±15 %, so compare runs side by side or
+repeat them. Usage (after `cargo build --release -p kp-gateway` and
+`cargo build --release -p platform-core --example kp_load`):
+  tests/.venv/bin/python tests/bench/core_threads.py --clients 100,1000 [--bin PATH]
 """
 
+import argparse
 import json
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -19,59 +27,84 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import core_vs_broker as cb  # noqa: E402
 
-WINDOW_S = 5
+HZ = os.sysconf("SC_CLK_TCK")
 
 
-def threads(pid):
-    """CPU seconds (user, system) per thread name; tokio's workers summed."""
+def thread_ticks(pid):
+    """(user, system) clock ticks of each thread name of `pid` (tokio workers as one)."""
     out = {}
-    for t in Path(f"/proc/{pid}/task").iterdir():
+    for tid in os.listdir(f"/proc/{pid}/task"):
         try:
-            s = (t / "stat").read_text()
-        except FileNotFoundError:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
             continue  # the thread ended meanwhile
-        name = s[s.index("(") + 1:s.rindex(")")]
-        f = s.rsplit(")", 1)[1].split()
-        key = "tokio-workers" if name.startswith("tokio") else name
-        u, st = out.get(key, (0.0, 0.0))
-        out[key] = (u + int(f[11]) / cb.TICK, st + int(f[12]) / cb.TICK)
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        key = "tokio workers" if name.startswith("tokio") else name
+        ticks = out.setdefault(key, [0, 0])
+        ticks[0] += int(fields[11])
+        ticks[1] += int(fields[12])
     return out
 
 
-def main():
-    n = int(sys.argv[1])
-    if len(sys.argv) > 2:
-        cb.BIN = sys.argv[2]
-    with tempfile.TemporaryDirectory() as d:
-        core = cb.Core(Path(d), n, "full", cb.hash_password(cb.PASSWORD))
-        pid = core.proc.pid
+def segments(port):
+    """Segments of the core's established connections: out, in, data out, data in."""
+    text = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+                          capture_output=True, text=True, check=True).stdout
+
+    def total(field):
+        return sum(int(x) for x in re.findall(rf"\b{field}:(\d+)", text))
+    return {k: total(k) for k in ("segs_out", "segs_in", "data_segs_out", "data_segs_in")}
+
+
+def measure(clients, seconds, window):
+    pw_hash = cb.hash_password(cb.PASSWORD)
+    with tempfile.TemporaryDirectory(prefix="core-threads-") as d:
+        core = cb.Core(Path(d), clients, "full", pw_hash)
         try:
+            pid = core.proc.pid
             load = subprocess.Popen([str(cb.LOAD), "--mode", "kp1", "--addr", f"127.0.0.1:{core.port}",
-                                     "--clients", str(n), "--window", "64", "--seconds", "14",
-                                     "--user", cb.USER, "--password", cb.PASSWORD],
+                                     "--clients", str(clients), "--window", str(window),
+                                     "--seconds", str(seconds), "--user", cb.USER, "--password", cb.PASSWORD],
                                     stdout=subprocess.PIPE, text=True)
-            time.sleep(4)
-            a, la = threads(pid), threads(load.pid)
-            ps = subprocess.run(["perf", "stat", "-x,", "-e", "raw_syscalls:sys_enter,context-switches",
-                                 "-p", str(pid), "--", "sleep", str(WINDOW_S)], capture_output=True, text=True)
-            b, lb = threads(pid), threads(load.pid)
-            out, _ = load.communicate(timeout=120)
+            # The window: the middle of the run (connected, warmed up, not yet stopping).
+            start, span = seconds * 0.3, seconds * 0.5
+            time.sleep(start)
+            t0, s0, l0 = thread_ticks(pid), segments(core.port), thread_ticks(load.pid)
+            time.sleep(span)
+            t1, s1, l1 = thread_ticks(pid), segments(core.port), thread_ticks(load.pid)
+            out, _ = load.communicate(timeout=seconds + 120)
         finally:
             core.proc.stop()
     r = json.loads(out.strip().splitlines()[-1])
-    req = r["per_second"] * WINDOW_S  # the run's mean rate over the window
-    print(f"{n} clients: {r['per_second']} requests/s")
-    for k in b:
-        if k in a:
-            du, ds = ((b[k][i] - a[k][i]) * 1e6 / req for i in (0, 1))
-            if du + ds > 0.05:
-                print(f"  {k:16s} user {du:5.2f}  system {ds:5.2f} µs/request")
-    lu, ls = ((sum(v[i] for v in lb.values()) - sum(v[i] for v in la.values())) * 1e6 / req for i in (0, 1))
-    print(f"  {'load tool':16s} user {lu:5.2f}  system {ls:5.2f} µs/request")
-    for line in ps.stderr.splitlines():
-        f = line.split(",")
-        if len(f) > 2 and f[0].strip().isdigit():
-            print(f"  {f[2]}: {int(f[0]) / req:.2f} per request")
+    per_window = r["per_second"] * span
+
+    def us(ticks):
+        return round(ticks / HZ * 1e6 / per_window, 2)
+    row = {"clients": clients, "per_second": r["per_second"], "threads": {}}
+    for name, (u, s) in t1.items():
+        u0, k0 = t0.get(name, [0, 0])
+        if u - u0 + s - k0 > 0:
+            row["threads"][name] = {"user_us": us(u - u0), "sys_us": us(s - k0)}
+    lu = sum(v[0] for v in l1.values()) - sum(v[0] for v in l0.values())
+    ls = sum(v[1] for v in l1.values()) - sum(v[1] for v in l0.values())
+    row["load_tool"] = {"user_us": us(lu), "sys_us": us(ls)}
+    row["segments_per_request"] = {k: round((s1[k] - s0[k]) / per_window, 3) for k in s0}
+    return row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", default="100,1000")
+    ap.add_argument("--seconds", type=int, default=12)
+    ap.add_argument("--window", type=int, default=64)
+    ap.add_argument("--bin", help="kp-gateway binary (default: the release build)")
+    a = ap.parse_args()
+    if a.bin:
+        cb.BIN = a.bin
+    print(f"# {os.cpu_count()} cores, {os.uname().release}, {cb.BIN}")
+    for n in [int(c) for c in a.clients.split(",") if c]:
+        print(json.dumps(measure(n, a.seconds, a.window)), flush=True)
 
 
 if __name__ == "__main__":
