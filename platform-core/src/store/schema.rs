@@ -170,7 +170,7 @@ CREATE VIEW time_series (endpoint_id, name, ts_ms, value, seq) AS
     FROM points p JOIN series s ON s.id = p.series_id;
 "#,
     // 7: with many series, new points are appended to `points_recent` (a plain table,
-    // rows in arrival order) and moved into `points` in bulk, sorted (tsdb::settle).
+    // rows in arrival order) and moved into `points` in bulk, sorted (the settle).
     // Written one group commit at a time into `points`, where each series has its own
     // leaf page, a commit holding a thousand endpoints' samples rewrote a thousand or more
     // pages; appended here it writes the few pages the new rows fill.

@@ -54,11 +54,10 @@ pub fn settle(conn: &Connection, insert: &str) -> Result<(), StoreError> {
             row.execute(params![id, ts, seq, value])?;
         }
         for chunk in finite.chunks(BLOCK_POINTS) {
-            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
-                continue;
-            };
-            let max_seq = chunk.iter().map(|p| p.1).max().unwrap_or(last.1);
-            block.execute(params![id, first.0, last.0, max_seq, encode(chunk)?])?;
+            // Chunks are never empty; sorted by time, so the first and last bound it.
+            let (first, last) = (chunk[0].0, chunk[chunk.len() - 1].0);
+            let max_seq = chunk.iter().map(|p| p.1).max().unwrap_or(0);
+            block.execute(params![id, first, last, max_seq, encode(chunk)?])?;
         }
     }
     conn.prepare_cached("DELETE FROM points_recent")?

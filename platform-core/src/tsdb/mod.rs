@@ -3,7 +3,7 @@
 //! A data sample is kept verbatim in `data_samples`; each of its numeric or boolean
 //! top-level fields is a point in the series `auto~<field>` (docs/protocol.md §3).
 //! A series is a row of `series` (endpoint, name → number); its points are rows of
-//! `points_recent` in arrival order, then moved in bulk ([`settle`]) into `point_blocks`,
+//! `points_recent` in arrival order, then moved in bulk ([`settle_now`]) into `point_blocks`,
 //! many points of a series per row (`blocks`). Points without a sample (EPL's
 //! `connectivity`), and those stored before blocks existed, are rows of `points` keyed
 //! by (series number, timestamp, order of insertion). Reads look in all three.
@@ -113,7 +113,7 @@ pub fn append_samples(
     }))
 }
 
-/// The most points `points_recent` gathers before [`settle`] moves them. Larger: fewer,
+/// The most points `points_recent` gathers before a settle moves them. Larger: fewer,
 /// fuller blocks; smaller: a shorter settle (no append commits while it runs) and less
 /// for a read to look through (the table has no index, a read scans it: ~7 ms for this
 /// many rows on a 2-core machine).
@@ -126,10 +126,11 @@ fn settle_rows(series: i64) -> i64 {
     series.saturating_mul(128).clamp(4096, SETTLE_ROWS)
 }
 
-/// [`settle`] in a transaction of its own, after the commit of the appends that made it
-/// due. Inside their transaction it needed a savepoint (a failed settle must not undo the
-/// appends), and SQLite first copies every page changed under a savepoint to a temporary
-/// file. For the same reason a point moved as a row of `points` (see `blocks::settle`)
+/// Moves every point of `points_recent` into blocks, one or more per series, in a
+/// transaction of its own, after the commit of the appends that made it due. Inside
+/// their transaction it would need a savepoint (a failed settle must not undo the
+/// appends), and SQLite first copies every page changed under a savepoint to a
+/// temporary file. For the same reason a point moved as a row of `points` (see `blocks::settle`)
 /// goes in `OR ROLLBACK`: a conflict ends the whole transaction, so SQLite keeps no copy
 /// to undo the one statement with (points never conflict; should one, the settle fails
 /// whole).
@@ -148,12 +149,6 @@ pub fn settle_logged(conn: &mut Connection) {
              (they stay in points_recent): {e}"
         );
     }
-}
-
-/// Moves every point of `points_recent` into blocks, one or more per series, in the
-/// caller's transaction.
-pub fn settle(conn: &Connection) -> Result<(), StoreError> {
-    blocks::settle(conn, "INSERT")
 }
 
 /// The number of `endpoint_id`'s series `name`, made on first use.
