@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod footprint;
 pub mod live;
 pub mod logring;
+pub mod malloc_tuning;
 pub mod modbus;
 pub mod profiles;
 pub mod remote_config;

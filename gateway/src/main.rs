@@ -296,6 +296,13 @@ fn run(cli: Cli) -> ExitCode {
             }
         }
     }
+    // Before any thread starts: the core's request path wants glibc's larger per-thread
+    // cache, which only a fresh start of the program can set (see `malloc_tuning`).
+    if config.core.is_some() {
+        if let Err(why) = kp_gateway::malloc_tuning::reexec_with_tcache() {
+            log::warn!("{why}");
+        }
+    }
     for w in config.warnings() {
         log::warn!("configuration: {w}");
     }
