@@ -8,8 +8,8 @@
 //! heap, where they are merged and split again (`_int_malloc`, `unlink_chunk`,
 //! `malloc_consolidate` were the largest items of the workers' profile). With room for
 //! [`TCACHE_COUNT`] blocks of each size, most of them are reused at once: at 1 000
-//! clients about 20 % more requests per second on the 2-core benchmark machine
-//! (BENCHMARKS.md, 2026-12-06), at the cost of a few MiB at most held in the caches.
+//! clients 9–20 % more requests per second on the 2-core benchmark machine
+//! (BENCHMARKS.md, 2026-12-06), for about 1 MiB more resident memory.
 //!
 //! glibc reads tunables only when a program starts, and `mallopt` has no setting for the
 //! tcache, so [`reexec_with_tcache`] runs this same program again (same PID, arguments
@@ -20,9 +20,10 @@
 
 use std::ffi::{OsStr, OsString};
 
-/// Freed blocks of each size a thread's cache keeps (glibc's default: 7). 256 measured
-/// best of 7, 256 and 2 048 (BENCHMARKS.md, 2026-12-06).
-pub const TCACHE_COUNT: u32 = 256;
+/// Freed blocks of each size a thread's cache keeps (glibc's default: 7). At 1 000
+/// clients 64, 128 and 256 gave the same rate, 2 048 less; 64 holds the least memory
+/// (BENCHMARKS.md, 2026-12-06).
+pub const TCACHE_COUNT: u32 = 64;
 
 const KEY: &str = "glibc.malloc.tcache_count";
 

@@ -25,7 +25,7 @@ def tunables(pid: int) -> list:
 def test_the_core_runs_with_the_larger_tcache_under_its_own_pid(tmp_path):
     core = Core(tmp_path)
     try:
-        assert tunables(core.proc.pid) == ["glibc.malloc.tcache_count=256"]
+        assert tunables(core.proc.pid) == ["glibc.malloc.tcache_count=64"]
         args = Path(f"/proc/{core.proc.pid}/cmdline").read_bytes().split(b"\0")
         assert args[1:3] == [b"--config", str(core.config).encode()]
         # The process started (and stopped by its PID) is the one that serves.
@@ -40,7 +40,7 @@ def test_other_tunables_are_kept_and_an_operators_tcache_setting_wins(tmp_path, 
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
     core = Core(tmp_path / "a")
     try:
-        assert tunables(core.proc.pid) == ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=256"]
+        assert tunables(core.proc.pid) == ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=64"]
     finally:
         core.stop()
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=7")
