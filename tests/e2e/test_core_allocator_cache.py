@@ -4,6 +4,8 @@ arguments, other tunables kept, and an operator's own setting of the cache left 
 
 from pathlib import Path
 
+import pytest
+
 import configs
 from conftest import Core, Gateway, free_port
 
@@ -34,19 +36,17 @@ def test_the_core_runs_with_the_larger_tcache_under_its_own_pid(tmp_path):
         core.stop()
 
 
-def test_other_tunables_are_kept_and_an_operators_tcache_setting_wins(tmp_path, monkeypatch):
-    for sub in ("a", "b"):
-        (tmp_path / sub).mkdir()
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
-    core = Core(tmp_path / "a")
+@pytest.mark.parametrize("given, running", [
+    # Another tunable is kept, ours is added after it.
+    ("glibc.malloc.arena_max=2", ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=64"]),
+    # The operator's own cache size wins: no re-run.
+    ("glibc.malloc.arena_max=2:glibc.malloc.tcache_count=7", ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=7"]),
+])
+def test_other_tunables_are_kept_and_an_operators_tcache_setting_wins(tmp_path, monkeypatch, given, running):
+    monkeypatch.setenv("GLIBC_TUNABLES", given)
+    core = Core(tmp_path)
     try:
-        assert tunables(core.proc.pid) == ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=64"]
-    finally:
-        core.stop()
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2:glibc.malloc.tcache_count=7")
-    core = Core(tmp_path / "b")
-    try:
-        assert tunables(core.proc.pid) == ["glibc.malloc.arena_max=2", "glibc.malloc.tcache_count=7"]
+        assert tunables(core.proc.pid) == running
     finally:
         core.stop()
 
